@@ -1,0 +1,1 @@
+"""Lightning data modules for the zoo (images: `data.images.ImageDataModule`)."""

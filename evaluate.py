@@ -1,0 +1,50 @@
+"""Evaluate a checkpoint on its test set: `python evaluate.py ckpt_path=<file.ckpt | run dir>`.
+
+The model and data are rebuilt from the run's own saved config (no overrides to re-type);
+metrics are printed and written to metrics.json in this evaluation's own run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, open_dict
+
+from utils.build import build_datamodule, build_module, build_trainer, output_dir, setup_runtime, write_metrics
+from utils.checkpoint import load_checkpoint, resolve_checkpoint, run_config
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    ckpt_file = resolve_checkpoint(cfg.ckpt_path)
+    ckpt = load_checkpoint(ckpt_file)
+    train_cfg = run_config(ckpt_file, ckpt)
+    # Evaluation-time choices (trainer, loggers, paths, seed) come from evaluate.yaml; what the
+    # model is and which data it was trained on come from the training run.
+    with open_dict(train_cfg):
+        for key in ("trainer", "logger", "paths", "seed", "threads"):
+            train_cfg[key] = cfg.get(key)
+        train_cfg.callbacks = None
+    setup_runtime(train_cfg)
+    datamodule = build_datamodule(train_cfg)
+    module = build_module(train_cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    trainer = build_trainer(train_cfg)
+    log.info(f"Evaluating {ckpt_file}")
+    trainer.test(module, datamodule=datamodule)
+    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    run_dir = output_dir()
+    clean = write_metrics(run_dir / "metrics.json", metrics)
+    print(f"Checkpoint: {ckpt_file}\nMetrics: {clean}\nWritten to {run_dir / 'metrics.json'}")
+    return clean
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The attention core: every model in the zoo computes attention here and nowhere else.
+
+`MultiHeadAttention` is one class for self- and cross-attention (keys/values come from
+`context` when given), with padding / causal / custom masks, grouped-query attention,
+a key/value cache for incremental decoding, and two interchangeable kernels:
+
+* fused: `torch.nn.functional.scaled_dot_product_attention` (default; memory linear in length)
+* explicit: `softmax(Q K^T / sqrt(d_k)) V` written out, the reference the tests check against.
+
+Attention weights can be requested per layer (`need_weights=True` or `store_weights=True`);
+the output still comes from the selected kernel, so asking for maps never changes the output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_FUSED_DEFAULT = os.environ.get("ZOO_FUSED_ATTN", "1") not in ("0", "false", "False")
+
+
+def use_fused_attn() -> bool:
+    """Whether modules built with `fused=None` use the fused kernel (env `ZOO_FUSED_ATTN=0` turns it off)."""
+    return _FUSED_DEFAULT
+
+
+def set_fused_attn(enabled: bool) -> None:
+    """Switch the process-wide default kernel at run time (modules with an explicit `fused` keep theirs)."""
+    global _FUSED_DEFAULT
+    _FUSED_DEFAULT = bool(enabled)
+
+
+@contextmanager
+def fused_attn(enabled: bool) -> Iterator[None]:
+    """Temporarily select the fused (True) or explicit (False) kernel for all modules with `fused=None`."""
+    previous = use_fused_attn()
+    set_fused_attn(enabled)
+    try:
+        yield
+    finally:
+        set_fused_attn(previous)
+
+
+@dataclass
+class KVCache:
+    """Keys/values kept between decoding steps, shaped (B, num_kv_heads, S, head_dim).
+
+    Self-attention appends the new step's keys/values; cross-attention (`static=True`) computes
+    them once from the source and reuses them for every later step.
+    """
+
+    static: bool = False
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (beam search keeps the surviving hypotheses)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+def build_mask(
+    batch: int,
+    q_len: int,
+    k_len: int,
+    *,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    causal: bool = False,
+    q_offset: int = 0,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """Combine all masks into one boolean (B, 1|H, T, S) mask, True = query may attend to key.
+
+    key_padding_mask: (B, S) bool, True marks padding (ignored keys), as in nn.MultiheadAttention.
+    attn_mask: bool (True = attend) broadcastable to (B, H, T, S), or (T, S).
+    causal: query i (at absolute position q_offset + i) sees keys 0 .. q_offset + i.
+    Returns None when nothing is masked, which keeps the fused kernel on its fastest path.
+    """
+    mask: Tensor | None = None
+    if causal:
+        q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
+        mask = torch.arange(k_len, device=device)[None, :] <= q_pos  # (T, S)
+        mask = mask[None, None]
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (batch, k_len):
+            raise ValueError(
+                f"key_padding_mask must have shape (batch, keys) = {(batch, k_len)}, "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+        keep = ~key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = keep if mask is None else mask & keep
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            raise ValueError(f"attn_mask must be boolean (True = attend), got dtype {attn_mask.dtype}")
+        extra = attn_mask if attn_mask.dim() == 4 else attn_mask.reshape(1, 1, *attn_mask.shape[-2:])
+        mask = extra if mask is None else mask & extra
+    return mask
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """softmax(Q K^T * scale) with masked keys at exactly 0 and fully masked rows all 0 (not NaN).
+
+    q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S)
+    """
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if mask is None:
+        return scores.softmax(dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    # A row with no visible key is all -inf -> NaN; such a query attends to nothing.
+    return weights.nan_to_num(0.0)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (grouped-query) attention for self- and cross-attention.
+
+    Args:
+        dim: model width (queries, and keys/values when they come from `context`).
+        num_heads: query heads; `dim` must be divisible by it.
+        num_kv_heads: key/value heads (GQA / MQA); defaults to `num_heads`, must divide it.
+        qkv_bias: bias in the input projections.
+        attn_drop: dropout on attention weights, applied only in training.
+        proj_drop: dropout after the output projection, applied only in training.
+        fused: True/False pins the kernel; None follows the process-wide switch.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if not 0.0 <= attn_drop < 1.0:
+            raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
+        self.dim, self.num_heads, self.num_kv_heads = dim, num_heads, num_kv_heads
+        self.head_dim = dim // num_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.q_size = num_heads * self.head_dim
+        self.kv_size = num_kv_heads * self.head_dim
+        # One weight for q, k, v (nanoGPT / timm style): self-attention is a single matmul,
+        # cross-attention multiplies slices of the same weight with the two sequences.
+        self.qkv = nn.Linear(dim, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.fused = fused
+        # Set by AttentionRecorder: keep this layer's weights after each forward.
+        self.store_weights = False
+        self.last_weights: Tensor | None = None
+
+    def _project(self, x: Tensor, part: slice) -> Tensor:
+        b = self.qkv.bias
+        return F.linear(x, self.qkv.weight[part], None if b is None else b[part])
+
+    def _project_qkv(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        if context is None:
+            return self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self._project(x, slice(0, self.q_size))
+        k, v = self._project(context, slice(self.q_size, None)).split([self.kv_size, self.kv_size], dim=-1)
+        return q, k, v
+
+    def _heads(self, t: Tensor, n: int) -> Tensor:
+        B, L, _ = t.shape
+        return t.view(B, L, n, self.head_dim).transpose(1, 2)  # (B, n, L, hd)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, T, dim) queries; context: (B, S, dim) keys/values source (None = self-attention).
+
+        key_padding_mask (B, S_total) marks padded keys with True; with a self-attention cache,
+        S_total counts the cached keys too. Returns (B, T, dim), and the (B, H, T, S) weights
+        as a second value when need_weights=True.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be (batch, length, {self.dim}), got {tuple(x.shape)}")
+        if context is not None and (context.dim() != 3 or context.shape[-1] != self.dim):
+            raise ValueError(f"context must be (batch, length, {self.dim}), got {tuple(context.shape)}")
+        B, T, _ = x.shape
+        if cache is not None and cache.static and cache.k is None and context is None:
+            raise ValueError("a cross-attention (static) cache needs `context` on the first decoding step")
+        past = 0
+        if cache is not None and cache.static and cache.k is not None:
+            # Cross-attention while decoding: source keys/values were computed on the first step.
+            q = self._heads(self._project(x, slice(0, self.q_size)), self.num_heads)
+            k, v = cache.k, cache.v
+        else:
+            q, k, v = self._project_qkv(x, context)
+            q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
+            if cache is not None:
+                if not cache.static and cache.k is not None:
+                    past = cache.length
+                    k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+                cache.k, cache.v = k, v
+        S = k.shape[2]
+        mask = build_mask(B, T, S, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                          causal=causal, q_offset=past, device=x.device)
+        want_weights = need_weights or self.store_weights
+        fused = use_fused_attn() if self.fused is None else self.fused
+        dropout_p = self.attn_drop if self.training else 0.0
+
+        weights: Tensor | None = None
+        if fused:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )
+            if mask is not None:
+                # Queries with no visible key attend to nothing: 0, whatever the backend returns.
+                out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+            if want_weights:
+                with torch.no_grad():  # maps are for looking at; they never feed the output
+                    weights = attention_weights(q, self._repeat_kv(k), mask, self.scale)
+        else:
+            weights = attention_weights(q, self._repeat_kv(k), mask, self.scale)
+            attn = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+            out = attn @ self._repeat_kv(v)
+
+        out = out.transpose(1, 2).reshape(B, T, self.q_size)  # (B, T, dim)
+        out = self.proj_drop(self.proj(out))
+        if self.store_weights:
+            self.last_weights = weights.detach()
+        return (out, weights) if need_weights else out
+
+    def _repeat_kv(self, t: Tensor) -> Tensor:
+        """(B, Hkv, S, hd) -> (B, H, S, hd): each key/value head serves num_heads/num_kv_heads queries."""
+        rep = self.num_heads // self.num_kv_heads
+        return t if rep == 1 else t.repeat_interleave(rep, dim=1)
+
+
+class AttentionRecorder:
+    """Collect attention maps from chosen layers while the model runs as usual.
+
+    with AttentionRecorder(model, layers=[-1]) as rec:
+        logits = model(x)
+    rec.maps  # {module_name: (B, H, T, S) tensor}
+
+    Layers not chosen stay on the fused kernel with no extra work.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[int] | list[str] | None = None) -> None:
+        named = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+        if not named:
+            raise ValueError(f"{type(model).__name__} has no MultiHeadAttention layers to record")
+        if layers is None:
+            chosen = named
+        else:
+            by_name = dict(named)
+            chosen = []
+            for layer in layers:
+                if isinstance(layer, int):
+                    if not -len(named) <= layer < len(named):
+                        raise ValueError(f"layer index {layer} out of range for {len(named)} attention layers")
+                    chosen.append(named[layer])
+                elif layer in by_name:
+                    chosen.append((layer, by_name[layer]))
+                else:
+                    raise ValueError(f"no attention layer named {layer!r}; known: {list(by_name)}")
+        self.modules = dict(chosen)
+        self.maps: dict[str, Tensor] = {}
+
+    def __enter__(self) -> "AttentionRecorder":
+        for m in self.modules.values():
+            m.store_weights, m.last_weights = True, None
+        return self
+
+    def collect(self) -> dict[str, Tensor]:
+        self.maps = {n: m.last_weights for n, m in self.modules.items() if m.last_weights is not None}
+        return self.maps
+
+    def __exit__(self, *exc: object) -> None:
+        self.collect()
+        for m in self.modules.values():
+            m.store_weights, m.last_weights = False, None

@@ -1,0 +1,93 @@
+"""LightningModule for classification (images now; audio and video reuse it)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_lr_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of any `net` mapping a batch to (B, num_classes) logits.
+
+    Args:
+        net: the plain nn.Module (ViT, audio or video transformer).
+        num_classes: for the accuracy metrics.
+        optimizer: a partial optimizer (Hydra `_partial_: true`), called with the parameters.
+        warmup_fraction: share of all steps spent warming the learning rate up.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
+        self.label_smoothing = label_smoothing
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        metric(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # No weight decay on biases, norms, and what the net lists (position tables, tokens),
+        # the standard ViT recipe; timm's `no_weight_decay()` convention.
+        skip = set(getattr(self.net, "no_weight_decay", lambda: set())())
+        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
+        no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = max(1, int(self.warmup_fraction * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, self.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

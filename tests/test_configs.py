@@ -1,0 +1,52 @@
+"""Every config composes and instantiates; model=... pulls its own default data; typos fail."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from conftest import DATASETS, MODELS, compose_config
+from utils.build import build_module
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_composes_with_its_default_data(model: str, tmp_path) -> None:
+    cfg = compose_config("train", [f"model={model}"], tmp_path)
+    dm = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg)
+    assert cfg.model.num_classes == dm.num_classes
+    assert sum(p.numel() for p in module.parameters()) > 0
+
+
+def test_vit_defaults_to_embedded_mnist(tmp_path) -> None:
+    cfg = compose_config("train", [], tmp_path)
+    assert cfg.data.dataset == "mnist" and cfg.model.net._target_ == "models.vit.VisionTransformer"
+
+
+@pytest.mark.parametrize("data", DATASETS)
+def test_each_dataset_config_composes_with_vit(data: str, tmp_path) -> None:
+    overrides = [f"data={data}"] + (["data.root=/nonexistent"] if data == "image_folder" else [])
+    cfg = compose_config("train", overrides, tmp_path)
+    assert cfg.data.dataset == data
+    # Model dimensions follow the data (channels, resolution), by interpolation.
+    assert cfg.model.net.in_chans == cfg.data.in_chans and cfg.model.net.img_size == cfg.data.image_size
+
+
+def test_any_key_can_be_overridden(tmp_path) -> None:
+    cfg = compose_config("train", ["model.net.depth=2", "model.optimizer.lr=0.01", "trainer.max_epochs=3"], tmp_path)
+    module = build_module(cfg)
+    assert len(module.net.encoder.blocks) == 2 and cfg.trainer.max_epochs == 3
+    assert module.optimizer_factory.keywords["lr"] == 0.01
+
+
+def test_evaluate_config_composes(tmp_path) -> None:
+    cfg = compose_config("evaluate", ["ckpt_path=x.ckpt"], tmp_path)
+    assert cfg.ckpt_path == "x.ckpt" and cfg.trainer._target_ == "lightning.Trainer"
+
+
+def test_config_key_typo_is_rejected(tmp_path) -> None:
+    with pytest.raises(ConfigCompositionException, match="depht"):
+        compose_config("train", ["model.net.depht=2"], tmp_path)
+    with pytest.raises(ConfigCompositionException, match="vitt"):
+        compose_config("train", ["model=vitt"], tmp_path)

@@ -1,0 +1,80 @@
+"""End to end through the command line: train, evaluate, sweep, and safe checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MODELS, run_cli
+from utils.checkpoint import load_checkpoint
+
+TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "model.net.depth=1", "model.net.dim=32"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run_each_model(model: str, tmp_path: Path) -> None:
+    proc = run_cli("train.py", f"model={model}", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
+    assert f"Run directory: {tmp_path}" in proc.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "test/loss" in metrics and torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_train_then_evaluate_round_trip(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_cli("train.py", *TINY, f"hydra.run.dir={run}")
+    for name in ("metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", ".hydra/config.yaml",
+                 "csv/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    trained = json.loads((run / "metrics.json").read_text())
+
+    # Evaluate the run directory (-> best.ckpt) with nothing re-typed: same model, data, metrics.
+    ev = tmp_path / "eval"
+    proc = run_cli("evaluate.py", f"ckpt_path={run}", "trainer.limit_test_batches=2", f"hydra.run.dir={ev}")
+    assert "best.ckpt" in proc.stdout
+    evaluated = json.loads((ev / "metrics.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+
+    # A lone checkpoint file, moved away from its run directory, carries its own config.
+    lone = tmp_path / "elsewhere" / "model.ckpt"
+    lone.parent.mkdir()
+    lone.write_bytes((run / "checkpoints" / "best.ckpt").read_bytes())
+    ev2 = tmp_path / "eval2"
+    run_cli("evaluate.py", f"ckpt_path={lone}", "trainer.limit_test_batches=2", f"hydra.run.dir={ev2}")
+    assert json.loads((ev2 / "metrics.json").read_text())["test/acc"] == pytest.approx(trained["test/acc"])
+
+
+def test_multirun_sweep(tmp_path: Path) -> None:
+    run_cli("train.py", "-m", "model.net.depth=1,2", "trainer.fast_dev_run=true", f"hydra.sweep.dir={tmp_path}")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((tmp_path / d / "metrics.json").is_file() for d in ("0", "1"))
+
+
+def test_evaluate_reports_missing_and_bad_checkpoints(tmp_path: Path) -> None:
+    proc = run_cli("evaluate.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}/e1", check=False)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    proc = run_cli("evaluate.py", f"ckpt_path={junk}", f"hydra.run.dir={tmp_path}/e2", check=False)
+    assert proc.returncode != 0 and "not a readable checkpoint" in proc.stderr
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/zoo_pwned_marker"),))
+
+
+def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
+    marker = Path("/tmp/zoo_pwned_marker")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Exploit()}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()

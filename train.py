@@ -1,0 +1,57 @@
+"""Train a model: `python train.py model=vit|translator|audio|video [data=...] [key=value ...]`.
+
+The run directory (Hydra's output dir) receives the composed config, checkpoints
+(best.ckpt, last.ckpt), CSV + TensorBoard logs and metrics.json with the test metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from utils.build import build_datamodule, build_module, build_trainer, output_dir, setup_runtime, write_metrics
+from utils.checkpoint import ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; returns (and writes) the metrics."""
+    setup_runtime(cfg)
+    run_dir = output_dir()
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, callbacks=[ConfigInCheckpoint(cfg)])
+    log.info(f"Run directory: {run_dir}")
+
+    resume = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+
+    if cfg.get("test"):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if best:  # empty under fast_dev_run, which saves no checkpoint
+            # Our own loader (weights_only) rather than Lightning's, so no checkpoint is ever unpickled freely.
+            module.load_state_dict(load_checkpoint(best)["state_dict"])
+            log.info(f"Testing best checkpoint {best}")
+        trainer.test(module, datamodule=datamodule)
+        metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+
+    clean = write_metrics(run_dir / "metrics.json", metrics)
+    log.info(f"Metrics: {clean}")
+    print(f"Run directory: {run_dir}\nMetrics written to {Path(run_dir) / 'metrics.json'}")
+    return clean
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # Returned for Hydra sweepers (e.g. Optuna) that optimise a metric.
+    return metrics.get(cfg.get("optimized_metric", "")) if cfg.get("optimized_metric") else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Turn a composed config into (data module, Lightning module, trainer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+def setup_runtime(cfg: DictConfig) -> None:
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """Instantiate the data module and fill facts the model needs but only the data knows
+    (a user's image folder decides num_classes)."""
+    dm = hydra.utils.instantiate(cfg.data)
+    if cfg.data.get("num_classes", 0) is None:
+        with open_dict(cfg):
+            cfg.data.num_classes = int(dm.num_classes)
+    return dm
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    return hydra.utils.instantiate(cfg.model)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    cbs = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=cbs + (callbacks or []), logger=loggers or False)
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, float]:
+    """Save metrics as plain floats in JSON (tensors are not JSON)."""
+    clean = {k: float(v) for k, v in metrics.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    return clean
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
