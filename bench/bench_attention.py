@@ -22,7 +22,7 @@ rounds of the ratio within a round (paired, the one the verdict uses). Interleav
 a noisy machine (other tenants, clock changes) hit all implementations alike, so the ratios stay fair
 even when absolute numbers wander. The number of rounds is ``--repeats`` capped so one length takes
 about ``--budget`` seconds (never fewer than 3 rounds): the explicit path at N=4096 costs seconds
-per step. Threads: torch's default (one per core).
+per step. Threads: torch's default (one per core) unless ``--threads`` is given.
 
 Memory. CPU torch has no ``max_memory_allocated``, so two numbers are reported:
 
@@ -236,6 +236,8 @@ def memory_worker(impl: str, n: int, args: argparse.Namespace) -> dict[str, Any]
 def measure_memory(impl: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_attention", "--worker", impl, str(n),
            "--dim", str(args.dim), "--heads", str(args.heads), "--batch", str(args.batch)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"memory run {impl} N={n} failed:\n{proc.stderr}")
@@ -375,6 +377,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=256, help="model width (default: %(default)s)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default: %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice, one per core); 1 is steadier "
+                        "on a machine shared with other jobs")
     p.add_argument("--repeats", type=int, default=25,
                    help="most timed rounds per length (default: %(default)s); fewer at large N, see --budget")
     p.add_argument("--budget", type=float, default=40.0,
@@ -395,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(memory_worker(args.worker[0], int(args.worker[1]), args)))
         return

@@ -224,19 +224,26 @@ class MultiHeadAttention(nn.Module):
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
         S = k.shape[2]
-        mask = build_mask(B, T, S, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                          causal=causal, q_offset=past, device=x.device)
+        if causal and T == 1:
+            causal = False  # one new query at the end of the sequence sees every key anyway
         want_weights = need_weights or self.store_weights
         fused = use_fused_attn() if self.fused is None else self.fused
         dropout_p = self.attn_drop if self.training else 0.0
+        # SDPA's own is_causal skips the masked half and needs no (T, S) mask; it aligns the diagonal
+        # top-left, so it is only valid without a cached prefix and with nothing else masked.
+        sdpa_causal = fused and causal and past == 0 and T == S and key_padding_mask is None and attn_mask is None
+        mask = None
+        if want_weights or not sdpa_causal:
+            mask = build_mask(B, T, S, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                              causal=causal, q_offset=past, device=x.device)
 
         weights: Tensor | None = None
         if fused:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                q, k, v, attn_mask=None if sdpa_causal else mask, dropout_p=dropout_p, is_causal=sdpa_causal,
                 enable_gqa=self.num_kv_heads != self.num_heads,
             )
-            if mask is not None:
+            if mask is not None and not sdpa_causal:  # (causal rows always see key 0)
                 # Queries with no visible key attend to nothing: 0, whatever the backend returns.
                 out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
             if want_weights:

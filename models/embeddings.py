@@ -70,3 +70,49 @@ class PosEmbed2D(nn.Module):
         table = self.weight.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)  # (1, dim, gh, gw)
         table = F.interpolate(table, size=tuple(grid_size), mode="bicubic", align_corners=False)
         return table.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+class ConvStem(nn.Module):
+    """(B, C, H, W) -> (B, gh*gw, dim) through stride-2 3x3 convolutions, then a 1x1 projection.
+
+    A drop-in for PatchEmbed with the same total stride (patch_size = 2 ** number of convs).
+    Xiao et al. 2021 ("Early Convolutions Help Transformers See Better") show it makes ViTs
+    converge much faster and less sensitive to the learning rate, which is what a minutes-long
+    CPU run on 4,000 digits needs. The transformer after it is unchanged.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, dim: int,
+                 channels: list[int] | None = None) -> None:
+        super().__init__()
+        n_convs = int(patch_size).bit_length() - 1
+        if patch_size < 2 or 2**n_convs != patch_size:
+            raise ValueError(f"a conv stem needs patch_size a power of 2 (>= 2), got {patch_size}")
+        channels = list(channels) if channels else [max(8, dim // 2 ** (n_convs - i)) for i in range(n_convs)]
+        if len(channels) != n_convs:
+            raise ValueError(f"stem_channels needs {n_convs} entries for patch_size {patch_size}, got {channels}")
+        self.img_size, self.patch_size, self.in_chans = _pair(img_size), _pair(patch_size), in_chans
+        for name, size in zip(("height", "width"), self.img_size):
+            if size < patch_size:
+                raise ValueError(f"input {name} {size} is smaller than one patch ({patch_size})")
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for ch in channels:
+            layers += [nn.Conv2d(prev, ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
+            prev = ch
+        layers.append(nn.Conv2d(prev, dim, 1))
+        self.proj = nn.Sequential(*layers)
+        self.grid_size = self.grid_for(self.img_size)
+
+    def grid_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        g = size
+        for _ in range(len(self.proj) // 3):
+            g = tuple((s + 1) // 2 for s in g)  # 3x3, stride 2, padding 1
+        return g  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if H < self.patch_size[0] or W < self.patch_size[1]:
+            raise ValueError(f"input {H}x{W} is smaller than one patch {self.patch_size[0]}x{self.patch_size[1]}")
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, dim)

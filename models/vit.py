@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
-from models.embeddings import PatchEmbed, PosEmbed2D
+from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D
 from models.layers import Encoder
 
 
@@ -14,7 +14,9 @@ class VisionTransformer(nn.Module):
     """ViT (Dosovitskiy et al. 2021) built only from the zoo's shared parts.
 
     Args mirror configs/model/vit.yaml `net:`. `pool` is "cls" (class token) or "mean" (average
-    of patch tokens). Inputs of another resolution are accepted: the position table is resized.
+    of patch tokens). `stem` is "patch" (one linear map per patch, the original ViT) or "conv"
+    (stride-2 convolutions with the same total stride, ViT_C of Xiao et al. 2021).
+    Inputs of another resolution are accepted: the position table is resized.
     """
 
     def __init__(
@@ -34,6 +36,8 @@ class VisionTransformer(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         patch_stride: int | None = None,
+        stem: str = "patch",
+        stem_channels: list[int] | None = None,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
@@ -41,7 +45,12 @@ class VisionTransformer(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.pool = pool
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim, stride=patch_stride)
+        if stem == "patch":
+            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim, stride=patch_stride)
+        elif stem == "conv":
+            self.patch_embed = ConvStem(img_size, patch_size, in_chans, dim, stem_channels)
+        else:
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
         self.pos_drop = nn.Dropout(drop)
