@@ -7,6 +7,7 @@ The run directory (Hydra's output dir) receives the composed config, checkpoints
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -28,8 +29,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info(f"Run directory: {run_dir}")
 
     resume = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    metrics["fit_seconds"] = time.perf_counter() - start  # training wall time, validation included
 
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
