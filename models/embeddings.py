@@ -12,7 +12,27 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class PatchEmbed(nn.Module):
+class _PlaneEmbed(nn.Module):
+    """Shared input checks and flattening for embeddings of a 2-D plane into a token grid."""
+
+    img_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    in_chans: int
+    proj: nn.Module
+
+    def _check_fits(self, size: tuple[int, int]) -> None:
+        for name, s, p in zip(("height", "width"), size, self.patch_size):
+            if s < p:
+                raise ValueError(f"input {name} {s} is smaller than one patch ({p})")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        self._check_fits(tuple(x.shape[-2:]))
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, dim)
+
+
+class PatchEmbed(_PlaneEmbed):
     """(B, C, H, W) -> (B, gh*gw, dim) with a strided convolution (one linear map per patch).
 
     `stride` smaller than `patch_size` gives overlapping patches (AST uses that on spectrograms).
@@ -30,23 +50,13 @@ class PatchEmbed(nn.Module):
         self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
         self.stride = self.patch_size if stride is None else _pair(stride)
         self.in_chans = in_chans
-        for name, size, patch in zip(("height", "width"), self.img_size, self.patch_size):
-            if size < patch:
-                raise ValueError(f"input {name} {size} is smaller than one patch ({patch})")
+        self._check_fits(self.img_size)
         self.grid_size = self.grid_for(self.img_size)
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=self.patch_size, stride=self.stride)
 
     def grid_for(self, size: tuple[int, int]) -> tuple[int, int]:
         """Number of patches along (H, W) for an input of this size."""
         return tuple((s - p) // st + 1 for s, p, st in zip(size, self.patch_size, self.stride))  # type: ignore[return-value]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H < self.patch_size[0] or W < self.patch_size[1]:
-            raise ValueError(f"input {H}x{W} is smaller than one patch {self.patch_size[0]}x{self.patch_size[1]}")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, dim)
 
 
 class PosEmbed2D(nn.Module):
@@ -72,7 +82,7 @@ class PosEmbed2D(nn.Module):
         return table.permute(0, 2, 3, 1).flatten(1, 2)
 
 
-class ConvStem(nn.Module):
+class ConvStem(_PlaneEmbed):
     """(B, C, H, W) -> (B, gh*gw, dim) through stride-2 3x3 convolutions, then a 1x1 projection.
 
     A drop-in for PatchEmbed with the same total stride (patch_size = 2 ** number of convs).
@@ -91,9 +101,7 @@ class ConvStem(nn.Module):
         if len(channels) != n_convs:
             raise ValueError(f"stem_channels needs {n_convs} entries for patch_size {patch_size}, got {channels}")
         self.img_size, self.patch_size, self.in_chans = _pair(img_size), _pair(patch_size), in_chans
-        for name, size in zip(("height", "width"), self.img_size):
-            if size < patch_size:
-                raise ValueError(f"input {name} {size} is smaller than one patch ({patch_size})")
+        self._check_fits(self.img_size)
         layers: list[nn.Module] = []
         prev = in_chans
         for ch in channels:
@@ -108,11 +116,3 @@ class ConvStem(nn.Module):
         for _ in range(len(self.proj) // 3):
             g = tuple((s + 1) // 2 for s in g)  # 3x3, stride 2, padding 1
         return g  # type: ignore[return-value]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H < self.patch_size[0] or W < self.patch_size[1]:
-            raise ValueError(f"input {H}x{W} is smaller than one patch {self.patch_size[0]}x{self.patch_size[1]}")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, dim)

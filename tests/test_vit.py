@@ -91,3 +91,20 @@ def test_vit_learns_a_tiny_problem() -> None:
         opt.step()
     assert loss.item() < 0.2 * first
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_conv_stem_grid_and_errors() -> None:
+    from models.embeddings import ConvStem
+
+    stem = ConvStem(28, 8, 1, 32)
+    assert stem.grid_size == (4, 4)  # 28 -> 14 -> 7 -> 4 with stride-2, padding-1 convs
+    assert stem(torch.randn(2, 1, 28, 28)).shape == (2, 16, 32)
+    assert stem(torch.randn(2, 1, 40, 24)).shape == (2, stem.grid_for((40, 24))[0] * 3, 32)
+    with pytest.raises(ValueError, match="power of 2"):
+        ConvStem(28, 6, 1, 32)
+    with pytest.raises(ValueError, match="stem_channels needs 3 entries"):
+        ConvStem(28, 8, 1, 32, channels=[8, 16])
+    net = VisionTransformer(img_size=28, patch_size=8, in_chans=1, num_classes=10, dim=32, depth=1, stem="conv")
+    assert net(torch.randn(2, 1, 56, 56)).shape == (2, 10)  # 7x7 grid from the 4x4 table
+    with pytest.raises(ValueError, match="stem must be"):
+        VisionTransformer(stem="cnn")
