@@ -6,7 +6,7 @@ import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import DATASETS, MODELS, compose_config
+from conftest import DATASETS, MODELS, ROOT, compose_config
 from utils.build import build_module
 
 
@@ -50,3 +50,12 @@ def test_config_key_typo_is_rejected(tmp_path) -> None:
         compose_config("train", ["model.net.depht=2"], tmp_path)
     with pytest.raises(ConfigCompositionException, match="vitt"):
         compose_config("train", ["model=vitt"], tmp_path)
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_each_experiment_composes(experiment: str, tmp_path) -> None:
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    assert build_module(cfg) is not None
