@@ -28,7 +28,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks=[ConfigInCheckpoint(cfg)])
     log.info(f"Run directory: {run_dir}")
 
-    resume = str(resolve_checkpoint(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    # Resuming from a run directory continues from where it stopped: its last checkpoint.
+    resume = str(resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt", "best.ckpt"))) if cfg.get("ckpt_path") else None
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}

@@ -50,6 +50,18 @@ def test_train_then_evaluate_round_trip(tmp_path: Path) -> None:
     assert json.loads((ev2 / "metrics.json").read_text())["test/acc"] == pytest.approx(trained["test/acc"])
 
 
+def test_resume_from_run_directory_continues_at_the_next_epoch(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_cli("train.py", *TINY, "test=false", f"hydra.run.dir={first}")
+    proc = run_cli("train.py", *TINY, "trainer.max_epochs=2", "test=false", f"ckpt_path={first}",
+                   f"hydra.run.dir={second}")
+    assert "checkpoints/last.ckpt" in proc.stderr + proc.stdout
+    header = (second / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    col = header.index("epoch")
+    epochs = {row.split(",")[col] for row in (second / "csv" / "metrics.csv").read_text().splitlines()[1:]}
+    assert epochs == {"1"}  # epoch 0 was restored, not re-run
+
+
 def test_multirun_sweep(tmp_path: Path) -> None:
     run_cli("train.py", "-m", "model.net.depth=1,2", "trainer.fast_dev_run=true", f"hydra.sweep.dir={tmp_path}")
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]

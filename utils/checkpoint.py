@@ -23,14 +23,14 @@ class ConfigInCheckpoint(L.Callback):
         checkpoint[CONFIG_KEY] = self.config
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (-> its checkpoints/best.ckpt, else last.ckpt)."""
+def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
+    """A checkpoint file, or a run directory (-> the first of `prefer` in its checkpoints/)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"ckpt_path {str(p)!r} does not exist: give a .ckpt file or a run directory")
     if p.is_file():
         return p
-    for name in ("best.ckpt", "last.ckpt"):
+    for name in prefer:
         if (p / "checkpoints" / name).is_file():
             return p / "checkpoints" / name
     found = sorted((p / "checkpoints").glob("*.ckpt")) if (p / "checkpoints").is_dir() else []
