@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,6 @@ import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig, open_dict
-
-log = logging.getLogger(__name__)
 
 
 def setup_runtime(cfg: DictConfig) -> None:
