@@ -1,5 +1,8 @@
 """Evaluate a checkpoint on its test set: `python evaluate.py ckpt_path=<file.ckpt | run dir>`.
 
+`average_last=N` evaluates the average of the weights of the run's last N epoch checkpoints
+(checkpoints/epoch*.ckpt, kept by `keep_epoch_checkpoints` at training time).
+
 The model and data are rebuilt from the run's own saved config (no overrides to re-type);
 metrics are printed and written to metrics.json in this evaluation's own run directory.
 """
@@ -11,8 +14,8 @@ import logging
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from utils.build import build_datamodule, build_module, build_trainer, output_dir, setup_runtime, write_metrics
-from utils.checkpoint import load_checkpoint, resolve_checkpoint, run_config
+from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
+from utils.checkpoint import average_checkpoints, load_checkpoint, resolve_checkpoint, run_config
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             train_cfg[key] = cfg.get(key)
         train_cfg.callbacks = None
     setup_runtime(train_cfg)
-    datamodule = build_datamodule(train_cfg)
+    datamodule = build_datamodule(train_cfg, datamodule_state(ckpt, train_cfg))
     module = build_module(train_cfg)
-    module.load_state_dict(ckpt["state_dict"])
+    state = ckpt["state_dict"]
+    if cfg.get("average_last"):
+        state, used = average_checkpoints(ckpt_file, int(cfg.average_last))
+        log.info(f"Averaged the weights of {len(used)} checkpoints: {', '.join(p.name for p in used)}")
+    module.load_state_dict(state)
     trainer = build_trainer(train_cfg)
     log.info(f"Evaluating {ckpt_file}")
     trainer.test(module, datamodule=datamodule)

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from utils.build import build_datamodule, build_module, build_trainer, output_dir, setup_runtime, write_metrics
+from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
 from utils.checkpoint import ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns (and writes) the metrics."""
     setup_runtime(cfg)
     run_dir = output_dir()
-    datamodule = build_datamodule(cfg)
+    # Resuming from a run directory continues from where it stopped: its last checkpoint, with the
+    # data module's saved state (the translator's tokenizer) restored before the model is sized.
+    resume = str(resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt", "best.ckpt"))) if cfg.get("ckpt_path") else None
+    datamodule = build_datamodule(cfg, datamodule_state(load_checkpoint(resume), cfg) if resume else None)
     module = build_module(cfg)
     trainer = build_trainer(cfg, callbacks=[ConfigInCheckpoint(cfg)])
     log.info(f"Run directory: {run_dir}")
-
-    # Resuming from a run directory continues from where it stopped: its last checkpoint.
-    resume = str(resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt", "best.ckpt"))) if cfg.get("ckpt_path") else None
+    if hasattr(datamodule, "save_artifacts"):  # e.g. tokenizer.json, for people and other tools
+        datamodule.save_artifacts(run_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}

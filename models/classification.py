@@ -24,6 +24,24 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> C
     return factor
 
 
+def optimizer_with_schedule(module: L.LightningModule, net: nn.Module) -> dict[str, Any]:
+    """AdamW-style param groups and a per-step warm-up + cosine schedule, for any of our modules.
+
+    No weight decay on biases, norms, and what the net lists (position tables, tokens): the
+    standard ViT recipe, timm's `no_weight_decay()` convention. Reads `optimizer_factory`,
+    `warmup_fraction` and `min_lr_ratio` from the module.
+    """
+    skip = set(getattr(net, "no_weight_decay", lambda: set())())
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
+    no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
+    optimizer = module.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+    total = int(module.trainer.estimated_stepping_batches)
+    warmup = max(1, int(module.warmup_fraction * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, module.min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class ClassificationModule(L.LightningModule):
     """Cross-entropy training of any `net` mapping a batch to (B, num_classes) logits.
 
@@ -80,14 +98,4 @@ class ClassificationModule(L.LightningModule):
         return self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # No weight decay on biases, norms, and what the net lists (position tables, tokens),
-        # the standard ViT recipe; timm's `no_weight_decay()` convention.
-        skip = set(getattr(self.net, "no_weight_decay", lambda: set())())
-        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
-        no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = max(1, int(self.warmup_fraction * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, self.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_with_schedule(self, self.net)

@@ -18,6 +18,22 @@ MODELS = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (ROOT / "configs" / "data").glob("*.yaml"))
 
 
+def _target(path: Path) -> str:
+    return next(line.split(":", 1)[1].strip() for line in path.read_text().splitlines() if line.startswith("_target_:"))
+
+
+def _default_data(model: str) -> str:
+    line = next(l for l in (ROOT / "configs" / "data" / "default" / f"{model}.yaml").read_text().splitlines()
+                if l.strip().startswith("- /data/"))
+    return line.split("/data/", 1)[1].split("@", 1)[0]
+
+
+# Which model trains on each dataset: the model whose default data uses the same data module class.
+_MODULE_OF_MODEL = {m: _target(ROOT / "configs" / "data" / f"{_default_data(m)}.yaml") for m in MODELS}
+MODEL_FOR_DATA = {d: next(m for m, t in _MODULE_OF_MODEL.items() if t == _target(ROOT / "configs" / "data" / f"{d}.yaml"))
+                  for d in DATASETS}
+
+
 def compose_config(name: str, overrides: list[str], tmp_path: Path) -> DictConfig:
     """Compose a config the way `python train.py ...` would, with run paths in tmp_path."""
     GlobalHydra.instance().clear()

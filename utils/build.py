@@ -19,14 +19,30 @@ def setup_runtime(cfg: DictConfig) -> None:
         L.seed_everything(int(cfg.seed), workers=True)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+DATA_FACTS = ("num_classes", "vocab_size")  # null in a data config = "ask the data module"
+
+
+def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.LightningDataModule:
     """Instantiate the data module and fill facts the model needs but only the data knows
-    (a user's image folder decides num_classes)."""
+    (a user's image folder decides num_classes, a trained tokenizer vocab_size).
+
+    `state` is the data module's saved state from a checkpoint (e.g. the translator's tokenizer),
+    restored before those facts are read so that evaluation sees exactly what training saw.
+    """
     dm = hydra.utils.instantiate(cfg.data)
-    if cfg.data.get("num_classes", 0) is None:
-        with open_dict(cfg):
-            cfg.data.num_classes = int(dm.num_classes)
+    if state is not None:
+        dm.load_state_dict(state)
+    for fact in DATA_FACTS:
+        if fact in cfg.data and cfg.data[fact] is None:
+            with open_dict(cfg):
+                cfg.data[fact] = int(getattr(dm, fact))
     return dm
+
+
+def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | None:
+    """The data module state Lightning saved in a checkpoint (under the class's qualified name)."""
+    name = str(cfg.data._target_).rsplit(".", 1)[-1]
+    return ckpt.get(name)
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:

@@ -60,3 +60,26 @@ def run_config(ckpt_file: Path, ckpt: dict[str, Any]) -> DictConfig:
     if CONFIG_KEY in ckpt:
         return OmegaConf.create(ckpt[CONFIG_KEY])
     raise ValueError(f"{str(ckpt_file)!r} carries no training config and has no .hydra/config.yaml beside its run")
+
+
+def average_checkpoints(ckpt_file: Path, n: int) -> tuple[dict[str, torch.Tensor], list[Path]]:
+    """Mean of the weights of the last `n` epoch checkpoints beside `ckpt_file` (checkpoints/epoch*.ckpt).
+
+    Averaging the last few epochs smooths the noise of the final updates (Vaswani et al. 2017
+    average the last 5-20 checkpoints); integer buffers are taken from the newest one.
+    """
+    if n < 1:
+        raise ValueError(f"average_last must be >= 1, got {n}")
+    found = sorted(ckpt_file.resolve().parent.glob("epoch*.ckpt"))
+    if len(found) < n:
+        raise ValueError(f"average_last={n} needs {n} epoch checkpoints in {ckpt_file.resolve().parent}, found "
+                         f"{len(found)}; train with keep_epoch_checkpoints>={n}")
+    used = found[-n:]
+    states = [load_checkpoint(p)["state_dict"] for p in used]
+    avg = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            avg[key] = sum(s[key].double() for s in states).div(n).to(last.dtype)
+        else:
+            avg[key] = last
+    return avg, used

@@ -1,0 +1,250 @@
+"""Parallel text for the translator: one `LightningDataModule` for three sources.
+
+* ``phrases`` (default): English -> `target_lang` phrases written by CLDR locale data (data/phrases.py),
+  generated offline in seconds and cached as TSV.
+* ``bible``: World English Bible -> Reina-Valera 1909, verse-aligned from Debian's SWORD modules
+  (data/bible.py).
+* ``tsv``: a user's file, one ``source<TAB>target`` pair a line (Tatoeba / Anki export format).
+
+Splits are decided by a hash of the source sentence (of the verse key for the Bible), so a test
+sentence can never also be a training sentence, and adding pairs never reshuffles the old ones.
+The BPE tokenizer is trained on the training split only; it is saved in every checkpoint (the
+data module's state) and in the run directory as tokenizer.json, and evaluation reloads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Sampler
+
+from data.bible import load_bible
+from data.phrases import generate_phrases
+from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode, load_tokenizer, train_tokenizer
+
+DATASETS = ("phrases", "bible", "tsv")
+
+
+@dataclass
+class Pair:
+    key: str  # what the split is decided on
+    source: str
+    target: str
+
+
+def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    return "test" if h < test_fraction else "val" if h < test_fraction + val_fraction else "train"
+
+
+def read_tsv(path: str | Path) -> list[Pair]:
+    """Pairs from `source<TAB>target` lines; extra columns (Tatoeba ids, attribution) are ignored."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"data=tsv: file {str(p)!r} does not exist; expected one 'source<TAB>target' pair a line")
+    pairs = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
+            raise ValueError(f"{p}:{n}: expected 'source<TAB>target', got {line[:80]!r}")
+        pairs.append(Pair(cols[0].strip(), cols[0].strip(), cols[1].strip()))
+    if not pairs:
+        raise ValueError(f"data=tsv: {p} has no sentence pairs")
+    return pairs
+
+
+def load_phrases(root: str | Path, target_lang: str, num_pairs: int, seed: int) -> list[Pair]:
+    # Keyed by Babel's version too: new CLDR data may render a phrase differently.
+    cache = Path(root) / "phrases" / f"en-{target_lang}-{num_pairs}-seed{seed}-babel{version('babel')}.tsv"
+    if not cache.is_file():
+        pairs = generate_phrases(target_lang, num_pairs, seed)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{random.getrandbits(32)}.tmp")
+        tmp.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+        tmp.replace(cache)  # atomic: a concurrent or interrupted run never reads half a file
+    return read_tsv(cache)
+
+
+class TextPairs(torch.utils.data.Dataset):
+    """Token ids of each pair; the target gets BOS ... EOS (decoder input and label are shifted views)."""
+
+    def __init__(self, pairs: list[Pair], tok: Tokenizer, max_len: int) -> None:
+        self.pairs = pairs
+        self.src = [encode(tok, p.source, max_len) for p in pairs]
+        self.tgt = [[BOS_ID, *encode(tok, p.target, max_len - 2), EOS_ID] for p in pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int], int]:
+        return self.src[i], self.tgt[i], i
+
+    def lengths(self) -> list[int]:
+        return [max(len(s), len(t)) for s, t in zip(self.src, self.tgt)]
+
+
+def collate(samples: list[tuple[list[int], list[int], int]]) -> dict[str, Tensor]:
+    src = pad_sequence([torch.tensor(s or [PAD_ID]) for s, _, _ in samples], batch_first=True, padding_value=PAD_ID)
+    tgt = pad_sequence([torch.tensor(t) for _, t, _ in samples], batch_first=True, padding_value=PAD_ID)
+    return {"src": src, "tgt": tgt, "index": torch.tensor([i for _, _, i in samples])}
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length (less padding, a faster epoch): shuffle, sort within pools of
+    50 batches, cut into batches, shuffle the batches. Deterministic per (seed, epoch)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool) -> None:
+        self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        pool = 50 * self.batch_size
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start:start + pool], key=self.lengths.__getitem__)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
+class TranslationDataModule(L.LightningDataModule):
+    """Sentence pairs -> padded id batches {"src", "tgt", "index"}; `references(stage)` gives the texts.
+
+    Args mirror configs/data/{phrases,bible,tsv}.yaml: `bpe_vocab_size` is the size the tokenizer is
+    trained to; `vocab_size` is the size it has (null: read from the tokenizer, and the model is
+    sized from it); `max_len` the token limit per side (longer sentences are truncated).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "phrases",
+        root: str = "datasets",
+        path: str | None = None,
+        target_lang: str = "de",
+        num_pairs: int = 40_000,
+        bpe_vocab_size: int = 1000,
+        vocab_size: int | None = None,
+        max_len: int = 64,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.02,
+        test_fraction: float = 0.02,
+        max_eval_pairs: int | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        if dataset == "tsv" and not path:
+            raise ValueError("data=tsv needs data.path=<file.tsv> (one 'source<TAB>target' pair a line)")
+        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must be > 0 with a sum < 1, got "
+                             f"{val_fraction} and {test_fraction}")
+        self.dataset, self.root, self.path, self.target_lang = dataset, root, path, target_lang
+        self.num_pairs, self.bpe_vocab_size, self.expected_vocab, self.max_len = num_pairs, bpe_vocab_size, vocab_size, max_len
+        self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        self.val_fraction, self.test_fraction, self.max_eval_pairs = val_fraction, test_fraction, max_eval_pairs
+        self.tokenizer: Tokenizer | None = None
+        self._splits: dict[str, list[Pair]] | None = None
+        self._data: dict[str, TextPairs] = {}
+
+    # --- pairs, splits and tokenizer ------------------------------------------------------------
+    def _load_pairs(self) -> list[Pair]:
+        if self.dataset == "phrases":
+            return load_phrases(self.root, self.target_lang, self.num_pairs, self.seed)
+        if self.dataset == "bible":
+            return [Pair(k, en, es) for k, en, es in load_bible(self.root)]
+        return read_tsv(self.path)
+
+    @property
+    def splits(self) -> dict[str, list[Pair]]:
+        if self._splits is None:
+            splits: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
+            for p in self._load_pairs():
+                splits[split_of(p.key, self.val_fraction, self.test_fraction)].append(p)
+            for name in ("val", "test"):  # a cap keeps per-epoch decoding affordable on big corpora
+                if self.max_eval_pairs:
+                    splits[name] = splits[name][: self.max_eval_pairs]
+            empty = [k for k, v in splits.items() if not v]
+            if empty:
+                raise ValueError(f"{self.dataset}: the {', '.join(empty)} split(s) are empty; use more pairs or "
+                                 f"larger val_fraction/test_fraction (now {self.val_fraction}/{self.test_fraction})")
+            self._splits = splits
+        return self._splits
+
+    def prepare_tokenizer(self) -> Tokenizer:
+        """The tokenizer: restored from a checkpoint if one was loaded, else trained on the training split."""
+        if self.tokenizer is None:
+            train = self.splits["train"]
+            self.tokenizer = train_tokenizer((t for p in train for t in (p.source, p.target)), self.bpe_vocab_size)
+        size = self.tokenizer.get_vocab_size()
+        if self.expected_vocab is not None and size != self.expected_vocab:
+            raise ValueError(f"the tokenizer has {size} tokens but the config says vocab_size={self.expected_vocab}; "
+                             f"a model trained with another tokenizer cannot use this one")
+        return self.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.prepare_tokenizer().get_vocab_size()
+
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning stores this in every checkpoint: the tokenizer travels with the weights.
+        return {"tokenizer": self.prepare_tokenizer().to_str()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokenizer = load_tokenizer(state["tokenizer"])
+
+    def save_artifacts(self, run_dir: str | Path) -> None:
+        """tokenizer.json in the run directory (the checkpoints carry their own copy)."""
+        self.prepare_tokenizer().save(str(Path(run_dir) / "tokenizer.json"))
+
+    # --- Lightning hooks ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        tok = self.prepare_tokenizer()
+        for name in ("train", "val", "test"):
+            if name not in self._data:
+                self._data[name] = TextPairs(self.splits[name], tok, self.max_len)
+
+    def references(self, stage: str) -> list[str]:
+        return [p.target for p in self.splits[stage]]
+
+    def sources(self, stage: str) -> list[str]:
+        return [p.source for p in self.splits[stage]]
+
+    def train_dataloader(self) -> DataLoader:
+        data = self._data["train"]
+        sampler = BucketBatchSampler(data.lengths(), self.batch_size, self.seed, shuffle=True)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        data = self._data[name]
+        sampler = BucketBatchSampler(data.lengths(), self.eval_batch_size, self.seed, shuffle=False)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)

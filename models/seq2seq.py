@@ -1,0 +1,141 @@
+"""LightningModule for translation: teacher-forced label-smoothed training, BLEU / chrF on decoded text."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+import sacrebleu
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from models.tokenizer import PAD_ID, decode, encode
+from models.classification import optimizer_with_schedule
+from models.translator import Translator
+
+
+class Seq2SeqModule(L.LightningModule):
+    """Trains a `Translator`; validation decodes greedily, test with beam search.
+
+    Args:
+        net: the Translator.
+        optimizer: partial optimizer (Hydra `_partial_: true`).
+        warmup_fraction, min_lr_ratio: warm-up + cosine schedule, per step.
+        label_smoothing: cross-entropy smoothing on target tokens.
+        beam_size: beam width for test / translate (1 = greedy).
+        length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha.
+        max_new_tokens: decoding limit per sentence.
+    """
+
+    def __init__(
+        self,
+        net: Translator,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        beam_size: int = 4,
+        length_penalty: float = 0.6,
+        max_new_tokens: int = 64,
+    ) -> None:
+        super().__init__()
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.warmup_fraction, self.min_lr_ratio, self.label_smoothing = warmup_fraction, min_lr_ratio, label_smoothing
+        self.beam_size, self.length_penalty, self.max_new_tokens = beam_size, length_penalty, max_new_tokens
+        self.tokenizer: Tokenizer | None = None
+        self._outputs: dict[str, list[tuple[int, str]]] = {}
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "prepare_tokenizer"):
+            self.tokenizer = dm.prepare_tokenizer()
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.net(src, tgt_in)
+
+    def _loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        tgt_in, labels = batch["tgt"][:, :-1], batch["tgt"][:, 1:]
+        logits = self(batch["src"], tgt_in)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD_ID, label_smoothing=smoothing)
+        real = labels.ne(PAD_ID)
+        acc = (logits.argmax(-1).eq(labels) & real).sum() / real.sum()
+        n = int(real.sum())
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)  # token accuracy
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._loss(batch, "train")
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str, beam_size: int) -> None:
+        self._loss(batch, stage)
+        hyps = self.generate(batch["src"], beam_size)
+        self._outputs.setdefault(stage, []).extend(zip(batch["index"].tolist(), hyps))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", beam_size=1)  # greedy: cheap enough to run every epoch
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", beam_size=self.beam_size)
+
+    def _log_text_metrics(self, stage: str) -> None:
+        outputs = sorted(self._outputs.pop(stage, []))
+        if not outputs:
+            return
+        refs_all = self.trainer.datamodule.references(stage)
+        hyps = [h for _, h in outputs]
+        refs = [refs_all[i] for i, _ in outputs]
+        scores = text_metrics(hyps, refs)
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "bleu")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_text_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_text_metrics("test")
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def generate(self, src: Tensor, beam_size: int | None = None) -> list[str]:
+        """Detokenized translations of a batch of source ids."""
+        beam = self.beam_size if beam_size is None else beam_size
+        if beam == 1:
+            ids = self.net.greedy(src, self.max_new_tokens)
+        else:
+            ids = self.net.beam_search(src, beam, self.max_new_tokens, self.length_penalty)
+        return [decode(self.tokenizer, row) for row in ids.tolist()]
+
+    @torch.no_grad()
+    def translate(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
+        """Translate raw sentences (the `predict.py` path). Long ones are truncated to the model's limit."""
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer: load one from the checkpoint (Seq2SeqModule.tokenizer) first")
+        empty = [i for i, s in enumerate(sentences) if not s.strip()]
+        if empty:
+            raise ValueError(f"sentence {empty[0]} is empty; give text to translate")
+        ids = [torch.tensor(encode(self.tokenizer, s, self.net.max_len) or [PAD_ID]) for s in sentences]
+        src = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=PAD_ID).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generate(src, beam_size)
+        finally:
+            self.train(was_training)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return optimizer_with_schedule(self, self.net)
+
+
+def text_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, its default 13a tokenization) and the exact-match rate, in %."""
+    return {
+        "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+        "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+        "exact": 100.0 * sum(h == r for h, r in zip(hyps, refs)) / max(1, len(refs)),
+    }
