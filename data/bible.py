@@ -28,7 +28,8 @@ BOOKS = (
     "Zechariah Malachi Matthew Mark Luke John Acts Romans I_Corinthians II_Corinthians Galatians Ephesians "
     "Philippians Colossians I_Thessalonians II_Thessalonians I_Timothy II_Timothy Titus Philemon Hebrews James "
     "I_Peter II_Peter I_John II_John III_John Jude Revelation_of_John"
-).replace("_", " ").split()
+)
+BOOKS = tuple(b.replace("_", " ") for b in BOOKS.split())
 # "Psalms 3:1: " at a line start, or after the psalm title that WEB repeats in front of every verse.
 _KEY = re.compile(r"^(?:.*?\s\s)?((?:I{1,3} )?[A-Z][A-Za-z ]*? \d+:\d+): ")
 _FOOTNOTE = re.compile(r"<note\b.*?</note>", re.S)

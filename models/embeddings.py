@@ -1,6 +1,9 @@
-"""Input embeddings: patches of a 2-D plane (images, spectrograms) and resizable position tables."""
+"""Input embeddings: patches of a 2-D plane (images, spectrograms), resizable 2-D position tables, and
+the fixed 1-D sinusoidal positions of the translator."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -116,3 +119,13 @@ class ConvStem(_PlaneEmbed):
         for _ in range(len(self.proj) // 3):
             g = tuple((s + 1) // 2 for s in g)  # 3x3, stride 2, padding 1
         return g  # type: ignore[return-value]
+
+
+def sinusoidal_table(length: int, dim: int) -> Tensor:
+    """The fixed sin/cos positions of Vaswani et al. (2017), (length, dim)."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table.float()

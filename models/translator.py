@@ -15,19 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention import KVCache
+from models.embeddings import sinusoidal_table
 from models.layers import DecoderBlock, Encoder, LayerNorm
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-def sinusoidal_table(length: int, dim: int) -> Tensor:
-    """The fixed sin/cos positions of Vaswani et al. (2017), (length, dim)."""
-    pos = torch.arange(length, dtype=torch.float64)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
-    return table.float()
 
 
 class Translator(nn.Module):

@@ -63,4 +63,12 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_each_experiment_composes(experiment: str, tmp_path) -> None:
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    if cfg.data.get("vocab_size", 0) is None:  # normally read from the trained tokenizer
+        cfg.data.vocab_size = 100
     assert build_module(cfg) is not None
+
+
+def test_model_recipe_sets_epochs_and_the_command_line_wins(tmp_path) -> None:
+    assert compose_config("train", ["model=translator"], tmp_path).trainer.max_epochs == 6  # recipe/translator.yaml
+    assert compose_config("train", ["model=translator", "trainer.max_epochs=2"], tmp_path).trainer.max_epochs == 2
+    assert compose_config("train", ["model=vit"], tmp_path).trainer.max_epochs == 35  # no recipe: trainer default
