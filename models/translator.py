@@ -90,12 +90,14 @@ class Translator(nn.Module):
         # sqrt(dim) scaling keeps token embeddings (std dim^-0.5, tied with the output) on par with positions.
         return self.drop(table(ids) * math.sqrt(self.dim) + self.pos[offset: offset + L])
 
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        """src (B, S) ids -> memory (B, S, dim) and its padding mask (B, S), True = pad."""
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor | None]:
+        """src (B, S) ids -> memory (B, S, dim) and its padding mask (B, S), True = pad; None when
+        nothing is padded (no mask to build and apply in every later cross-attention step)."""
         pad = src.eq(PAD_ID)
+        pad = pad if bool(pad.any()) else None
         return self.encoder(self._embed(self.src_embed, src), key_padding_mask=pad), pad
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad: Tensor,
+    def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad: Tensor | None,
                caches: list[tuple[KVCache, KVCache]] | None = None) -> Tensor:
         """Decoder logits (B, T, vocab). With `caches`, tgt_in holds only the new positions."""
         offset = caches[0][0].length if caches else 0
@@ -114,7 +116,7 @@ class Translator(nn.Module):
     def new_caches(self) -> list[tuple[KVCache, KVCache]]:
         return [(KVCache(), KVCache(static=True)) for _ in self.decoder]
 
-    def _next_logits(self, ys: Tensor, memory: Tensor, pad: Tensor, caches: list | None) -> Tensor:
+    def _next_logits(self, ys: Tensor, memory: Tensor, pad: Tensor | None, caches: list | None) -> Tensor:
         if caches is not None:
             return self.decode(ys[:, -1:], memory, pad, caches)[:, -1]
         return self.decode(ys, memory, pad)[:, -1]  # no cache: recompute the whole prefix
@@ -152,7 +154,8 @@ class Translator(nn.Module):
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         B, K, V = src.shape[0], beam_size, self.vocab_size
         memory, pad = self.encode(src)
-        memory, pad = memory.repeat_interleave(K, 0), pad.repeat_interleave(K, 0)  # (B*K, S, dim)
+        memory = memory.repeat_interleave(K, 0)  # (B*K, S, dim)
+        pad = None if pad is None else pad.repeat_interleave(K, 0)
         dev = src.device
         ys = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=dev)
         logp = torch.zeros(B, K, device=dev)
