@@ -1,0 +1,279 @@
+"""Video classification data: one `LightningDataModule` for two sources.
+
+* ``moving_digits`` (default): clips generated in memory (~0.2 s) from the 5,000 embedded MNIST
+  digits (data/images.py), labelled by motion only; see data/moving_digits.py. Digits follow the
+  MNIST split of the image data (same seed and fractions): train clips use train digits, val clips
+  val digits, test clips test digits, so no digit is shared between splits.
+* ``video_folder``: ``root/<class>/<video>.mp4|avi|webm|mkv|mov`` decoded with PyAV (``pip install av``),
+  ``num_frames`` frames sampled uniformly over each video, resized to ``image_size``.
+
+Two controls for any source, applied to train, val and test alike:
+``shuffle_frames`` permutes the frames of every clip in time (a fixed, seeded permutation per clip),
+``single_frame`` keeps the first frame only. Batches are float32 (B, in_chans, T, H, W), normalised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+
+from data.images import load_mnist_5k, stratified_split
+from data.moving_digits import CLASS_NAMES, check_geometry, make_moving_digits
+
+DATASETS = ("moving_digits", "video_folder")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+VIDEO_FOLDER_LAYOUT = "root/<class>/<video>.mp4 (one sub-folder per class, videos inside)"
+
+
+def read_video(path: str | Path, num_frames: int, image_size: int, in_chans: int) -> Tensor:
+    """uint8 (in_chans, num_frames, image_size, image_size): frames sampled uniformly over the whole video.
+
+    Every frame is scaled down by FFmpeg as it is decoded, so a long video costs little memory.
+    A file PyAV cannot decode, or one with fewer than `num_frames` frames, raises RuntimeError naming it.
+    """
+    import av  # optional dependency: only user folders need it
+
+    fmt = "gray" if in_chans == 1 else "rgb24"
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise RuntimeError(f"video_folder: {path} has no video stream")
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(width=image_size, height=image_size, format=fmt) for f in container.decode(stream)]
+    except av.FFmpegError as e:
+        raise RuntimeError(f"video_folder: cannot decode {path}: {e}") from e
+    if len(frames) < num_frames:
+        # Repeating frames would silently slow the motion down; the user should pick num_frames instead.
+        raise RuntimeError(f"video_folder: {path} has {len(frames)} decodable frame(s), fewer than "
+                           f"num_frames={num_frames}; lower data.num_frames or remove the file")
+    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)  # uniform, first and last included
+    clip = torch.from_numpy(np.stack([frames[i] for i in picks]))  # (T, H, W) or (T, H, W, 3)
+    return clip.unsqueeze(0) if in_chans == 1 else clip.permute(3, 0, 1, 2).contiguous()
+
+
+def find_video_classes(root: str | None) -> list[str]:
+    """Sorted class sub-folder names, with errors that show the expected layout."""
+    if not root:
+        raise ValueError(f"dataset 'video_folder' needs root=<folder> laid out as {VIDEO_FOLDER_LAYOUT}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"video_folder: root {path} does not exist or is not a folder")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(f"video_folder: {len(classes)} class sub-folder(s) in {path}; need at least 2, "
+                         f"laid out as {VIDEO_FOLDER_LAYOUT}")
+    return classes
+
+
+class VideoFiles(Dataset):
+    """(path, label) list -> (uint8 clip (C, T, H, W), label), decoded lazily."""
+
+    def __init__(self, samples: list[tuple[str, int]], num_frames: int, image_size: int, in_chans: int) -> None:
+        self.samples, self.num_frames, self.image_size, self.in_chans = samples, num_frames, image_size, in_chans
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        path, label = self.samples[i]
+        return read_video(path, self.num_frames, self.image_size, self.in_chans), label
+
+
+class FrameControl(Dataset):
+    """Control experiments on any clip dataset: frames shuffled in time, or a single frame kept.
+
+    The permutation of clip i depends only on (seed, i): the same clip is shuffled the same way in
+    every epoch, so "shuffled" is a fixed dataset, not an augmentation.
+    """
+
+    def __init__(self, dataset: Dataset, shuffle_frames: bool, single_frame: bool, seed: int) -> None:
+        self.dataset, self.shuffle_frames, self.single_frame, self.seed = dataset, shuffle_frames, single_frame, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Any]:
+        clip, label = self.dataset[i]  # (C, T, H, W)
+        if self.shuffle_frames:
+            clip = clip[:, torch.from_numpy(np.random.default_rng([self.seed, i]).permutation(clip.shape[1]))]
+        if self.single_frame:
+            clip = clip[:, :1]
+        return clip, label
+
+
+class VideoBatch:
+    """DataLoader collate_fn: uint8 clips (C, T, H, W) -> normalised float32 (B, C, T, H, W) and labels."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+
+    def __call__(self, samples: list[tuple[Tensor, Any]]) -> tuple[Tensor, Tensor]:
+        # Tiny ops: on busy cores extra intra-op threads only stall (see data.images.ImageBatch).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            clips = torch.stack([s[0] for s in samples]).float().div_(255)
+            labels = torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
+            return (clips - self.mean) / self.std, labels
+        finally:
+            torch.set_num_threads(threads)
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Video classification data; every constructor argument is a key of configs/data/*.yaml.
+
+    After `setup()`: `train_dataset`, `val_dataset`, `test_dataset` (uint8 clips) and the loaders.
+    Always available: `num_classes`, `class_names`, `in_chans`, `image_size`, `num_frames`, `mean`, `std`.
+    `digit_size` and `train_clips` (null = one clip per train digit) concern moving_digits only.
+    `epoch_clips` (null = all) makes a training epoch a fresh random draw of that many clips, so that
+    short epochs (validation, checkpoints, the LR schedule) fit the trainer's fixed epoch count.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "moving_digits",
+        root: str | None = None,
+        image_size: int = 32,
+        num_frames: int = 8,
+        in_chans: int = 1,
+        num_classes: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_frames: bool = False,
+        single_frame: bool = False,
+        digit_size: int = 16,
+        train_clips: int | None = None,
+        epoch_clips: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        for name, value, low in (("image_size", image_size, 1), ("num_frames", num_frames, 1),
+                                 ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}={value!r}; expected an integer >= {low}")
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans={in_chans!r}; expected 1 (grayscale) or 3 (RGB)")
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}; expected each in (0, 1), "
+                             f"sum < 1")
+        if dataset == "moving_digits":
+            check_geometry(num_frames, image_size, digit_size)
+            if in_chans != 1:
+                raise ValueError(f"moving_digits is grayscale: in_chans must be 1, got {in_chans}")
+            if num_classes is not None and num_classes != len(CLASS_NAMES):
+                raise ValueError(f"num_classes={num_classes} but moving_digits has {len(CLASS_NAMES)} classes")
+            if train_clips is not None and train_clips < len(CLASS_NAMES):
+                raise ValueError(f"train_clips={train_clips}; expected null or >= {len(CLASS_NAMES)}")
+        if epoch_clips is not None and (not isinstance(epoch_clips, int) or epoch_clips < 1):
+            raise ValueError(f"epoch_clips={epoch_clips!r}; expected null (all training clips) or an integer >= 1")
+        self.save_hyperparameters()
+        self.dataset, self.root, self.image_size, self.num_frames = dataset, root, image_size, num_frames
+        self.in_chans, self.batch_size, self.num_workers, self.seed = in_chans, batch_size, num_workers, seed
+        self.shuffle_frames, self.single_frame = shuffle_frames, single_frame
+        self.digit_size, self.train_clips, self.epoch_clips = digit_size, train_clips, epoch_clips
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self._requested_classes = num_classes
+        self._class_names: list[str] | None = list(CLASS_NAMES) if dataset == "moving_digits" else None
+        # [0, 1] -> [-1, 1] for user videos; moving_digits replaces this with its train-set statistics.
+        self.mean, self.std = (0.5,) * in_chans, (0.5,) * in_chans
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            names = find_video_classes(self.root)
+            if self._requested_classes is not None and self._requested_classes != len(names):
+                raise ValueError(f"num_classes={self._requested_classes} but video folder {self.root} has "
+                                 f"{len(names)} classes ({', '.join(names)})")
+            self._class_names = names
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:  # Lightning calls setup once per stage; the data never changes
+            return
+        parts = self._moving_digits() if self.dataset == "moving_digits" else self._video_folder()
+        # A different seed per split: the val/test shuffles must not repeat the train ones clip for clip.
+        self.train_dataset, self.val_dataset, self.test_dataset = (
+            FrameControl(p, self.shuffle_frames, self.single_frame, self.seed * 3 + k) for k, p in enumerate(parts)
+        )
+
+    def _moving_digits(self) -> list[Dataset]:
+        images, labels = load_mnist_5k()
+        splits = stratified_split(labels.numpy(), self.val_fraction, self.test_fraction, self.seed)
+        sizes = [self.train_clips or len(splits[0]), len(splits[1]), len(splits[2])]
+        parts = []
+        for k, (idx, n) in enumerate(zip(splits, sizes)):
+            md = make_moving_digits(images[torch.from_numpy(idx)], n, self.num_frames, self.image_size,
+                                    self.digit_size, seed=self.seed * 3 + k)
+            parts.append(TensorDataset(md.clips, md.labels))
+            if k == 0:  # normalise with the statistics of the training clips
+                pixels = md.clips.float().div_(255)
+                self.mean, self.std = (pixels.mean().item(),), (pixels.std().item(),)
+        return parts
+
+    def _video_folder(self) -> list[Dataset]:
+        from torchvision.datasets.folder import make_dataset
+
+        names = self.class_names  # validates the root and num_classes
+        root = Path(self.root).expanduser()  # type: ignore[arg-type]
+        samples = make_dataset(str(root), {n: i for i, n in enumerate(names)}, extensions=VIDEO_EXTENSIONS,
+                               allow_empty=True)
+        counts = np.bincount([label for _, label in samples], minlength=len(names))
+        if (counts == 0).any():
+            empty = [n for n, c in zip(names, counts) if c == 0]
+            raise FileNotFoundError(f"video_folder: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folder(s) "
+                                    f"{', '.join(empty)} of {root}; expected {VIDEO_FOLDER_LAYOUT}")
+        full = VideoFiles(samples, self.num_frames, self.image_size, self.in_chans)
+        labels = np.array([label for _, label in samples])
+        splits = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed, names)
+        return [Subset(full, idx.tolist()) for idx in splits]
+
+    def train_dataloader(self) -> DataLoader:
+        if self.epoch_clips is None:
+            return self._loader(self.train_dataset, shuffle=True)
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        # Each epoch a fresh random subset of epoch_clips distinct clips (seeded: the same run twice is the same).
+        sampler = RandomSampler(self.train_dataset, num_samples=self.epoch_clips,
+                                generator=torch.Generator().manual_seed(self.seed))
+        return self._loader(self.train_dataset, shuffle=False, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, shuffle=False)
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool, sampler: RandomSampler | None = None) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=VideoBatch(self.mean, self.std),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+
+__all__ = ["FrameControl", "VideoBatch", "VideoDataModule", "VideoFiles", "find_video_classes", "read_video"]
