@@ -1,0 +1,297 @@
+"""Audio classification data for the zoo: one `LightningDataModule` for three sources of 1 s clips.
+
+* ``keywords`` (default): spoken keywords synthesised offline with espeak-ng (`data/keywords.py`);
+  test clips are spoken by voices never heard in training. Synthesized speech, not recordings.
+* ``speech_commands``: Google Speech Commands v0.02 via torchaudio's SPEECHCOMMANDS (downloaded into
+  ``root`` when allowed), mapped to the same 12 classes: the ten keywords, ``_unknown_`` (the other
+  25 words, subsampled to the size of a keyword class) and ``_silence_`` (1 s slices of its
+  background-noise recordings). Official validation / testing lists.
+* ``audio_folder``: ``root/<class>/<clip>.wav|flac|ogg``, read with soundfile, mixed down to mono,
+  resampled to ``sample_rate``; seeded stratified split.
+
+Batches are ``(float32 waveforms (B, samples) in [-1, 1], int64 labels)``: the model computes its
+own log-mel spectrogram. Clips are padded / centre-cropped to ``clip_seconds``. Training batches get
+a random time shift (zero-filled) of up to ``shift_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from data.images import stratified_split
+from data.keywords import CLASSES, KEYWORDS, SILENCE, UNKNOWN, KeywordSpec, load_keywords
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("keywords", "speech_commands", "audio_folder")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+AUDIO_FOLDER_LAYOUT = "root/<class>/<clip>.wav|flac|ogg (one sub-folder per class, clips inside)"
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int) -> Tensor:
+    """Mono float32 waveform of a file at `sample_rate`; errors name the file."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
+        raise RuntimeError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
+    if data.shape[0] == 0:
+        raise ValueError(f"empty audio file (0 samples): {path}")
+    wave = torch.from_numpy(data.mean(axis=1))
+    return AF.resample(wave, rate, sample_rate) if rate != sample_rate else wave
+
+
+def check_audio(path: str | os.PathLike) -> None:
+    """Header-only check (no decoding) that a file is readable audio with at least one sample."""
+    import soundfile as sf
+
+    try:
+        frames = sf.info(str(path)).frames
+    except Exception as e:
+        raise RuntimeError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
+    if frames == 0:
+        raise ValueError(f"empty audio file (0 samples): {path}")
+
+
+def fit_length(wave: Tensor, n: int) -> Tensor:
+    """Zero-pad at the end, or keep the middle `n` samples."""
+    if len(wave) >= n:
+        start = (len(wave) - n) // 2
+        return wave[start:start + n]
+    return torch.nn.functional.pad(wave, (0, n - len(wave)))
+
+
+class AudioFiles(Dataset):
+    """(path, label) list -> (float32 waveform (samples,), label), decoded lazily."""
+
+    def __init__(self, samples: list[tuple[str, int]], sample_rate: int, num_samples: int,
+                 offsets: list[int] | None = None) -> None:
+        self.samples, self.sample_rate, self.num_samples = samples, sample_rate, num_samples
+        self.offsets = offsets  # per sample: start of the slice to cut from a long file (silence clips)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        path, label = self.samples[i]
+        wave = read_audio(path, self.sample_rate)
+        if self.offsets is not None and self.offsets[i] >= 0:
+            wave = wave[self.offsets[i]: self.offsets[i] + self.num_samples]
+        return fit_length(wave, self.num_samples), label
+
+
+class AudioBatch:
+    """collate_fn: int16 or float samples -> float32 (B, samples) in [-1, 1], + random shift if given."""
+
+    def __init__(self, max_shift: int = 0, generator: torch.Generator | None = None) -> None:
+        self.max_shift, self.generator = max_shift, generator
+
+    def __call__(self, samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        waves = torch.stack([s[0] for s in samples])
+        waves = waves.float() / 32768.0 if waves.dtype == torch.int16 else waves.float()
+        labels = torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
+        if self.max_shift > 0:
+            waves = random_shift(waves, self.max_shift, self.generator)
+        return waves, labels
+
+
+def random_shift(waves: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Shift each clip by its own whole number of samples in [-max_shift, max_shift], zero-filled."""
+    b, n = waves.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (b, 1), generator=generator)
+    src = torch.arange(n)[None, :] - shift  # output sample t comes from input sample t - shift
+    valid = (src >= 0) & (src < n)
+    return torch.where(valid, waves.gather(1, src.clamp(0, n - 1)), torch.zeros(()))
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Audio classification data; every constructor argument is a key of configs/data/*.yaml.
+
+    After `setup()`: `train_dataset`, `val_dataset`, `test_dataset` and the three loaders, yielding
+    `(float32 (B, sample_rate * clip_seconds) waveforms, int64 labels)`. `num_classes` /
+    `class_names` are known before setup (audio_folder scans its class sub-folders).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "keywords",
+        root: str | None = None,
+        sample_rate: int = 16000,
+        clip_seconds: float = 1.0,
+        num_classes: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = True,
+        shift_seconds: float = 0.1,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        download: bool = True,
+        train_per_class: int = 300,
+        val_per_class: int = 50,
+        test_per_class: int = 100,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        for name, value, low in (("sample_rate", sample_rate, 1), ("batch_size", batch_size, 1),
+                                 ("num_workers", num_workers, 0), ("train_per_class", train_per_class, 1),
+                                 ("val_per_class", val_per_class, 1), ("test_per_class", test_per_class, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}={value!r}; expected an integer >= {low}")
+        if not clip_seconds > 0:
+            raise ValueError(f"clip_seconds={clip_seconds!r}; expected > 0")
+        if not 0 <= shift_seconds < clip_seconds:
+            raise ValueError(f"shift_seconds={shift_seconds!r}; expected in [0, clip_seconds={clip_seconds})")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 < value < 1:
+                raise ValueError(f"{name}={value!r}; expected a number strictly between 0 and 1")
+        fixed = len(CLASSES) if dataset != "audio_folder" else None
+        if num_classes is not None and fixed is not None and num_classes != fixed:
+            raise ValueError(f"num_classes={num_classes} but dataset {dataset!r} has {fixed} classes")
+        self.save_hyperparameters()
+        self.dataset, self.root, self.sample_rate, self.clip_seconds = dataset, root, sample_rate, clip_seconds
+        self.num_samples = int(round(sample_rate * clip_seconds))
+        self.batch_size, self.num_workers, self.seed, self.augment = batch_size, num_workers, seed, augment
+        self.max_shift = int(round(shift_seconds * sample_rate)) if augment else 0
+        self.val_fraction, self.test_fraction, self.download = val_fraction, test_fraction, download
+        self.spec = KeywordSpec(train_per_class, val_per_class, test_per_class, sample_rate, clip_seconds, seed)
+        self._requested_classes = num_classes
+        self._class_names: list[str] | None = list(CLASSES) if fixed else None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self.test_voices: list[str] | None = None  # keywords: who speaks each test clip
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            names = find_audio_classes(self.root)
+            if self._requested_classes is not None and self._requested_classes != len(names):
+                raise ValueError(f"num_classes={self._requested_classes} but audio folder {self.root} has "
+                                 f"{len(names)} classes ({', '.join(names)})")
+            self._class_names = names
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:  # Lightning calls setup once per stage; the data never changes
+            return
+        if self.dataset == "keywords":
+            if not self.root:
+                raise ValueError("dataset 'keywords' needs root=<folder> to cache the generated clips in")
+            arrays = load_keywords(self.root, self.spec, log=log.info)
+            parts = [TensorDataset(torch.from_numpy(arrays[f"{s}_audio"]), torch.from_numpy(arrays[f"{s}_labels"]))
+                     for s in ("train", "val", "test")]
+            self.train_dataset, self.val_dataset, self.test_dataset = parts
+            self.test_voices = [str(v) for v in arrays["test_voices"]]
+        elif self.dataset == "speech_commands":
+            self.train_dataset, self.val_dataset, self.test_dataset = self._speech_commands()
+        else:
+            self._setup_audio_folder()
+
+    def train_dataloader(self) -> DataLoader:
+        shift_rng = torch.Generator().manual_seed(self.seed + 1)
+        return self._loader(self.train_dataset, AudioBatch(self.max_shift, shift_rng), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, AudioBatch(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
+
+    def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+
+    # -- audio_folder
+
+    def _setup_audio_folder(self) -> None:
+        names = self.class_names  # validates root and num_classes
+        root = Path(self.root).expanduser()  # type: ignore[arg-type]
+        samples = [(str(p), label) for label, name in enumerate(names) for p in sorted((root / name).rglob("*"))
+                   if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
+        counts = np.bincount([label for _, label in samples], minlength=len(names))
+        if (counts == 0).any():
+            empty = [n for n, c in zip(names, counts) if c == 0]
+            raise FileNotFoundError(f"audio_folder: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class "
+                                    f"folder(s) {', '.join(empty)} of {root}; expected {AUDIO_FOLDER_LAYOUT}")
+        for path, _ in samples:  # fail now, with the path, rather than in the middle of an epoch
+            check_audio(path)
+        full = AudioFiles(samples, self.sample_rate, self.num_samples)
+        labels = np.array([label for _, label in samples])
+        parts = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed, names)
+        self.train_dataset, self.val_dataset, self.test_dataset = (Subset(full, idx.tolist()) for idx in parts)
+
+    # -- speech_commands
+
+    def _speech_commands(self) -> tuple[Dataset, Dataset, Dataset]:
+        import soundfile as sf
+        from torchaudio.datasets import SPEECHCOMMANDS
+
+        how = ("To get it: run once with data.download=true and internet access (2.3 GB, into root), or download "
+               "speech_commands_v0.02.tar.gz and extract it into <root>/SpeechCommands/speech_commands_v0.02")
+        if not self.root:
+            raise ValueError(f"dataset 'speech_commands' needs root=<folder> holding (or to download) it. {how}.")
+        Path(self.root).expanduser().mkdir(parents=True, exist_ok=True)
+        try:
+            subsets = [SPEECHCOMMANDS(str(Path(self.root).expanduser()), download=self.download, subset=s)
+                       for s in ("training", "validation", "testing")]
+        except (OSError, RuntimeError) as e:  # offline: URLError (an OSError); missing files: RuntimeError
+            raise RuntimeError(
+                f"dataset 'speech_commands' not found in {Path(self.root).expanduser() / 'SpeechCommands'} "
+                f"(download={self.download}; {type(e).__name__}: {str(e).strip()[:300]}). {how}."
+            ) from e
+        index = {name: i for i, name in enumerate(CLASSES)}
+        rng = np.random.default_rng(self.seed)
+        noise_files = sorted(Path(subsets[0]._path, "_background_noise_").glob("*.wav"))
+        parts = []
+        for ds in subsets:
+            paths = list(ds._walker)  # full paths; the label is the parent folder's name
+            labels = np.array([index.get(Path(p).parent.name, index[UNKNOWN]) for p in paths])
+            per_class = int(np.bincount(labels, minlength=len(CLASSES))[: len(KEYWORDS)].mean())
+            unknown = np.flatnonzero(labels == index[UNKNOWN])
+            keep = np.sort(np.concatenate([np.flatnonzero(labels != index[UNKNOWN]),
+                                           rng.choice(unknown, min(per_class, len(unknown)), replace=False)]))
+            samples = [(paths[i], int(labels[i])) for i in keep]
+            offsets = [-1] * len(samples)
+            for _ in range(per_class if noise_files else 0):  # silence: random 1 s slices of the noise files
+                f = noise_files[rng.integers(len(noise_files))]
+                frames = sf.info(str(f)).frames * self.sample_rate // sf.info(str(f)).samplerate
+                samples.append((str(f), index[SILENCE]))
+                offsets.append(int(rng.integers(max(1, frames - self.num_samples))))
+            parts.append(AudioFiles(samples, self.sample_rate, self.num_samples, offsets))
+        return parts[0], parts[1], parts[2]
+
+
+def find_audio_classes(root: str | None) -> list[str]:
+    """Sorted class sub-folder names of an audio folder, with errors that show the expected layout."""
+    if not root:
+        raise ValueError(f"dataset 'audio_folder' needs root=<folder> laid out as {AUDIO_FOLDER_LAYOUT}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"audio_folder: root {path} does not exist or is not a folder")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(f"audio_folder: {len(classes)} class sub-folder(s) in {path}; need at least 2, "
+                         f"laid out as {AUDIO_FOLDER_LAYOUT}")
+    return classes
+
+
+__all__ = ["AudioBatch", "AudioDataModule", "read_audio", "random_shift"]
