@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
 from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D
+
 from models.layers import Encoder
+from models.vit import VisionTransformer
 
 
 class LogMel(nn.Module):
@@ -164,16 +166,9 @@ class AudioSpectrogramTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop)
         self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path)
         self.head = nn.Linear(dim, num_classes)
-        self.apply(self._init_weights)
+        self.apply(VisionTransformer._init_weights)  # the ViT's init: truncated normal Linear weights
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed.weight"}
