@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
 from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D
-
 from models.layers import Encoder
 from models.vit import VisionTransformer
 
