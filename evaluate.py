@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on its test set: `python evaluate.py ckpt_path=<file.ckpt | run dir>`.
 
-`average_last=N` evaluates the average of the weights of the run's last N epoch checkpoints
+`save_attention=N` also draws the attention of the first N test examples into <run dir>/attention/
+(the same pictures as `predict.py --attention-dir`). `average_last=N` evaluates the average of the weights of the run's last N epoch checkpoints
 (checkpoints/epoch*.ckpt, kept by `keep_epoch_checkpoints` at training time).
 
 The model and data are rebuilt from the run's own saved config (no overrides to re-type);
@@ -45,6 +46,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir = output_dir()
     clean = write_metrics(run_dir / "metrics.json", metrics)
     print(f"Checkpoint: {ckpt_file}\nMetrics: {clean}\nWritten to {run_dir / 'metrics.json'}")
+    if cfg.get("save_attention"):
+        from viz.explain import save_test_pictures, wrap
+
+        lines = save_test_pictures(wrap(module, datamodule, train_cfg, ckpt_file), int(cfg.save_attention),
+                                   run_dir / "attention")
+        print("Attention pictures of the first test examples:\n" + "\n".join(lines))
     return clean
 
 

@@ -13,6 +13,7 @@ the output still comes from the selected kernel, so asking for maps never change
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 from contextlib import contextmanager
@@ -269,32 +270,27 @@ class MultiHeadAttention(nn.Module):
 class AttentionRecorder:
     """Collect attention maps from chosen layers while the model runs as usual.
 
-    with AttentionRecorder(model, layers=[-1]) as rec:
-        logits = model(x)
-    rec.maps  # {module_name: (B, H, T, S) tensor}
+        with AttentionRecorder(model, layers=["decoder.*.cross_attn"], average_heads=True) as rec:
+            logits = model(src, tgt_in)
+        rec.maps  # {module_name: (B, T, S)}; per head (B, H, T, S) without average_heads
 
-    Layers not chosen stay on the fused kernel with no extra work.
+    layers: None (all), or entries that are an index into the model's attention layers in
+        module order (negative counts from the end), a module name, or a glob over names.
+    heads: keep only these head indices (None = all); average_heads: mean over the kept heads.
+    Each map is the layer's last call (for a cached decoder: its last step). The maps are computed
+    beside the output of whichever kernel runs, so recording never changes what the model returns;
+    layers not chosen stay on the fused kernel with no extra work.
     """
 
-    def __init__(self, model: nn.Module, layers: list[int] | list[str] | None = None) -> None:
-        named = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
-        if not named:
-            raise ValueError(f"{type(model).__name__} has no MultiHeadAttention layers to record")
-        if layers is None:
-            chosen = named
-        else:
-            by_name = dict(named)
-            chosen = []
-            for layer in layers:
-                if isinstance(layer, int):
-                    if not -len(named) <= layer < len(named):
-                        raise ValueError(f"layer index {layer} out of range for {len(named)} attention layers")
-                    chosen.append(named[layer])
-                elif layer in by_name:
-                    chosen.append((layer, by_name[layer]))
-                else:
-                    raise ValueError(f"no attention layer named {layer!r}; known: {list(by_name)}")
-        self.modules = dict(chosen)
+    def __init__(self, model: nn.Module, layers: list[int | str] | None = None,
+                 heads: list[int] | None = None, average_heads: bool = False) -> None:
+        self.modules = dict(select_attention_layers(model, layers))
+        if heads is not None:
+            num = {m.num_heads for m in self.modules.values()}
+            bad = [h for h in heads if not all(-n <= h < n for n in num)]
+            if bad or not heads:
+                raise ValueError(f"heads={list(heads)}: expected a non-empty list of head indices below {min(num)}")
+        self.heads, self.average_heads = heads, average_heads
         self.maps: dict[str, Tensor] = {}
 
     def __enter__(self) -> "AttentionRecorder":
@@ -303,10 +299,53 @@ class AttentionRecorder:
         return self
 
     def collect(self) -> dict[str, Tensor]:
-        self.maps = {n: m.last_weights for n, m in self.modules.items() if m.last_weights is not None}
-        return self.maps
+        maps = {}
+        for name, m in self.modules.items():
+            w = m.last_weights
+            if w is None:
+                continue
+            if self.heads is not None:
+                w = w[:, list(self.heads)]
+            maps[name] = w.mean(dim=1) if self.average_heads else w
+        self.maps = maps
+        return maps
 
     def __exit__(self, *exc: object) -> None:
         self.collect()
         for m in self.modules.values():
             m.store_weights, m.last_weights = False, None
+
+
+def select_attention_layers(model: nn.Module, layers: list[int | str] | None) -> list[tuple[str, MultiHeadAttention]]:
+    """(name, module) of the model's attention layers picked by index, name or glob (None = all)."""
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    if not named:
+        raise ValueError(f"{type(model).__name__} has no MultiHeadAttention layers to record")
+    if layers is None:
+        return named
+    chosen: dict[str, MultiHeadAttention] = {}
+    for layer in layers:
+        if isinstance(layer, int):
+            if not -len(named) <= layer < len(named):
+                raise ValueError(f"layer index {layer} out of range for {len(named)} attention layers")
+            chosen.setdefault(*named[layer])
+            continue
+        hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, str(layer))]
+        if not hits:
+            raise ValueError(f"no attention layer matches {layer!r}; known: {[n for n, _ in named]}")
+        for n, m in hits:
+            chosen.setdefault(n, m)
+    return list(chosen.items())
+
+
+def attention_maps(model: nn.Module, *inputs: object, layers: list[int | str] | None = None,
+                   heads: list[int] | None = None, average_heads: bool = False,
+                   **kwargs: object) -> tuple[object, dict[str, Tensor]]:
+    """Run `model(*inputs, **kwargs)` once and return (its output, {layer name: attention map}).
+
+    The one way to ask any model of the zoo for its attention: see AttentionRecorder for the
+    arguments and shapes. The output is exactly what the model returns without recording.
+    """
+    with AttentionRecorder(model, layers, heads, average_heads) as rec:
+        out = model(*inputs, **kwargs)
+    return out, rec.maps

@@ -235,7 +235,9 @@ def test_train_evaluate_average_and_predict_from_the_command_line(tmp_path) -> N
     assert sorted(p.name for p in (run / "checkpoints").glob("epoch*.ckpt")) == ["epoch000.ckpt", "epoch001.ckpt"]
 
     # evaluate rebuilds the model with the checkpoint's own tokenizer and reproduces the test metrics.
-    run_cli("evaluate.py", f"ckpt_path={run}", f"paths.data_dir={tmp_path / 'datasets'}", f"hydra.run.dir={tmp_path / 'ev'}")
+    run_cli("evaluate.py", f"ckpt_path={run}", "save_attention=1", f"paths.data_dir={tmp_path / 'datasets'}",
+            f"hydra.run.dir={tmp_path / 'ev'}")
+    assert len(list((tmp_path / "ev" / "attention").glob("test000_*attention.png"))) == 2  # cross + encoder
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in ("test/bleu", "test/chrf", "test/acc"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
@@ -243,8 +245,11 @@ def test_train_evaluate_average_and_predict_from_the_command_line(tmp_path) -> N
             f"hydra.run.dir={tmp_path / 'avg'}")
     assert "test/bleu" in json.loads((tmp_path / "avg" / "metrics.json").read_text())
 
-    proc = run_cli("predict.py", str(run), "Monday, March 3, 2025", "--beam-size", "2")
+    proc = run_cli("predict.py", str(run), "Monday, March 3, 2025", "--beam-size", "2",
+                   "--attention-dir", str(tmp_path / "pics"))
     assert proc.stdout.strip() and "error" not in proc.stderr.lower()
+    assert sorted(p.name for p in (tmp_path / "pics").glob("*.png")) == [
+        "000_Monday_March_3_2025_cross_attention.png", "000_Monday_March_3_2025_encoder_attention.png"]
     proc = run_cli("predict.py", str(run), "   ", check=False)
     assert proc.returncode == 2 and "empty" in proc.stderr
 

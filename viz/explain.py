@@ -1,0 +1,216 @@
+"""Predictions with their attention pictures, for any checkpoint of the zoo (used by predict.py and
+evaluate.py). Each `explain_*` returns printable results and writes PNGs when given a folder."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from torch import Tensor
+
+from utils.build import build_datamodule, build_module, datamodule_state
+from utils.checkpoint import load_checkpoint, resolve_checkpoint, run_config
+from viz import plots
+from viz.maps import classifier_maps, translation_maps
+
+
+@dataclass
+class Loaded:
+    """A trained module in eval mode, its kind ("translator" | "image" | "audio" | "video"), the data
+    module that knows its classes and input normalisation, and the run config."""
+
+    module: L.LightningModule
+    kind: str
+    datamodule: L.LightningDataModule
+    cfg: DictConfig
+    ckpt_file: Path
+    class_names: list[str] = field(default_factory=list)
+
+
+def model_kind(net: torch.nn.Module) -> str:
+    from models.audio import AudioSpectrogramTransformer
+    from models.translator import Translator
+    from models.video import VideoTransformer
+    from models.vit import VisionTransformer
+
+    for cls, kind in ((Translator, "translator"), (AudioSpectrogramTransformer, "audio"),
+                      (VideoTransformer, "video"), (VisionTransformer, "image")):
+        if isinstance(net, cls):
+            return kind
+    raise ValueError(f"no attention pictures for a {type(net).__name__}")
+
+
+def load_trained(ckpt_path: str | Path) -> Loaded:
+    """Rebuild model and data module from a checkpoint file or run directory (safe `weights_only` load)."""
+    ckpt_file = resolve_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_file)
+    cfg = run_config(ckpt_file, ckpt)
+    if not HydraConfig.initialized():  # called from plain Python: give ${hydra:...} paths Hydra's meaning
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(Path.cwd())
+            cfg.paths.output_dir = str(ckpt_file.resolve().parent.parent)
+    dm = build_datamodule(cfg, datamodule_state(ckpt, cfg))  # fills num_classes / vocab_size for the model
+    module = build_module(cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    if model_kind(module.net) == "translator":
+        module.tokenizer = getattr(dm, "tokenizer", None)
+    if model_kind(module.net) == "video" and getattr(dm, "dataset", None) == "moving_digits":
+        dm.setup("predict")  # its normalisation comes from the generated training clips (~0.3 s)
+    return wrap(module, dm, cfg, ckpt_file)
+
+
+def wrap(module: L.LightningModule, dm: L.LightningDataModule, cfg: DictConfig, ckpt_file: Path) -> Loaded:
+    """Bundle a module with its data module (evaluate.py builds both itself)."""
+    kind = model_kind(module.net)
+    if kind == "translator" and getattr(module, "tokenizer", None) is None:
+        raise ValueError(f"{ckpt_file} carries no tokenizer (expected the data module state in the checkpoint)")
+    names: list[str] = []
+    if kind != "translator":
+        try:
+            names = list(dm.class_names)
+        except (OSError, ValueError):  # a user folder that has moved since training: numbers will do
+            names = [f"class {i}" for i in range(int(cfg.data.num_classes))]
+    return Loaded(module.eval(), kind, dm, cfg, ckpt_file, names)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe stem from a sentence or a path."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit] or "input"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def read_input(loaded: Loaded, item: str) -> Tensor:
+    """One model input (batch of 1) from a file, prepared as the data module prepares its own."""
+    path = Path(item).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"input {item!r} is not a file; a {loaded.kind} model takes a file path")
+    dm = loaded.datamodule
+    if loaded.kind == "image":
+        from data.images import ImageFiles
+
+        image, _ = ImageFiles([(str(path), 0)], dm.image_size, dm.in_chans)[0]
+        return dm.normalize(image)[None]
+    if loaded.kind == "audio":
+        from data.audio import AudioBatch, AudioFiles
+
+        return AudioBatch()([AudioFiles([(str(path), 0)], dm.sample_rate, dm.num_samples)[0]])[0]
+    from data.video import VideoBatch, read_video
+
+    clip = read_video(path, dm.num_frames, dm.image_size, dm.in_chans)
+    return VideoBatch(dm.mean, dm.std)([(clip, 0)])[0]
+
+
+def display_input(loaded: Loaded, x: Tensor) -> Tensor:
+    """What the model saw, for people: images / frames in [0, 1], the audio model's own spectrogram."""
+    dm = loaded.datamodule
+    if loaded.kind == "image":
+        return dm.denormalize(x)
+    if loaded.kind == "audio":
+        return loaded.module.net.frontend(x[None])[0, 0]
+    mean = torch.tensor(dm.mean).view(-1, 1, 1, 1)
+    std = torch.tensor(dm.std).view(-1, 1, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 0, 2, 3)  # (T, C, H, W)
+
+
+# ------------------------------------------------------------------------------------- classifiers
+
+
+def top_classes(logits: Tensor, names: list[str], k: int = 5) -> list[tuple[str, float]]:
+    probs = logits.float().softmax(-1)
+    p, i = probs.topk(min(k, probs.numel()))
+    return [(names[j] if j < len(names) else f"class {j}", float(q)) for q, j in zip(p.tolist(), i.tolist())]
+
+
+def explain_classifier(loaded: Loaded, x: Tensor, out_dir: Path | None, stem: str, top_k: int = 5,
+                       heads: list[int] | None = None, time_layer: int = -1,
+                       label: str | None = None) -> tuple[list[tuple[str, float]], list[Path]]:
+    """Top-k classes of one input x (batch of 1) and, with out_dir, its attention picture."""
+    maps = classifier_maps(loaded.module.net, x, heads=heads, time_layer=time_layer)
+    top = top_classes(maps.logits[0], loaded.class_names, top_k)
+    if out_dir is None:
+        return top, []
+    title = f"prediction: {top[0][0]} ({top[0][1]:.0%})" + (f", label: {label}" if label is not None else "")
+    shown = display_input(loaded, x[0])
+    path = Path(out_dir) / f"{stem}_attention.png"
+    if loaded.kind == "image":
+        out = plots.plot_image_attention(shown, maps.tokens[0], title, path)
+    elif loaded.kind == "audio":
+        net = loaded.module.net
+        hop = net.frontend.hop_length / net.sample_rate
+        out = plots.plot_audio_attention(shown, maps.tokens[0], title, path, hop)
+    else:
+        out = plots.plot_video_attention(shown, maps.tokens[0], maps.time[0], title, path, maps.time_layer)
+    return top, [out]
+
+
+# ------------------------------------------------------------------------------------- translation
+
+
+def explain_translation(loaded: Loaded, sentence: str, out_dir: Path | None, stem: str, beam_size: int | None = None,
+                        cross_layer: int = -1, encoder_layer: int = -1,
+                        heads: list[int] | None = None) -> tuple[str, list[Path]]:
+    """Translate one sentence and, with out_dir, draw its cross-attention alignment and encoder self-attention."""
+    from models.tokenizer import EOS_ID, PAD_ID, decode, encode
+
+    module = loaded.module
+    if not sentence.strip():
+        raise ValueError("the sentence is empty; give text to translate")
+    ids = encode(module.tokenizer, sentence, module.net.max_len) or [PAD_ID]
+    src = torch.tensor([ids])
+    with torch.no_grad():
+        beam = module.beam_size if beam_size is None else beam_size
+        if beam == 1:
+            out = module.net.greedy(src, module.max_new_tokens)[0].tolist()
+        else:
+            out = module.net.beam_search(src, beam, module.max_new_tokens, module.length_penalty)[0].tolist()
+    text = decode(module.tokenizer, out)
+    if out_dir is None:
+        return text, []
+    out = out[: out.index(EOS_ID) + 1] if EOS_ID in out else [t for t in out if t != PAD_ID]
+    maps = translation_maps(module.net, src, out, module.tokenizer, cross_layer, encoder_layer, heads)
+    heads_txt = "heads " + ",".join(map(str, heads)) if heads else "mean over heads"
+    paths = [
+        plots.plot_matrix(maps.cross, maps.target_tokens, maps.source_tokens,
+                          f"cross-attention {maps.cross_layer} ({heads_txt})\n{sentence} -> {text}",
+                          Path(out_dir) / f"{stem}_cross_attention.png",
+                          "source token (looked at)", "target token (being produced)"),
+        plots.plot_matrix(maps.encoder, maps.source_tokens, maps.source_tokens,
+                          f"encoder self-attention {maps.encoder_layer} ({heads_txt})\n{sentence}",
+                          Path(out_dir) / f"{stem}_encoder_attention.png",
+                          "token looked at (key)", "token looking (query)"),
+    ]
+    return text, paths
+
+
+def test_examples(loaded: Loaded, n: int) -> list[tuple[Any, Any]]:
+    """The first n test examples as (input, label): sentences + references for the translator,
+    (1, ...) model inputs + class names for classifiers."""
+    dm = loaded.datamodule
+    dm.setup("test")
+    if loaded.kind == "translator":
+        return list(zip(dm.sources("test"), dm.references("test")))[:n]
+    batch = next(iter(dm.test_dataloader()))
+    xs, ys = batch
+    return [(xs[i:i + 1], loaded.class_names[int(ys[i])]) for i in range(min(n, len(ys)))]
+
+
+def save_test_pictures(loaded: Loaded, n: int, out_dir: Path) -> list[str]:
+    """Attention pictures of the first n test examples in out_dir; returns one printable line each."""
+    lines = []
+    for i, (x, label) in enumerate(test_examples(loaded, n)):
+        if loaded.kind == "translator":
+            text, paths = explain_translation(loaded, x, out_dir, f"test{i:03d}_{slug(x)}")
+            lines.append(f"{x} -> {text} (reference: {label})")
+        else:
+            top, paths = explain_classifier(loaded, x, out_dir, f"test{i:03d}", label=label)
+            lines.append(f"test example {i} (label {label}): " + ", ".join(f"{c} {p:.1%}" for c, p in top[:3]))
+        lines += [f"  {p}" for p in paths]
+    return lines

@@ -1,0 +1,169 @@
+"""From raw attention weights to what a person wants to see, for each model of the zoo.
+
+Every map here comes from `models.attention.attention_maps` (weights computed beside the fused kernel's
+output, so the prediction shown is exactly the model's). This module only combines them:
+
+* attention rollout (Abnar & Zuidema 2020): how much each input token flows into the pooled output,
+  through all layers, counting the residual path (each layer as 0.5 * A + 0.5 * I);
+* ViT / audio: the rollout from the class token (or, for mean pooling, from all tokens) on the
+  patch grid (rows x columns of the image, mel bands x time for a spectrogram);
+* video: divided space / time attention written as one (T*N) x (T*N) token matrix per layer, so the
+  same rollout gives a spatial map per frame; plus a layer's frame-to-frame (temporal) attention;
+* translation: cross-attention (target tokens x source tokens) and encoder self-attention, from a
+  teacher-forced pass over the model's own translation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from models.attention import attention_maps
+
+
+def rollout(maps: list[Tensor], residual: float = 0.5) -> Tensor:
+    """Attention rollout: maps is one (B, L, L) head-averaged matrix per layer, first layer first.
+
+    Returns (B, L, L): row i is how much each input token contributes to output token i, with each
+    layer taken as residual * I + (1 - residual) * A (the skip connection carries the token itself).
+    """
+    if not maps:
+        raise ValueError("rollout needs at least one layer's attention map")
+    if not 0.0 <= residual < 1.0:
+        raise ValueError(f"residual must be in [0, 1), got {residual}")
+    B, L, _ = maps[0].shape
+    eye = torch.eye(L, dtype=maps[0].dtype, device=maps[0].device)
+    out = eye.expand(B, L, L)
+    for a in maps:
+        a = residual * eye + (1.0 - residual) * a
+        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        out = a @ out
+    return out
+
+
+def _layer_index(name: str, part: str) -> int:
+    """'encoder.blocks.3.attn' -> 3: the number after `part` in a module name (orders the layers)."""
+    pieces = name.split(".")
+    return int(pieces[pieces.index(part) + 1])
+
+
+@dataclass
+class ClassifierMaps:
+    """What a classifier attended to, for a batch.
+
+    logits: (B, classes). tokens: (B, gh, gw) rollout on the patch grid (ViT / audio), or
+    (B, T, gh, gw) for video; each example's map sums to 1 over its cells.
+    time: video only, (B, T, T) frame-to-frame attention of `time_layer` (rows = frame looking).
+    """
+
+    logits: Tensor
+    tokens: Tensor
+    time: Tensor | None = None
+    time_layer: str | None = None
+
+
+@torch.no_grad()
+def classifier_maps(net: nn.Module, x: Tensor, heads: list[int] | None = None, time_layer: int = -1) -> ClassifierMaps:
+    """Logits and attention maps of a VisionTransformer, AudioSpectrogramTransformer or VideoTransformer."""
+    from models.video import VideoTransformer
+
+    if isinstance(net, VideoTransformer):
+        return _video_maps(net, x, heads, time_layer)
+    logits, maps = attention_maps(net, x, layers=["encoder.blocks.*.attn"], heads=heads, average_heads=True)
+    ordered = [maps[k] for k in sorted(maps, key=lambda n: _layer_index(n, "blocks"))]
+    flow = rollout(ordered)  # (B, L, L)
+    has_cls = getattr(net, "cls_token", None) is not None
+    # What the head reads: the class token's row, or with mean pooling the mean of all rows.
+    received = flow[:, 0, 1:] if has_cls else flow.mean(dim=1)
+    if has_cls:  # the class token's share of itself is not a place in the input
+        received = received / received.sum(-1, keepdim=True)
+    gh, gw = _grid(net, x)
+    return ClassifierMaps(logits, received.reshape(-1, gh, gw))
+
+
+def _grid(net: nn.Module, x: Tensor) -> tuple[int, int]:
+    if hasattr(net, "spectrogram"):  # audio: the grid of the spectrogram, not of the waveform
+        return net.patch_embed.grid_for(tuple(net.frontend(x if x.dim() == 2 else x[:, 0]).shape[-2:]))
+    return net.patch_embed.grid_for(tuple(x.shape[-2:]))
+
+
+def divided_as_joint(time: Tensor, space: Tensor) -> tuple[Tensor, Tensor]:
+    """Divided attention as two (B, T*N, T*N) token matrices (token index t * N + n).
+
+    time (B, N, T, T): at position n, frame t looks at frame s -> links token (t, n) to (s, n).
+    space (B, T, N, N): in frame t, patch n looks at patch m -> links token (t, n) to (t, m).
+    """
+    B, N, T, _ = time.shape
+    eye_t = torch.eye(T, dtype=time.dtype, device=time.device)
+    eye_n = torch.eye(N, dtype=time.dtype, device=time.device)
+    time_joint = torch.einsum("bnts,nm->btnsm", time, eye_n).reshape(B, T * N, T * N)
+    space_joint = torch.einsum("btnm,ts->btnsm", space, eye_t).reshape(B, T * N, T * N)
+    return time_joint, space_joint
+
+
+def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: int) -> ClassifierMaps:
+    B, _, T, H, W = x.shape
+    gh, gw = net.patch_embed.grid_for((H, W))
+    N = gh * gw
+    depth = len(net.blocks)
+    if not -depth <= time_layer < depth:
+        raise ValueError(f"time_layer={time_layer} out of range for a video model with {depth} blocks")
+    time_layer %= depth
+    logits, maps = attention_maps(net, x, layers=["blocks.*"], heads=heads, average_heads=True)
+    per_layer, time_maps = [], []
+    for i in range(depth):
+        if net.attention == "divided":
+            wt = rearrange(maps[f"blocks.{i}.attn_time"], "(b n) t s -> b n t s", b=B)
+            ws = rearrange(maps[f"blocks.{i}.attn_space"], "(b t) n m -> b t n m", b=B)
+            per_layer += list(divided_as_joint(wt, ws))  # temporal first: the order the block applies them
+            time_maps.append(wt.mean(dim=1))  # (B, T, T), averaged over positions
+        else:
+            joint = maps[f"blocks.{i}.attn"]  # (B, T*N, T*N)
+            per_layer.append(joint)
+            # From frame t (mean over its patches) to frame t' (sum over its patches): rows sum to 1.
+            time_maps.append(rearrange(joint, "b (t n) (s m) -> b t n s m", t=T, s=T).sum(-1).mean(2))
+    flow = rollout(per_layer).mean(dim=1)  # mean pooling over all T*N tokens
+    return ClassifierMaps(logits, flow.reshape(B, T, gh, gw), time_maps[time_layer], f"block {time_layer}")
+
+
+@dataclass
+class TranslationMaps:
+    """Attention of one translated sentence. cross: (target tokens, source tokens), row t = the
+    decoder producing target token t; encoder: (source, source), row = the token looking."""
+
+    source_tokens: list[str]
+    target_tokens: list[str]
+    cross: Tensor
+    encoder: Tensor
+    cross_layer: str
+    encoder_layer: str
+
+
+@torch.no_grad()
+def translation_maps(net: nn.Module, src: Tensor, out: list[int], tokenizer: object, cross_layer: int = -1,
+                     encoder_layer: int = -1, heads: list[int] | None = None) -> TranslationMaps:
+    """Maps for one sentence: src (1, S) ids, out = the generated ids (EOS included, no BOS).
+
+    The decoder is re-run with teacher forcing on `out`: with the cache it computed the same
+    numbers one step at a time, so the maps are those of the decoding that produced `out`.
+    """
+    from models.tokenizer import BOS_ID
+
+    if src.dim() != 2 or src.shape[0] != 1:
+        raise ValueError(f"src must be one sentence of ids, shape (1, S), got {tuple(src.shape)}")
+    if not out:
+        raise ValueError("the translation is empty: nothing to align")
+    n_dec, n_enc = len(net.decoder), len(net.encoder.blocks)
+    for value, n, what in ((cross_layer, n_dec, "cross_layer"), (encoder_layer, n_enc, "encoder_layer")):
+        if not -n <= value < n:
+            raise ValueError(f"{what}={value} out of range for {n} layers")
+    cross_name = f"decoder.{cross_layer % n_dec}.cross_attn"
+    enc_name = f"encoder.blocks.{encoder_layer % n_enc}.attn"
+    tgt_in = torch.tensor([[BOS_ID] + list(out[:-1])], device=src.device)
+    _, maps = attention_maps(net, src, tgt_in, layers=[cross_name, enc_name], heads=heads, average_heads=True)
+    token = tokenizer.id_to_token  # type: ignore[attr-defined]
+    return TranslationMaps([token(int(i)) for i in src[0]], [token(int(i)) for i in out],
+                           maps[cross_name][0], maps[enc_name][0], cross_name, enc_name)

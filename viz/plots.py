@@ -1,0 +1,136 @@
+"""Attention pictures (PNG) for people: titles, labelled axes and colour bars on every panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+CMAP = "viridis"
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _upsample(grid: Tensor, size: tuple[int, int]) -> Tensor:
+    """(gh, gw) map -> (H, W), bilinear, for overlaying on the input."""
+    return F.interpolate(grid[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def _show_image(ax: plt.Axes, image: Tensor) -> None:
+    """image: (C, H, W) in [0, 1]."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1))
+
+
+def plot_image_attention(image: Tensor, grid: Tensor, title: str, path: str | Path) -> Path:
+    """The image, the rollout on the patch grid, and the two overlaid. grid: (gh, gw)."""
+    H, W = image.shape[-2:]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    _show_image(axes[0], image)
+    axes[0].set_title("input")
+    im = axes[1].imshow(grid, cmap=CMAP)
+    axes[1].set_title(f"attention rollout ({grid.shape[0]}x{grid.shape[1]} patches)")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, label="share of attention")
+    _show_image(axes[2], image)
+    im = axes[2].imshow(_upsample(grid, (H, W)), cmap=CMAP, alpha=0.55)
+    axes[2].set_title("overlay")
+    fig.colorbar(im, ax=axes[2], fraction=0.046, label="share of attention")
+    for ax in axes:
+        ax.set_xlabel("x (pixels)" if ax is not axes[1] else "patch column")
+        ax.set_ylabel("y (pixels)" if ax is not axes[1] else "patch row")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_audio_attention(spec: Tensor, grid: Tensor, title: str, path: str | Path, hop_seconds: float) -> Path:
+    """Log-mel spectrogram (n_mels, frames) above the rollout over (mel bands x time) patches.
+
+    All panels share the time axis (seconds); with full-height patches (KWT) the map has one row:
+    the model can only say *when* it listened, and the spectrogram shows at which frequencies.
+    """
+    n_mels, frames = spec.shape
+    seconds = frames * hop_seconds
+    extent = (0.0, seconds, 0, n_mels)
+    fig = plt.figure(figsize=(8, 8))
+    gs = fig.add_gridspec(3, 2, height_ratios=[3, 3, 1.6], width_ratios=[40, 1], hspace=0.45, wspace=0.05)
+    ax, cax = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1])
+    im = ax.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="magma")
+    ax.set_title("log-mel spectrogram (normalised)")
+    ax.set_ylabel("mel band")
+    fig.colorbar(im, cax=cax, label="log power")
+    ax, cax = fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[1, 1])
+    ax.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="gray")
+    im = ax.imshow(grid, origin="lower", aspect="auto", extent=extent, cmap=CMAP, alpha=0.65)
+    ax.set_title(f"attention rollout over {grid.shape[0]} x {grid.shape[1]} (mel x time) patches")
+    ax.set_ylabel("mel band")
+    fig.colorbar(im, cax=cax, label="share of attention")
+    ax = fig.add_subplot(gs[2, 0])
+    per_time = grid.sum(0)
+    width = seconds / len(per_time)
+    ax.bar((torch.arange(len(per_time)) + 0.5) * width, per_time, width=width, color="tab:green")
+    ax.set_xlim(0, seconds)
+    ax.set_ylabel("share per\ntime step")
+    ax.set_xlabel("time (s)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_video_attention(frames: Tensor, grids: Tensor, time: Tensor, title: str, path: str | Path,
+                         time_label: str) -> Path:
+    """frames (T, C, H, W) in [0, 1] with the spatial map of each frame overlaid (top two rows), and
+    the frame-to-frame temporal attention (rows = frame looking, columns = frame looked at)."""
+    T = frames.shape[0]
+    H, W = frames.shape[-2:]
+    fig = plt.figure(figsize=(max(10, 1.6 * T), 8))
+    gs = fig.add_gridspec(3, T + 1, height_ratios=[1, 1, 2.2], width_ratios=[1] * T + [0.08])
+    vmax = float(grids.max())
+    for t in range(T):
+        ax = fig.add_subplot(gs[0, t])
+        _show_image(ax, frames[t])
+        ax.set_title(f"frame {t}", fontsize=9)
+        ax.axis("off")
+        ax = fig.add_subplot(gs[1, t])
+        _show_image(ax, frames[t])
+        im = ax.imshow(_upsample(grids[t], (H, W)), cmap=CMAP, alpha=0.6, vmin=0, vmax=vmax)
+        ax.set_title(f"{float(grids[t].sum()):.0%} of rollout", fontsize=8)
+        ax.axis("off")
+    fig.colorbar(im, cax=fig.add_subplot(gs[1, T]), label="share")
+    ax = fig.add_subplot(gs[2, : max(1, T // 2)])
+    im = ax.imshow(time, cmap=CMAP, vmin=0)
+    ax.set_title(f"temporal attention, {time_label} (mean over heads and positions)")
+    ax.set_xlabel("frame looked at (key)")
+    ax.set_ylabel("frame looking (query)")
+    ax.set_xticks(range(T))
+    ax.set_yticks(range(T))
+    fig.colorbar(im, ax=ax, label="attention weight")
+    fig.suptitle(f"{title}\nrow 1: frames; row 2: spatial attention rollout per frame")
+    return _save(fig, path)
+
+
+def plot_matrix(matrix: Tensor, rows: list[str], cols: list[str], title: str, path: str | Path,
+                xlabel: str, ylabel: str) -> Path:
+    """A labelled attention matrix (rows look at columns), e.g. target x source alignment."""
+    h, w = matrix.shape
+    fig, ax = plt.subplots(figsize=(max(5, 0.42 * w + 2.5), max(4, 0.36 * h + 2)))
+    im = ax.imshow(matrix, cmap=CMAP, vmin=0, vmax=max(float(matrix.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(w), cols, rotation=60, ha="right", fontsize=9)
+    ax.set_yticks(range(h), rows, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="attention weight")
+    return _save(fig, path)
