@@ -39,11 +39,13 @@ def _show_image(ax: plt.Axes, image: Tensor) -> None:
 def plot_image_attention(image: Tensor, grid: Tensor, title: str, path: str | Path) -> Path:
     """The image, the rollout on the patch grid, and the two overlaid. grid: (gh, gw)."""
     H, W = image.shape[-2:]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), layout="constrained")
     _show_image(axes[0], image)
     axes[0].set_title("input")
     im = axes[1].imshow(grid, cmap=CMAP)
     axes[1].set_title(f"attention rollout ({grid.shape[0]}x{grid.shape[1]} patches)")
+    axes[1].set_xticks(range(grid.shape[1]))
+    axes[1].set_yticks(range(grid.shape[0]))
     fig.colorbar(im, ax=axes[1], fraction=0.046, label="share of attention")
     _show_image(axes[2], image)
     im = axes[2].imshow(_upsample(grid, (H, W)), cmap=CMAP, alpha=0.55)
