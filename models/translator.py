@@ -84,34 +84,37 @@ class Translator(nn.Module):
         if ids.dim() != 2:
             raise ValueError(f"token ids must be (batch, length), got shape {tuple(ids.shape)}")
         L = ids.shape[1]
+        if L == 0:  # an empty source would silently decode from nothing (cross-attention over no keys gives 0)
+            raise ValueError(f"token ids are empty, shape {tuple(ids.shape)}: give at least one token per row")
         if offset + L > self.max_len:
             raise ValueError(f"sequence of {offset + L} tokens is longer than max_len={self.max_len}; "
                              f"truncate the input or build the model with a larger max_len")
         # sqrt(dim) scaling keeps token embeddings (std dim^-0.5, tied with the output) on par with positions.
         return self.drop(table(ids) * math.sqrt(self.dim) + self.pos[offset: offset + L])
 
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor | None]:
+    def encode(self, src: Tensor, always_mask: bool = False) -> tuple[Tensor, Tensor | None]:
         """src (B, S) ids -> memory (B, S, dim) and its padding mask (B, S), True = pad; None when
-        nothing is padded (no mask to build and apply in every later cross-attention step)."""
+        nothing is padded (no mask to build and apply in every later cross-attention step).
+        `always_mask` keeps the mask even then: no branch on tensor values, for graph export."""
         pad = src.eq(PAD_ID)
-        pad = pad if bool(pad.any()) else None
+        pad = pad if always_mask or bool(pad.any()) else None
         return self.encoder(self._embed(self.src_embed, src), key_padding_mask=pad), pad
 
     def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad: Tensor | None,
-               caches: list[tuple[KVCache, KVCache]] | None = None) -> Tensor:
+               caches: list[tuple[KVCache, KVCache]] | None = None, always_mask: bool = False) -> Tensor:
         """Decoder logits (B, T, vocab). With `caches`, tgt_in holds only the new positions."""
         offset = caches[0][0].length if caches else 0
         x = self._embed(self.tgt_embed, tgt_in, offset)
-        tgt_pad = tgt_in.eq(PAD_ID) if caches is None and bool(tgt_in.eq(PAD_ID).any()) else None
+        tgt_pad = tgt_in.eq(PAD_ID) if caches is None and (always_mask or bool(tgt_in.eq(PAD_ID).any())) else None
         for i, block in enumerate(self.decoder):
             self_cache, cross_cache = caches[i] if caches else (None, None)
             x = block(x, memory, tgt_padding_mask=tgt_pad, memory_padding_mask=memory_pad,
                       self_cache=self_cache, cross_cache=cross_cache)
         return self.head(self.norm(x))
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        memory, pad = self.encode(src)
-        return self.decode(tgt_in, memory, pad)
+    def forward(self, src: Tensor, tgt_in: Tensor, always_mask: bool = False) -> Tensor:
+        memory, pad = self.encode(src, always_mask)
+        return self.decode(tgt_in, memory, pad, always_mask=always_mask)
 
     def new_caches(self) -> list[tuple[KVCache, KVCache]]:
         return [(KVCache(), KVCache(static=True)) for _ in self.decoder]
