@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from utils.checkpoint import AtomicCheckpointIO
+
+DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 
 
 def setup_runtime(cfg: DictConfig) -> None:
@@ -29,7 +34,8 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     `state` is the data module's saved state from a checkpoint (e.g. the translator's tokenizer),
     restored before those facts are read so that evaluation sees exactly what training saw.
     """
-    dm = hydra.utils.instantiate(cfg.data)
+    check_model_fits_data(cfg)
+    dm = hydra.utils.instantiate(_without_modality(cfg.data))
     if state is not None:
         dm.load_state_dict(state)
     for fact in DATA_FACTS:
@@ -46,13 +52,40 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    return hydra.utils.instantiate(cfg.model)
+    return hydra.utils.instantiate(_without_modality(cfg.model))
+
+
+def check_model_fits_data(cfg: DictConfig) -> None:
+    """Refuse a model / data pairing of different modalities (`model=vit data=bible`) before anything is
+    built: otherwise it fails later, deep inside the data module or as a missing `${data....}` key."""
+    model, data = cfg.model.get("modality"), cfg.data.get("modality")
+    if model is None or data is None or model == data:  # configs from before the key existed are not checked
+        return
+    fitting = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml") if OmegaConf.load(p).get("modality") == model)
+    net = cfg.model.get("net", cfg.model)._target_
+    raise ValueError(
+        f"data={cfg.data.get('dataset', '?')} holds {data} data, but the model ({net}) takes {model} data; "
+        f"data configs that fit it: {', '.join(f'data={d}' for d in fitting)}"
+    )
+
+
+def _without_modality(node: DictConfig) -> DictConfig:
+    """A copy without the `modality` tag, which is for check_model_fits_data, not a constructor argument.
+    (deepcopy keeps the parent, so `${paths.data_dir}` and friends still resolve.)"""
+    if "modality" not in node:
+        return node
+    node = copy.deepcopy(node)
+    with open_dict(node):
+        del node["modality"]
+    return node
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     cbs = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return hydra.utils.instantiate(cfg.trainer, callbacks=cbs + (callbacks or []), logger=loggers or False)
+    # Checkpoints are written to a temporary file and renamed over the old one: a crash never truncates them.
+    return hydra.utils.instantiate(cfg.trainer, callbacks=cbs + (callbacks or []), logger=loggers or False,
+                                   plugins=[AtomicCheckpointIO()])
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,12 +1,17 @@
-"""Finding and safely reading checkpoints, and keeping the run's config inside them."""
+"""Finding, safely reading and atomically writing checkpoints, and keeping the run's config inside them."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_KEY = "zoo_config"  # the training config, stored in every checkpoint as plain data
@@ -21,6 +26,80 @@ class ConfigInCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.config
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then os.replace: readers (and a crash at any
+    moment) see either the old complete file or the new complete file, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # same file system
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is as readable as any other output
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself survives a power cut only once the directory entry is synced
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer with atomic_save. Lightning's own either writes into the target
+    or stages the file in the system temp dir and copies it across file systems: a crash mid-write
+    can leave a truncated best.ckpt / last.ckpt, and the run's only good weights are gone."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote storage: leave it to fsspec
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that keeps the best-so-far when a run is resumed into a new run directory.
+
+    Lightning forgets the best score when `dirpath` changes (every `python train.py ckpt_path=<run>`
+    gets a fresh Hydra directory), so the resumed run's first epoch became "best" and the final test
+    could use worse weights than the interrupted run had already saved. Here the old best files are
+    copied into the new directory and the scores carried over, so a resumed run ends exactly as an
+    uninterrupted one would.
+    """
+
+    @property
+    def state_key(self) -> str:  # the plain ModelCheckpoint key: older checkpoints restore into this class
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath")
+        if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
+            state_dict = self._carry_over(state_dict, Path(old_dir))
+        super().load_state_dict(state_dict)
+
+    def _carry_over(self, state: dict[str, Any], old_dir: Path) -> dict[str, Any]:
+        old_best = {Path(p): s for p, s in (state.get("best_k_models") or {}).items()}
+        if not all(p.is_file() for p in old_best):  # the old run is gone: nothing to carry, Lightning's default
+            return state
+        new_dir = Path(self.dirpath)
+        new_dir.mkdir(parents=True, exist_ok=True)
+        moved = {}
+        for old, score in old_best.items():
+            new = new_dir / old.name
+            tmp = new.with_name(f".{new.name}.copy.tmp")
+            shutil.copyfile(old, tmp)
+            os.replace(tmp, new)
+            moved[str(new)] = score
+        rename = lambda p: str(new_dir / Path(p).name) if p else p  # noqa: E731
+        return {**state, "dirpath": self.dirpath, "best_k_models": moved,
+                "best_model_path": rename(state.get("best_model_path")),
+                "kth_best_model_path": rename(state.get("kth_best_model_path")),
+                "last_model_path": rename(state.get("last_model_path"))}
 
 
 def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
