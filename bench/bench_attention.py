@@ -39,6 +39,12 @@ Memory. CPU torch has no ``max_memory_allocated``, so two numbers are reported:
   ``torch.autograd.graph.saved_tensors_hooks``), excluding parameters and the input, plus the output.
   Deterministic and shows linear vs quadratic growth cleanly, but misses transients.
 
+Throughput. ``GFLOP/s`` = analytic matmul FLOPs of one fwd+bwd / median time, the same count for every
+implementation (bench.common.attention_flops: 24*B*N*D^2 + 12*B*N^2*D, i.e. 3 x the forward's qkv and
+output projections and Q K^T and A V products). With ``--peak-gflops`` (from ``python -m bench.bench_peak``)
+it is also printed as a fraction of the machine's matmul peak. The load average (``os.getloadavg``) at
+the start and end of the timing is printed and stored.
+
 Growth from the smallest to the largest length is printed as MB per 1k tokens and as the exponent of
 a least-squares log-log fit (about 1 = linear in N, about 2 = quadratic), over all lengths and over
 the two largest only (constant and linear terms pull the all-lengths fit down at small N).
@@ -64,6 +70,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from bench.common import attention_flops, load
 from models.attention import MultiHeadAttention
 
 IMPLS: tuple[str, ...] = ("core_fused", "core_explicit", "torch_mha", "timm")
@@ -282,11 +289,16 @@ def summarize(args: argparse.Namespace, times: dict[int, tuple[dict[str, list[fl
     rows = []
     for n in args.lengths:
         samples, repeats = times[n]
-        impls = {impl: {"ms_median": statistics.median(s), "ms_samples": s} for impl, s in samples.items()}
+        flops = attention_flops(args.batch, n, args.dim)
+        impls = {impl: {"ms_median": statistics.median(s), "gflops": flops / statistics.median(s) / 1e6,
+                        "ms_samples": s} for impl, s in samples.items()}
         for impl in impls:
             if (impl, n) in memory:
                 impls[impl].update({k: memory[impl, n][k] for k in ("rss_mb", "saved_mb")})
-        row: dict[str, Any] = {"n": n, "repeats": repeats, "impls": impls}
+        row: dict[str, Any] = {"n": n, "repeats": repeats, "gflop": flops / 1e9, "impls": impls}
+        if args.peak_gflops:
+            for r in impls.values():
+                r["fraction_of_peak"] = r["gflops"] / args.peak_gflops
         others = {k: v["ms_median"] for k, v in impls.items() if k != "core_fused"}
         if "core_fused" in impls and others:
             row["best_other"] = min(others, key=others.get)
@@ -315,7 +327,8 @@ def summarize(args: argparse.Namespace, times: dict[int, tuple[dict[str, list[fl
                 # linear terms (projections, allocator overhead) blur the fit at small N.
                 growth[impl][f"{key}_exponent_top2"] = loglog_exponent(ns[-2:], vals[-2:])
 
-    config = {k: getattr(args, k) for k in ("dim", "heads", "batch", "lengths", "impls", "budget", "tolerance")}
+    config = {k: getattr(args, k) for k in ("dim", "heads", "batch", "lengths", "impls", "budget", "tolerance",
+                                             "peak_gflops")}
     config.update(max_repeats=args.repeats, threads=torch.get_num_threads(), torch=torch.__version__,
                   cpu=platform.processor() or platform.machine(),
                   cpu_capability=torch.backends.cpu.get_cpu_capability(),
@@ -331,14 +344,15 @@ def summarize(args: argparse.Namespace, times: dict[int, tuple[dict[str, list[fl
 
 def print_report(report: dict[str, Any], tolerance: float) -> None:
     cfg = report["config"]
-    print(f"\nAttention fwd+bwd, CPU, {cfg['threads']} threads, torch {cfg['torch']}, timm {cfg.get('timm')}, "
+    print(f"\nAttention fwd+bwd, CPU, {cfg['threads']} threads, load {cfg.get('load_start')} -> {cfg.get('load_end')}, torch {cfg['torch']}, timm {cfg.get('timm')}, "
           f"batch {cfg['batch']}, dim {cfg['dim']}, heads {cfg['heads']}")
     for row in report["results"]:
-        print(f"\nN={row['n']}  (median of {row['repeats']} interleaved rounds)")
-        print(f"  {'implementation':<15}{'ms':>10}{'rss MB':>10}{'saved MB':>10}")
+        print(f"\nN={row['n']}  (median of {row['repeats']} interleaved rounds, {row['gflop']:.2f} GFLOP per fwd+bwd)")
+        print(f"  {'implementation':<15}{'ms':>10}{'GFLOP/s':>10}{'of peak':>9}{'rss MB':>10}{'saved MB':>10}")
         for impl, r in row["impls"].items():
-            print(f"  {impl:<15}{r['ms_median']:>10.1f}{_fmt(r.get('rss_mb'), '.1f'):>10}"
-                  f"{_fmt(r.get('saved_mb'), '.1f'):>10}")
+            frac = r.get("fraction_of_peak")
+            print(f"  {impl:<15}{r['ms_median']:>10.1f}{r['gflops']:>10.1f}{'n/a' if frac is None else format(frac, '.1%'):>9}"
+                  f"{_fmt(r.get('rss_mb'), '.1f'):>10}{_fmt(r.get('saved_mb'), '.1f'):>10}")
         if "time_ratio_vs_best_other" in row:
             print(f"  time core_fused / best other ({row['best_other']}): {row['time_ratio_vs_best_other']:.2f}"
                   f"  (per-round paired median: {row['time_ratio_paired']:.2f})")
@@ -389,6 +403,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.10,
                    help="paired time ratio up to 1 + this counts as 'not slower' (default: %(default)s); "
                         "shared 2-core machines swing 2x between identical runs")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="matmul peak of this machine (python -m bench.bench_peak) to print GFLOP/s as a fraction of")
     p.add_argument("--skip-memory", action="store_true", help="time only, no memory subprocesses")
     p.add_argument("--mem-jobs", type=int, default=2, help="memory subprocesses run at once (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -407,9 +423,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     # Time first, alone: the memory subprocesses would compete for the two cores.
+    load_start = load()
     times = {n: time_length(n, args) for n in args.lengths}
+    load_end = load()
     memory = {} if args.skip_memory else memory_all(args)
     report = summarize(args, times, memory)
+    report["config"].update(load_start=load_start, load_end=load_end)
     report["config"]["wall_s"] = round(time.perf_counter() - start, 1)
     print_report(report, args.tolerance)
     print(f"\n(total wall time {report['config']['wall_s']:.0f} s)")

@@ -1,0 +1,44 @@
+"""Smoke tests of the benchmark scripts at tiny sizes (the measurements themselves are not tests)."""
+
+from __future__ import annotations
+
+import torch
+
+from bench import bench_peak, bench_vit_timm
+from bench.common import attention_flops, counted_flops, paired_ratio, round_robin
+from models.attention import MultiHeadAttention
+
+
+def test_attention_flop_formula_equals_flop_counter() -> None:
+    """FlopCounterMode on the explicit path counts exactly 24*B*N*D^2 + 12*B*N^2*D for fwd+bwd."""
+    B, N, D = 2, 24, 32
+    layer = MultiHeadAttention(D, 4, fused=False)
+    x = torch.randn(B, N, D, requires_grad=True)
+    assert counted_flops(lambda: layer(x).sum().backward()) == attention_flops(B, N, D) == 24 * B * N * D * D + 12 * B * N * N * D
+    with torch.no_grad():
+        assert counted_flops(lambda: layer(x)) == attention_flops(B, N, D, backward=False)
+
+
+def test_round_robin_and_paired_ratio() -> None:
+    calls: list[str] = []
+    samples = round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup_s=0)
+    assert all(len(s) == 4 and min(s) > 0 for s in samples.values())
+    assert calls[2:6] == ["a", "b", "b", "a"]  # one warm-up round, then the start rotates
+    assert paired_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 3.0]) == 2.0
+
+
+def test_vit_timm_pair_is_identical_and_throughput_positive() -> None:
+    report = bench_vit_timm.main(["--tiny", "--batch", "2", "--repeats", "2", "--warmup", "0", "--threads", "1"])
+    for r in report["results"].values():
+        assert r["max_abs_logit_diff"] < 1e-5
+        assert all(c["images_per_s"] > 0 for c in r["contenders"].values())
+        assert r["ours_fused_over_timm"] > 0
+
+
+def test_peak_reports_positive_gflops() -> None:
+    report = bench_peak.main(["--tiny", "--threads", "1", "--peak-sizes", "128", "--peak-repeats", "1",
+                              "--lengths", "32", "--repeats", "1", "--ref-size", "128", "--vit", "default"])
+    assert report["flop_count_check"]["counted"] == report["flop_count_check"]["analytic"]
+    assert report["peak"]["peak_gflops"] > 0
+    assert report["vit"]["default"]["flops_per_step"] > 0
+    assert all(r["gflops"] > 0 and r["fraction_of_peak"] > 0 for r in report["results"].values())
