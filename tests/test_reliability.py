@@ -319,3 +319,18 @@ def test_translate_refuses_empty_and_truncates_long_sentences(monkeypatch) -> No
     with pytest.raises(ValueError, match="sentence 1 is empty; give text to translate"):
         module.translate(["one", "   "])
     assert len(module.translate(["one two three four five six " * 5])) == 1  # 30 words: cut to max_len, no error
+
+
+def test_last_checkpoint_is_the_last_epoch_even_without_improvement(tmp_path: Path) -> None:
+    # lr=0: val/acc never improves after epoch 0, so best.ckpt stays at epoch 0; last.ckpt (what a resume
+    # starts from) must still follow every epoch (Lightning's save_last alone only follows new bests).
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli("train.py", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "model.net.depth=1", "model.net.dim=32", "model.optimizer.lr=0", "test=false", "threads=1",
+            f"hydra.run.dir={run}")
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert best["epoch"] == 0
