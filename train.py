@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import hydra
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
@@ -30,7 +31,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg)
     trainer = build_trainer(cfg, callbacks=[ConfigInCheckpoint(cfg)])
     log.info(f"Run directory: {run_dir}")
-    if hasattr(datamodule, "save_artifacts"):  # e.g. tokenizer.json, for people and other tools
+    # Under DDP every process runs this function (Lightning re-launches the script with the same run
+    # directory); only rank 0 writes files, Lightning's checkpoints and loggers included.
+    if hasattr(datamodule, "save_artifacts") and rank_zero_only.rank == 0:  # e.g. tokenizer.json
         datamodule.save_artifacts(run_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -46,6 +49,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(module, datamodule=datamodule)
         metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
 
+    if not trainer.is_global_zero:
+        return {k: float(v) for k, v in metrics.items()}
     clean = write_metrics(run_dir / "metrics.json", metrics)
     log.info(f"Metrics: {clean}")
     print(f"Run directory: {run_dir}\nMetrics written to {Path(run_dir) / 'metrics.json'}")

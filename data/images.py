@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
@@ -324,6 +324,7 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         download: bool = True,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -348,6 +349,7 @@ class ImageDataModule(L.LightningDataModule):
         self.dataset, self.root, self.image_size, self.in_chans = dataset, root, image_size, in_chans
         self.batch_size, self.num_workers, self.seed, self.augment = batch_size, num_workers, seed, augment
         self.val_fraction, self.test_fraction, self.download = val_fraction, test_fraction, download
+        self.shuffle = shuffle  # false: training batches in a fixed order (e.g. to compare DDP with one process)
         self._requested_classes = num_classes
         self._class_names: list[str] | None = list(source.classes) if source else None
         self.mean, self.std = _channel_stats(source, in_chans)
@@ -388,6 +390,12 @@ class ImageDataModule(L.LightningDataModule):
 
     # -- Lightning hooks
 
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node before setup() runs on every process: under DDP
+        # only that process downloads (into `root`), and setup() then finds the files in place.
+        if self.download and self.dataset in ("fashion_mnist", "cifar10"):
+            (load_fashion_mnist if self.dataset == "fashion_mnist" else load_cifar10)(self.root, True)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:  # Lightning calls setup once per stage; the data never changes
             return
@@ -410,7 +418,17 @@ class ImageDataModule(L.LightningDataModule):
             self.test_dataset = TensorDataset(self._fit(test_x), test_y)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, ImageBatch(self.mean, self.std, self._augment_spec), shuffle=True)
+        loader = self._loader(self.train_dataset, ImageBatch(self.mean, self.std, self._augment_spec), self.shuffle)
+        trainer = getattr(self, "trainer", None)
+        if not self.shuffle and trainer is not None and trainer.world_size > 1:
+            # Lightning gives every DDP training loader a *shuffling* DistributedSampler, whatever the loader
+            # says; a fixed order stays fixed instead: process r takes samples r, r + world_size, ...
+            # (Lightning keeps a DistributedSampler it is handed.)
+            sampler = DistributedSampler(loader.dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+            loader = DataLoader(loader.dataset, batch_size=self.batch_size, sampler=sampler,
+                                num_workers=self.num_workers, collate_fn=loader.collate_fn,
+                                persistent_workers=self.num_workers > 0)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, ImageBatch(self.mean, self.std), shuffle=False)

@@ -14,6 +14,7 @@ from torch import Tensor
 from models.tokenizer import PAD_ID, decode, encode
 from models.classification import optimizer_with_schedule
 from models.translator import Translator
+from utils.perf import apply_switches
 
 
 class Seq2SeqModule(L.LightningModule):
@@ -27,6 +28,10 @@ class Seq2SeqModule(L.LightningModule):
         beam_size: beam width for test / translate (1 = greedy).
         length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha.
         max_new_tokens: decoding limit per sentence.
+        compile: `torch.compile` the teacher-forced forward (training and validation loss; decoding stays
+            eager). Source and target lengths are marked dynamic and padding masks always built, so one
+            graph serves batches of every length instead of one recompilation per new length.
+        grad_checkpointing: recompute each block's activations in the backward pass (less memory).
     """
 
     def __init__(
@@ -39,11 +44,15 @@ class Seq2SeqModule(L.LightningModule):
         beam_size: int = 4,
         length_penalty: float = 0.6,
         max_new_tokens: int = 64,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        apply_switches(net, compile, grad_checkpointing)
         self.net = net
+        self.compiled = compile
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.min_lr_ratio, self.label_smoothing = warmup_fraction, min_lr_ratio, label_smoothing
         self.beam_size, self.length_penalty, self.max_new_tokens = beam_size, length_penalty, max_new_tokens
@@ -56,7 +65,14 @@ class Seq2SeqModule(L.LightningModule):
             self.tokenizer = dm.prepare_tokenizer()
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.net(src, tgt_in)
+        if not self.compiled:
+            return self.net(src, tgt_in)
+        # Batch size and both lengths as symbols from the first call (not after a recompilation), and
+        # masks built even when nothing is padded (no graph break on `pad.any()`): one graph per mode.
+        for ids in (src, tgt_in):
+            torch._dynamo.maybe_mark_dynamic(ids, 0)
+            torch._dynamo.maybe_mark_dynamic(ids, 1)
+        return self.net(src, tgt_in, always_mask=True)
 
     def _loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         tgt_in, labels = batch["tgt"][:, :-1], batch["tgt"][:, 1:]
@@ -66,8 +82,11 @@ class Seq2SeqModule(L.LightningModule):
         real = labels.ne(PAD_ID)
         acc = (logits.argmax(-1).eq(labels) & real).sum() / real.sum()
         n = int(real.sum())
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=n)
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)  # token accuracy
+        # sync_dist: under DDP, means over the tokens of all processes (a no-op on one device)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=n,
+                 sync_dist=True)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n,
+                 sync_dist=True)  # token accuracy
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

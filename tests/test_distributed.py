@@ -1,0 +1,66 @@
+"""Real 2-process DDP on CPU (gloo) through the command line, against one process with the same global batch.
+
+Why the two runs see the same data and compute the same thing:
+* training batches in a fixed order (data.shuffle=false): Lightning would give DDP a shuffling
+  DistributedSampler (another permutation than the single process's seeded RandomSampler), so the image
+  data module then hands it a non-shuffling one: rank r takes samples r, r+2, r+4, ... and step k of ranks
+  0 and 1 together holds exactly samples 32k .. 32k+31, the single process's k-th batch of 32;
+* no augmentation (the random affine draws from each process's own RNG);
+* the patch stem (model.net.stem=patch): the default conv stem has BatchNorm, whose batch statistics
+  would be per process (16 images, not 32) and cannot be synced on CPU (SyncBatchNorm is GPU-only).
+Each process averages its loss over 16 samples and DDP averages the gradients: the gradient of the mean
+over all 32, on which gradient clipping and AdamW then act. Validation and test sets (500 samples,
+divisible by 2: no padded duplicates) are dealt the same way, and epoch metrics are synced (sync_dist /
+torchmetrics), so they are means over the same samples too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from conftest import run_cli
+from utils.checkpoint import load_checkpoint
+
+TINY = ["threads=1", "model.net.stem=patch", "model.net.depth=1", "model.net.dim=32", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
+        "data.augment=false", "data.shuffle=false",
+        # the final weights, whatever val/acc did (Lightning 2.6 refreshes last.ckpt only with a new best)
+        "keep_epoch_checkpoints=1"]
+
+
+def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp = run_cli("train.py", *TINY, "trainer=ddp", "data.batch_size=16", f"hydra.run.dir={ddp_dir}")
+    run_cli("train.py", *TINY, "data.batch_size=32", f"hydra.run.dir={one_dir}")
+
+    # Two processes ran (the child logs under its own job name) and wrote into ONE run directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
+    assert (ddp_dir / "train_ddp_process_1.log").is_file()
+    # Rank-0-only writing: the launch config once (children get hydra.output_subdir=null), metrics.json
+    # once (the child's train() skips it), rank 0's CSV log only (as many rows as the single run's),
+    # two checkpoints that load.
+    assert [p.relative_to(ddp_dir).as_posix() for p in ddp_dir.rglob("config.yaml")] == [".hydra/config.yaml"]
+    assert (ddp.stdout + ddp.stderr).count("Metrics written to") == 1
+    assert sorted(p.name for p in (ddp_dir / "checkpoints").iterdir()) == ["best.ckpt", "epoch001.ckpt", "last.ckpt"]
+    csv_ddp, csv_one = ((d / "csv" / "metrics.csv").read_text().splitlines() for d in (ddp_dir, one_dir))
+    assert len(csv_ddp) == len(csv_one) and csv_ddp[0] == csv_one[0]
+
+    a = load_checkpoint(ddp_dir / "checkpoints" / "epoch001.ckpt")
+    b = load_checkpoint(one_dir / "checkpoints" / "epoch001.ckpt")
+    assert a["global_step"] == b["global_step"] == 8  # 2 epochs x 4 steps of the same global batch
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, w in b["state_dict"].items():  # AdamW moves weights by ~1e-2 in 8 steps at lr 2e-3
+        torch.testing.assert_close(a["state_dict"][name], w, rtol=1e-4, atol=1e-5, msg=name)
+
+    ma = json.loads((ddp_dir / "metrics.json").read_text())
+    mb = json.loads((one_dir / "metrics.json").read_text())
+    for key in ("train/loss_epoch", "val/loss", "val/acc", "test/loss", "test/acc"):
+        assert abs(ma[key] - mb[key]) < 1e-4, (key, ma[key], mb[key])
+    # and training did move: the two epochs' mean losses differ (the comparison is not of untouched weights)
+    head = csv_one[0].split(",")
+    losses = [float(r.split(",")[head.index("train/loss_epoch")]) for r in csv_one[1:]
+              if r.split(",")[head.index("train/loss_epoch")]]
+    assert len(losses) == 2 and abs(losses[0] - losses[1]) > 1e-3, losses
