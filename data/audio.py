@@ -11,7 +11,8 @@
 
 Batches are ``(float32 waveforms (B, samples) in [-1, 1], int64 labels)``: the model computes its
 own log-mel spectrogram. Clips are padded / centre-cropped to ``clip_seconds``. Training batches get
-a random time shift (zero-filled) of up to ``shift_seconds``.
+a random time shift (zero-filled) of up to ``shift_seconds`` and, when ``speed_range`` is set, a random
+speed perturbation (off by default: on the keywords, VTLP in the model generalises better).
 """
 
 from __future__ import annotations
@@ -91,15 +92,21 @@ class AudioFiles(Dataset):
 
 
 class AudioBatch:
-    """collate_fn: int16 or float samples -> float32 (B, samples) in [-1, 1], + random shift if given."""
+    """collate_fn: int16 or float samples -> float32 (B, samples) in [-1, 1], then (training) a random speed
+    perturbation in `speed_range` and a random shift of up to `max_shift` samples, each clip its own."""
 
-    def __init__(self, max_shift: int = 0, generator: torch.Generator | None = None) -> None:
-        self.max_shift, self.generator = max_shift, generator
+    def __init__(self, max_shift: int = 0, generator: torch.Generator | None = None,
+                 speed_range: tuple[float, float] | None = None) -> None:
+        self.max_shift, self.generator, self.speed_range = max_shift, generator, speed_range
 
     def __call__(self, samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
         waves = torch.stack([s[0] for s in samples])
         waves = waves.float() / 32768.0 if waves.dtype == torch.int16 else waves.float()
         labels = torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
+        if self.speed_range is not None:
+            low, high = self.speed_range
+            speeds = low + (high - low) * torch.rand(len(waves), generator=self.generator)
+            waves = speed_perturb(waves, speeds)
         if self.max_shift > 0:
             waves = random_shift(waves, self.max_shift, self.generator)
         return waves, labels
@@ -112,6 +119,35 @@ def random_shift(waves: Tensor, max_shift: int, generator: torch.Generator | Non
     src = torch.arange(n)[None, :] - shift  # output sample t comes from input sample t - shift
     valid = (src >= 0) & (src < n)
     return torch.where(valid, waves.gather(1, src.clamp(0, n - 1)), torch.zeros(()))
+
+
+# Speeds are rounded to multiples of 1 / SPEED_STEPS: each is then the small ratio SPEED_STEPS : k, whose
+# polyphase resampling kernel is small (a ratio like 16000 : 18437 is ~1,000x dearer), and a batch needs
+# only as many resampling calls as it has distinct speeds.
+SPEED_STEPS = 20
+
+
+def speed_perturb(waves: Tensor, speeds: Tensor) -> Tensor:
+    """Play clip i `speeds[i]` times faster, by resampling (torchaudio): its duration is divided and every
+    frequency multiplied by the speed (pitch and formants, as a shorter or longer vocal tract; Ko et al.
+    2015). The result is centre-cropped or zero-padded back to the input length, so a word near the middle
+    stays there. Speeds are rounded to multiples of 1 / SPEED_STEPS."""
+    import torchaudio.functional as AF
+
+    b, n = waves.shape
+    if speeds.shape != (b,) or not (speeds > 0).all():
+        raise ValueError(f"speeds must be {b} positive numbers (one per clip), got {speeds.tolist()}")
+    steps = torch.round(speeds * SPEED_STEPS).long().clamp(min=1)
+    out = waves.clone()
+    for k in steps.unique().tolist():
+        if k == SPEED_STEPS:
+            continue
+        idx = (steps == k).nonzero()[:, 0]
+        # Read the clip as if sampled k / SPEED_STEPS times faster, then resample it to the true rate.
+        faster = AF.resample(waves[idx], orig_freq=k, new_freq=SPEED_STEPS)  # (len(idx), ~n / speed)
+        pad = n - faster.shape[-1]  # > 0: pad, < 0: crop (F.pad crops on negative padding)
+        out[idx] = torch.nn.functional.pad(faster, (pad // 2, pad - pad // 2))
+    return out
 
 
 class AudioDataModule(L.LightningDataModule):
@@ -134,6 +170,7 @@ class AudioDataModule(L.LightningDataModule):
         seed: int = 0,
         augment: bool = True,
         shift_seconds: float = 0.1,
+        speed_range: tuple[float, float] | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         download: bool = True,
@@ -153,6 +190,10 @@ class AudioDataModule(L.LightningDataModule):
             raise ValueError(f"clip_seconds={clip_seconds!r}; expected > 0")
         if not 0 <= shift_seconds < clip_seconds:
             raise ValueError(f"shift_seconds={shift_seconds!r}; expected in [0, clip_seconds={clip_seconds})")
+        if speed_range is not None:
+            speed_range = tuple(float(v) for v in speed_range)  # Hydra passes a ListConfig
+            if len(speed_range) != 2 or not 0 < speed_range[0] <= speed_range[1]:
+                raise ValueError(f"speed_range={list(speed_range)!r}; expected [low, high] with 0 < low <= high")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 < value < 1:
                 raise ValueError(f"{name}={value!r}; expected a number strictly between 0 and 1")
@@ -164,6 +205,7 @@ class AudioDataModule(L.LightningDataModule):
         self.num_samples = int(round(sample_rate * clip_seconds))
         self.batch_size, self.num_workers, self.seed, self.augment = batch_size, num_workers, seed, augment
         self.max_shift = int(round(shift_seconds * sample_rate)) if augment else 0
+        self.speed_range = speed_range if augment else None
         self.val_fraction, self.test_fraction, self.download = val_fraction, test_fraction, download
         self.spec = KeywordSpec(train_per_class, val_per_class, test_per_class, sample_rate, clip_seconds, seed)
         self._requested_classes = num_classes
@@ -204,8 +246,9 @@ class AudioDataModule(L.LightningDataModule):
             self._setup_audio_folder()
 
     def train_dataloader(self) -> DataLoader:
-        shift_rng = torch.Generator().manual_seed(self.seed + 1)
-        return self._loader(self.train_dataset, AudioBatch(self.max_shift, shift_rng), shuffle=True)
+        augment_rng = torch.Generator().manual_seed(self.seed + 1)
+        collate = AudioBatch(self.max_shift, augment_rng, self.speed_range)
+        return self._loader(self.train_dataset, collate, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, AudioBatch(), shuffle=False)
@@ -294,4 +337,4 @@ def find_audio_classes(root: str | None) -> list[str]:
     return classes
 
 
-__all__ = ["AudioBatch", "AudioDataModule", "read_audio", "random_shift"]
+__all__ = ["AudioBatch", "AudioDataModule", "read_audio", "random_shift", "speed_perturb"]

@@ -1,6 +1,6 @@
 """Audio Spectrogram Transformer (AST, Gong et al. 2021) from raw waveforms, on the zoo's shared parts.
 
-waveform (B, samples) -> log-mel (B, 1, n_mels, frames) -> normalise -> SpecAugment (training only)
+waveform (B, samples) -> log-mel (B, 1, n_mels, frames; VTLP in training) -> normalise -> SpecAugment (training only)
 -> patches over the frequency x time plane -> + 2-D positions -> shared encoder -> pool -> head.
 
 The spectrogram is computed inside the model (torchaudio transforms, on whatever device the model is
@@ -10,9 +10,11 @@ to keep in sync between data and model, and SpecAugment follows `model.train()` 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
+import torchaudio.functional as AF
 import torchaudio.transforms as T
 from torch import Tensor, nn
 from timm.layers import trunc_normal_
@@ -22,29 +24,77 @@ from models.layers import Encoder
 from models.vit import VisionTransformer
 
 
+# Warp factors are rounded to multiples of 1 / WARP_STEPS, so a batch needs only a few filterbanks (cached).
+WARP_STEPS = 50
+
+
 class LogMel(nn.Module):
     """(B, samples) waveform -> (B, 1, n_mels, frames) normalised log-mel power spectrogram.
 
     log(mel power + 1e-6), then (x - norm_mean) / norm_std with fixed dataset statistics, as AST
     does: the model keeps absolute loudness (which separates silence from speech), and the encoder
     sees inputs of roughly unit scale. Frames: 1 + samples // hop_length (centred STFT).
+
+    `warp_range` [low, high] (training only): vocal tract length perturbation (VTLP, Jaitly & Hinton
+    2013). Each clip gets a factor a drawn uniformly from the range, and its mel filters
+    read the power spectrum at frequency f / a where they would read f: mel band i then shows what a
+    vocal tract a times shorter would put there (formants and pitch harmonics x a), while durations
+    stay as they are (unlike speed perturbation). Filters past Nyquist / a (a < 1) read nothing.
     """
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float,
-                 f_max: float | None, norm_mean: float, norm_std: float) -> None:
+                 f_max: float | None, norm_mean: float, norm_std: float,
+                 warp_range: Sequence[float] | None = None) -> None:
         super().__init__()
         if norm_std <= 0:
             raise ValueError(f"norm_std must be > 0, got {norm_std}")
-        self.n_fft, self.hop_length = n_fft, hop_length
+        if warp_range is not None:
+            warp_range = tuple(float(v) for v in warp_range)  # Hydra passes a ListConfig
+            if len(warp_range) != 2 or not 0 < warp_range[0] <= warp_range[1]:
+                raise ValueError(f"warp_range must be [low, high] with 0 < low <= high, got {list(warp_range)}")
+        self.n_fft, self.hop_length, self.warp_range = n_fft, hop_length, warp_range
         self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, f_min=f_min,
                                     f_max=f_max, n_mels=n_mels, power=2.0)
         self.norm_mean, self.norm_std = norm_mean, norm_std
+        self._warped: dict[tuple[int, torch.device], Tensor] = {}  # not a buffer: checkpoints stay as they were
+
+    def warped_filters(self, factor: float, device: torch.device) -> Tensor:
+        """(n_fft // 2 + 1, n_mels) mel filters warped by `factor` (rounded to 1 / WARP_STEPS): the usual
+        filters evaluated at factor x each FFT bin's frequency, i.e. on the bin grid of a sample rate
+        factor times higher (exact: the triangles are piecewise linear in Hz)."""
+        step = round(factor * WARP_STEPS)
+        if (step, device) not in self._warped:
+            scale = self.mel.mel_scale
+            with warnings.catch_warnings():  # a < 1: the top filters lie past the grid and read nothing
+                warnings.filterwarnings("ignore", message=".*all zero values.*")
+                fb = AF.melscale_fbanks(self.n_fft // 2 + 1, scale.f_min, scale.f_max, scale.n_mels,
+                                        round(scale.sample_rate * step / WARP_STEPS), scale.norm, scale.mel_scale)
+            self._warped[step, device] = fb.to(device)
+        return self._warped[step, device]
 
     def forward(self, wave: Tensor) -> Tensor:
         # The STFT runs in float32 even under autocast: log-power of float16 underflows.
         with torch.autocast(wave.device.type, enabled=False):
-            spec = self.mel(wave.float())  # (B, n_mels, frames)
+            power = self.mel.spectrogram(wave.float())  # (B, n_fft // 2 + 1, frames)
+            if self.training and self.warp_range is not None:
+                spec = self.warp(power)
+            else:
+                spec = self.mel.mel_scale(power)  # (B, n_mels, frames)
         return ((spec + 1e-6).log() - self.norm_mean).div(self.norm_std).unsqueeze(1)
+
+    def warp(self, power: Tensor, factors: Tensor | None = None) -> Tensor:
+        """(B, freqs, frames) power -> (B, n_mels, frames) through per-clip warped mel filters (VTLP);
+        `factors` (B,) default to uniform draws from `warp_range`."""
+        if factors is None:
+            low, high = self.warp_range or (1.0, 1.0)
+            factors = low + (high - low) * torch.rand(power.shape[0])
+        steps = torch.round(factors * WARP_STEPS).long()
+        out = power.new_empty(power.shape[0], self.mel.mel_scale.n_mels, power.shape[-1])
+        for step in steps.unique().tolist():
+            idx = (steps == step).nonzero()[:, 0].to(power.device)
+            fb = self.warped_filters(step / WARP_STEPS, power.device)
+            out[idx] = (power[idx].transpose(1, 2) @ fb).transpose(1, 2)
+        return out
 
 
 class SpecAugment(nn.Module):
@@ -117,6 +167,7 @@ class AudioSpectrogramTransformer(nn.Module):
         f_max: float | None = None,
         norm_mean: float = 0.0,
         norm_std: float = 1.0,
+        warp_range: Sequence[float] | None = None,
         freq_mask: int = 8,
         time_mask: int = 16,
         num_masks: int = 2,
@@ -144,7 +195,8 @@ class AudioSpectrogramTransformer(nn.Module):
         if sample_rate <= 0 or clip_seconds <= 0:
             raise ValueError(f"sample_rate and clip_seconds must be > 0, got {sample_rate}, {clip_seconds}")
         self.sample_rate, self.pool = sample_rate, pool
-        self.frontend = LogMel(sample_rate, n_fft, hop_length, n_mels, f_min, f_max, norm_mean, norm_std)
+        self.frontend = LogMel(sample_rate, n_fft, hop_length, n_mels, f_min, f_max, norm_mean, norm_std,
+                               warp_range)
         self.specaugment = SpecAugment(freq_mask, time_mask, num_masks)
         frames = 1 + int(round(sample_rate * clip_seconds)) // hop_length
         plane = (n_mels, frames)

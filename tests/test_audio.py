@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
-from data.audio import AudioDataModule, random_shift
+from data.audio import AudioDataModule, random_shift, speed_perturb
 from data.keywords import CLASSES, SPLITS, VARIANT_FAMILIES, VARIANTS, KeywordSpec, load_keywords, render, voices
 from models.audio import AudioSpectrogramTransformer, SpecAugment, TimePosEmbed
 
@@ -60,6 +60,26 @@ def test_specaugment_masks_whole_rows_and_columns_in_training_only() -> None:
     torch.testing.assert_close(model(wave), model(wave), rtol=0, atol=0)
     model.train()
     assert not torch.equal(model.spectrogram(wave), model.spectrogram(wave))
+
+
+def test_vtlp_moves_a_tone_as_a_shorter_vocal_tract_would() -> None:
+    # Analytic reference: warping by a shows a tone of f Hz where the plain front end shows a tone of a * f Hz
+    # (same mel band, same share of the power in each band), at any time; training mode only.
+    model = small_model(n_mels=40, n_fft=480, hop_length=320, warp_range=[0.8, 1.4])
+    t = torch.arange(16000) / 16000
+    frontend = model.frontend
+    for a in (0.8, 1.0, 1.1, 1.4):
+        warped = frontend.warp(frontend.mel.spectrogram(torch.sin(2 * torch.pi * 1000.0 * t)[None]), torch.tensor([a]))
+        ref = frontend.mel.mel_scale(frontend.mel.spectrogram(torch.sin(2 * torch.pi * 1000.0 * a * t)[None]))
+        share, ref_share = warped[0, :, 25] / warped[0, :, 25].sum(), ref[0, :, 25] / ref[0, :, 25].sum()
+        assert share.argmax() == ref_share.argmax()
+        torch.testing.assert_close(share, ref_share, rtol=0, atol=0.06)
+    wave = torch.randn(8, 16000) * 0.1
+    torch.testing.assert_close(model.spectrogram(wave), model.spectrogram(wave), rtol=0, atol=0)  # eval: no warp
+    frontend.train()
+    assert not torch.equal(frontend(wave), frontend(wave))
+    with pytest.raises(ValueError, match=r"warp_range.*\[1.2, 0.9\]"):
+        small_model(warp_range=[1.2, 0.9])
 
 
 def test_position_table_crops_shorter_clips_and_resizes_longer_ones() -> None:
@@ -177,6 +197,43 @@ def test_random_shift_is_a_zero_filled_roll() -> None:
         else:
             ref[:s] = w[-s:]
         torch.testing.assert_close(o, ref, rtol=0, atol=0)
+
+
+def test_speed_perturbation_scales_frequency_and_duration() -> None:
+    # Analytic reference: playing a clip s times faster multiplies every frequency by s and divides every
+    # duration by s. A 0.4 s burst of a 1,000 Hz tone in the middle of a 1 s clip at 16 kHz, per clip speed.
+    rate, n = 16000, 16000
+    t = torch.arange(n) / rate
+    burst = (t - 0.5).abs() < 0.2
+    waves = (torch.sin(2 * torch.pi * 1000.0 * t) * burst).repeat(4, 1)
+    speeds = torch.tensor([0.8, 1.0, 1.25, 1.5])
+    out = speed_perturb(waves, speeds)
+    assert out.shape == waves.shape
+    torch.testing.assert_close(out[1], waves[1], rtol=0, atol=0)  # speed 1: untouched
+    for wave, s in zip(out, speeds.tolist()):
+        spectrum = torch.fft.rfft(wave).abs()
+        assert abs(spectrum.argmax().item() * rate / n - 1000.0 * s) <= 2.0  # 1 Hz bins
+        loud = torch.nonzero(wave.abs() > 0.5)[:, 0] / rate  # the burst's extent, in seconds
+        assert abs((loud[-1] - loud[0]).item() - 0.4 / s) < 0.002
+        assert abs((loud[-1] + loud[0]).item() / 2 - 0.5) < 0.002  # still centred
+    # Speeds are rounded to steps of 0.05; each clip gets its own, whatever else is in the batch.
+    torch.testing.assert_close(speed_perturb(waves[:1], torch.tensor([1.26])), out[2:3], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"positive.*\[1.0, -1.0, 1.0, 1.0\]"):
+        speed_perturb(waves, torch.tensor([1.0, -1.0, 1.0, 1.0]))
+
+
+def test_speed_perturbation_only_in_training(tiny_keywords) -> None:
+    root, arrays = tiny_keywords
+    kw = dict(root=root, train_per_class=2, val_per_class=1, test_per_class=1, batch_size=24, shift_seconds=0.0)
+    plain, fast = AudioDataModule(**kw), AudioDataModule(**kw, speed_range=[1.5, 1.5])
+    for dm in (plain, fast):
+        dm.setup()
+    (x0, y0), (x1, y1) = next(iter(plain.train_dataloader())), next(iter(fast.train_dataloader()))
+    assert torch.equal(y0, y1)  # same shuffle
+    torch.testing.assert_close(x1, speed_perturb(x0, torch.full((24,), 1.5)), rtol=0, atol=0)
+    torch.testing.assert_close(next(iter(fast.val_dataloader()))[0], next(iter(plain.val_dataloader()))[0])
+    with pytest.raises(ValueError, match=r"speed_range=\[1.2, 0.9\]"):
+        AudioDataModule(speed_range=[1.2, 0.9])
 
 
 # ----------------------------------------------------------------------------- audio folders
