@@ -161,8 +161,9 @@ def test_export_config_composes(tmp_path: Path) -> None:
 
 def test_cli_exports_a_trained_run(tmp_path: Path) -> None:
     run, out = tmp_path / "run", tmp_path / "export"
-    run_cli("train.py", "model=vit", "trainer.fast_dev_run=true", "test=false", "threads=1", "model.net.depth=1",
-            "model.net.dim=32", f"hydra.run.dir={run}")
+    # a real (tiny) epoch: fast_dev_run writes no checkpoint
+    run_cli("train.py", "model=vit", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "test=false", "threads=1", "model.net.depth=1", "model.net.dim=32", f"hydra.run.dir={run}")
     proc = run_cli("export.py", f"ckpt_path={run}", "format=both", f"out={out}", f"hydra.run.dir={tmp_path / 'e'}")
     assert f"onnx: {out / 'vit.onnx'}" in proc.stdout and "onnx_max_abs_diff" in proc.stdout
     net, config, _ = load_network(run)  # what the checkpoint holds, read the ordinary way
