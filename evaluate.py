@@ -43,6 +43,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info(f"Evaluating {ckpt_file}")
     trainer.test(module, datamodule=datamodule)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if not trainer.is_global_zero:  # multi-process evaluation: rank 0 writes the files
+        return {k: float(v) for k, v in metrics.items()}
     run_dir = output_dir()
     clean = write_metrics(run_dir / "metrics.json", metrics)
     print(f"Checkpoint: {ckpt_file}\nMetrics: {clean}\nWritten to {run_dir / 'metrics.json'}")

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
@@ -91,9 +92,10 @@ class ResumableCheckpoint(ModelCheckpoint):
         moved = {}
         for old, score in old_best.items():
             new = new_dir / old.name
-            tmp = new.with_name(f".{new.name}.copy.tmp")
-            shutil.copyfile(old, tmp)
-            os.replace(tmp, new)
+            if rank_zero_only.rank == 0:  # under DDP every process restores this state; one copies the files
+                tmp = new.with_name(f".{new.name}.copy.tmp")
+                shutil.copyfile(old, tmp)
+                os.replace(tmp, new)
             moved[str(new)] = score
         rename = lambda p: str(new_dir / Path(p).name) if p else p  # noqa: E731
         return {**state, "dirpath": self.dirpath, "best_k_models": moved,

@@ -23,7 +23,12 @@ class NonFiniteGuard(L.Callback):
     therefore stay the last good ones, ready for `python train.py ckpt_path=<run dir>`."""
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss).all()):  # one scalar sync per step: noise next to the step itself
+        bad = not bool(torch.isfinite(loss).all())  # one scalar sync per step: noise next to the step itself
+        # Under DDP every process must stop together: one raising alone leaves the others waiting in the
+        # gradient all-reduce until the collective times out.
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {trainer.current_epoch}, global step {trainer.global_step} "
                 f"(batch {trainer.fit_loop.epoch_loop.batch_idx} of the epoch); stopped before the update. "

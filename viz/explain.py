@@ -56,6 +56,10 @@ def load_trained(ckpt_path: str | Path) -> Loaded:
             cfg.paths.root_dir = str(Path.cwd())
             cfg.paths.output_dir = str(ckpt_file.resolve().parent.parent)
     dm = build_datamodule(cfg, datamodule_state(ckpt, cfg))  # fills num_classes / vocab_size for the model
+    with open_dict(cfg):  # training-time switches: no compile time or recomputation for a few predictions
+        for switch in ("compile", "grad_checkpointing"):
+            if switch in cfg.model:
+                cfg.model[switch] = False
     module = build_module(cfg)
     module.load_state_dict(ckpt["state_dict"])
     if model_kind(module.net) == "translator":
