@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from data.folders import ClassFolders
 from data.images import stratified_split
 from data.keywords import CLASSES, KEYWORDS, SILENCE, UNKNOWN, KeywordSpec, load_keywords
 
@@ -150,13 +151,16 @@ def speed_perturb(waves: Tensor, speeds: Tensor) -> Tensor:
     return out
 
 
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(ClassFolders, L.LightningDataModule):
     """Audio classification data; every constructor argument is a key of configs/data/*.yaml.
 
     After `setup()`: `train_dataset`, `val_dataset`, `test_dataset` and the three loaders, yielding
     `(float32 (B, sample_rate * clip_seconds) waveforms, int64 labels)`. `num_classes` /
     `class_names` are known before setup (audio_folder scans its class sub-folders).
     """
+
+    FOLDER_DATASET = "audio_folder"  # where class_names come from a folder (data.folders.ClassFolders)
+    FOLDER_LAYOUT = AUDIO_FOLDER_LAYOUT
 
     def __init__(
         self,
@@ -214,20 +218,6 @@ class AudioDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.test_voices: list[str] | None = None  # keywords: who speaks each test clip
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            names = find_audio_classes(self.root)
-            if self._requested_classes is not None and self._requested_classes != len(names):
-                raise ValueError(f"num_classes={self._requested_classes} but audio folder {self.root} has "
-                                 f"{len(names)} classes ({', '.join(names)})")
-            self._class_names = names
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:  # Lightning calls setup once per stage; the data never changes
@@ -321,20 +311,6 @@ class AudioDataModule(L.LightningDataModule):
                 offsets.append(int(rng.integers(max(1, frames - self.num_samples))))
             parts.append(AudioFiles(samples, self.sample_rate, self.num_samples, offsets))
         return parts[0], parts[1], parts[2]
-
-
-def find_audio_classes(root: str | None) -> list[str]:
-    """Sorted class sub-folder names of an audio folder, with errors that show the expected layout."""
-    if not root:
-        raise ValueError(f"dataset 'audio_folder' needs root=<folder> laid out as {AUDIO_FOLDER_LAYOUT}")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"audio_folder: root {path} does not exist or is not a folder")
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise ValueError(f"audio_folder: {len(classes)} class sub-folder(s) in {path}; need at least 2, "
-                         f"laid out as {AUDIO_FOLDER_LAYOUT}")
-    return classes
 
 
 __all__ = ["AudioBatch", "AudioDataModule", "read_audio", "random_shift", "speed_perturb"]

@@ -31,6 +31,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
+from data.folders import ClassFolders
+
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # where `apt-get install dataset-fashion-mnist` puts it
 FASHION_FILES = {
@@ -264,21 +266,6 @@ def load_cifar10(root: str | None, download: bool) -> tuple[tuple[Tensor, Tensor
     return pair(train), pair(test)
 
 
-def find_image_classes(root: str | None) -> list[str]:
-    """Sorted class sub-folder names of an image folder, with errors that show the expected layout."""
-    if not root:
-        raise ValueError(f"dataset 'image_folder' needs root=<folder> laid out as {IMAGE_FOLDER_LAYOUT}")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"image_folder: root {path} does not exist or is not a folder")
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise FileNotFoundError(f"image_folder: no class sub-folders in {path}; expected {IMAGE_FOLDER_LAYOUT}")
-    if len(classes) < 2:
-        raise ValueError(f"image_folder: only 1 class sub-folder ({classes[0]!r}) in {path}; need at least 2 classes")
-    return classes
-
-
 class ImageFiles(Dataset):
     """(path, label) list -> (uint8 image (in_chans, size, size), label), decoded lazily."""
 
@@ -301,7 +288,7 @@ class ImageFiles(Dataset):
 # ----------------------------------------------------------------------------- the data module
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ClassFolders, L.LightningDataModule):
     """Image classification data; every constructor argument is a key of configs/data/*.yaml.
 
     After `setup()`: `train_dataset`, `val_dataset`, `test_dataset` (uint8 samples) and the three loaders,
@@ -309,6 +296,9 @@ class ImageDataModule(L.LightningDataModule):
     Always available: `mean`, `std` (per channel, for `denormalize`), and `num_classes` / `class_names`
     (for image_folder this scans the class sub-folders, no image is decoded).
     """
+
+    FOLDER_DATASET = "image_folder"  # where class_names come from a folder (data.folders.ClassFolders)
+    FOLDER_LAYOUT = IMAGE_FOLDER_LAYOUT
 
     def __init__(
         self,
@@ -358,23 +348,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
-    # -- classes and normalisation
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:  # image_folder: the sorted class sub-folders
-            names = find_image_classes(self.root)
-            if self._requested_classes is not None and self._requested_classes != len(names):
-                raise ValueError(
-                    f"num_classes={self._requested_classes} but image folder {self.root} has {len(names)} "
-                    f"classes ({', '.join(names)})"
-                )
-            self._class_names = names
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    # -- normalisation (class_names / num_classes: data.folders.ClassFolders)
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 images (..., C, H, W) -> the normalised float32 the model sees (no augmentation)."""

@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from data.bible import load_bible
 from data.phrases import generate_phrases
@@ -101,18 +101,31 @@ def collate(samples: list[tuple[list[int], list[int], int]]) -> dict[str, Tensor
     return {"src": src, "tgt": tgt, "index": torch.tensor([i for _, _, i in samples])}
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar length (less padding, a faster epoch): shuffle, sort within pools of
-    50 batches, cut into batches, shuffle the batches. Deterministic per (seed, epoch)."""
+class BucketBatchSampler(BatchSampler):
+    """Batches of similar length (less padding, a faster epoch) from the indices `sampler` yields:
+    shuffle them, sort within pools of 50 batches, cut into batches, shuffle the batches.
+    Deterministic per (seed, epoch).
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool) -> None:
-        self.lengths, self.batch_size, self.seed, self.shuffle = lengths, batch_size, seed, shuffle
+    A `BatchSampler` subclass with a `sampler` argument, so that under DDP Lightning can swap in its
+    `DistributedSampler`: each process then buckets its own 1/world of the indices, and all processes
+    get the same number of batches (the distributed sampler pads to equal shares)."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, lengths: list[int], seed: int,
+                 shuffle: bool) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths, self.seed, self.shuffle = lengths, seed, shuffle
         self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning (and utils.faults.EpochSeed) before each epoch; passed on to the sampler."""
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
-        order = list(range(len(self.lengths)))
+        self.epoch += 1  # without set_epoch (a plain loop over the loader) the next pass still differs
+        order = list(self.sampler)
         if self.shuffle:
             rng.shuffle(order)
         pool = 50 * self.batch_size
@@ -120,12 +133,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         for start in range(0, len(order), pool):
             chunk = sorted(order[start:start + pool], key=self.lengths.__getitem__)
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()  # only the last pool can end short
         if self.shuffle:
             rng.shuffle(batches)
         return iter(batches)
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -223,6 +235,15 @@ class TranslationDataModule(L.LightningDataModule):
     # --- Lightning hooks ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         tok = self.prepare_tokenizer()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under DDP every process trained its own tokenizer before the process group existed; all
+            # must use rank 0's (the one its checkpoints and tokenizer.json keep), merges included.
+            local = tok.to_str()
+            shared = [local]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            if shared[0] != local:
+                self.load_state_dict({"tokenizer": shared[0]})
+                tok = self.prepare_tokenizer()  # checks the vocabulary size the model was built with
         for name in ("train", "val", "test"):
             if name not in self._data:
                 self._data[name] = TextPairs(self.splits[name], tok, self.max_len)
@@ -234,9 +255,7 @@ class TranslationDataModule(L.LightningDataModule):
         return [p.source for p in self.splits[stage]]
 
     def train_dataloader(self) -> DataLoader:
-        data = self._data["train"]
-        sampler = BucketBatchSampler(data.lengths(), self.batch_size, self.seed, shuffle=True)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -245,6 +264,13 @@ class TranslationDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def _eval_loader(self, name: str) -> DataLoader:
+        return self._loader(name, self.eval_batch_size, shuffle=False)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        # The sampler is sequential and the bucket sampler shuffles what it yields, so Lightning hands
+        # DDP a non-shuffling DistributedSampler: process r buckets samples r, r+world, ... each epoch
+        # (a fixed share, its order and batches reshuffled per epoch), evaluation sees every sample.
         data = self._data[name]
-        sampler = BucketBatchSampler(data.lengths(), self.eval_batch_size, self.seed, shuffle=False)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        batches = BucketBatchSampler(SequentialSampler(data), batch_size, drop_last=False, lengths=data.lengths(),
+                                     seed=self.seed, shuffle=shuffle)
+        return DataLoader(data, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
+from data.folders import ClassFolders
 from data.images import load_mnist_5k, stratified_split
 from data.moving_digits import CLASS_NAMES, check_geometry, make_moving_digits
 
@@ -55,20 +56,6 @@ def read_video(path: str | Path, num_frames: int, image_size: int, in_chans: int
     picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)  # uniform, first and last included
     clip = torch.from_numpy(np.stack([frames[i] for i in picks]))  # (T, H, W) or (T, H, W, 3)
     return clip.unsqueeze(0) if in_chans == 1 else clip.permute(3, 0, 1, 2).contiguous()
-
-
-def find_video_classes(root: str | None) -> list[str]:
-    """Sorted class sub-folder names, with errors that show the expected layout."""
-    if not root:
-        raise ValueError(f"dataset 'video_folder' needs root=<folder> laid out as {VIDEO_FOLDER_LAYOUT}")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"video_folder: root {path} does not exist or is not a folder")
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise ValueError(f"video_folder: {len(classes)} class sub-folder(s) in {path}; need at least 2, "
-                         f"laid out as {VIDEO_FOLDER_LAYOUT}")
-    return classes
 
 
 class VideoFiles(Dataset):
@@ -126,7 +113,7 @@ class VideoBatch:
             torch.set_num_threads(threads)
 
 
-class VideoDataModule(L.LightningDataModule):
+class VideoDataModule(ClassFolders, L.LightningDataModule):
     """Video classification data; every constructor argument is a key of configs/data/*.yaml.
 
     After `setup()`: `train_dataset`, `val_dataset`, `test_dataset` (uint8 clips) and the loaders.
@@ -135,6 +122,9 @@ class VideoDataModule(L.LightningDataModule):
     `epoch_clips` (null = all) makes a training epoch a fresh random draw of that many clips, so that
     short epochs (validation, checkpoints, the LR schedule) fit the trainer's fixed epoch count.
     """
+
+    FOLDER_DATASET = "video_folder"  # where class_names come from a folder (data.folders.ClassFolders)
+    FOLDER_LAYOUT = VIDEO_FOLDER_LAYOUT
 
     def __init__(
         self,
@@ -190,20 +180,6 @@ class VideoDataModule(L.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            names = find_video_classes(self.root)
-            if self._requested_classes is not None and self._requested_classes != len(names):
-                raise ValueError(f"num_classes={self._requested_classes} but video folder {self.root} has "
-                                 f"{len(names)} classes ({', '.join(names)})")
-            self._class_names = names
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:  # Lightning calls setup once per stage; the data never changes
@@ -276,4 +252,4 @@ class VideoDataModule(L.LightningDataModule):
         )
 
 
-__all__ = ["FrameControl", "VideoBatch", "VideoDataModule", "VideoFiles", "find_video_classes", "read_video"]
+__all__ = ["FrameControl", "VideoBatch", "VideoDataModule", "VideoFiles", "read_video"]

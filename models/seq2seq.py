@@ -104,13 +104,21 @@ class Seq2SeqModule(L.LightningModule):
         self._eval_step(batch, "test", beam_size=self.beam_size)
 
     def _log_text_metrics(self, stage: str) -> None:
-        outputs = sorted(self._outputs.pop(stage, []))
+        outputs = self._outputs.pop(stage, [])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under DDP each process decoded its own share: BLEU is a corpus score, so gather all of them.
+            # The distributed sampler pads shares to equal size with repeats: one output per index.
+            shares: list[list[tuple[int, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(shares, outputs)
+            outputs = list(dict(o for share in shares for o in share).items())
+        outputs = sorted(outputs)
         if not outputs:
             return
         refs_all = self.trainer.datamodule.references(stage)
         hyps = [h for _, h in outputs]
         refs = [refs_all[i] for i, _ in outputs]
         scores = text_metrics(hyps, refs)
+        scores["sentences"] = len(outputs)  # how many the corpus scores cover (all of them, also under DDP)
         if stage == "test":  # the floor a model must clear: "translate" by copying the source
             sources = self.trainer.datamodule.sources(stage)
             scores["copy_bleu"] = text_metrics([sources[i] for i, _ in outputs], refs)["bleu"]

@@ -64,3 +64,27 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     losses = [float(r.split(",")[head.index("train/loss_epoch")]) for r in csv_one[1:]
               if r.split(",")[head.index("train/loss_epoch")]]
     assert len(losses) == 2 and abs(losses[0] - losses[1]) > 1e-3, losses
+
+
+def test_translator_under_ddp_scores_the_whole_test_set(tmp_path: Path) -> None:
+    """The translator's bucketing batch sampler takes Lightning's DistributedSampler: each process trains
+    on its share, and the test BLEU (a corpus score) is computed over the outputs of both processes.
+    Evaluating the same checkpoint in one process must give the same corpus scores."""
+    import math
+
+    data_dir = f"paths.data_dir={tmp_path / 'datasets'}"
+    tiny = ["model=translator", "threads=1", "data.num_pairs=1500", "data.bpe_vocab_size=200", "model.net.dim=32",
+            "model.net.encoder_depth=1", "model.net.decoder_depth=1", "model.max_new_tokens=12", "model.beam_size=1",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", data_dir]
+    ddp_dir = tmp_path / "ddp"
+    run_cli("train.py", *tiny, "trainer=ddp", f"hydra.run.dir={ddp_dir}")
+    run_cli("evaluate.py", f"ckpt_path={ddp_dir}", data_dir, f"hydra.run.dir={tmp_path / 'ev'}")  # one process
+    trained = json.loads((ddp_dir / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    from data.text import TranslationDataModule
+
+    n_test = len(TranslationDataModule(root=str(tmp_path / "datasets"), num_pairs=1500).splits["test"])
+    assert trained["test/sentences"] == evaluated["test/sentences"] == n_test > 20  # both shares, once each
+    for key in ("test/bleu", "test/chrf", "test/exact"):
+        assert math.isclose(trained[key], evaluated[key], abs_tol=1e-6), (key, trained[key], evaluated[key])
+    assert trained["test/chrf"] > 0  # a score over real output, not an empty corpus

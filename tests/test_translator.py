@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from data.bible import clean_osis, load_bible, parse_export
 from data.phrases import generate_phrases
-from data.text import TranslationDataModule, read_tsv, split_of
+from data.text import BucketBatchSampler, TranslationDataModule, read_tsv, split_of
 from models.seq2seq import text_metrics
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode, encode, train_tokenizer
 from models.embeddings import sinusoidal_table
@@ -183,6 +183,34 @@ def test_held_out_phrases_never_occur_in_training(tmp_path) -> None:
     other = TranslationDataModule(root=str(tmp_path), num_pairs=2000, bpe_vocab_size=50, vocab_size=dm.vocab_size)
     other.load_state_dict(state)
     assert other.prepare_tokenizer().to_str() == dm.prepare_tokenizer().to_str()
+
+
+def test_bucket_sampler_shards_like_a_distributed_sampler() -> None:
+    from torch.utils.data import DistributedSampler, SequentialSampler
+
+    lengths = [(i * 7919) % 37 + 1 for i in range(1003)]  # 1003: odd, so the two shares need one padded index
+    data = list(range(len(lengths)))
+
+    def batches(sampler, epoch: int, shuffle: bool = True) -> list[list[int]]:
+        b = BucketBatchSampler(sampler, 16, drop_last=False, lengths=lengths, seed=3, shuffle=shuffle)
+        b.set_epoch(epoch)
+        return list(b)
+
+    one = batches(SequentialSampler(data), 0)
+    assert sorted(i for b in one for i in b) == data and len(one) == -(-len(data) // 16)
+    assert one == batches(SequentialSampler(data), 0) and one != batches(SequentialSampler(data), 1)
+    # within a pool of 50 batches the batches are sorted runs: little padding
+    pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in one)
+    assert pad < 0.05 * sum(lengths)
+    # two processes: disjoint shares (apart from the one padded repeat) that together cover everything,
+    # the same number of batches on each (else DDP's all-reduce would wait forever)
+    shares = [batches(DistributedSampler(data, num_replicas=2, rank=r, shuffle=False), 4) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == -(-502 // 16)
+    seen = [i for share in shares for b in share for i in b]
+    assert sorted(set(seen)) == data and len(seen) == len(data) + 1
+    assert [i for b in shares[1] for i in b if i % 2 == 0] == [0]  # rank 1: odd indices + the padded repeat
+    # evaluation order (shuffle=False) is fixed: sorted by length within pools, whatever the epoch
+    assert batches(SequentialSampler(data), 0, shuffle=False) == batches(SequentialSampler(data), 5, shuffle=False)
 
 
 def test_tsv_reader_names_the_malformed_line(tmp_path) -> None:
