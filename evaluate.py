@@ -25,10 +25,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_file = resolve_checkpoint(cfg.ckpt_path)
     ckpt = load_checkpoint(ckpt_file)
     train_cfg = run_config(ckpt_file, ckpt)
-    # Evaluation-time choices (trainer, loggers, paths, seed) come from evaluate.yaml; what the
+    # Evaluation-time choices (trainer, loggers, paths, seed, threads, kernel) come from evaluate.yaml; what the
     # model is and which data it was trained on come from the training run.
     with open_dict(train_cfg):
-        for key in ("trainer", "logger", "paths", "seed", "threads"):
+        for key in ("trainer", "logger", "paths", "seed", "threads", "attention_kernel"):
             train_cfg[key] = cfg.get(key)
         train_cfg.callbacks = None
     setup_runtime(train_cfg)

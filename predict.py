@@ -8,7 +8,7 @@
 RUN_DIR is a run directory (its best.ckpt) or a checkpoint file: the model, its tokenizer or class
 names, and its input preparation come from the checkpoint, so nothing is re-typed. The translator
 prints the translation; classifiers print the top-5 classes with probabilities. With
---attention-dir, PNG pictures of the attention are written there (computed beside the fused kernel;
+--attention-dir, PNG pictures of the attention are written there (computed beside the model's kernel;
 the prediction is the same with or without them):
 
 * translator: cross-attention alignment (target x source tokens) and encoder self-attention;

@@ -2,7 +2,7 @@
 
 Self-attention on x of shape (batch, N, dim) for four implementations:
 
-* ``core_fused``    -- ``models.attention.MultiHeadAttention(fused=True)`` (SDPA kernel, the default)
+* ``core_fused``    -- ``models.attention.MultiHeadAttention(fused=True)`` (SDPA kernel; the default `auto` uses it beyond short sequences)
 * ``core_explicit`` -- the same class with ``fused=False``: softmax(Q K^T / sqrt(d)) V written out
 * ``torch_mha``     -- ``torch.nn.MultiheadAttention(batch_first=True)``, called with need_weights=False
 * ``timm``          -- ``timm.layers.Attention(qkv_bias=True)`` with ``fused_attn = True``

@@ -2,7 +2,7 @@
 
 Contenders (one training step each = forward, cross-entropy, backward, AdamW step):
 
-* ``ours_fused``    -- models.vit.VisionTransformer, attention on the fused SDPA kernel (the default)
+* ``ours_fused``    -- models.vit.VisionTransformer, attention pinned to the fused SDPA kernel (`auto`, the default, runs explicit at the default size's 16 tokens)
 * ``ours_explicit`` -- the same model under ``fused_attn(False)``: softmax(Q K^T / sqrt(d)) V written out
 * ``timm``          -- timm.models.vision_transformer.VisionTransformer (its default, fused SDPA)
 

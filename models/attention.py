@@ -4,8 +4,11 @@
 `context` when given), with padding / causal / custom masks, grouped-query attention,
 a key/value cache for incremental decoding, and two interchangeable kernels:
 
-* fused: `torch.nn.functional.scaled_dot_product_attention` (default; memory linear in length)
+* fused: `torch.nn.functional.scaled_dot_product_attention` (memory linear in length)
 * explicit: `softmax(Q K^T / sqrt(d_k)) V` written out, the reference the tests check against.
+
+The default, "auto", picks per call: explicit on CPU for short sequences of narrow heads (faster
+there), fused otherwise (see KERNELS below).
 
 Attention weights can be requested per layer (`need_weights=True` or `store_weights=True`);
 the output still comes from the selected kernel, so asking for maps never changes the output.
@@ -24,29 +27,67 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_FUSED_DEFAULT = os.environ.get("ZOO_FUSED_ATTN", "1") not in ("0", "false", "False")
+# Which kernel modules built with `fused=None` run: "fused" (SDPA), "explicit" (the formula written out),
+# or "auto": on CPU, explicit when keys x head_dim <= AUTO_EXPLICIT_MAX (short sequences of narrow heads,
+# where SDPA's fixed cost per call outweighs its savings), fused otherwise and always on GPUs. One layer,
+# forward + backward, 2 threads (bench/bench_kernels.py): explicit 1.8x / 1.35x / 1.18x faster at 8 / 16 /
+# 32 keys with head_dim 24, a tie at 64; with head_dim 64 1.11x at 8 keys, a tie at 16, 8 % slower at 32.
+# "auto" is the default; env ZOO_FUSED_ATTN=1 / 0 / auto or the config key `attention_kernel` picks another.
+KERNELS = ("fused", "explicit", "auto")
+AUTO_EXPLICIT_MAX = 768  # keys x head_dim: <= 32 keys at head_dim 24, <= 12 at head_dim 64
 
 
-def use_fused_attn() -> bool:
-    """Whether modules built with `fused=None` use the fused kernel (env `ZOO_FUSED_ATTN=0` turns it off)."""
-    return _FUSED_DEFAULT
+def parse_kernel(value: object) -> str:
+    """"fused" / "explicit" / "auto" from a config or environment value (true / 1 = fused, false / 0 = explicit)."""
+    text = str(value).strip().lower()
+    kernel = {"1": "fused", "true": "fused", "0": "explicit", "false": "explicit"}.get(text, text)
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel {value!r}: expected one of {', '.join(KERNELS)}")
+    return kernel
+
+
+try:
+    DEFAULT_KERNEL = parse_kernel(os.environ.get("ZOO_FUSED_ATTN", "auto"))  # what `attention_kernel: null` means
+except ValueError as err:
+    raise ValueError(f"environment variable ZOO_FUSED_ATTN: {err}") from None
+_KERNEL = DEFAULT_KERNEL
+
+
+def attention_kernel() -> str:
+    """The process-wide kernel choice for modules with `fused=None`: "fused", "explicit" or "auto"."""
+    return _KERNEL
+
+
+def set_attention_kernel(kernel: str | bool) -> None:
+    """Switch the process-wide kernel at run time (modules with an explicit `fused` keep theirs)."""
+    global _KERNEL
+    _KERNEL = parse_kernel(kernel)
+
+
+def use_fused_attn(keys: int | None = None, head_dim: int | None = None, device: torch.device | None = None) -> bool:
+    """Whether a module with `fused=None` runs SDPA for `keys` keys of `head_dim` on `device` (None: not known)."""
+    if _KERNEL == "auto":
+        if torch.compiler.is_compiling():
+            return True  # no branch on a (dynamic) length inside a graph: that would guard and recompile
+        on_cpu = device is None or device.type == "cpu"
+        return not (on_cpu and keys is not None and head_dim is not None and keys * head_dim <= AUTO_EXPLICIT_MAX)
+    return _KERNEL == "fused"
 
 
 def set_fused_attn(enabled: bool) -> None:
-    """Switch the process-wide default kernel at run time (modules with an explicit `fused` keep theirs)."""
-    global _FUSED_DEFAULT
-    _FUSED_DEFAULT = bool(enabled)
+    """set_attention_kernel("fused") if enabled else set_attention_kernel("explicit")."""
+    set_attention_kernel("fused" if enabled else "explicit")
 
 
 @contextmanager
-def fused_attn(enabled: bool) -> Iterator[None]:
-    """Temporarily select the fused (True) or explicit (False) kernel for all modules with `fused=None`."""
-    previous = use_fused_attn()
-    set_fused_attn(enabled)
+def fused_attn(enabled: bool | str) -> Iterator[None]:
+    """Temporarily select the fused (True) or explicit (False) kernel, or "auto", for modules with `fused=None`."""
+    previous = _KERNEL
+    set_attention_kernel(enabled)
     try:
         yield
     finally:
-        set_fused_attn(previous)
+        set_attention_kernel(previous)
 
 
 @dataclass
@@ -228,7 +269,7 @@ class MultiHeadAttention(nn.Module):
         if causal and T == 1:
             causal = False  # one new query at the end of the sequence sees every key anyway
         want_weights = need_weights or self.store_weights
-        fused = use_fused_attn() if self.fused is None else self.fused
+        fused = use_fused_attn(S, self.head_dim, x.device) if self.fused is None else self.fused
         dropout_p = self.attn_drop if self.training else 0.0
         # SDPA's own is_causal skips the masked half and needs no (T, S) mask; it aligns the diagonal
         # top-left, so it is only valid without a cached prefix and with nothing else masked.
@@ -279,7 +320,7 @@ class AttentionRecorder:
     heads: keep only these head indices (None = all); average_heads: mean over the kept heads.
     Each map is the layer's last call (for a cached decoder: its last step). The maps are computed
     beside the output of whichever kernel runs, so recording never changes what the model returns;
-    layers not chosen stay on the fused kernel with no extra work.
+    layers not chosen run their usual kernel with no extra work.
     """
 
     def __init__(self, model: nn.Module, layers: list[int | str] | None = None,

@@ -125,6 +125,44 @@ def test_switch_really_selects_the_kernel(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == [1]
 
 
+def test_auto_kernel_runs_explicit_for_short_key_sequences_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = MultiHeadAttention(DIM, HEADS).eval()
+    limit = attention.AUTO_EXPLICIT_MAX // (DIM // HEADS)  # keys at this head_dim
+    short, long_ = torch.randn(2, limit, DIM), torch.randn(2, limit + 1, DIM)
+    with fused_attn("auto"):
+        out_short = m(short)
+        assert calls == []  # <= limit keys on CPU: the explicit formula
+        m(long_)
+        assert calls == [1]
+        m(long_[:, :4], context=long_)  # the number of *keys* decides (4 queries, limit + 1 keys)
+        assert calls == [1, 1]
+        assert attention.use_fused_attn(8, 16, torch.device("cuda"))  # on GPUs always fused
+        assert not attention.use_fused_attn(12, 64) and attention.use_fused_attn(13, 64)  # wider heads: fewer keys
+    with fused_attn(True):
+        torch.testing.assert_close(m(short), out_short, atol=1e-5, rtol=1e-5)
+    assert calls == [1, 1, 1]
+
+
+def test_kernel_choice_from_the_config_and_bad_names(compose_train) -> None:
+    from utils.build import setup_runtime
+
+    before = attention.attention_kernel()
+    try:  # seed=null: setup_runtime would otherwise seed this pytest process
+        setup_runtime(compose_train("attention_kernel=explicit", "seed=null"))
+        assert attention.attention_kernel() == "explicit"
+        setup_runtime(compose_train("attention_kernel=true", "seed=null"))  # Hydra parses it as a bool
+        assert attention.attention_kernel() == "fused"
+        setup_runtime(compose_train("seed=null"))  # null: back to the default, not the last run's choice
+        assert attention.attention_kernel() == attention.DEFAULT_KERNEL
+        with pytest.raises(ValueError, match="attention kernel 'flash': expected one of fused, explicit, auto"):
+            setup_runtime(compose_train("attention_kernel=flash", "seed=null"))
+    finally:
+        attention.set_attention_kernel(before)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_fully_masked_rows_are_finite_zero(fused: bool) -> None:
     m = MultiHeadAttention(DIM, HEADS, fused=fused).eval()

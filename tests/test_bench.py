@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench import bench_peak, bench_vit_timm
+from bench import bench_kernels, bench_peak, bench_vit_timm
 from bench.common import attention_flops, counted_flops, paired_ratio, round_robin
-from models.attention import MultiHeadAttention
+from models.attention import MultiHeadAttention, attention_kernel
 
 
 def test_attention_flop_formula_equals_flop_counter() -> None:
@@ -42,3 +42,14 @@ def test_peak_reports_positive_gflops() -> None:
     assert report["peak"]["peak_gflops"] > 0
     assert report["vit"]["default"]["flops_per_step"] > 0
     assert all(r["gflops"] > 0 and r["fraction_of_peak"] > 0 for r in report["results"].values())
+
+
+def test_kernel_bench_times_every_kernel_and_restores_the_choice() -> None:
+    before = attention_kernel()
+    report = bench_kernels.main(["--threads", "1", "--lengths", "8", "40", "--dims", "32:4", "--tokens", "80",
+                                 "--repeats", "1", "--budget", "0.01", "--models", "vit"])
+    assert [(r["keys"], r["batch"]) for r in report["layers"]] == [(8, 10), (40, 2)]
+    assert all(r["fused_ms"] > 0 and r["explicit_ms"] > 0 for r in report["layers"])
+    (vit,) = report["models"]
+    assert sorted(vit["ms"]) == ["auto", "explicit", "fused"] and vit["auto_speedup"] > 0
+    assert attention_kernel() == before

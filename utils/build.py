@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from models.attention import DEFAULT_KERNEL, set_attention_kernel
 from utils.checkpoint import AtomicCheckpointIO
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -20,6 +21,8 @@ DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 def setup_runtime(cfg: DictConfig) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    kernel = cfg.get("attention_kernel")  # null: the default (auto, or env ZOO_FUSED_ATTN), also after another run
+    set_attention_kernel(DEFAULT_KERNEL if kernel is None else kernel)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 

@@ -1,6 +1,6 @@
 """From raw attention weights to what a person wants to see, for each model of the zoo.
 
-Every map here comes from `models.attention.attention_maps` (weights computed beside the fused kernel's
+Every map here comes from `models.attention.attention_maps` (weights computed beside the running kernel's
 output, so the prediction shown is exactly the model's). This module only combines them:
 
 * attention rollout (Abnar & Zuidema 2020): how much each input token flows into the pooled output,
