@@ -117,13 +117,13 @@ class BucketBatchSampler(BatchSampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning (and utils.faults.EpochSeed) before each epoch; passed on to the sampler."""
+        """The epoch the next pass draws for (utils.faults.EpochSeed calls it, also on a resume)."""
         self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
+        if hasattr(self.sampler, "set_epoch"):  # a DistributedSampler: this epoch's share, also on a resume
+            self.sampler.set_epoch(self.epoch)
         self.epoch += 1  # without set_epoch (a plain loop over the loader) the next pass still differs
         order = list(self.sampler)
         if self.shuffle:
@@ -235,15 +235,22 @@ class TranslationDataModule(L.LightningDataModule):
     # --- Lightning hooks ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         tok = self.prepare_tokenizer()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if not self._data and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Under DDP every process trained its own tokenizer before the process group existed; all
             # must use rank 0's (the one its checkpoints and tokenizer.json keep), merges included.
+            # Only on the first setup, which every process runs together (later calls, e.g. rank 0
+            # drawing pictures after evaluation, would wait forever for the others).
             local = tok.to_str()
             shared = [local]
             torch.distributed.broadcast_object_list(shared, src=0)
             if shared[0] != local:
+                size = tok.get_vocab_size()
                 self.load_state_dict({"tokenizer": shared[0]})
-                tok = self.prepare_tokenizer()  # checks the vocabulary size the model was built with
+                tok = self.prepare_tokenizer()
+                if tok.get_vocab_size() != size:  # the model on this process was sized from its own
+                    raise RuntimeError(f"rank 0's tokenizer has {tok.get_vocab_size()} tokens, the one this process "
+                                       f"trained {size}: train one epoch in one process, then resume it under DDP "
+                                       f"(ckpt_path=<run>): the checkpoint's tokenizer is then everyone's")
         for name in ("train", "val", "test"):
             if name not in self._data:
                 self._data[name] = TextPairs(self.splits[name], tok, self.max_len)
@@ -267,9 +274,9 @@ class TranslationDataModule(L.LightningDataModule):
         return self._loader(name, self.eval_batch_size, shuffle=False)
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        # The sampler is sequential and the bucket sampler shuffles what it yields, so Lightning hands
-        # DDP a non-shuffling DistributedSampler: process r buckets samples r, r+world, ... each epoch
-        # (a fixed share, its order and batches reshuffled per epoch), evaluation sees every sample.
+        # The bucket sampler shuffles what its sampler yields. Under DDP Lightning swaps in a
+        # DistributedSampler: for training a shuffling one (a new random share per process every
+        # epoch), for evaluation a sequential one (process r: samples r, r+world, ...).
         data = self._data[name]
         batches = BucketBatchSampler(SequentialSampler(data), batch_size, drop_last=False, lengths=data.lengths(),
                                      seed=self.seed, shuffle=shuffle)

@@ -85,6 +85,8 @@ def test_translator_under_ddp_scores_the_whole_test_set(tmp_path: Path) -> None:
 
     n_test = len(TranslationDataModule(root=str(tmp_path / "datasets"), num_pairs=1500).splits["test"])
     assert trained["test/sentences"] == evaluated["test/sentences"] == n_test > 20  # both shares, once each
-    for key in ("test/bleu", "test/chrf", "test/exact"):
-        assert math.isclose(trained[key], evaluated[key], abs_tol=1e-6), (key, trained[key], evaluated[key])
+    # The two runs batch (so pad, so round) the sentences differently; on some CPU a last-bit difference
+    # could flip one greedy token of this barely trained model: allow about one token's worth.
+    for key, tol in (("test/bleu", 1.0), ("test/chrf", 1.0), ("test/exact", 100 / n_test)):
+        assert math.isclose(trained[key], evaluated[key], abs_tol=tol), (key, trained[key], evaluated[key])
     assert trained["test/chrf"] > 0  # a score over real output, not an empty corpus

@@ -209,6 +209,12 @@ def test_bucket_sampler_shards_like_a_distributed_sampler() -> None:
     seen = [i for share in shares for b in share for i in b]
     assert sorted(set(seen)) == data and len(seen) == len(data) + 1
     assert [i for b in shares[1] for i in b if i % 2 == 0] == [0]  # rank 1: odd indices + the padded repeat
+    # training under DDP: Lightning's sampler shuffles, a new share per process every epoch, still disjoint
+    shuffled = [[batches(DistributedSampler(data, num_replicas=2, rank=r, shuffle=True, seed=0), e) for r in (0, 1)]
+                for e in (0, 1)]
+    for epoch in shuffled:
+        assert len(epoch[0]) == len(epoch[1]) and len({i for share in epoch for b in share for i in b}) == len(data)
+    assert {i for b in shuffled[0][0] for i in b} != {i for b in shuffled[1][0] for i in b}
     # evaluation order (shuffle=False) is fixed: sorted by length within pools, whatever the epoch
     assert batches(SequentialSampler(data), 0, shuffle=False) == batches(SequentialSampler(data), 5, shuffle=False)
 
