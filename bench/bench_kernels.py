@@ -14,17 +14,14 @@ Timing: bench.common.round_robin (interleaved rounds, start rotated), paired med
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import load, machine, paired_ratio, round_robin, train_step
+from bench.common import DEFAULT_INPUTS, default_classifier, load, paired_ratio, round_robin, train_step, write_report
 from models.attention import KERNELS, MultiHeadAttention, fused_attn
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODELS = {"vit": ((64, 1, 28, 28), 10), "audio": ((64, 16000), 12), "video": ((32, 1, 8, 32, 32), 4)}
 
 
 def with_kernel(kernel: str, fn: Callable[[], Any]) -> Callable[[], None]:
@@ -55,26 +52,19 @@ def layer_rows(dims: list[tuple[int, int]], lengths: list[int], tokens: int, rep
 
 
 def model_rows(models: list[str], repeats: int, budget: float) -> list[dict[str, Any]]:
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
     rows = []
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        for name in models:
-            shape, classes = DEFAULT_MODELS[name]
-            torch.manual_seed(0)
-            net = instantiate(compose("train", [f"model={name}"]).model.net)
-            x, y = torch.randn(shape), torch.randint(0, classes, (shape[0],))
-            step = train_step(net, torch.optim.AdamW(net.parameters(), lr=1e-4), x, y)
-            t = round_robin({k: with_kernel(k, step) for k in KERNELS}, repeats=repeats, warmup_s=2.0, budget_s=budget)
-            ms = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in t.items()}
-            rows.append(dict(model=name, batch=shape[0], ms=ms, rounds=len(t["fused"]),
-                             auto_speedup=paired_ratio(t["fused"], t["auto"]),
-                             explicit_speedup=paired_ratio(t["fused"], t["explicit"])))
-            r = rows[-1]
-            print(f"  {name:5s} batch {shape[0]}: fused {ms['fused']:6.1f} ms, explicit {ms['explicit']:6.1f} ms, "
-                  f"auto {ms['auto']:6.1f} ms; speed-up over fused: auto {r['auto_speedup']:.3f}, "
-                  f"explicit {r['explicit_speedup']:.3f} ({r['rounds']} rounds)", flush=True)
+    for name in models:
+        net, x, y = default_classifier(name)
+        step = train_step(net, torch.optim.AdamW(net.parameters(), lr=1e-4), x, y)
+        t = round_robin({k: with_kernel(k, step) for k in KERNELS}, repeats=repeats, warmup_s=2.0, budget_s=budget)
+        ms = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in t.items()}
+        rows.append(dict(model=name, batch=x.shape[0], ms=ms, rounds=len(t["fused"]),
+                         auto_speedup=paired_ratio(t["fused"], t["auto"]),
+                         explicit_speedup=paired_ratio(t["fused"], t["explicit"])))
+        r = rows[-1]
+        print(f"  {name:5s} batch {r['batch']}: fused {ms['fused']:6.1f} ms, explicit {ms['explicit']:6.1f} ms, "
+              f"auto {ms['auto']:6.1f} ms; speed-up over fused: auto {r['auto_speedup']:.3f}, "
+              f"explicit {r['explicit_speedup']:.3f} ({r['rounds']} rounds)", flush=True)
     return rows
 
 
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
     p.add_argument("--dims", nargs="+", default=["96:4", "384:6"], help="dim:heads of the layer (default: %(default)s)")
     p.add_argument("--tokens", type=int, default=8192, help="batch x length of the layer runs (default: %(default)s)")
-    p.add_argument("--models", nargs="*", choices=tuple(DEFAULT_MODELS), default=list(DEFAULT_MODELS))
+    p.add_argument("--models", nargs="*", choices=tuple(DEFAULT_INPUTS), default=list(DEFAULT_INPUTS))
     p.add_argument("--repeats", type=int, default=15, help="most interleaved rounds (default: %(default)s)")
     p.add_argument("--budget", type=float, default=6.0, help="seconds of timed rounds per row (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -97,11 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("default models, one training step:")
     models = model_rows(args.models, 2 * args.repeats, 5 * args.budget)
     print(f"load {load()}")
-    report = dict(config=dict(vars(args), json=str(args.json)) | machine(), layers=layers, models=models)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"results written to {args.json}")
-    return report
+    return write_report(args, layers=layers, models=models)
 
 
 if __name__ == "__main__":

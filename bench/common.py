@@ -134,3 +134,34 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
         opt.step()
 
     return run
+
+
+def write_report(args: Any, **results: Any) -> dict[str, Any]:
+    """{config: the command-line arguments and this machine, **results}, also written to args.json if given."""
+    import json
+
+    report = dict(config=dict(vars(args), json=str(args.json)) | machine(), **results)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"results written to {args.json}")
+    return report
+
+
+# ---------------------------------------------------------------- the zoo's default models
+
+DEFAULT_INPUTS = {"vit": ((64, 1, 28, 28), 10), "audio": ((64, 16000), 12), "video": ((32, 1, 8, 32, 32), 4)}
+
+
+def default_classifier(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """configs/model/<name>.yaml's network (random weights) and a random batch of its default data's shape."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    shape, classes = DEFAULT_INPUTS[name]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("train", [f"model={name}"])
+    torch.manual_seed(seed)
+    net = instantiate(cfg.model.net)
+    return net, torch.randn(shape), torch.randint(0, classes, (shape[0],))

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 # where SDPA's fixed cost per call outweighs its savings), fused otherwise and always on GPUs. One layer,
 # forward + backward, 2 threads (bench/bench_kernels.py): explicit 1.8x / 1.35x / 1.18x faster at 8 / 16 /
 # 32 keys with head_dim 24, a tie at 64; with head_dim 64 1.11x at 8 keys, a tie at 16, 8 % slower at 32.
-# "auto" is the default; env ZOO_FUSED_ATTN=1 / 0 / auto or the config key `attention_kernel` picks another.
+# Under torch.compile the same rule holds for static lengths; dynamic ones (the compiled translator) take
+# fused. "auto" is the default; env ZOO_FUSED_ATTN=1 / 0 / auto or the config key `attention_kernel` picks another.
 KERNELS = ("fused", "explicit", "auto")
 AUTO_EXPLICIT_MAX = 768  # keys x head_dim: <= 32 keys at head_dim 24, <= 12 at head_dim 64
 
@@ -67,8 +68,8 @@ def set_attention_kernel(kernel: str | bool) -> None:
 def use_fused_attn(keys: int | None = None, head_dim: int | None = None, device: torch.device | None = None) -> bool:
     """Whether a module with `fused=None` runs SDPA for `keys` keys of `head_dim` on `device` (None: not known)."""
     if _KERNEL == "auto":
-        if torch.compiler.is_compiling():
-            return True  # no branch on a (dynamic) length inside a graph: that would guard and recompile
+        if torch.compiler.is_compiling() and not isinstance(keys, int):
+            return True  # a dynamic length (SymInt): a branch on it would guard, and recompile when crossed
         on_cpu = device is None or device.type == "cpu"
         return not (on_cpu and keys is not None and head_dim is not None and keys * head_dim <= AUTO_EXPLICIT_MAX)
     return _KERNEL == "fused"

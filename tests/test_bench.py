@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench import bench_kernels, bench_peak, bench_vit_timm
+from bench import bench_compile, bench_kernels, bench_peak, bench_vit_timm
 from bench.common import attention_flops, counted_flops, paired_ratio, round_robin
 from models.attention import MultiHeadAttention, attention_kernel
 
@@ -53,3 +53,9 @@ def test_kernel_bench_times_every_kernel_and_restores_the_choice() -> None:
     (vit,) = report["models"]
     assert sorted(vit["ms"]) == ["auto", "explicit", "fused"] and vit["auto_speedup"] > 0
     assert attention_kernel() == before
+
+
+def test_compile_bench_compiles_each_contender_once_and_reports_speedups() -> None:
+    report = bench_compile.main(["--threads", "1", "--repeats", "1", "--budget", "0.01", "--backend", "aot_eager"])
+    assert sorted(report["first_step_s"]) == ["compiled", "compiled_fused", "plain"]
+    assert sorted(report["speedup"]) == ["compiled", "compiled_fused"] and all(v > 0 for v in report["speedup"].values())
