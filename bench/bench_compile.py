@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import DEFAULT_INPUTS, default_classifier, load, paired_ratio, round_robin, train_step, write_report
+from bench.common import DEFAULT_INPUTS, default_classifier, load, paired_ratio, parse_bench_args, round_robin, train_step, write_report
 from models.attention import fused_attn
 from utils.perf import compile_net
 
@@ -53,9 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=30, help="most interleaved rounds (default: %(default)s)")
     p.add_argument("--budget", type=float, default=40.0, help="seconds of timed rounds (default: %(default)s)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(p, argv)
     print(f"torch {torch.__version__}, {args.threads} threads, model {args.model}, load {load()}")
     steps = contenders(args.model, args.backend)
     first: dict[str, float] = {}

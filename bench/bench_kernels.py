@@ -14,12 +14,11 @@ Timing: bench.common.round_robin (interleaved rounds, start rotated), paired med
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import DEFAULT_INPUTS, default_classifier, load, paired_ratio, round_robin, train_step, write_report
+from bench.common import DEFAULT_INPUTS, default_classifier, load, paired_ratio, parse_bench_args, round_robin, train_step, write_report
 from models.attention import KERNELS, MultiHeadAttention, fused_attn
 
 
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--models", nargs="*", choices=tuple(DEFAULT_INPUTS), default=list(DEFAULT_INPUTS))
     p.add_argument("--repeats", type=int, default=15, help="most interleaved rounds (default: %(default)s)")
     p.add_argument("--budget", type=float, default=6.0, help="seconds of timed rounds per row (default: %(default)s)")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(p, argv)
     dims = [tuple(int(v) for v in d.split(":")) for d in args.dims]
     print(f"torch {torch.__version__}, {args.threads} threads, load {load()}")
     print("one attention layer, forward + backward:")

@@ -29,16 +29,14 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import (GIGA, attention_flops, counted_flops, load, machine, make_matmul, matmul_gflops,
-                          round_robin, seconds)
+from bench.common import (GIGA, attention_flops, counted_flops, load, make_matmul, matmul_gflops, parse_bench_args,
+                          round_robin, seconds, write_report)
 from models.attention import MultiHeadAttention, fused_attn
 
 REF_MATMUL = 4096
@@ -109,13 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: %(default)s)")
     p.add_argument("--ref-size", type=int, default=REF_MATMUL, help="in-run reference matmul size")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests: shrink the ViTs
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    return parse_bench_args(p, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     load_start = load()
     peak = measure_peak(args.peak_sizes, args.peak_repeats)
@@ -170,16 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, r in rows.items():
         print(f"  {name:<28}{r['gflop']:>9.2f}{r['ms_median']:>10.1f}{r['gflops']:>10.1f}"
               f"{r['fraction_of_peak']:>9.1%}{r['fraction_of_inrun_matmul_paired']:>18.1%}")
-    report = {"config": {**machine(), **{k: getattr(args, k) for k in ("peak_sizes", "peak_repeats", "lengths", "dim",
-                                                                       "heads", "batch", "vit", "repeats", "ref_size")},
-                         "load_start": load_start, "load_end": load_end,
-                         "wall_s": round(time.perf_counter() - start, 1)},
-              "peak": peak, "flop_count_check": check, "vit": vit_info, "results": rows}
-    print(f"\n(total wall time {report['config']['wall_s']:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return report
+    wall_s = round(time.perf_counter() - start, 1)
+    print(f"\n(total wall time {wall_s:.0f} s)")
+    return write_report(args, dict(load_start=load_start, load_end=load_end, wall_s=wall_s),
+                        peak=peak, flop_count_check=check, vit=vit_info, results=rows)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ throughputs (>= 1.0: ours at least as fast). The load average is printed before 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bench.common import load, machine, paired_ratio, round_robin, train_step
+from bench.common import load, paired_ratio, parse_bench_args, round_robin, train_step, write_report
 from models.attention import fused_attn
 from models.vit import VisionTransformer
 
@@ -212,13 +211,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also print torch.profiler tables per contender")
     p.add_argument("--profile-rows", type=int, default=15)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke test: shrink every size
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    return parse_bench_args(p, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     all_sizes = sizes(args.batch_s16)
     results: dict[str, Any] = {}
@@ -230,14 +227,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cfg.update(depth=1, img_size=2 * cfg["patch_size"], num_classes=10)
         results[name] = run_size(name, cfg, args)
         print_size(name, results[name])
-    report = {"config": {**machine(), "repeats": args.repeats, "budget": args.budget,
-                         "wall_s": round(time.perf_counter() - start, 1)}, "results": results}
-    print(f"\n(torch {torch.__version__}, {torch.get_num_threads()} threads, total wall time "
-          f"{report['config']['wall_s']:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return report
+    wall_s = round(time.perf_counter() - start, 1)
+    print(f"\n(torch {torch.__version__}, {torch.get_num_threads()} threads, total wall time {wall_s:.0f} s)")
+    return write_report(args, dict(wall_s=wall_s), results=results)
 
 
 if __name__ == "__main__":

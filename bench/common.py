@@ -7,6 +7,7 @@ ratios, so load from other processes on a shared machine hits both sides of a ra
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -136,13 +137,25 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return run
 
 
-def write_report(args: Any, **results: Any) -> dict[str, Any]:
-    """{config: the command-line arguments and this machine, **results}, also written to args.json if given."""
+def parse_bench_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Every script's tail of the command line: adds --json, parses, and applies --threads."""
+    from pathlib import Path
+
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def write_report(args: Any, config: dict[str, Any] | None = None, **results: Any) -> dict[str, Any]:
+    """{config: this machine, the command line's arguments and `config`, **results}, also written to
+    args.json if one was given."""
     import json
 
-    report = dict(config=dict(vars(args), json=str(args.json)) | machine(), **results)
+    settings = {k: str(v) if k == "json" and v is not None else v for k, v in vars(args).items()}
+    report = dict(config={**machine(), **settings, **(config or {})}, **results)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"results written to {args.json}")
     return report
 

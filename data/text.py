@@ -265,13 +265,10 @@ class TranslationDataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def _eval_loader(self, name: str) -> DataLoader:
-        return self._loader(name, self.eval_batch_size, shuffle=False)
+        return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         # The bucket sampler shuffles what its sampler yields. Under DDP Lightning swaps in a

@@ -75,11 +75,6 @@ def use_fused_attn(keys: int | None = None, head_dim: int | None = None, device:
     return _KERNEL == "fused"
 
 
-def set_fused_attn(enabled: bool) -> None:
-    """set_attention_kernel("fused") if enabled else set_attention_kernel("explicit")."""
-    set_attention_kernel("fused" if enabled else "explicit")
-
-
 @contextmanager
 def fused_attn(enabled: bool | str) -> Iterator[None]:
     """Temporarily select the fused (True) or explicit (False) kernel, or "auto", for modules with `fused=None`."""

@@ -165,7 +165,7 @@ class CrashAt(L.Callback):
 @pytest.mark.parametrize("model", MODELS)
 def test_resume_after_a_crash_replays_the_uninterrupted_run(model: str, tmp_path: Path, tmp_path_factory) -> None:
     # Each data module draws its randomness differently (loader generator, collate generator, sampler
-    # generator, a sampler counting epochs); all must resume at epoch 1's draws, not epoch 0's.
+    # generator, a batch sampler with set_epoch); all must resume at epoch 1's draws, not epoch 0's.
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_in_process(model, tmp_path / "crashed", "trainer.max_epochs=3", "test=false",
                          "+callbacks.crash._target_=test_reliability.CrashAt", "+callbacks.crash.epoch=2",

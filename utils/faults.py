@@ -118,10 +118,8 @@ class EpochSeed(L.Callback):
         for i, gen in enumerate(_generators(loader)):
             gen.manual_seed(_mix(self.seed, epoch, i))
         for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-            if hasattr(sampler, "set_epoch"):
+            if hasattr(sampler, "set_epoch"):  # e.g. the translator's bucketing batch sampler
                 sampler.set_epoch(epoch)
-            elif isinstance(getattr(sampler, "epoch", None), int):  # samplers that count their own epochs
-                sampler.epoch = epoch
 
 
 def _mix(*keys: int) -> int:
