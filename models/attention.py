@@ -10,6 +10,13 @@ a key/value cache for incremental decoding, and two interchangeable kernels:
 The default, "auto", picks per call: explicit on CPU for short sequences of narrow heads (faster
 there), fused otherwise (see KERNELS below).
 
+Sliding-window attention (`window=W`, Longformer / Mistral) and global tokens (`num_global=G`)
+are options of the same class: each query sees the keys less than W positions away (with
+`causal=True`: itself and the W - 1 before it), and the first G tokens see and are seen by all.
+Long inputs run blocked (queries in blocks of W against their own and neighbouring key blocks
+through the same kernels), so time and memory grow as N * W, not N^2, forward and backward; a
+windowed self-attention cache keeps only the last W - 1 keys (a rolling cache).
+
 Attention weights can be requested per layer (`need_weights=True` or `store_weights=True`);
 the output still comes from the selected kernel, so asking for maps never changes the output.
 """
@@ -97,10 +104,17 @@ class KVCache:
     static: bool = False
     k: Tensor | None = None
     v: Tensor | None = None
+    offset: int = 0  # keys a windowed layer dropped from the front (rolling cache)
 
     @property
     def length(self) -> int:
+        """Keys held now."""
         return 0 if self.k is None else self.k.shape[-2]
+
+    @property
+    def position(self) -> int:
+        """Keys seen so far: the absolute position of the next step."""
+        return self.offset + self.length
 
     def reorder(self, index: Tensor) -> None:
         """Select batch rows (beam search keeps the surviving hypotheses)."""
@@ -119,18 +133,26 @@ def build_mask(
     causal: bool = False,
     q_offset: int = 0,
     device: torch.device | None = None,
+    window: int | None = None,
+    num_global: int = 0,
+    k_offset: int = 0,
 ) -> Tensor | None:
     """Combine all masks into one boolean (B, 1|H, T, S) mask, True = query may attend to key.
 
     key_padding_mask: (B, S) bool, True marks padding (ignored keys), as in nn.MultiheadAttention.
     attn_mask: bool (True = attend) broadcastable to (B, H, T, S), or (T, S).
-    causal: query i (at absolute position q_offset + i) sees keys 0 .. q_offset + i.
+    causal: query i (at absolute position q_offset + i) sees keys at positions <= q_offset + i;
+    key j sits at absolute position k_offset + j (k_offset > 0 after a rolling cache dropped keys).
+    window / num_global: the band of `band_mask`, dense (for short inputs and for maps).
     Returns None when nothing is masked, which keeps the fused kernel on its fastest path.
     """
     mask: Tensor | None = None
-    if causal:
+    if window is not None:
+        mask = band_mask(q_len, k_len, window, causal=causal, num_global=num_global,
+                         q_offset=q_offset, k_offset=k_offset, device=device)[None, None]
+    elif causal:
         q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
-        mask = torch.arange(k_len, device=device)[None, :] <= q_pos  # (T, S)
+        mask = torch.arange(k_offset, k_offset + k_len, device=device)[None, :] <= q_pos  # (T, S)
         mask = mask[None, None]
     if key_padding_mask is not None:
         if key_padding_mask.shape != (batch, k_len):
@@ -148,6 +170,21 @@ def build_mask(
     return mask
 
 
+def band_mask(q_len: int, k_len: int, window: int, *, causal: bool = False, num_global: int = 0,
+              q_offset: int = 0, k_offset: int = 0, device: torch.device | None = None) -> Tensor:
+    """(T, S) bool, True = attend: query at position p sees the key at position j when |p - j| < window
+    (causal: 0 <= p - j < window), and every query sees / is seen by the first `num_global` positions
+    (causal still holds for those). Positions are q_offset + i and k_offset + j."""
+    q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
+    k_pos = torch.arange(k_offset, k_offset + k_len, device=device)[None, :]
+    dist = q_pos - k_pos
+    mask = (dist < window) & (dist >= 0 if causal else dist > -window)
+    if num_global:
+        glob = (q_pos < num_global) | (k_pos < num_global)
+        mask |= glob & (dist >= 0) if causal else glob
+    return mask
+
+
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """softmax(Q K^T * scale) with masked keys at exactly 0 and fully masked rows all 0 (not NaN).
 
@@ -162,6 +199,75 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -
     return weights.nan_to_num(0.0)
 
 
+def _blocks(t: Tensor, window: int, num: int, causal: bool) -> Tensor:
+    """(B, H, L, ...) -> (B, num, H, 2W or 3W, ...): for query block b, the key blocks b-1, b (and b+1).
+
+    Pads W in front (and W + whatever completes the last block behind), so block b's keys cover
+    positions b*W - W ... b*W + 2W - 1 (causal: ... b*W + W - 1). A copy of 2-3x the input: O(N W).
+    """
+    after = num * window - t.shape[2] + (0 if causal else window)
+    pad = [0, 0] * (t.dim() - 3) + [window, after]
+    blocks = F.pad(t, pad).unflatten(2, (-1, window))  # (B, H, num + 1|2, W, ...)
+    parts = [blocks[:, :, :num], blocks[:, :, 1 : num + 1]] + ([] if causal else [blocks[:, :, 2:]])
+    return torch.cat(parts, dim=3).transpose(1, 2)
+
+
+def windowed_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool, num_global: int,
+    key_padding_mask: Tensor | None, dropout_p: float, fused: bool, scale: float,
+) -> Tensor:
+    """Banded self-attention in O(N W) time and memory: queries in blocks of W, each against the keys of
+    its own and neighbouring blocks (2W causal, 3W bidirectional) plus the G global keys, through SDPA
+    (fused) or the formula (explicit), masked to the exact band; then the G global queries against all
+    keys. Equal to the dense kernel with `band_mask` (tested). q: (B, H, N, hd), k, v: (B, Hkv, N, hd)."""
+    B, H, N, hd = q.shape
+    Hkv, G, W = k.shape[1], num_global, window
+    num = -(-N // W)  # query blocks
+    qb = F.pad(q, [0, 0, 0, num * W - N]).unflatten(2, (num, W)).transpose(1, 2)  # (B, nb, H, W, hd)
+    kb, vb = _blocks(k, W, num, causal), _blocks(v, W, num, causal)  # (B, nb, Hkv, nk, hd)
+    nk = kb.shape[3]
+    # Which block keys are real: inside the sequence, not padding, not a global key (those come once, below).
+    keep = torch.ones(1, 1, N, dtype=torch.bool, device=q.device)  # (B|1, 1, N): _blocks wants a head dim
+    keep[..., :G] = False
+    if key_padding_mask is not None:
+        keep = keep & ~key_padding_mask.bool()[:, None]
+    keep = _blocks(keep, W, num, causal)[:, :, 0]  # (B|1, nb, nk); the zero padding reads as False
+    i = torch.arange(W, device=q.device)[:, None]
+    dist = i - torch.arange(nk, device=q.device)[None, :] + W  # query i of a block vs its key j
+    band = (dist < W) & (dist >= 0 if causal else dist > -W)  # (W, nk), the same for every block
+    mask = band & keep[:, :, None, :]  # (B|1, nb, W, nk)
+    if G:
+        gkeep = torch.ones(1, G, dtype=torch.bool, device=q.device)
+        if key_padding_mask is not None:
+            gkeep = gkeep & ~key_padding_mask[:, :G].bool()
+        # Causal needs no test here: every non-global query sits after all global keys.
+        mask = torch.cat([gkeep[:, None, None, :].expand(*mask.shape[:3], G), mask], dim=-1)
+        kb = torch.cat([k[:, None, :, :G].expand(B, num, Hkv, G, hd), kb], dim=3)
+        vb = torch.cat([v[:, None, :, :G].expand(B, num, Hkv, G, hd), vb], dim=3)
+    mask = mask.expand(B, *mask.shape[1:]).reshape(B * num, 1, W, -1)
+    qb, kb, vb = qb.reshape(B * num, H, W, hd), kb.flatten(0, 1), vb.flatten(0, 1)
+    out = _attend(qb, kb, vb, mask, dropout_p, fused, scale)  # (B * nb, H, W, hd)
+    out = out.unflatten(0, (B, num)).transpose(1, 2).flatten(2, 3)[:, :, :N]  # (B, H, N, hd)
+    if G:  # the global queries see every key: G rows of dense attention, O(G N)
+        gmask = build_mask(B, G, N, key_padding_mask=key_padding_mask, causal=causal, device=q.device)
+        out = torch.cat([_attend(q[:, :, :G], k, v, gmask, dropout_p, fused, scale), out[:, :, G:]], dim=2)
+    return out
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, fused: bool,
+            scale: float) -> Tensor:
+    """One kernel call on (B, H, T, hd) x (B, Hkv, S, hd); rows with no visible key give 0."""
+    rep = q.shape[1] // k.shape[1]
+    if fused:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=rep > 1)
+        # Queries with no visible key attend to nothing: 0, whatever the backend returns.
+        return out if mask is None else out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    weights = attention_weights(q, k, mask, scale)
+    return (F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (grouped-query) attention for self- and cross-attention.
 
@@ -173,6 +279,10 @@ class MultiHeadAttention(nn.Module):
         attn_drop: dropout on attention weights, applied only in training.
         proj_drop: dropout after the output projection, applied only in training.
         fused: True/False pins the kernel; None follows the process-wide switch.
+        window: sliding-window self-attention: each query sees the keys less than `window` positions
+            away (causal: itself and the window - 1 before it); None = every key. O(N window).
+        num_global: with a window, the first tokens (e.g. a class token) attend to and are attended
+            by every token, as in Longformer.
     """
 
     def __init__(
@@ -184,9 +294,18 @@ class MultiHeadAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         fused: bool | None = None,
+        window: int | None = None,
+        num_global: int = 0,
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if dim < 1 or num_heads < 1:
+            raise ValueError(f"dim ({dim}) and num_heads ({num_heads}) must be >= 1")
+        if window is not None and (isinstance(window, bool) or window < 1):
+            raise ValueError(f"window must be a positive number of positions or None, got {window!r}")
+        if num_global < 0 or (num_global and window is None):
+            raise ValueError(f"num_global ({num_global}) must be >= 0, and > 0 only with a window "
+                             f"(without one every token already sees every token)")
         if dim % num_heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
@@ -205,6 +324,7 @@ class MultiHeadAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         self.fused = fused
+        self.window, self.num_global = window, num_global
         # Set by AttentionRecorder: keep this layer's weights after each forward.
         self.store_weights = False
         self.last_weights: Tensor | None = None
@@ -248,7 +368,9 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         if cache is not None and cache.static and cache.k is None and context is None:
             raise ValueError("a cross-attention (static) cache needs `context` on the first decoding step")
-        past = 0
+        if self.window is not None:
+            self._check_window_inputs(T, context, attn_mask, cache)
+        past = k_offset = 0
         if cache is not None and cache.static and cache.k is not None:
             # Cross-attention while decoding: source keys/values were computed on the first step.
             q = self._heads(self._project(x, slice(0, self.q_size)), self.num_heads)
@@ -258,25 +380,41 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
             if cache is not None:
                 if not cache.static and cache.k is not None:
-                    past = cache.length
+                    past, k_offset = cache.position, cache.offset
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
+                if self.window is not None:
+                    self._roll(cache)
         S = k.shape[2]
-        if causal and T == 1:
+        if key_padding_mask is not None and k_offset and key_padding_mask.shape[-1] == past + T:
+            key_padding_mask = key_padding_mask[:, -S:]  # a rolling cache dropped the oldest keys
+        if causal and T == 1 and self.window is None:
             causal = False  # one new query at the end of the sequence sees every key anyway
         want_weights = need_weights or self.store_weights
-        fused = use_fused_attn(S, self.head_dim, x.device) if self.fused is None else self.fused
+        # Long windowed self-attention runs blocked; short inputs take the dense kernel with the band mask.
+        blocked = self.window is not None and past == 0 and T == S and S > (2 if causal else 3) * self.window
+        keys = min(S, (2 if causal else 3) * self.window + self.num_global) if blocked else S
+        fused = use_fused_attn(keys, self.head_dim, x.device) if self.fused is None else self.fused
         dropout_p = self.attn_drop if self.training else 0.0
         # SDPA's own is_causal skips the masked half and needs no (T, S) mask; it aligns the diagonal
         # top-left, so it is only valid without a cached prefix and with nothing else masked.
-        sdpa_causal = fused and causal and past == 0 and T == S and key_padding_mask is None and attn_mask is None
+        sdpa_causal = (fused and causal and past == 0 and T == S and key_padding_mask is None and attn_mask is None
+                       and self.window is None)
         mask = None
-        if want_weights or not sdpa_causal:
-            mask = build_mask(B, T, S, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                              causal=causal, q_offset=past, device=x.device)
+        if want_weights or not (sdpa_causal or blocked):
+            mask = build_mask(B, T, S, key_padding_mask=key_padding_mask, attn_mask=attn_mask, causal=causal,
+                              q_offset=past, device=x.device, window=self.window, num_global=self.num_global,
+                              k_offset=k_offset)
 
         weights: Tensor | None = None
-        if fused:
+        if blocked:
+            out = windowed_attention(q, k, v, window=self.window, causal=causal, num_global=self.num_global,
+                                     key_padding_mask=key_padding_mask, dropout_p=dropout_p, fused=fused,
+                                     scale=self.scale)
+            if want_weights:  # dense (T, S) maps, zero outside the band: O(N^2), for inputs that fit
+                with torch.no_grad():
+                    weights = attention_weights(q, self._repeat_kv(k), mask, self.scale)
+        elif fused:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None if sdpa_causal else mask, dropout_p=dropout_p, is_causal=sdpa_causal,
                 enable_gqa=self.num_kv_heads != self.num_heads,
@@ -297,6 +435,27 @@ class MultiHeadAttention(nn.Module):
         if self.store_weights:
             self.last_weights = weights.detach()
         return (out, weights) if need_weights else out
+
+    def _check_window_inputs(self, T: int, context: Tensor | None, attn_mask: Tensor | None,
+                             cache: KVCache | None) -> None:
+        if context is not None:
+            raise ValueError(f"window={self.window} is for self-attention; this call passes `context` "
+                             f"(cross-attention): build the cross-attention layer without a window")
+        if attn_mask is not None:
+            raise ValueError(f"window={self.window} builds its own band mask; combine it with key_padding_mask "
+                             f"and causal, not with attn_mask of shape {tuple(attn_mask.shape)}")
+        if self.num_global and cache is not None:
+            raise ValueError(f"num_global={self.num_global} with a key/value cache is not supported: "
+                             f"decode with num_global=0 (a plain rolling window)")
+        if self.num_global > T and cache is None:
+            raise ValueError(f"num_global={self.num_global} global tokens but the sequence has only {T}")
+
+    def _roll(self, cache: KVCache) -> None:
+        """Rolling cache: keep the last window - 1 keys, all that the next query can see."""
+        drop = cache.length - (self.window - 1)
+        if drop > 0:
+            cache.k, cache.v = cache.k[:, :, drop:], cache.v[:, :, drop:]
+            cache.offset += drop
 
     def _repeat_kv(self, t: Tensor) -> Tensor:
         """(B, Hkv, S, hd) -> (B, H, S, hd): each key/value head serves num_heads/num_kv_heads queries."""

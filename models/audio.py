@@ -153,6 +153,7 @@ class AudioSpectrogramTransformer(nn.Module):
     "conv" is stride-2 3x3 convolutions of the same total stride (as the ViT's default stem).
     `patch_size` / `patch_stride` are one int (square) or [mel bins, frames]: [n_mels, 3] with stride
     [n_mels, 2] makes one token per 2 frames spanning the whole spectrum (KWT, Berg et al. 2021).
+    `attn_window` / `attn_global`: sliding-window self-attention over the tokens (long clips), see attention.py.
     """
 
     def __init__(
@@ -186,6 +187,8 @@ class AudioSpectrogramTransformer(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn_window: int | None = None,
+        attn_global: int = 0,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
@@ -215,7 +218,8 @@ class AudioSpectrogramTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos_embed = TimePosEmbed(self.patch_embed.grid_size, dim, pos_time)
         self.pos_drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path)
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
+                               attn_window, attn_global)
         self.head = nn.Linear(dim, num_classes)
         self.apply(VisionTransformer._init_weights)  # the ViT's init: truncated normal Linear weights
         if self.cls_token is not None:

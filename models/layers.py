@@ -41,10 +41,13 @@ class EncoderBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn_window: int | None = None,
+        attn_global: int = 0,
     ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
+        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop,
+                                       window=attn_window, num_global=attn_global)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
@@ -67,10 +70,12 @@ class DecoderBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn_window: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.self_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
+        # A window limits the causal self-attention (rolling cache when decoding); cross-attention sees all.
+        self.self_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop, window=attn_window)
         self.norm2 = LayerNorm(dim)
         self.cross_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
         self.norm3 = LayerNorm(dim)
@@ -108,13 +113,16 @@ class Encoder(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn_window: int | None = None,
+        attn_global: int = 0,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            EncoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r) for r in rates
+            EncoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, attn_window, attn_global)
+            for r in rates
         )
         self.norm = LayerNorm(dim)
 

@@ -31,6 +31,8 @@ class Translator(nn.Module):
         positions: "sinusoidal" (fixed; runs on any length up to max_len) or "learned".
         tie_embeddings: one matrix for source embedding, target embedding and output layer.
         drop, attn_drop, drop_path: regularisation.
+        attn_window, attn_global: sliding-window self-attention in the encoder and the decoder (whose
+            cache then rolls), and global source tokens; see models/attention.py. None = full attention.
     """
 
     def __init__(
@@ -49,6 +51,8 @@ class Translator(nn.Module):
         drop: float = 0.1,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn_window: int | None = None,
+        attn_global: int = 0,
     ) -> None:
         super().__init__()
         if positions not in ("sinusoidal", "learned"):
@@ -63,10 +67,11 @@ class Translator(nn.Module):
         else:
             self.register_buffer("pos", sinusoidal_table(max_len, dim), persistent=False)
         self.drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path)
+        self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop,
+                               drop_path, attn_window, attn_global)
         self.decoder = nn.ModuleList(
             DecoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop,
-                         drop_path * i / max(decoder_depth - 1, 1))
+                         drop_path * i / max(decoder_depth - 1, 1), attn_window)
             for i in range(decoder_depth)
         )
         self.norm = LayerNorm(dim)
@@ -103,7 +108,7 @@ class Translator(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad: Tensor | None,
                caches: list[tuple[KVCache, KVCache]] | None = None, always_mask: bool = False) -> Tensor:
         """Decoder logits (B, T, vocab). With `caches`, tgt_in holds only the new positions."""
-        offset = caches[0][0].length if caches else 0
+        offset = caches[0][0].position if caches else 0
         x = self._embed(self.tgt_embed, tgt_in, offset)
         tgt_pad = tgt_in.eq(PAD_ID) if caches is None and (always_mask or bool(tgt_in.eq(PAD_ID).any())) else None
         for i, block in enumerate(self.decoder):

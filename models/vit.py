@@ -16,7 +16,8 @@ class VisionTransformer(nn.Module):
     Args mirror configs/model/vit.yaml `net:`. `pool` is "cls" (class token) or "mean" (average
     of patch tokens). `stem` is "patch" (one linear map per patch, the original ViT) or "conv"
     (stride-2 convolutions with the same total stride, ViT_C of Xiao et al. 2021).
-    Inputs of another resolution are accepted: the position table is resized.
+    Inputs of another resolution are accepted: the position table is resized. `attn_window` / `attn_global`
+    make the encoder's self-attention a sliding window over the patches in raster order, with global tokens.
     """
 
     def __init__(
@@ -35,6 +36,8 @@ class VisionTransformer(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn_window: int | None = None,
+        attn_global: int = 0,
         patch_stride: int | None = None,
         stem: str = "patch",
         stem_channels: list[int] | None = None,
@@ -54,7 +57,8 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
         self.pos_drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path)
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
+                               attn_window, attn_global)
         self.head = nn.Linear(dim, num_classes)
         self.apply(self._init_weights)
         if self.cls_token is not None:
