@@ -158,10 +158,8 @@ def explain_classifier(loaded: Loaded, x: Tensor, out_dir: Path | None, stem: st
 # ------------------------------------------------------------------------------------- translation
 
 
-def explain_translation(loaded: Loaded, sentence: str, out_dir: Path | None, stem: str, beam_size: int | None = None,
-                        cross_layer: int = -1, encoder_layer: int = -1,
-                        heads: list[int] | None = None) -> tuple[str, list[Path]]:
-    """Translate one sentence and, with out_dir, draw its cross-attention alignment and encoder self-attention."""
+def translate(loaded: Loaded, sentence: str, beam_size: int | None = None) -> tuple[Tensor, list[int], str]:
+    """One sentence -> (source ids (1, S), generated ids up to EOS included, translation text)."""
     from models.tokenizer import EOS_ID, PAD_ID, decode, encode
 
     module = loaded.module
@@ -176,9 +174,18 @@ def explain_translation(loaded: Loaded, sentence: str, out_dir: Path | None, ste
         else:
             out = module.net.beam_search(src, beam, module.max_new_tokens, module.length_penalty)[0].tolist()
     text = decode(module.tokenizer, out)
+    out = out[: out.index(EOS_ID) + 1] if EOS_ID in out else [t for t in out if t != PAD_ID]
+    return src, out, text
+
+
+def explain_translation(loaded: Loaded, sentence: str, out_dir: Path | None, stem: str, beam_size: int | None = None,
+                        cross_layer: int = -1, encoder_layer: int = -1,
+                        heads: list[int] | None = None) -> tuple[str, list[Path]]:
+    """Translate one sentence and, with out_dir, draw its cross-attention alignment and encoder self-attention."""
+    src, out, text = translate(loaded, sentence, beam_size)
     if out_dir is None:
         return text, []
-    out = out[: out.index(EOS_ID) + 1] if EOS_ID in out else [t for t in out if t != PAD_ID]
+    module = loaded.module
     maps = translation_maps(module.net, src, out, module.tokenizer, cross_layer, encoder_layer, heads)
     heads_txt = "heads " + ",".join(map(str, heads)) if heads else "mean over heads"
     paths = [
