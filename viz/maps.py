@@ -104,17 +104,11 @@ def divided_as_joint(time: Tensor, space: Tensor) -> tuple[Tensor, Tensor]:
     return time_joint, space_joint
 
 
-def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: int) -> ClassifierMaps:
-    B, _, T, H, W = x.shape
-    gh, gw = net.patch_embed.grid_for((H, W))
-    N = gh * gw
-    depth = len(net.blocks)
-    if not -depth <= time_layer < depth:
-        raise ValueError(f"time_layer={time_layer} out of range for a video model with {depth} blocks")
-    time_layer %= depth
-    logits, maps = attention_maps(net, x, layers=["blocks.*"], heads=heads, average_heads=True)
+def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Head-averaged maps of a VideoTransformer (attention_maps names) -> the (B, T*N, T*N) token matrices
+    in the order the blocks apply them (rollout's input), and each block's (B, T, T) frame-to-frame attention."""
     per_layer, time_maps = [], []
-    for i in range(depth):
+    for i in range(len(net.blocks)):
         if net.attention == "divided":
             wt = rearrange(maps[f"blocks.{i}.attn_time"], "(b n) t s -> b n t s", b=B)
             ws = rearrange(maps[f"blocks.{i}.attn_space"], "(b t) n m -> b t n m", b=B)
@@ -125,6 +119,19 @@ def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: 
             per_layer.append(joint)
             # From frame t (mean over its patches) to frame t' (sum over its patches): rows sum to 1.
             time_maps.append(rearrange(joint, "b (t n) (s m) -> b t n s m", t=T, s=T).sum(-1).mean(2))
+    return per_layer, time_maps
+
+
+def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: int) -> ClassifierMaps:
+    B, _, T, H, W = x.shape
+    gh, gw = net.patch_embed.grid_for((H, W))
+    N = gh * gw
+    depth = len(net.blocks)
+    if not -depth <= time_layer < depth:
+        raise ValueError(f"time_layer={time_layer} out of range for a video model with {depth} blocks")
+    time_layer %= depth
+    logits, maps = attention_maps(net, x, layers=["blocks.*"], heads=heads, average_heads=True)
+    per_layer, time_maps = video_token_maps(net, maps, B, T)
     flow = rollout(per_layer).mean(dim=1)  # mean pooling over all T*N tokens
     return ClassifierMaps(logits, flow.reshape(B, T, gh, gw), time_maps[time_layer], f"block {time_layer}")
 
