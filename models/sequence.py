@@ -1,0 +1,56 @@
+"""Sequence classifier: token ids -> embeddings + positions -> shared encoder -> first token -> head.
+
+For long token sequences (Long Range Arena's ListOps, data/listops.py): the encoder's self-attention
+can be a sliding window with global tokens (`attn_window`, `attn_global`), so its cost is linear in length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from timm.layers import trunc_normal_
+
+from models.embeddings import sinusoidal_table
+from models.layers import Encoder
+
+
+class SequenceClassifier(nn.Module):
+    """(B, L) token ids, `pad_id` marking padding, the first token a class token -> (B, num_classes).
+
+    Args mirror configs/model/sequence.yaml `net:`. Positions are the fixed sinusoid table (no
+    parameters for 2,000 positions); `attn_global=1` lets the class token see the whole sequence.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, max_len: int, dim: int = 64, depth: int = 4,
+                 num_heads: int = 4, mlp_ratio: float = 2.0, num_kv_heads: int | None = None, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, attn_window: int | None = None,
+                 attn_global: int = 0, pad_id: int = 0) -> None:
+        super().__init__()
+        if min(vocab_size, num_classes, max_len) < 1:
+            raise ValueError(f"vocab_size, num_classes and max_len must be >= 1, got {vocab_size}, {num_classes}, "
+                             f"{max_len}")
+        self.dim, self.max_len, self.pad_id = dim, max_len, pad_id
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.register_buffer("pos", sinusoidal_table(max_len, dim), persistent=False)
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
+                               attn_window, attn_global)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 2 or ids.dtype != torch.long:
+            raise ValueError(f"expected (batch, length) int64 token ids, got {tuple(ids.shape)} {ids.dtype}")
+        if ids.shape[1] > self.max_len:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than max_len={self.max_len}")
+        pad = ids.eq(self.pad_id)
+        # sqrt(dim) puts embeddings (std dim^-0.5) on the scale of the unit sin/cos positions.
+        x = self.embed(ids) * math.sqrt(self.dim) + self.pos[: ids.shape[1]]
+        x = self.encoder(x, key_padding_mask=pad if bool(pad.any()) else None)
+        return self.head(x[:, 0])
