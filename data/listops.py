@@ -26,8 +26,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
+
+from data.text import BucketBatchSampler
 
 VERSION = 1
 PAD_ID, CLS_ID = 0, 1
@@ -152,31 +154,6 @@ def pad_batch(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
     return ids, torch.tensor([y for _, y in samples])
 
 
-class LengthBuckets(torch.utils.data.Sampler[list[int]]):
-    """Batches of similar lengths (less padding): shuffle, sort within chunks of 50 batches, shuffle batches.
-    Seeded from (seed, epoch); `set_epoch` is called by the trainer's EpochSeed, so a resume replays exactly."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths))
-        chunk = self.batch_size * 50
-        batches = []
-        for start in range(0, len(order), chunk):
-            part = order[start: start + chunk]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches += [part[i: i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size)]
-        yield from (batches[i] for i in rng.permutation(len(batches)))
-
-
 class ListOpsDataModule(L.LightningDataModule):
     """ListOps as (ids, label) batches; every constructor argument is a key of configs/data/listops.yaml."""
 
@@ -212,11 +189,9 @@ class ListOpsDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         data = self.splits[split]
-        lengths = np.diff(data.offsets)
-        sampler = LengthBuckets(lengths, batch_size, self.seed)
-        if not shuffle:  # evaluation: sorted by length, fixed order
-            order = np.argsort(lengths, kind="stable")
-            sampler = [order[i: i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        # Batches of similar lengths (less padding), the translator's sampler; seeded per (seed, epoch).
+        sampler = BucketBatchSampler(SequentialSampler(data), batch_size, drop_last=False,
+                                     lengths=np.diff(data.offsets).tolist(), seed=self.seed, shuffle=shuffle)
         return DataLoader(data, batch_sampler=sampler, collate_fn=pad_batch, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
