@@ -4,8 +4,9 @@
 (the same pictures as `predict.py --attention-dir`). `average_last=N` evaluates the average of the weights of the run's last N epoch checkpoints
 (checkpoints/epoch*.ckpt, kept by `keep_epoch_checkpoints` at training time).
 
-The model and data are rebuilt from the run's own saved config (no overrides to re-type);
-metrics are printed and written to metrics.json in this evaluation's own run directory.
+The model and data are rebuilt from the training config stored in the checkpoint (no overrides to
+re-type); metrics are printed and written to metrics.json in this evaluation's own run directory, never
+into the run being evaluated (utils/rundir.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
-from utils.checkpoint import average_checkpoints, load_checkpoint, resolve_checkpoint, run_config
+from utils.checkpoint import CONFIG_KEY, average_checkpoints, load_checkpoint, resolve_checkpoint, run_config
+from utils.errors import run_hydra, user_errors
+from utils.validate import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("average_last"):
         state, used = average_checkpoints(ckpt_file, int(cfg.average_last))
         log.info(f"Averaged the weights of {len(used)} checkpoints: {', '.join(p.name for p in used)}")
-    module.load_state_dict(state)
+    load_weights(module, state, ckpt_file, train_cfg, ckpt.get(CONFIG_KEY))
     trainer = build_trainer(train_cfg)
     log.info(f"Evaluating {ckpt_file}")
     trainer.test(module, datamodule=datamodule)
@@ -58,9 +61,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+@user_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -22,21 +22,40 @@ the prediction is the same with or without them):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from viz.explain import explain_classifier, explain_translation, load_trained, read_input, slug
+from utils.errors import MissingFileError, UserError, note
+from utils.rundir import refuse_writing_into_run
+from viz.explain import Loaded, explain_classifier, explain_translation, load_trained, read_input, slug
+
+TEXT_EXTENSIONS = (".txt", ".text", ".tsv", ".csv", ".md")  # an argument ending so names a file of sentences
 
 
-def read_sentences(items: list[str]) -> list[str]:
-    """Each item is a sentence, or a .txt file with one sentence a line."""
+def read_sentences(items: list[str], notes: list[str] | None = None) -> list[str]:
+    """Each item is a sentence, or a text file (.txt, or any existing file named by a path) with one sentence
+    a line. A missing .txt file, an empty one or one that is not UTF-8 is refused, not translated as text."""
+    from data.text import read_text_file
+
     sentences = []
     for item in items:
-        path = Path(item)
-        if path.suffix == ".txt" and path.is_file():
-            sentences += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        path = Path(item).expanduser()
+        looks_like_file = path.suffix.lower() in TEXT_EXTENSIONS and not any(c.isspace() for c in item)
+        if path.is_dir():
+            raise UserError(f"{item!r} is a folder; give sentences, or a .txt file with one sentence a line")
+        if path.is_file() and (looks_like_file or os.sep in item):
+            text = read_text_file(path, "predict.py", notes)
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if not lines:
+                raise UserError(f"{item} holds no sentences (it is empty or blank); expected one sentence a line")
+            sentences += lines
+        elif looks_like_file:
+            raise MissingFileError(f"text file {item!r} does not exist (to translate a sentence that ends in "
+                                   f"{path.suffix}, put a space in it or leave the extension out)")
         else:
             sentences.append(item)
     return sentences
@@ -51,6 +70,43 @@ def parse_heads(text: str | None) -> list[int] | None:
         raise argparse.ArgumentTypeError(f"--heads {text!r}: expected comma-separated head indices, e.g. 0,2")
 
 
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+def prepare_out_dir(path: Path, ckpt_path: str) -> None:
+    """The attention folder, checked before the model is loaded: outside the run being read, and writable."""
+    refuse_writing_into_run(path, ckpt_path, "--attention-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"--attention-dir {path}: cannot write there ({err.strerror or err})") from err
+
+
+def check_picture_options(loaded: Loaded, heads: list[int] | None, layer: int, encoder_layer: int) -> None:
+    """--heads / --layer / --encoder-layer within the model's heads and layers (from its config)."""
+    net = loaded.cfg.model.net
+    num_heads = int(net.num_heads)
+    bad = [h for h in heads or [] if not 0 <= h < num_heads]
+    if bad:
+        raise UserError(f"--heads {','.join(map(str, heads or []))}: this model has {num_heads} heads per layer "
+                        f"(0..{num_heads - 1})")
+    layers = {"translator": [("--layer", layer, "decoder_depth"), ("--encoder-layer", encoder_layer, "encoder_depth")],
+              "video": [("--layer", layer, "depth")]}.get(loaded.kind, [])
+    for flag, value, key in layers:
+        n = int(net[key])
+        if not -n <= value < n:
+            raise UserError(f"{flag} {value}: this model has {n} layers there ({key}={n}); expected {-n}..{n - 1}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path", help="checkpoint file or run directory")
@@ -61,31 +117,44 @@ def main(argv: list[str] | None = None) -> int:
                         help="translator: decoder layer of the cross-attention picture; video: block of the "
                              "temporal picture (default: last)")
     parser.add_argument("--encoder-layer", type=int, default=-1, help="translator: encoder layer of the self-attention picture")
-    parser.add_argument("--beam-size", type=int, default=None, help="translator: beam width (1 = greedy); default: the model's")
-    parser.add_argument("--top-k", type=int, default=5, help="classifiers: how many classes to print")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--beam-size", type=at_least_one, default=None,
+                        help="translator: beam width (1 = greedy); default: the model's")
+    parser.add_argument("--top-k", type=at_least_one, default=5, help="classifiers: how many classes to print")
+    parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.attention_dir is not None:
+            prepare_out_dir(args.attention_dir, args.ckpt_path)
         loaded = load_trained(args.ckpt_path)
+        check_picture_options(loaded, args.heads, args.layer, args.encoder_layer)
         if loaded.kind == "translator":
-            sentences = read_sentences(args.inputs)
+            notes: list[str] = []
+            sentences = read_sentences(args.inputs, notes)
+            for line in notes:
+                note(line)
             for i, sentence in enumerate(sentences):
+                notes = []
                 text, pictures = explain_translation(loaded, sentence, args.attention_dir, f"{i:03d}_{slug(sentence)}",
-                                                     args.beam_size, args.layer, args.encoder_layer, args.heads)
+                                                     args.beam_size, args.layer, args.encoder_layer, args.heads, notes)
+                for line in notes:
+                    note(f"sentence {i + 1}: {line}" if len(sentences) > 1 else line)
                 print(f"{sentence}\t{text}" if len(sentences) > 1 else text)
                 for p in pictures:
                     print(f"  attention picture: {p}")
         else:
             for item in args.inputs:
-                x = read_input(loaded, item)
+                notes = []
+                x = read_input(loaded, item, notes)
+                if notes:
+                    note(f"{item}: {'; '.join(notes)}")
                 top, pictures = explain_classifier(loaded, x, args.attention_dir, slug(Path(item).stem), args.top_k,
                                                    args.heads, args.layer)
                 print(f"{item}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
                 for p in pictures:
                     print(f"  attention picture: {p}")
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

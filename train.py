@@ -15,7 +15,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
-from utils.checkpoint import ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
+from utils.checkpoint import CONFIG_KEY, ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
+from utils.errors import run_hydra, user_errors
+from utils.validate import check_weights_fit
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Resuming from a run directory continues from where it stopped: its last checkpoint, with the
     # data module's saved state (the translator's tokenizer) restored before the model is sized.
     resume = str(resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt", "best.ckpt"))) if cfg.get("ckpt_path") else None
-    datamodule = build_datamodule(cfg, datamodule_state(load_checkpoint(resume), cfg) if resume else None)
+    ckpt = load_checkpoint(resume) if resume else None
+    datamodule = build_datamodule(cfg, datamodule_state(ckpt, cfg) if ckpt else None)
     module = build_module(cfg)
+    if ckpt is not None:  # before Lightning's loader, whose mismatch report is one line per tensor
+        check_weights_fit(module, ckpt["state_dict"], resume, cfg, ckpt.get(CONFIG_KEY))
     trainer = build_trainer(cfg, callbacks=[ConfigInCheckpoint(cfg)])
     log.info(f"Run directory: {run_dir}")
     # Under DDP every process runs this function (Lightning re-launches the script with the same run
@@ -58,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@user_errors
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # Returned for Hydra sweepers (e.g. Optuna) that optimise a metric.
@@ -65,4 +71,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

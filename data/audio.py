@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from data.folders import ClassFolders
 from data.images import stratified_split
 from data.keywords import CLASSES, KEYWORDS, SILENCE, UNKNOWN, KeywordSpec, load_keywords
+from utils.errors import FileFormatError, MissingDataError, MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +39,54 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 AUDIO_FOLDER_LAYOUT = "root/<class>/<clip>.wav|flac|ogg (one sub-folder per class, clips inside)"
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int) -> Tensor:
-    """Mono float32 waveform of a file at `sample_rate`; errors name the file."""
+def read_audio(path: str | os.PathLike, sample_rate: int, notes: list[str] | None = None) -> Tensor:
+    """Mono float32 waveform of a file at `sample_rate`; errors name the file. What was adapted (channels
+    mixed, resampled) is appended to `notes` when given."""
     import soundfile as sf
     import torchaudio.functional as AF
 
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
-        raise RuntimeError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
+        raise FileFormatError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
     if data.shape[0] == 0:
-        raise ValueError(f"empty audio file (0 samples): {path}")
+        raise FileFormatError(f"empty audio file (0 samples): {path}")
+    _refuse_non_finite(data, rate, path)
+    if notes is not None:
+        if data.shape[1] > 1:
+            notes.append(f"mixed {data.shape[1]} channels to mono")
+        if rate != sample_rate:
+            notes.append(f"resampled from {rate} Hz to {sample_rate} Hz")
+        peak = float(np.abs(data).max())
+        if peak > 1:
+            notes.append(f"samples reach {peak:.3g}, beyond the usual [-1, 1]; used as they are")
     wave = torch.from_numpy(data.mean(axis=1))
     return AF.resample(wave, rate, sample_rate) if rate != sample_rate else wave
 
 
+def _refuse_non_finite(data: np.ndarray, rate: int, path: str | os.PathLike) -> None:
+    """NaN / inf samples (possible in float wav files) would reach the model as NaN probabilities, or in
+    training as a NaN loss that names no file."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        first = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise FileFormatError(f"audio file {path} holds {int(bad.sum())} NaN or infinite sample(s), the first at "
+                              f"{first / rate:.3f} s; expected finite samples")
+
+
 def check_audio(path: str | os.PathLike) -> None:
-    """Header-only check (no decoding) that a file is readable audio with at least one sample."""
+    """Check that a file is readable audio with at least one sample, and, for float formats (the ones that
+    can hold them), no NaN / inf samples. Integer formats are checked from the header alone."""
     import soundfile as sf
 
     try:
-        frames = sf.info(str(path)).frames
+        info = sf.info(str(path))
     except Exception as e:
-        raise RuntimeError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
-    if frames == 0:
-        raise ValueError(f"empty audio file (0 samples): {path}")
+        raise FileFormatError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
+    if info.frames == 0:
+        raise FileFormatError(f"empty audio file (0 samples): {path}")
+    if info.subtype in ("FLOAT", "DOUBLE"):
+        read_audio(path, info.samplerate)
 
 
 def fit_length(wave: Tensor, n: int) -> Tensor:
@@ -224,7 +248,7 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
             return
         if self.dataset == "keywords":
             if not self.root:
-                raise ValueError("dataset 'keywords' needs root=<folder> to cache the generated clips in")
+                raise UserError("dataset 'keywords' needs root=<folder> to cache the generated clips in")
             arrays = load_keywords(self.root, self.spec, log=log.info)
             parts = [TensorDataset(torch.from_numpy(arrays[f"{s}_audio"]), torch.from_numpy(arrays[f"{s}_labels"]))
                      for s in ("train", "val", "test")]
@@ -263,7 +287,7 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         counts = np.bincount([label for _, label in samples], minlength=len(names))
         if (counts == 0).any():
             empty = [n for n, c in zip(names, counts) if c == 0]
-            raise FileNotFoundError(f"audio_folder: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class "
+            raise MissingFileError(f"audio_folder: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class "
                                     f"folder(s) {', '.join(empty)} of {root}; expected {AUDIO_FOLDER_LAYOUT}")
         for path, _ in samples:  # fail now, with the path, rather than in the middle of an epoch
             check_audio(path)
@@ -281,13 +305,13 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         how = ("To get it: run once with data.download=true and internet access (2.3 GB, into root), or download "
                "speech_commands_v0.02.tar.gz and extract it into <root>/SpeechCommands/speech_commands_v0.02")
         if not self.root:
-            raise ValueError(f"dataset 'speech_commands' needs root=<folder> holding (or to download) it. {how}.")
+            raise UserError(f"dataset 'speech_commands' needs root=<folder> holding (or to download) it. {how}.")
         Path(self.root).expanduser().mkdir(parents=True, exist_ok=True)
         try:
             subsets = [SPEECHCOMMANDS(str(Path(self.root).expanduser()), download=self.download, subset=s)
                        for s in ("training", "validation", "testing")]
         except (OSError, RuntimeError) as e:  # offline: URLError (an OSError); missing files: RuntimeError
-            raise RuntimeError(
+            raise MissingDataError(
                 f"dataset 'speech_commands' not found in {Path(self.root).expanduser() / 'SpeechCommands'} "
                 f"(download={self.download}; {type(e).__name__}: {str(e).strip()[:300]}). {how}."
             ) from e

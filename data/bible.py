@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from utils.errors import MissingDataError
+
 INSTALL = "sudo apt-get install diatheke sword-text-web sword-text-sparv"
 MODULES = {"en": "engWEB2015eb", "es": "spaRV1909eb"}
 # The 66 books both translations have (the WEB module adds the deuterocanon, the RV does not).
@@ -66,7 +68,7 @@ def parse_export(output: str) -> dict[str, str]:
 def _diatheke() -> str:
     exe = shutil.which("diatheke")
     if exe is None:
-        raise RuntimeError(f"data=bible needs the `diatheke` program and the SWORD Bible modules. Install them: {INSTALL}")
+        raise MissingDataError(f"data=bible needs the `diatheke` program and the SWORD Bible modules. Install them: {INSTALL}")
     return exe
 
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from utils.errors import MissingFileError, UserError
+
 
 def find_classes(dataset: str, root: str | None, layout: str) -> list[str]:
     """Sorted class sub-folder names of `root` (hidden folders skipped); `dataset` and `layout` name the
     config and the expected layout in the errors."""
     if not root:
-        raise ValueError(f"dataset {dataset!r} needs root=<folder> laid out as {layout}")
+        raise UserError(f"dataset {dataset!r} needs root=<folder> laid out as {layout}")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"{dataset}: root {path} does not exist or is not a folder")
+        raise MissingFileError(f"{dataset}: root {path} does not exist or is not a folder")
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise FileNotFoundError(f"{dataset}: no class sub-folders in {path}; expected {layout}")
+        raise MissingFileError(f"{dataset}: no class sub-folders in {path}; expected {layout}")
     if len(classes) < 2:
-        raise ValueError(f"{dataset}: only 1 class sub-folder ({classes[0]!r}) in {path}; need at least 2 classes, "
+        raise UserError(f"{dataset}: only 1 class sub-folder ({classes[0]!r}) in {path}; need at least 2 classes, "
                          f"laid out as {layout}")
     return classes
 
@@ -40,7 +42,7 @@ class ClassFolders:
         if self._class_names is None:
             names = find_classes(self.FOLDER_DATASET, self.root, self.FOLDER_LAYOUT)
             if self._requested_classes is not None and self._requested_classes != len(names):
-                raise ValueError(f"num_classes={self._requested_classes} but {self.FOLDER_DATASET} {self.root} has "
+                raise UserError(f"num_classes={self._requested_classes} but {self.FOLDER_DATASET} {self.root} has "
                                  f"{len(names)} classes ({', '.join(names)})")
             self._class_names = names
         return self._class_names

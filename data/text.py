@@ -31,6 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 from data.bible import load_bible
 from data.phrases import generate_phrases
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode, load_tokenizer, train_tokenizer
+from utils.errors import FileFormatError, MissingFileError, UserError
 
 DATASETS = ("phrases", "bible", "tsv")
 
@@ -47,21 +48,42 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if h < test_fraction else "val" if h < test_fraction + val_fraction else "train"
 
 
+def read_text_file(path: Path, what: str, notes: list[str] | None = None) -> str:
+    """A user's text file as str; errors name the file (and, for bad bytes, where they are). A UTF-8 or
+    UTF-16 byte-order mark is honoured (UTF-16 is appended to `notes` when given)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{what}: cannot read {path} ({err.strerror or err})") from err
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with its byte-order mark (e.g. Windows Notepad)
+        encoding = "utf-16"
+        if notes is not None:
+            notes.append(f"{path}: read as UTF-16 (it starts with a UTF-16 byte-order mark)")
+    else:
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise FileFormatError(f"{what}: {path} is not UTF-8 text: byte {data[err.start:err.start + 1]!r} at line "
+                              f"{line} (offset {err.start}) cannot be decoded; save the file as UTF-8") from None
+
+
 def read_tsv(path: str | Path) -> list[Pair]:
     """Pairs from `source<TAB>target` lines; extra columns (Tatoeba ids, attribution) are ignored."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"data=tsv: file {str(p)!r} does not exist; expected one 'source<TAB>target' pair a line")
+        raise MissingFileError(f"data=tsv: file {str(p)!r} does not exist; expected one 'source<TAB>target' pair a line")
     pairs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text_file(p, "data=tsv").splitlines(), start=1):
         if not line.strip():
             continue
         cols = line.split("\t")
         if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
-            raise ValueError(f"{p}:{n}: expected 'source<TAB>target', got {line[:80]!r}")
+            raise UserError(f"{p}:{n}: expected 'source<TAB>target', got {line[:80]!r}")
         pairs.append(Pair(cols[0].strip(), cols[0].strip(), cols[1].strip()))
     if not pairs:
-        raise ValueError(f"data=tsv: {p} has no sentence pairs")
+        raise UserError(f"data=tsv: {p} has no sentence pairs")
     return pairs
 
 
@@ -201,7 +223,7 @@ class TranslationDataModule(L.LightningDataModule):
                     splits[name] = splits[name][: self.max_eval_pairs]
             empty = [k for k, v in splits.items() if not v]
             if empty:
-                raise ValueError(f"{self.dataset}: the {', '.join(empty)} split(s) are empty; use more pairs or "
+                raise UserError(f"{self.dataset}: the {', '.join(empty)} split(s) are empty; use more pairs or "
                                  f"larger val_fraction/test_fraction (now {self.val_fraction}/{self.test_fraction})")
             self._splits = splits
         return self._splits
@@ -213,7 +235,7 @@ class TranslationDataModule(L.LightningDataModule):
             self.tokenizer = train_tokenizer((t for p in train for t in (p.source, p.target)), self.bpe_vocab_size)
         size = self.tokenizer.get_vocab_size()
         if self.expected_vocab is not None and size != self.expected_vocab:
-            raise ValueError(f"the tokenizer has {size} tokens but the config says vocab_size={self.expected_vocab}; "
+            raise UserError(f"the tokenizer has {size} tokens but the config says vocab_size={self.expected_vocab}; "
                              f"a model trained with another tokenizer cannot use this one")
         return self.tokenizer
 

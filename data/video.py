@@ -24,19 +24,22 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
 from data.folders import ClassFolders
-from data.images import load_mnist_5k, stratified_split
+from data.images import load_mnist_5k, refuse_bad_files, stratified_split
 from data.moving_digits import CLASS_NAMES, check_geometry, make_moving_digits
+from utils.errors import FileFormatError, MissingFileError
 
 DATASETS = ("moving_digits", "video_folder")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 VIDEO_FOLDER_LAYOUT = "root/<class>/<video>.mp4 (one sub-folder per class, videos inside)"
 
 
-def read_video(path: str | Path, num_frames: int, image_size: int, in_chans: int) -> Tensor:
+def read_video(path: str | Path, num_frames: int, image_size: int, in_chans: int,
+               notes: list[str] | None = None) -> Tensor:
     """uint8 (in_chans, num_frames, image_size, image_size): frames sampled uniformly over the whole video.
 
     Every frame is scaled down by FFmpeg as it is decoded, so a long video costs little memory.
-    A file PyAV cannot decode, or one with fewer than `num_frames` frames, raises RuntimeError naming it.
+    A file PyAV cannot decode, or one with fewer than `num_frames` frames, raises FileFormatError naming it.
+    What was adapted (frames sampled, resized) is appended to `notes` when given.
     """
     import av  # optional dependency: only user folders need it
 
@@ -44,18 +47,42 @@ def read_video(path: str | Path, num_frames: int, image_size: int, in_chans: int
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise RuntimeError(f"video_folder: {path} has no video stream")
+                audio = " (it holds audio only)" if container.streams.audio else ""
+                raise FileFormatError(f"video_folder: {path} has no video stream{audio}")
             stream = container.streams.video[0]
+            size = (stream.codec_context.width, stream.codec_context.height)
             frames = [f.to_ndarray(width=image_size, height=image_size, format=fmt) for f in container.decode(stream)]
     except av.FFmpegError as e:
-        raise RuntimeError(f"video_folder: cannot decode {path}: {e}") from e
+        raise FileFormatError(f"video_folder: cannot decode {path}: {e}") from e
     if len(frames) < num_frames:
         # Repeating frames would silently slow the motion down; the user should pick num_frames instead.
-        raise RuntimeError(f"video_folder: {path} has {len(frames)} decodable frame(s), fewer than "
-                           f"num_frames={num_frames}; lower data.num_frames or remove the file")
+        raise FileFormatError(f"video_folder: {path} has {len(frames)} decodable frame(s), fewer than "
+                              f"num_frames={num_frames}; lower data.num_frames or remove the file")
+    if notes is not None:
+        if len(frames) != num_frames:
+            notes.append(f"sampled {num_frames} of {len(frames)} frames evenly")
+        if size != (image_size, image_size):
+            notes.append(f"frames resized from {size[0]}x{size[1]} to {image_size}x{image_size}")
     picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)  # uniform, first and last included
     clip = torch.from_numpy(np.stack([frames[i] for i in picks]))  # (T, H, W) or (T, H, W, 3)
     return clip.unsqueeze(0) if in_chans == 1 else clip.permute(3, 0, 1, 2).contiguous()
+
+
+def check_video(path: str | Path, num_frames: int) -> str | None:
+    """Why `path` is not a usable video (from its header: opens, has a video stream, enough frames where the
+    header says), or None. Decoding every frame of every video would cost as much as an epoch."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "no video stream" + (" (audio only)" if container.streams.audio else "")
+            frames = container.streams.video[0].frames  # 0 when the container does not say
+    except av.FFmpegError as e:
+        return f"cannot decode: {e}"
+    if 0 < frames < num_frames:
+        return f"{frames} frame(s), fewer than num_frames={num_frames}"
+    return None
 
 
 class VideoFiles(Dataset):
@@ -214,8 +241,10 @@ class VideoDataModule(ClassFolders, L.LightningDataModule):
         counts = np.bincount([label for _, label in samples], minlength=len(names))
         if (counts == 0).any():
             empty = [n for n, c in zip(names, counts) if c == 0]
-            raise FileNotFoundError(f"video_folder: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folder(s) "
+            raise MissingFileError(f"video_folder: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folder(s) "
                                     f"{', '.join(empty)} of {root}; expected {VIDEO_FOLDER_LAYOUT}")
+        # Checked now, so that a damaged file stops the run before training, with its name.
+        refuse_bad_files("video_folder", [(p, check_video(p, self.num_frames)) for p, _ in samples], "videos")
         full = VideoFiles(samples, self.num_frames, self.image_size, self.in_chans)
         labels = np.array([label for _, label in samples])
         splits = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed, names)

@@ -332,10 +332,11 @@ def test_video_folder_reads_classes_and_names_a_corrupt_file(tmp_path: Path) -> 
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     files = VideoDataModule(dataset="video_folder", root=str(tmp_path), image_size=16, num_frames=4,
                             in_chans=1, val_fraction=0.3, test_fraction=0.3)
-    files.setup()
-    full = files.train_dataset.dataset.dataset  # FrameControl -> Subset -> VideoFiles
-    index = [p for p, _ in full.samples].index(str(bad))
+    # Refused when the data is set up, before training starts, not in the middle of an epoch.
+    with pytest.raises(RuntimeError, match=r"video_folder: 1 of 7 files cannot be read as videos: .*broken\.mp4 "
+                                           r"\(cannot decode"):
+        files.setup()
     with pytest.raises(RuntimeError, match=r"cannot decode .*broken\.mp4"):
-        full[index]
+        read_video(bad, 4, 16, 1)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         VideoDataModule(dataset="video_folder", root=str(tmp_path / "nope")).num_classes

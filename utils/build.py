@@ -14,11 +14,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from models.attention import DEFAULT_KERNEL, set_attention_kernel
 from utils.checkpoint import AtomicCheckpointIO
+from utils.errors import UserError
+from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 
 
 def setup_runtime(cfg: DictConfig) -> None:
+    check_run_config(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     kernel = cfg.get("attention_kernel")  # null: the default (auto, or env ZOO_FUSED_ATTN), also after another run
@@ -38,7 +41,8 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     restored before those facts are read so that evaluation sees exactly what training saw.
     """
     check_model_fits_data(cfg)
-    dm = hydra.utils.instantiate(_without_modality(cfg.data))
+    check_model_config(cfg)  # before any data is read: values the data decides (num_classes) come later
+    dm = _instantiate(_without_modality(cfg.data), "data")
     if state is not None:
         dm.load_state_dict(state)
     for fact in DATA_FACTS:
@@ -55,7 +59,25 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    return hydra.utils.instantiate(_without_modality(cfg.model))
+    check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
+    return _instantiate(_without_modality(cfg.model), "model")
+
+
+def _instantiate(node: DictConfig, name: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a constructor's refusal of a config value (a ValueError naming it, e.g.
+    `batch_size=0; expected an integer >= 1`) turned into a UserError that names the config group too."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, (ValueError, MisconfigurationException, FileNotFoundError)):
+            raise UserError(f"{name}: {cause}") from cause
+        raise
 
 
 def check_model_fits_data(cfg: DictConfig) -> None:
@@ -66,7 +88,7 @@ def check_model_fits_data(cfg: DictConfig) -> None:
         return
     fitting = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml") if OmegaConf.load(p).get("modality") == model)
     net = cfg.model.get("net", cfg.model)._target_
-    raise ValueError(
+    raise UserError(
         f"data={cfg.data.get('dataset', '?')} holds {data} data, but the model ({net}) takes {model} data; "
         f"data configs that fit it: {', '.join(f'data={d}' for d in fitting)}"
     )
@@ -84,11 +106,11 @@ def _without_modality(node: DictConfig) -> DictConfig:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    cbs = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    cbs = [_instantiate(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    loggers = [_instantiate(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
     # Checkpoints are written to a temporary file and renamed over the old one: a crash never truncates them.
-    return hydra.utils.instantiate(cfg.trainer, callbacks=cbs + (callbacks or []), logger=loggers or False,
-                                   plugins=[AtomicCheckpointIO()])
+    return _instantiate(cfg.trainer, "trainer", callbacks=cbs + (callbacks or []), logger=loggers or False,
+                        plugins=[AtomicCheckpointIO()])
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, float]:

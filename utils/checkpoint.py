@@ -15,6 +15,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from utils.errors import MissingFileError, UserError
+
 CONFIG_KEY = "zoo_config"  # the training config, stored in every checkpoint as plain data
 
 
@@ -108,16 +110,17 @@ def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt",
     """A checkpoint file, or a run directory (-> the first of `prefer` in its checkpoints/)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"ckpt_path {str(p)!r} does not exist: give a .ckpt file or a run directory")
+        raise MissingFileError(f"ckpt_path {str(p)!r} does not exist: give a .ckpt file or a run directory")
     if p.is_file():
         return p
+    folder = p if p.name == "checkpoints" else p / "checkpoints"  # a run directory, or its checkpoints/
     for name in prefer:
-        if (p / "checkpoints" / name).is_file():
-            return p / "checkpoints" / name
-    found = sorted((p / "checkpoints").glob("*.ckpt")) if (p / "checkpoints").is_dir() else []
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
     if found:
         return found[-1]
-    raise FileNotFoundError(f"run directory {str(p)!r} has no checkpoints/*.ckpt (expected checkpoints/best.ckpt)")
+    raise MissingFileError(f"run directory {str(p)!r} has no checkpoints/*.ckpt (expected checkpoints/best.ckpt)")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -127,20 +130,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, or a pickle that wants to run code
-        raise ValueError(f"{str(p)!r} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from err
+        raise UserError(f"{str(p)!r} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{str(p)!r} is not a Lightning checkpoint of this project (no 'state_dict' entry)")
+        raise UserError(f"{str(p)!r} is not a Lightning checkpoint of this project (no 'state_dict' entry)")
     return ckpt
 
 
 def run_config(ckpt_file: Path, ckpt: dict[str, Any]) -> DictConfig:
-    """The training config of a checkpoint: the run's .hydra/config.yaml, else the embedded copy."""
+    """The training config of a checkpoint: the copy stored inside it (written with the weights, so no later
+    command can change it), else, for checkpoints from before that copy existed, the run's .hydra/config.yaml."""
+    if CONFIG_KEY in ckpt:
+        return OmegaConf.create(ckpt[CONFIG_KEY])
     saved = ckpt_file.resolve().parent.parent / ".hydra" / "config.yaml"
     if saved.is_file():
         return OmegaConf.load(saved)
-    if CONFIG_KEY in ckpt:
-        return OmegaConf.create(ckpt[CONFIG_KEY])
-    raise ValueError(f"{str(ckpt_file)!r} carries no training config and has no .hydra/config.yaml beside its run")
+    raise UserError(f"{str(ckpt_file)!r} carries no training config and has no .hydra/config.yaml beside its run")
 
 
 def average_checkpoints(ckpt_file: Path, n: int) -> tuple[dict[str, torch.Tensor], list[Path]]:
@@ -150,10 +154,10 @@ def average_checkpoints(ckpt_file: Path, n: int) -> tuple[dict[str, torch.Tensor
     average the last 5-20 checkpoints); integer buffers are taken from the newest one.
     """
     if n < 1:
-        raise ValueError(f"average_last must be >= 1, got {n}")
+        raise UserError(f"average_last must be >= 1, got {n}")
     found = sorted(ckpt_file.resolve().parent.glob("epoch*.ckpt"))
     if len(found) < n:
-        raise ValueError(f"average_last={n} needs {n} epoch checkpoints in {ckpt_file.resolve().parent}, found "
+        raise UserError(f"average_last={n} needs {n} epoch checkpoints in {ckpt_file.resolve().parent}, found "
                          f"{len(found)}; train with keep_epoch_checkpoints>={n}")
     used = found[-n:]
     states = [load_checkpoint(p)["state_dict"] for p in used]

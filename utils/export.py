@@ -42,6 +42,8 @@ from models.video import VideoTransformer
 from models.vit import VisionTransformer
 from utils.build import DATA_FACTS, datamodule_state
 from utils.checkpoint import load_checkpoint, resolve_checkpoint, run_config
+from utils.errors import UserError
+from utils.validate import check_net_config, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +92,23 @@ def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict
     ckpt = load_checkpoint(ckpt_file)
     cfg: DictConfig = run_config(ckpt_file, ckpt)
     if "model" not in cfg or "net" not in cfg.model:
-        raise ValueError(f"{str(ckpt_file)!r}: its training config has no model.net (expected a run of this project)")
+        raise UserError(f"{str(ckpt_file)!r}: its training config has no model.net (expected a run of this project)")
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     if not state:
-        raise ValueError(f"{str(ckpt_file)!r}: no 'net.*' weights in its state_dict (expected a zoo LightningModule)")
+        raise UserError(f"{str(ckpt_file)!r}: no 'net.*' weights in its state_dict (expected a zoo LightningModule)")
     # Facts a config leaves to the data module (num_classes of an image folder, the tokenizer's
     # vocab_size) are read from the trained weights instead: building the data module would need the
     # dataset on this machine, and the output layer's rows are exactly what the model was trained with.
     for fact in DATA_FACTS:
         if "data" in cfg and fact in cfg.data and cfg.data[fact] is None:
             if "head.weight" not in state:
-                raise ValueError(f"{str(ckpt_file)!r}: data.{fact} is null and there is no head.weight to read it from")
+                raise UserError(f"{str(ckpt_file)!r}: data.{fact} is null and there is no head.weight to read it from")
             with open_dict(cfg):
                 cfg.data[fact] = int(state["head.weight"].shape[0])
+    check_net_config(cfg.model.net)
     config = OmegaConf.to_container(cfg.model.net, resolve=True)
     net = build_network(config)  # type: ignore[arg-type]
-    net.load_state_dict(state)
+    load_weights(net, state, ckpt_file, cfg, cfg)
     extras: dict[str, str] = {}
     dm_state = datamodule_state(ckpt, cfg) if "data" in cfg and "_target_" in cfg.data else None
     if dm_state and isinstance(dm_state.get("tokenizer"), str):
@@ -323,10 +326,13 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str = "both",
     difference.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     net, config, extras = load_network(ckpt_path)
     name, out = model_name(net), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"out={out}: cannot create the folder ({err.strerror or err})") from err
     result: dict[str, Any] = {"model": name}
     if fmt in ("onnx", "both"):
         path = out / f"{name}.onnx"

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from utils.build import build_datamodule, build_module, datamodule_state
-from utils.checkpoint import load_checkpoint, resolve_checkpoint, run_config
+from utils.checkpoint import CONFIG_KEY, load_checkpoint, resolve_checkpoint, run_config
+from utils.errors import FileFormatError, MissingFileError, UserError
+from utils.validate import load_weights
 from viz import plots
 from viz.maps import classifier_maps, translation_maps
 
@@ -61,7 +63,7 @@ def load_trained(ckpt_path: str | Path) -> Loaded:
             if switch in cfg.model:
                 cfg.model[switch] = False
     module = build_module(cfg)
-    module.load_state_dict(ckpt["state_dict"])
+    load_weights(module, ckpt["state_dict"], ckpt_file, cfg, ckpt.get(CONFIG_KEY))
     if model_kind(module.net) == "translator":
         module.tokenizer = getattr(dm, "tokenizer", None)
     if model_kind(module.net) == "video" and getattr(dm, "dataset", None) == "moving_digits":
@@ -73,7 +75,7 @@ def wrap(module: L.LightningModule, dm: L.LightningDataModule, cfg: DictConfig, 
     """Bundle a module with its data module (evaluate.py builds both itself)."""
     kind = model_kind(module.net)
     if kind == "translator" and getattr(module, "tokenizer", None) is None:
-        raise ValueError(f"{ckpt_file} carries no tokenizer (expected the data module state in the checkpoint)")
+        raise UserError(f"{ckpt_file} carries no tokenizer (expected the data module state in the checkpoint)")
     names: list[str] = []
     if kind != "translator":
         try:
@@ -91,24 +93,66 @@ def slug(text: str, limit: int = 40) -> str:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def read_input(loaded: Loaded, item: str) -> Tensor:
-    """One model input (batch of 1) from a file, prepared as the data module prepares its own."""
+KIND_FILES = {"image": "images (.png, .jpg, ...)", "audio": "audio files (.wav, .flac, .ogg)",
+              "video": "videos (.mp4, .avi, .webm, .mkv, .mov)"}
+
+
+def file_kind(path: Path) -> str | None:
+    """"image" | "audio" | "video" by the file's extension, or None."""
+    from data.audio import AUDIO_EXTENSIONS
+    from data.images import IMAGE_EXTENSIONS
+    from data.video import VIDEO_EXTENSIONS
+
+    suffix = path.suffix.lower()
+    for kind, extensions in (("image", IMAGE_EXTENSIONS), ("audio", AUDIO_EXTENSIONS), ("video", VIDEO_EXTENSIONS)):
+        if suffix in extensions:
+            return kind
+    return None
+
+
+def read_input(loaded: Loaded, item: str, notes: list[str] | None = None) -> Tensor:
+    """One model input (batch of 1) from a file, prepared as the data module prepares its own. A file of
+    another kind than the model takes, or one that cannot be decoded, raises a UserError naming it; what
+    was adapted to fit the model (resampled, resized, ...) is appended to `notes`."""
     path = Path(item).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"input {item!r} is not a file; a {loaded.kind} model takes a file path")
+        what = "a folder" if path.is_dir() else "not a file"
+        raise MissingFileError(f"input {item!r} is {what}; this {type(loaded.module.net).__name__} takes a file "
+                               f"path ({KIND_FILES[loaded.kind]})")
+    kind = file_kind(path)
+    if kind == "image" and loaded.kind == "video" and path.suffix.lower() == ".gif":
+        kind = "video"  # an animated GIF is a clip too
+    if kind is not None and kind != loaded.kind:
+        article = "an" if kind in ("image", "audio") else "a"
+        raise FileFormatError(f"{item} is {article} {kind} file, but this {type(loaded.module.net).__name__} "
+                              f"({loaded.ckpt_file}) takes {KIND_FILES[loaded.kind]}")
+    try:
+        return _read(loaded, path, notes)
+    except FileFormatError as err:
+        if kind is None:  # an unknown extension: say what the model takes
+            raise FileFormatError(f"{err}; this {type(loaded.module.net).__name__} takes "
+                                  f"{KIND_FILES[loaded.kind]}") from None
+        raise
+
+
+def _read(loaded: Loaded, path: Path, notes: list[str] | None) -> Tensor:
     dm = loaded.datamodule
     if loaded.kind == "image":
-        from data.images import ImageFiles
+        from data.images import load_image
 
-        image, _ = ImageFiles([(str(path), 0)], dm.image_size, dm.in_chans)[0]
-        return dm.normalize(image)[None]
+        return dm.normalize(load_image(path, dm.image_size, dm.in_chans, notes))[None]
     if loaded.kind == "audio":
-        from data.audio import AudioBatch, AudioFiles
+        from data.audio import AudioBatch, fit_length, read_audio
 
-        return AudioBatch()([AudioFiles([(str(path), 0)], dm.sample_rate, dm.num_samples)[0]])[0]
+        wave = read_audio(path, dm.sample_rate, notes)
+        if notes is not None and len(wave) != dm.num_samples:
+            clip = f"the model's {dm.num_samples / dm.sample_rate:g} s clip"
+            notes.append(f"{len(wave) / dm.sample_rate:.3g} s long: " + (f"kept the middle of it for {clip}"
+                         if len(wave) > dm.num_samples else f"padded with silence to {clip}"))
+        return AudioBatch()([(fit_length(wave, dm.num_samples), 0)])[0]
     from data.video import VideoBatch, read_video
 
-    clip = read_video(path, dm.num_frames, dm.image_size, dm.in_chans)
+    clip = read_video(path, dm.num_frames, dm.image_size, dm.in_chans, notes)
     return VideoBatch(dm.mean, dm.std)([(clip, 0)])[0]
 
 
@@ -158,14 +202,14 @@ def explain_classifier(loaded: Loaded, x: Tensor, out_dir: Path | None, stem: st
 # ------------------------------------------------------------------------------------- translation
 
 
-def translate(loaded: Loaded, sentence: str, beam_size: int | None = None) -> tuple[Tensor, list[int], str]:
-    """One sentence -> (source ids (1, S), generated ids up to EOS included, translation text)."""
-    from models.tokenizer import EOS_ID, PAD_ID, decode, encode
+def translate(loaded: Loaded, sentence: str, beam_size: int | None = None,
+              notes: list[str] | None = None) -> tuple[Tensor, list[int], str]:
+    """One sentence -> (source ids (1, S), generated ids up to EOS included, translation text); what was done
+    to odd input (truncated, unknown characters) is appended to `notes`."""
+    from models.tokenizer import EOS_ID, PAD_ID, decode
 
     module = loaded.module
-    if not sentence.strip():
-        raise ValueError("the sentence is empty; give text to translate")
-    ids = encode(module.tokenizer, sentence, module.net.max_len) or [PAD_ID]
+    ids = source_ids(module.tokenizer, sentence, module.net.max_len, notes)
     src = torch.tensor([ids])
     with torch.no_grad():
         beam = module.beam_size if beam_size is None else beam_size
@@ -178,11 +222,45 @@ def translate(loaded: Loaded, sentence: str, beam_size: int | None = None) -> tu
     return src, out, text
 
 
+def shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def source_ids(tokenizer: Any, sentence: str, max_len: int, notes: list[str] | None = None) -> list[int]:
+    """Token ids of a sentence to translate, as the model reads it (at most max_len). Refuses an empty sentence
+    and one none of whose characters the tokenizer knows (the model would translate [UNK]s with confidence);
+    notes the unknown characters of a partly known one, and a truncation."""
+    from models.tokenizer import UNK_ID
+
+    if not sentence.strip():
+        raise UserError("the sentence is empty; give text to translate")
+    enc = tokenizer.encode(sentence, add_special_tokens=False)  # offsets point into `sentence`
+    ids, offsets = list(enc.ids), list(enc.offsets)
+    if not ids:
+        raise UserError(f"{shorten(sentence)!r} gives no tokens to translate")
+    unknown = "".join(sentence[a:b] for i, (a, b) in zip(ids, offsets) if i == UNK_ID)
+    unknown = "".join(c for c in unknown if not c.isspace())
+    if unknown and len(unknown) == sum(not c.isspace() for c in sentence):
+        raise UserError(f"none of the characters of {shorten(sentence)!r} is known to the model's tokenizer (it "
+                        f"knows the characters of its training text); nothing to translate")
+    if unknown and notes is not None:
+        shown = "".join(dict.fromkeys(unknown))[:10]
+        notes.append(f"{len(unknown)} character(s) unknown to the tokenizer ({shown!r}) read as [UNK]")
+    if len(ids) > max_len:
+        end = offsets[max_len - 1][1]
+        if notes is not None:
+            notes.append(f"{len(ids)} tokens, more than the model's max_len={max_len}: truncated to the first "
+                         f"{max_len} tokens ({end} of {len(sentence)} characters, up to {shorten(sentence[:end][-30:])!r})")
+        ids = ids[:max_len]
+    return ids
+
+
 def explain_translation(loaded: Loaded, sentence: str, out_dir: Path | None, stem: str, beam_size: int | None = None,
-                        cross_layer: int = -1, encoder_layer: int = -1,
-                        heads: list[int] | None = None) -> tuple[str, list[Path]]:
-    """Translate one sentence and, with out_dir, draw its cross-attention alignment and encoder self-attention."""
-    src, out, text = translate(loaded, sentence, beam_size)
+                        cross_layer: int = -1, encoder_layer: int = -1, heads: list[int] | None = None,
+                        notes: list[str] | None = None) -> tuple[str, list[Path]]:
+    """Translate one sentence and, with out_dir, draw its cross-attention alignment and encoder self-attention.
+    What was done to odd input (truncated, unknown characters) is appended to `notes`."""
+    src, out, text = translate(loaded, sentence, beam_size, notes)
     if out_dir is None:
         return text, []
     module = loaded.module

@@ -1,0 +1,105 @@
+"""One error path for every command line: a mistake in what the user gave is a `UserError`, printed as
+one line `error: <message>` on stderr with exit code 2; anything else is a bug and keeps its traceback.
+
+Usable-but-odd input is not an error: the code that adapts it says what it did with `note()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable, NoReturn
+
+USER_ERROR_EXIT = 2  # what argparse uses for a bad argument
+
+
+class UserError(ValueError):
+    """A value, file or directory the user gave is wrong; the message names it and what was expected.
+    (A ValueError, so code that catches ValueError keeps working.)"""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class FileFormatError(UserError, RuntimeError):
+    """A file exists but cannot be read as what the model or data needs (corrupt, wrong kind, NaN samples)."""
+
+
+class MissingDataError(UserError, RuntimeError):
+    """A dataset is not on this machine and could not be fetched; the message says how to get it."""
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT)
+
+
+def note(message: str) -> None:
+    """Tell the user what was done to odd-but-usable input (resampled, truncated, ...)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _message(err: BaseException) -> str | None:
+    """The one-line message of a user error, or None for a bug."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, MissingMandatoryValue):  # e.g. `ckpt_path: ???` or `data.root: ???` left unset
+        key = getattr(err, "full_key", None) or str(err).split(":", 1)[-1].strip().splitlines()[0]
+        return f"{key} is required: give {key}=<value> on the command line"
+    if isinstance(err, (ConfigCompositionException, MissingConfigException, OverrideParseException)):
+        # Hydra's own text names the key or config group; the first line of its cause (OmegaConf's) says why.
+        text = one_line(str(err).split("Config search path:")[0])  # the search path is Hydra's business
+        cause = str(err.__cause__ or "").strip().splitlines()
+        return f"{text}; {cause[0].strip()}" if cause and cause[0].strip() not in text else text
+    return None
+
+
+def one_line(text: str) -> str:
+    """Hydra's multi-line messages as one line: an indented list joined by ', ', sentences by ' ' or '; '."""
+    out = ""
+    for raw in text.strip().splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if not out or out.endswith((":", ".")):
+            sep = " " if out else ""
+        else:
+            sep = ", " if raw[:1] in ("\t", " ") else "; "
+        out += sep + line
+    return out
+
+
+def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Hydra task function: a user error exits 2 with its message (Hydra would otherwise print
+    'Error executing job ...' and a traceback); a bug propagates with its traceback."""
+
+    @functools.wraps(task)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except Exception as err:
+            message = _message(err)
+            if message is None:
+                raise
+            fail(message)
+
+    return wrapped
+
+
+def run_hydra(main: Callable[[], Any]) -> None:
+    """`if __name__ == "__main__": run_hydra(main)`: Hydra's config errors (a typo in a key, an unknown
+    config group, a bad override) exit 2 with one message that keeps Hydra's key names; bugs keep their
+    full traceback."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing and exiting 1 itself
+    try:
+        main()
+    except Exception as err:
+        message = _message(err)
+        if message is None:
+            raise
+        fail(message)
