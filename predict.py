@@ -16,6 +16,9 @@ the prediction is the same with or without them):
 * audio: rollout over the (mel x time) patches beside the log-mel spectrogram;
 * video: spatial rollout per frame and the frame-to-frame temporal attention.
 
+With --html out.html, an interactive explorer is written too: one self-contained page per input (several
+inputs: out_000_<name>.html, ...), offline, every layer and head (docs/explorer.md).
+
 `python -m viz.samples DIR` writes test examples of the embedded data as files to try this on.
 """
 
@@ -32,6 +35,7 @@ import torch
 from utils.errors import MissingFileError, UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explain import Loaded, explain_classifier, explain_translation, load_trained, read_input, slug
+from viz.explorer import explore_input, explore_sentence
 
 TEXT_EXTENSIONS = (".txt", ".text", ".tsv", ".csv", ".md")  # an argument ending so names a file of sentences
 
@@ -80,15 +84,15 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def prepare_out_dir(path: Path, ckpt_path: str) -> None:
+def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir") -> None:
     """The attention folder, checked before the model is loaded: outside the run being read, and writable."""
-    refuse_writing_into_run(path, ckpt_path, "--attention-dir")
+    refuse_writing_into_run(path, ckpt_path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise UserError(f"--attention-dir {path}: cannot write there ({err.strerror or err})") from err
+        raise UserError(f"{flag} {path}: cannot write there ({err.strerror or err})") from err
 
 
 def check_picture_options(loaded: Loaded, heads: list[int] | None, layer: int, encoder_layer: int) -> None:
@@ -107,11 +111,21 @@ def check_picture_options(loaded: Loaded, heads: list[int] | None, layer: int, e
             raise UserError(f"{flag} {value}: this model has {n} layers there ({key}={n}); expected {-n}..{n - 1}")
 
 
+def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
+    """The explorer page of input i: at `path`, or beside it as <stem>_<i>_<name>.html when there are several."""
+    out = path if count == 1 else path.with_name(f"{path.stem}_{i:03d}_{slug(name)}{path.suffix or '.html'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path", help="checkpoint file or run directory")
     parser.add_argument("inputs", nargs="+", help="sentences or .txt files (translator); image / audio / video files")
     parser.add_argument("--attention-dir", type=Path, default=None, help="write attention pictures (PNG) here")
+    parser.add_argument("--html", type=Path, default=None,
+                        help="write the interactive attention explorer here (one HTML file per input)")
     parser.add_argument("--heads", type=parse_heads, default=None, help="only these heads, e.g. 0,2 (default: mean of all)")
     parser.add_argument("--layer", type=int, default=-1,
                         help="translator: decoder layer of the cross-attention picture; video: block of the "
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.attention_dir is not None:
             prepare_out_dir(args.attention_dir, args.ckpt_path)
+        if args.html is not None:
+            prepare_out_dir(args.html.absolute().parent, args.ckpt_path, "--html")
         loaded = load_trained(args.ckpt_path)
         check_picture_options(loaded, args.heads, args.layer, args.encoder_layer)
         if loaded.kind == "translator":
@@ -141,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                 for line in notes:
                     note(f"sentence {i + 1}: {line}" if len(sentences) > 1 else line)
                 print(f"{sentence}\t{text}" if len(sentences) > 1 else text)
+                if args.html is not None:
+                    pictures.append(write_html(args.html, i, sentence, len(sentences),
+                                               explore_sentence(loaded, sentence, args.beam_size)[1]))
                 for p in pictures:
                     print(f"  attention picture: {p}")
         else:
-            for item in args.inputs:
+            for i, item in enumerate(args.inputs):
                 notes = []
                 x = read_input(loaded, item, notes)
                 if notes:
@@ -152,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                 top, pictures = explain_classifier(loaded, x, args.attention_dir, slug(Path(item).stem), args.top_k,
                                                    args.heads, args.layer)
                 print(f"{item}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
+                if args.html is not None:
+                    pictures.append(write_html(args.html, i, Path(item).stem, len(args.inputs),
+                                               explore_input(loaded, x, Path(item).name, args.top_k)[1]))
                 for p in pictures:
                     print(f"  attention picture: {p}")
     except UserError as err:

@@ -49,8 +49,6 @@ def _predicted(runs, kind: str) -> str:
 
 def test_predict_html_writes_one_offline_explorer_per_input(runs, tmp_path) -> None:
     """predict.py --html: one self-contained page per input, its prediction at the top."""
-    if "--html" not in (Path(__file__).parents[1] / "predict.py").read_text():
-        pytest.skip("predict.py --html is not wired in yet (waiting for predict.py's other edits to land)")
     for kind, (run, sample) in runs.items():
         out = tmp_path / kind / "page.html"
         run_cli("predict.py", str(run), SENTENCE if sample is None else str(sample), "--html", str(out), "--threads", "1")
