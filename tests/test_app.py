@@ -55,6 +55,10 @@ def test_predict_html_writes_one_offline_explorer_per_input(runs, tmp_path) -> N
         page = out.read_text(encoding="utf-8")
         assert f'"kind":"{"text" if kind == "translator" else kind}"' in page
         assert "src=\"http" not in page and "href=\"http" not in page and out.stat().st_size < 3_000_000
+    # evaluate.py save_attention=N writes the same page beside the PNGs of each test example
+    run_cli("evaluate.py", f"ckpt_path={runs['video'][0]}", "save_attention=1", "trainer.limit_test_batches=1",
+            f"hydra.run.dir={tmp_path / 'ev'}")
+    assert '"kind":"video"' in (tmp_path / "ev" / "attention" / "test000.html").read_text(encoding="utf-8")
 
 
 def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_path) -> None:

@@ -248,9 +248,11 @@ def source_ids(tokenizer: Any, sentence: str, max_len: int, notes: list[str] | N
         notes.append(f"{len(unknown)} character(s) unknown to the tokenizer ({shown!r}) read as [UNK]")
     if len(ids) > max_len:
         end = offsets[max_len - 1][1]
+        tail = sentence[max(0, end - 30):end]
+        tail = "..." + (tail.split(" ", 1)[-1] if " " in tail else tail) if end > 30 else tail
         if notes is not None:
             notes.append(f"{len(ids)} tokens, more than the model's max_len={max_len}: truncated to the first "
-                         f"{max_len} tokens ({end} of {len(sentence)} characters, up to {shorten(sentence[:end][-30:])!r})")
+                         f"{max_len} tokens ({end} of {len(sentence)} characters, up to {tail!r})")
         ids = ids[:max_len]
     return ids
 
@@ -292,14 +294,21 @@ def test_examples(loaded: Loaded, n: int) -> list[tuple[Any, Any]]:
 
 
 def save_test_pictures(loaded: Loaded, n: int, out_dir: Path) -> list[str]:
-    """Attention pictures of the first n test examples in out_dir; returns one printable line each."""
+    """Attention pictures (PNG) and the interactive explorer (test<i>.html, viz/explorer) of the first n test
+    examples in out_dir; returns one printable line each."""
+    from viz.explorer import explore_input, explore_sentence
+
     lines = []
     for i, (x, label) in enumerate(test_examples(loaded, n)):
         if loaded.kind == "translator":
             text, paths = explain_translation(loaded, x, out_dir, f"test{i:03d}_{slug(x)}")
             lines.append(f"{x} -> {text} (reference: {label})")
+            page = explore_sentence(loaded, x)[1]
         else:
             top, paths = explain_classifier(loaded, x, out_dir, f"test{i:03d}", label=label)
             lines.append(f"test example {i} (label {label}): " + ", ".join(f"{c} {p:.1%}" for c, p in top[:3]))
+            page = explore_input(loaded, x, f"test example {i} (label {label})")[1]
+        paths.append(Path(out_dir) / f"test{i:03d}.html")
+        paths[-1].write_text(page, encoding="utf-8")
         lines += [f"  {p}" for p in paths]
     return lines
