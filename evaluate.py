@@ -67,4 +67,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, path_key="ckpt_path")  # `python evaluate.py RUN_DIR` works too

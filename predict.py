@@ -49,9 +49,13 @@ def read_sentences(items: list[str], notes: list[str] | None = None) -> list[str
     for item in items:
         path = Path(item).expanduser()
         looks_like_file = path.suffix.lower() in TEXT_EXTENSIONS and not any(c.isspace() for c in item)
-        if path.is_dir():
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError:  # e.g. a sentence longer than a file name may be
+            is_dir = is_file = False
+        if is_dir:
             raise UserError(f"{item!r} is a folder; give sentences, or a .txt file with one sentence a line")
-        if path.is_file() and (looks_like_file or os.sep in item):
+        if is_file and (looks_like_file or os.sep in item):
             text = read_text_file(path, "predict.py", notes)
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             if not lines:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,19 @@ from utils.errors import UserError
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+log = logging.getLogger(__name__)
 
 
 def setup_runtime(cfg: DictConfig) -> None:
     check_run_config(cfg)
+    check_model_config(cfg)  # a bad value stops here, as the only line on stderr
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     kernel = cfg.get("attention_kernel")  # null: the default (auto, or env ZOO_FUSED_ATTN), also after another run
     set_attention_kernel(DEFAULT_KERNEL if kernel is None else kernel)
     if cfg.get("seed") is not None:
-        L.seed_everything(int(cfg.seed), workers=True)
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
+        log.info(f"Seed set to {int(cfg.seed)}")
 
 
 DATA_FACTS = ("num_classes", "vocab_size")  # null in a data config = "ask the data module"

@@ -91,11 +91,31 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def run_hydra(main: Callable[[], Any]) -> None:
+_HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
+                      "-cn", "--config-dir", "-cd", "--experimental-rerun")
+
+
+def path_argument_as(key: str, argv: list[str]) -> list[str]:
+    """`evaluate.py RUN_DIR` as `evaluate.py ckpt_path=RUN_DIR`: a bare argument naming an existing path
+    becomes `key=<it>` (Hydra would refuse it as an override without '=')."""
+    out = list(argv)
+    if any(a.startswith(f"{key}=") for a in argv):
+        return out
+    for i, arg in enumerate(argv):
+        follows_flag = i > 0 and argv[i - 1] in _HYDRA_VALUE_FLAGS
+        if "=" not in arg and not arg.startswith("-") and not follows_flag and os.path.exists(arg):
+            out[i] = f"{key}={arg}"
+            break
+    return out
+
+
+def run_hydra(main: Callable[[], Any], path_key: str | None = None) -> None:
     """`if __name__ == "__main__": run_hydra(main)`: Hydra's config errors (a typo in a key, an unknown
     config group, a bad override) exit 2 with one message that keeps Hydra's key names; bugs keep their
-    full traceback."""
+    full traceback. With `path_key`, a bare path argument is read as `path_key=<path>`."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing and exiting 1 itself
+    if path_key is not None:
+        sys.argv[1:] = path_argument_as(path_key, sys.argv[1:])
     try:
         main()
     except Exception as err:

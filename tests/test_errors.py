@@ -1,0 +1,543 @@
+"""Hostile input and reused run directories (docs/errors.md): a run is never damaged by a later command,
+odd input is adapted and said so, bad input is one line `error: ...` with exit code 2, a bug keeps its
+traceback. Runs here are untrained checkpoints made in-process (no training) unless training is the point;
+the command lines run in-process through runpy (the same `__main__` block), one through a real subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+
+import predict
+from conftest import ROOT, compose_config, run_cli
+from test_reliability import SMALL, TINY, train_in_process
+from utils.build import build_datamodule, build_module
+from utils.checkpoint import CONFIG_KEY, load_checkpoint, run_config
+from utils.errors import FileFormatError, UserError, path_argument_as, run_hydra, user_errors
+from utils.rundir import check_run_dir
+from utils.validate import check_model_config
+from viz.explain import load_trained, read_input, source_ids
+from viz.samples import write_mp4, write_png, write_wav
+
+
+def make_run(model: str, run: Path, *overrides: str) -> Path:
+    """A run directory with an untrained checkpoint that carries its config, as train.py leaves it."""
+    cfg = compose_config("train", [f"model={model}", *TINY, *SMALL[model], *overrides], run)
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(ROOT / "datasets")  # the generated datasets cached there
+    dm = build_datamodule(cfg)
+    module = build_module(cfg)
+    ckpt = {"state_dict": module.state_dict(), CONFIG_KEY: OmegaConf.to_container(cfg, resolve=False)}
+    if dm.state_dict():  # the translator's tokenizer
+        ckpt[type(dm).__name__] = dm.state_dict()
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save(ckpt, run / "checkpoints" / "best.ckpt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One untrained run per model, made on first use and shared (tests copy a run before changing it)."""
+
+    class Runs(dict):
+        def __missing__(self, model: str) -> Path:
+            self[model] = make_run(model, tmp_path_factory.mktemp(f"{model}_run"))
+            return self[model]
+
+    return Runs()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def command(script: str, *args: str, capsys) -> tuple[int, str, str]:
+    """`python <script> <args>` in this process (its real `__main__` block): (exit code, stdout, stderr)."""
+    GlobalHydra.instance().clear()
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sys.argv = [script, *args]
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+        root.handlers[:], root.level = handlers, level  # Hydra's job logging would outlive this capture
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def predict_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = predict.main([*args, "--threads", "1"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- run directories: never damaged by a later command -------------------------------------------------
+
+
+@pytest.fixture
+def used_run(runs, tmp_path) -> Path:
+    """A copy of a finished run, with the files a training run leaves (config, metrics, log)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["vit"], run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("# the training run's config\n")
+    (run / "metrics.json").write_text('{"test/acc": 0.5}\n')
+    return run
+
+
+def test_commands_pointed_at_an_existing_run_refuse_before_writing(used_run: Path, capsys) -> None:
+    before = snapshot(used_run)
+    cases = [
+        (("train.py", f"hydra.run.dir={used_run}"),
+         f"error: hydra.run.dir={used_run} is not empty (.hydra/, checkpoints/, metrics.json); training into it would "
+         f"mix two runs. Choose a new directory, resume that run with ckpt_path={used_run}, or replace it with "
+         f"overwrite=true\n"),
+        (("train.py", "model.net.num_heads=0", f"hydra.run.dir={used_run}"),  # a failing command: refused first
+         f"error: hydra.run.dir={used_run} is not empty (.hydra/, checkpoints/, metrics.json); training into it would "
+         f"mix two runs. Choose a new directory, resume that run with ckpt_path={used_run}, or replace it with "
+         f"overwrite=true\n"),
+        (("evaluate.py", f"ckpt_path={used_run}", f"hydra.run.dir={used_run}"),
+         f"error: hydra.run.dir={used_run} holds a training run (checkpoints/); evaluate.py writes into a directory of "
+         f"its own: leave hydra.run.dir out or choose a new directory\n"),
+        (("evaluate.py", f"ckpt_path={used_run}", f"hydra.run.dir={used_run}", "overwrite=true"),
+         f"error: hydra.run.dir={used_run} holds a training run (checkpoints/); evaluate.py writes into a directory of "
+         f"its own: leave hydra.run.dir out or choose a new directory\n"),
+        (("evaluate.py", f"ckpt_path={used_run}", f"hydra.run.dir={used_run / 'eval'}"),
+         f"error: hydra.run.dir={used_run / 'eval'} is inside the run being read ({used_run}); this command never "
+         f"writes into a run: choose a folder outside it\n"),
+        (("export.py", str(used_run), f"hydra.run.dir={used_run}"),  # the run as a bare argument works too
+         f"error: hydra.run.dir={used_run} holds a training run (checkpoints/); export.py writes into a directory of "
+         f"its own: leave hydra.run.dir out or choose a new directory\n"),
+        (("train.py", "-m", "model.net.depth=1,2", f"hydra.sweep.dir={used_run}"),
+         f"error: hydra.sweep.dir={used_run} is not empty (.hydra/, checkpoints/, metrics.json); a sweep into it would "
+         f"mix with the runs there. Choose a new directory or replace them with overwrite=true\n"),
+    ]
+    for args, message in cases:
+        assert command(*args, capsys=capsys) == (2, "", message), args
+    assert snapshot(used_run) == before  # byte for byte, .hydra/config.yaml included
+
+
+def test_export_out_inside_the_run_is_refused(used_run: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = command("export.py", f"ckpt_path={used_run}", f"out={used_run / 'onnx'}",
+                           f"hydra.run.dir={tmp_path / 'export'}", capsys=capsys)
+    assert (code, err) == (2, f"error: out={used_run / 'onnx'} is inside the run being read ({used_run}); this command "
+                              f"never writes into a run: choose a folder outside it\n")
+    assert not (used_run / "onnx").exists()
+
+
+def test_a_second_evaluation_into_the_same_folder_needs_overwrite(used_run: Path, tmp_path: Path) -> None:
+    ev = tmp_path / "ev"
+    (ev / ".hydra").mkdir(parents=True)
+    (ev / "metrics.json").write_text("{}\n")
+    cfg = OmegaConf.create({"task_name": "evaluate", "ckpt_path": str(used_run), "overwrite": False})
+    with pytest.raises(UserError, match=rf"^hydra.run.dir={ev} is not empty \(.hydra/, metrics.json\); choose a new "
+                                        rf"directory, or reuse it with overwrite=true$"):
+        check_run_dir(cfg, ev)
+    cfg.overwrite = True
+    assert check_run_dir(cfg, ev) is None and (ev / "metrics.json").is_file()  # reused; train's outputs untouched
+
+
+def test_a_folder_left_by_a_command_that_stopped_early_is_reused(tmp_path: Path) -> None:
+    # A command that failed before writing any result leaves only its .hydra/ and log: nothing to protect.
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("a: 1\n")
+    (tmp_path / "train.log").write_text("error\n")
+    assert check_run_dir(OmegaConf.create({"task_name": "train"}), tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_the_old_run_and_best_ckpt_is_always_the_new_runs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_in_process("vit", run, "trainer.max_epochs=1", "test=false", "seed=1")
+    old_best = load_checkpoint(run / "checkpoints" / "best.ckpt")["state_dict"]
+    (run / "notes.txt").write_text("mine\n")  # not a run output: kept
+    cfg = OmegaConf.create({"task_name": "train", "overwrite": True, "ckpt_path": None})
+    assert check_run_dir(cfg, run) is None
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    # Even a stale best.ckpt that got there some other way is replaced, not kept beside best-v1.ckpt.
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": old_best, "epoch": 99}, run / "checkpoints" / "best.ckpt")
+    train_in_process("vit", run, "trainer.max_epochs=1", "test=false", "seed=2")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    best, last = (load_checkpoint(run / "checkpoints" / n) for n in ("best.ckpt", "last.ckpt"))
+    assert best["epoch"] == 0 and all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    assert not torch.equal(best["state_dict"]["net.head.weight"], old_best["net.head.weight"])
+    with pytest.raises(UserError, match="overwrite=true would delete the checkpoint that ckpt_path="):
+        check_run_dir(OmegaConf.create({"task_name": "train", "overwrite": True, "ckpt_path": str(run)}), run)
+
+
+def test_resume_in_place_keeps_the_runs_own_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_in_process("vit", run, "test=false", "trainer.max_epochs=1")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("# the first command's config\n")
+    run_cli("train.py", *TINY, *SMALL["vit"], "test=false", "trainer.max_epochs=2", f"ckpt_path={run}",
+            f"hydra.run.dir={run}")
+    assert (run / ".hydra" / "config.yaml").read_text() == "# the first command's config\n"
+    resumed = list((run / ".hydra").glob("resume_*/config.yaml"))
+    assert len(resumed) == 1 and "max_epochs: 2" in resumed[0].read_text()
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1  # it continued, in place
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_path: Path) -> None:
+    # A later command that rewrote .hydra/config.yaml (another model, broken YAML) changes nothing.
+    run = tmp_path / "run"
+    shutil.copytree(runs["vit"], run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("model: {net: {_target_: models.audio.AudioSpectrogramTransformer}}\n")
+    ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert run_config(run / "checkpoints" / "best.ckpt", ckpt).model.net._target_ == "models.vit.VisionTransformer"
+    assert load_trained(run).kind == "image"
+    (run / ".hydra" / "config.yaml").write_text(": not yaml [\n")
+    assert load_trained(run).kind == "image"
+
+
+def test_a_bare_path_argument_is_the_checkpoint(tmp_path: Path) -> None:
+    assert path_argument_as("ckpt_path", [str(tmp_path), "x=1"]) == [f"ckpt_path={tmp_path}", "x=1"]
+    assert path_argument_as("ckpt_path", ["--cfg", str(tmp_path)]) == ["--cfg", str(tmp_path)]  # a flag's value
+    assert path_argument_as("ckpt_path", [str(tmp_path / "nope")]) == [str(tmp_path / "nope")]
+    assert path_argument_as("ckpt_path", ["ckpt_path=a", str(tmp_path)]) == ["ckpt_path=a", str(tmp_path)]
+
+
+# --- silent wrong answers --------------------------------------------------------------------------------
+
+
+def _png16(path: Path, values: np.ndarray) -> Path:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    return path
+
+
+def test_a_16_bit_png_is_scaled_not_read_as_a_white_page(runs, tmp_path: Path, capsys) -> None:
+    gradient = (np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)
+    png8 = write_png(torch.from_numpy(gradient)[None], tmp_path / "digit8.png")
+    png16 = _png16(tmp_path / "digit16.png", gradient.astype(np.uint16) * 257)  # the same picture in 16 bits
+    with Image.open(png16) as im:
+        assert im.mode == "I;16"
+    white = write_png(torch.full((1, 28, 28), 255, dtype=torch.uint8), tmp_path / "white.png")
+    loaded = load_trained(runs["vit"])
+    notes: list[str] = []
+    x16 = read_input(loaded, str(png16), notes)
+    assert torch.equal(x16, read_input(loaded, str(png8))) and not torch.equal(x16, read_input(loaded, str(white)))
+    assert notes == ["16-bit grayscale scaled to 8 bits"]
+    code, out, err = predict_cli(capsys, str(runs["vit"]), str(png8), str(png16))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split(": ", 1)[1] == lines[1].split(": ", 1)[1]
+    assert err == f"note: {png16}: 16-bit grayscale scaled to 8 bits\n"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_audio_with_nan_or_inf_samples_is_refused_with_its_name(bad: float, runs, tmp_path: Path, capsys) -> None:
+    wave = np.zeros(16000, np.float32)
+    wave[100] = bad
+    path = tmp_path / "clip.wav"
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    assert predict_cli(capsys, str(runs["audio"]), str(path)) == (
+        2, "", f"error: audio file {path} holds 1 NaN or infinite sample(s), the first at 0.006 s; expected finite "
+               f"samples\n")
+    # ... and in a training folder, before training starts rather than as a NaN loss naming no file
+    from data.audio import AudioDataModule
+
+    for c in ("a", "b"):
+        (tmp_path / "folder" / c).mkdir(parents=True)
+        for i in range(3):
+            sf.write(tmp_path / "folder" / c / f"{i}.wav", np.full(800, 0.1, np.float32), 16000, subtype="FLOAT")
+    shutil.copy(path, tmp_path / "folder" / "b" / "1.wav")
+    with pytest.raises(FileFormatError, match=rf"^audio file {tmp_path / 'folder' / 'b' / '1.wav'} holds 1 NaN"):
+        AudioDataModule(dataset="audio_folder", root=str(tmp_path / "folder")).setup()
+
+
+def test_96khz_stereo_and_short_audio_run_and_say_what_was_done(runs, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.full((48000, 2), 0.1, np.float32), 96000)  # 0.5 s
+    code, out, err = predict_cli(capsys, str(runs["audio"]), str(path))
+    assert code == 0 and out.startswith(f"{path}: ")
+    assert err == (f"note: {path}: mixed 2 channels to mono; resampled from 96000 Hz to 16000 Hz; 0.5 s long: padded "
+                   f"with silence to the model's 1 s clip\n")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "error: text file {path!r} does not exist (to translate a sentence that ends in .txt, put a space in it "
+           "or leave the extension out)\n"),
+    (b"", "error: {path} holds no sentences (it is empty or blank); expected one sentence a line\n"),
+    (b" \n\t\n", "error: {path} holds no sentences (it is empty or blank); expected one sentence a line\n"),
+    ("Guten Tag\ncaf\xe9\n".encode("latin-1"),
+     "error: predict.py: {path} is not UTF-8 text: byte b'\\xe9' at line 2 (offset 13) cannot be decoded; save the "
+     "file as UTF-8\n"),
+], ids=["missing", "empty", "blank", "latin-1"])
+def test_a_text_file_that_is_missing_empty_or_not_utf8_is_refused(content, message, runs, tmp_path, capsys) -> None:
+    path = tmp_path / "sentences.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert predict_cli(capsys, str(runs["translator"]), str(path)) == (2, "", message.format(path=str(path)))
+
+
+def test_a_utf16_text_file_is_read_and_said_so(runs, tmp_path, capsys) -> None:
+    path = tmp_path / "sentences.txt"
+    path.write_bytes("Monday, March 3, 2025\nThank you.\n".encode("utf-16"))
+    code, out, err = predict_cli(capsys, str(runs["translator"]), str(path))
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["Monday, March 3, 2025", "Thank you."]
+    assert err == f"note: {path}: read as UTF-16 (it starts with a UTF-16 byte-order mark)\n"
+
+
+def test_long_or_partly_unknown_text_runs_with_a_note_and_unknown_only_is_refused(runs, capsys) -> None:
+    sentence = ("Monday, March 3, 2025. " * 5000)[:100_000]
+    code, out, err = predict_cli(capsys, str(runs["translator"]), sentence)
+    assert code == 0 and len(out.splitlines()) == 1
+    assert err.startswith("note: ") and err.count("\n") == 1
+    assert "tokens, more than the model's max_len=64: truncated to the first 64 tokens (" in err
+    assert "of 100000 characters, up to " in err
+    code, out, err = predict_cli(capsys, str(runs["translator"]), "Monday 日本 March")
+    assert code == 0 and err == "note: 2 character(s) unknown to the tokenizer ('日本') read as [UNK]\n"
+    assert predict_cli(capsys, str(runs["translator"]), "日本語のテキスト") == (
+        2, "", "error: none of the characters of '日本語のテキスト' is known to the model's tokenizer (it knows the "
+               "characters of its training text); nothing to translate\n")
+
+
+def test_source_ids_count_unknown_characters_and_truncate() -> None:
+    from models.tokenizer import UNK_ID, train_tokenizer
+
+    tok = train_tokenizer(["one two three four five six"] * 20, vocab_size=60)
+    notes: list[str] = []
+    ids = source_ids(tok, "one ü two", 8, notes)
+    assert ids.count(UNK_ID) == 1 and notes == ["1 character(s) unknown to the tokenizer ('ü') read as [UNK]"]
+    notes = []
+    ids = source_ids(tok, "one two three four five six " * 3, 8, notes)
+    assert len(ids) == 8 and notes == ["19 tokens, more than the model's max_len=8: truncated to the first 8 tokens "
+                                       "(35 of 84 characters, up to '...three four five six one two')"]
+    with pytest.raises(UserError, match="^the sentence is empty; give text to translate$"):
+        source_ids(tok, " \t ", 8)
+
+
+# --- tracebacks turned into messages -----------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    files = {"corrupt.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "empty.png": b"", "notes.dat": b"hello\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = {name: tmp_path / name for name in files}
+    out["x.wav"] = write_wav(torch.zeros(8000), 16000, tmp_path / "x.wav")
+    out["x.png"] = write_png(torch.zeros(1, 28, 28, dtype=torch.uint8), tmp_path / "x.png")
+    out["x.mp4"] = write_mp4(torch.zeros(1, 10, 32, 32, dtype=torch.uint8), tmp_path / "x.mp4")
+    return out
+
+
+BAD_FILES = [
+    ("vit", "corrupt.png", "error: cannot read {path} as an image (OSError: Truncated File Read)\n"),
+    ("vit", "empty.png", "error: cannot read {path} as an image (UnidentifiedImageError: cannot identify image file "
+                         "'{path}')\n"),
+    ("vit", "x.wav", "error: {path} is an audio file, but this VisionTransformer ({ckpt}) takes images (.png, .jpg, "
+                     "...)\n"),
+    ("vit", "x.mp4", "error: {path} is a video file, but this VisionTransformer ({ckpt}) takes images (.png, .jpg, "
+                     "...)\n"),
+    ("vit", "notes.dat", "error: cannot read {path} as an image (UnidentifiedImageError: cannot identify image file "
+                         "'{path}'); this VisionTransformer takes images (.png, .jpg, ...)\n"),
+    ("audio", "x.png", "error: {path} is an image file, but this AudioSpectrogramTransformer ({ckpt}) takes audio "
+                       "files (.wav, .flac, .ogg)\n"),
+    ("audio", "notes.dat", "error: cannot read audio file {path}: LibsndfileError: Error opening '{path}': Format not "
+                           "recognised.; this AudioSpectrogramTransformer takes audio files (.wav, .flac, .ogg)\n"),
+    ("video", "x.wav", "error: {path} is an audio file, but this VideoTransformer ({ckpt}) takes videos (.mp4, .avi, "
+                       ".webm, .mkv, .mov)\n"),
+    ("video", "x.png", "error: {path} is an image file, but this VideoTransformer ({ckpt}) takes videos (.mp4, .avi, "
+                       ".webm, .mkv, .mov)\n"),
+]
+
+
+@pytest.mark.parametrize("model, name, message", BAD_FILES, ids=[f"{m}-{n}" for m, n, _ in BAD_FILES])
+def test_predict_names_a_damaged_file_or_one_of_the_wrong_kind(model, name, message, runs, bad_files, capsys) -> None:
+    path = bad_files[name]
+    ckpt = runs[model] / "checkpoints" / "best.ckpt"
+    assert predict_cli(capsys, str(runs[model]), str(path)) == (2, "", message.format(path=path, ckpt=ckpt))
+
+
+def test_attention_folder_is_checked_before_the_model_is_loaded(runs, bad_files, capsys) -> None:
+    run, image = runs["vit"], str(bad_files["x.png"])
+    inside = run / "pictures"
+    assert predict_cli(capsys, str(run), image, "--attention-dir", str(inside)) == (
+        2, "", f"error: --attention-dir={inside} is inside the run being read ({run}); this command never writes into "
+               f"a run: choose a folder outside it\n")
+    under_a_file = bad_files["x.png"] / "pictures"
+    assert predict_cli(capsys, str(run), image, "--attention-dir", str(under_a_file)) == (
+        2, "", f"error: --attention-dir {under_a_file}: cannot write there (Not a directory)\n")
+    if Path("/sys").is_dir():  # read-only even for root
+        assert predict_cli(capsys, str(run), image, "--attention-dir", "/sys") == (
+            2, "", "error: --attention-dir /sys: cannot write there (Permission denied)\n")
+    assert predict_cli(capsys, str(run), image, "--heads", "0,7") == (
+        2, "", "error: --heads 0,7: this model has 4 heads per layer (0..3)\n")
+    assert not inside.exists()
+
+
+BAD_VALUES = [
+    ("model.net.num_heads=0", "model.net.num_heads=0: expected an integer >= 1"),
+    ("model.net.dim=-8", "model.net.dim=-8: expected an integer >= 1"),
+    ("model.net.dim=30", "model.net.dim=30 is not divisible by model.net.num_heads=4: each head gets dim / num_heads "
+                         "channels (e.g. dim=32)"),
+    ("model.net.dim=abc", "model.net.dim='abc': expected an integer >= 1"),
+    ("model.net.num_kv_heads=3", "model.net.num_kv_heads=3 must divide model.net.num_heads=4 (grouped-query attention "
+                                 "shares each key/value head among num_heads / num_kv_heads query heads)"),
+    ("model.net.drop=1.5", "model.net.drop=1.5: expected a number in [0, 1)"),
+    ("model.net.pool=max", "model.net.pool='max': expected one of cls, mean"),
+    ("model.net.patch_size=6", "model.net.patch_size=6: the conv stem (model.net.stem=conv) needs one power of 2 >= 2 "
+                               "(2, 4, 8, 16, ...); or use model.net.stem=patch"),
+    ("model.net.patch_size=64", "model.net.patch_size=64 is larger than the image (model.net.img_size=28): the model "
+                                "would see no patch"),
+    ("+model.net.heads=4", "model.net.heads is not a parameter of VisionTransformer; its parameters are: img_size, "),
+    ("model.optimizer.lr=-1", "model.optimizer.lr=-1: expected a number >= 0"),
+    ("model.label_smoothing=1", "model.label_smoothing=1: expected a number in [0, 1)"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc': expected an integer >= -1 (-1 = no limit), or null"),
+    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5: expected a number of batches (an integer "
+                                        ">= 0) or a fraction in [0.0, 1.0]"),
+    ("threads=0", "threads=0: expected an integer >= 1, or null"),
+    ("attention_kernel=fast", "attention_kernel='fast': expected one of fused, explicit, auto, or null"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_a_bad_config_value_is_named_before_anything_is_built(override: str, message: str, tmp_path: Path) -> None:
+    from utils.build import setup_runtime
+
+    cfg = compose_config("train", [override], tmp_path)
+    with pytest.raises(UserError) as err:
+        setup_runtime(cfg)  # the first thing train() and evaluate() do: before data, weights or threads
+    assert str(err.value).startswith(message) and (message.endswith(", ") or str(err.value) == message)
+
+
+@pytest.mark.parametrize("model, override, message", [
+    ("audio", "model.net.f_max=9000", "model.net.f_min=20.0, f_max=9000: expected f_min < f_max <= sample_rate / 2 = "
+                                      "8000 Hz"),
+    ("audio", "model.net.n_mels=300", "model.net.n_mels=300 is more mel bands than the 241 frequency bins of "
+                                      "model.net.n_fft=480: some bands would be empty"),
+    ("video", "model.net.attention=full", "model.net.attention='full': expected one of divided, joint"),
+    ("translator", "model.beam_size=0", "model.beam_size=0: expected an integer >= 1"),
+])
+def test_bad_values_of_the_other_models(model: str, override: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
+        check_model_config(compose_config("train", [f"model={model}", override], tmp_path))
+
+
+def test_a_bad_data_value_names_the_group(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["data.batch_size=0"], tmp_path)
+    with pytest.raises(UserError, match=r"^data: batch_size=0; expected an integer >= 1$"):
+        build_datamodule(cfg)
+
+
+def test_the_command_line_prints_one_line_and_exits_2_for_a_user_error(tmp_path: Path) -> None:
+    proc = run_cli("train.py", "model.net.num_heads=0", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert (proc.returncode, proc.stderr) == (2, "error: model.net.num_heads=0: expected an integer >= 1\n")
+
+
+def test_hydra_config_errors_keep_their_key_names(tmp_path: Path, capsys) -> None:
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    assert command("train.py", "model.net.dimm=3", run, capsys=capsys) == (
+        2, "", "error: Could not override 'model.net.dimm'. To append to your config use +model.net.dimm=3; Key "
+               "'dimm' is not in struct\n")
+    code, out, err = command("train.py", "model=nope", run, capsys=capsys)
+    assert (code, out) == (2, "") and err.startswith("error: In 'train': Could not find 'model/nope'; Available "
+                                                     "options in 'model': audio, ")
+    assert command("evaluate.py", run, capsys=capsys) == (
+        2, "", "error: ckpt_path is required: give ckpt_path=<value> on the command line\n")
+
+
+def test_a_checkpoint_of_another_size_or_model_is_one_line_naming_both(runs, tmp_path: Path) -> None:
+    ckpt = runs["vit"] / "checkpoints" / "best.ckpt"
+    with pytest.raises(UserError) as err:  # resuming with another width
+        train_in_process("vit", tmp_path / "a", f"ckpt_path={runs['vit']}", "model.net.dim=64")
+    assert str(err.value).startswith(
+        f"checkpoint {ckpt} does not fit the model of this run: both are models.vit.VisionTransformer but "
+        f"model.net.dim=32 in the checkpoint, 64 in the config; ")
+    assert "\n" not in str(err.value) and "tensor(s) differ in shape (first: net." in str(err.value)
+    with pytest.raises(UserError, match=rf"^checkpoint {ckpt} does not fit the model of this run: the checkpoint holds "
+                                        r"a models.vit.VisionTransformer, the config builds a "
+                                        r"models.audio.AudioSpectrogramTransformer; "):
+        train_in_process("audio", tmp_path / "b", f"ckpt_path={runs['vit']}")
+    # A checkpoint written before configs were stored inside, beside a config of another size:
+    old = tmp_path / "old"
+    shutil.copytree(runs["vit"], old)
+    state = load_checkpoint(old / "checkpoints" / "best.ckpt")
+    stored = state.pop(CONFIG_KEY)
+    torch.save(state, old / "checkpoints" / "best.ckpt")
+    stored["model"]["net"]["depth"] = 2
+    (old / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(stored), old / ".hydra" / "config.yaml")
+    with pytest.raises(UserError, match=r"does not fit the model of this run: both are models.vit.VisionTransformer; "
+                                        r"\d+ missing \(first: net.encoder.blocks.1."):
+        load_trained(old)
+
+
+def test_checkpoint_with_nan_weights_is_refused_at_load(runs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["vit"], run)
+    ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    ckpt["state_dict"]["net.head.bias"][0] = float("nan")
+    torch.save(ckpt, run / "checkpoints" / "best.ckpt")
+    with pytest.raises(UserError, match=r"holds NaN or infinite weights \(1 tensor\(s\), first: net.head.bias\)"):
+        load_trained(run)
+
+
+def test_a_non_utf8_tsv_names_the_file_and_line(tmp_path: Path) -> None:
+    from data.text import read_tsv
+
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes("Hello.\tHallo.\nCoffee.\tCaf\xe9.\n".encode("latin-1"))
+    with pytest.raises(FileFormatError, match=rf"^data=tsv: {path} is not UTF-8 text: byte b'\\xe9' at line 2 "
+                                              r"\(offset 25\) cannot be decoded; save the file as UTF-8$"):
+        read_tsv(path)
+    path.write_bytes("Hello.\tHallo.\n".encode("utf-16"))  # with its byte-order mark: read
+    assert [(p.source, p.target) for p in read_tsv(path)] == [("Hello.", "Hallo.")]
+
+
+def test_an_image_folder_with_a_corrupt_png_is_refused_before_training(tmp_path: Path) -> None:
+    from data.images import ImageDataModule
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            write_png(torch.full((1, 8, 8), 40 * i, dtype=torch.uint8), tmp_path / c / f"{i}.png")
+    _png16(tmp_path / "a" / "deep.png", np.full((8, 8), 65535))  # 16 bits: fine, scaled
+    bad = tmp_path / "b" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    dm = ImageDataModule(dataset="image_folder", root=str(tmp_path), image_size=8, in_chans=1)
+    with pytest.raises(FileFormatError, match=rf"^image_folder: 1 of 9 files cannot be read as images: {bad} \("):
+        dm.setup("fit")  # Lightning's first call, before any training step
+    bad.unlink()
+    dm.setup("fit")
+    images = {int(x.max()) for x, _ in (dm.train_dataset[i] for i in range(len(dm.train_dataset)))}
+    assert images <= {0, 40, 80, 120, 255}  # deep.png is white (65535 -> 255), not clipped noise
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    with pytest.raises(ZeroDivisionError):
+        user_errors(lambda: 1 / 0)()
+    with pytest.raises(KeyError):
+        run_hydra(lambda: {}["missing"])
+    with pytest.raises(SystemExit) as exit:
+        user_errors(lambda: (_ for _ in ()).throw(UserError("bad value")))()
+    assert exit.value.code == 2
+
+
+def test_the_docs_table_names_tests_that_exist() -> None:
+    table = (ROOT / "docs" / "errors.md").read_text()
+    names = {line.rsplit("`", 2)[-2] for line in table.splitlines() if line.startswith("|") and "`test_" in line}
+    here = {name for name in globals() if name.startswith("test_")}
+    assert names and names <= here, sorted(names - here)
+    assert here - {"test_the_docs_table_names_tests_that_exist"} <= names, sorted(here - names)
