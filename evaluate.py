@@ -19,12 +19,13 @@ from omegaconf import DictConfig, open_dict
 from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
 from utils.checkpoint import CONFIG_KEY, average_checkpoints, load_checkpoint, resolve_checkpoint, run_config
 from utils.errors import run_hydra, user_errors
-from utils.validate import load_weights
+from utils.validate import check_run_config, load_weights
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
     ckpt_file = resolve_checkpoint(cfg.ckpt_path)
     ckpt = load_checkpoint(ckpt_file)
     train_cfg = run_config(ckpt_file, ckpt)

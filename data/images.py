@@ -310,7 +310,8 @@ def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str
             if notes is not None and ("A" in im.mode or "transparency" in im.info):
                 notes.append("transparency dropped")
             if notes is not None and (im.mode in ("L", "LA", "1", "I", "F")) != (mode == "L"):
-                notes.append("color converted to grayscale" if mode == "L" else "grayscale copied to RGB")
+                what = "palette" if im.mode in ("P", "PA") else "color"
+                notes.append(f"{what} converted to grayscale" if mode == "L" else "grayscale copied to RGB")
             im = im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
             if notes is not None and size != (image_size, image_size):
                 notes.append(f"resized from {size[0]}x{size[1]} to {image_size}x{image_size}")

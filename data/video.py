@@ -48,16 +48,16 @@ def read_video(path: str | Path, num_frames: int, image_size: int, in_chans: int
         with av.open(str(path)) as container:
             if not container.streams.video:
                 audio = " (it holds audio only)" if container.streams.audio else ""
-                raise FileFormatError(f"video_folder: {path} has no video stream{audio}")
+                raise FileFormatError(f"{path} has no video stream{audio}")
             stream = container.streams.video[0]
             size = (stream.codec_context.width, stream.codec_context.height)
             frames = [f.to_ndarray(width=image_size, height=image_size, format=fmt) for f in container.decode(stream)]
     except av.FFmpegError as e:
-        raise FileFormatError(f"video_folder: cannot decode {path}: {e}") from e
+        raise FileFormatError(f"cannot decode {path} as a video: {e}") from e
     if len(frames) < num_frames:
         # Repeating frames would silently slow the motion down; the user should pick num_frames instead.
-        raise FileFormatError(f"video_folder: {path} has {len(frames)} decodable frame(s), fewer than "
-                              f"num_frames={num_frames}; lower data.num_frames or remove the file")
+        raise FileFormatError(f"{path} has {len(frames)} decodable frame(s), fewer than num_frames={num_frames} "
+                              f"(the clip length the model takes; data.num_frames when training)")
     if notes is not None:
         if len(frames) != num_frames:
             notes.append(f"sampled {num_frames} of {len(frames)} frames evenly")

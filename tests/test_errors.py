@@ -339,7 +339,25 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     out["x.wav"] = write_wav(torch.zeros(8000), 16000, tmp_path / "x.wav")
     out["x.png"] = write_png(torch.zeros(1, 28, 28, dtype=torch.uint8), tmp_path / "x.png")
     out["x.mp4"] = write_mp4(torch.zeros(1, 10, 32, 32, dtype=torch.uint8), tmp_path / "x.mp4")
+    out["one_frame.mp4"] = write_mp4(torch.zeros(1, 1, 32, 32, dtype=torch.uint8), tmp_path / "one_frame.mp4")
+    out["sound.mp4"] = _audio_only_mp4(tmp_path / "sound.mp4")
+    pixels = np.zeros((28, 28), np.float32)
+    pixels[3, 4] = np.nan
+    Image.fromarray(pixels, "F").save(tmp_path / "nan.tif")
+    out["nan.tif"] = tmp_path / "nan.tif"
     return out
+
+
+def _audio_only_mp4(path: Path) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return path
 
 
 BAD_FILES = [
@@ -360,6 +378,10 @@ BAD_FILES = [
                        ".webm, .mkv, .mov)\n"),
     ("video", "x.png", "error: {path} is an image file, but this VideoTransformer ({ckpt}) takes videos (.mp4, .avi, "
                        ".webm, .mkv, .mov)\n"),
+    ("video", "sound.mp4", "error: {path} has no video stream (it holds audio only)\n"),
+    ("video", "one_frame.mp4", "error: {path} has 1 decodable frame(s), fewer than num_frames=8 (the clip length the "
+                               "model takes; data.num_frames when training)\n"),
+    ("vit", "nan.tif", "error: image {path} holds NaN or infinite pixel values; expected finite pixels\n"),
 ]
 
 
@@ -408,6 +430,13 @@ BAD_VALUES = [
     ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5: expected a number of batches (an integer "
                                         ">= 0) or a fraction in [0.0, 1.0]"),
     ("threads=0", "threads=0: expected an integer >= 1, or null"),
+    ("data.batch_size=0", "data.batch_size=0: expected an integer >= 1"),
+    ("model.net.in_chans=3", "model.net.in_chans=3 but data.in_chans=1: the model must take what the data gives; set "
+                             "data.in_chans instead (by default model.net.in_chans follows it)"),
+    ("data.image_size=0", "model.net.img_size=0 (from data.image_size): expected an integer >= 1"),
+    ("model.optimizer._target_=torch.optim.Nope", "model.optimizer._target_='torch.optim.Nope': no such class or "
+                                                  "function (AttributeError: module 'torch.optim' has no attribute "
+                                                  "'Nope')"),
     ("attention_kernel=fast", "attention_kernel='fast': expected one of fused, explicit, auto, or null"),
 ]
 
@@ -429,16 +458,31 @@ def test_a_bad_config_value_is_named_before_anything_is_built(override: str, mes
                                       "model.net.n_fft=480: some bands would be empty"),
     ("video", "model.net.attention=full", "model.net.attention='full': expected one of divided, joint"),
     ("translator", "model.beam_size=0", "model.beam_size=0: expected an integer >= 1"),
+    ("translator", "data.bpe_vocab_size=3", "data.bpe_vocab_size=3: expected an integer >= 6 (the tokenizer's 4 "
+                                            "special tokens and text)"),
+    ("translator", "model.net.max_len=8", "model.net.max_len=8 is shorter than data.max_len=64: the data's sentences "
+                                          "would not fit the model's position table"),
+    ("audio", "model.net.sample_rate=8000", "model.net.sample_rate=8000 but data.sample_rate=16000: the model must "
+                                            "take what the data gives; set data.sample_rate instead (by default "
+                                            "model.net.sample_rate follows it)"),
 ])
 def test_bad_values_of_the_other_models(model: str, override: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
         check_model_config(compose_config("train", [f"model={model}", override], tmp_path))
 
 
+def test_evaluate_and_export_check_their_own_keys(runs, tmp_path: Path, capsys) -> None:
+    run = runs["vit"]
+    assert command("evaluate.py", str(run), "average_last=0", f"hydra.run.dir={tmp_path / 'ev'}", capsys=capsys)[::2] \
+        == (2, "error: average_last=0: expected an integer >= 1, or null\n")
+    assert command("export.py", str(run), "format=xml", f"hydra.run.dir={tmp_path / 'ex'}", capsys=capsys)[::2] \
+        == (2, "error: format='xml': expected one of onnx, safetensors, both\n")
+
+
 def test_a_bad_data_value_names_the_group(tmp_path: Path) -> None:
-    cfg = compose_config("train", ["data.batch_size=0"], tmp_path)
-    with pytest.raises(UserError, match=r"^data: batch_size=0; expected an integer >= 1$"):
-        build_datamodule(cfg)
+    cfg = compose_config("train", ["data.val_fraction=0"], tmp_path)
+    with pytest.raises(UserError, match=r"^data: val_fraction=0; expected a number strictly between 0 and 1$"):
+        build_datamodule(cfg)  # the data module's own refusal, with the config group named
 
 
 def test_the_command_line_prints_one_line_and_exits_2_for_a_user_error(tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ def _instantiate(node: DictConfig, name: str, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, (ValueError, MisconfigurationException, FileNotFoundError)):
             raise UserError(f"{name}: {cause}") from cause
+        if isinstance(cause, (ImportError, AttributeError)) and str(err).startswith("Error locating target"):
+            raise UserError(f"{name}: {str(err).splitlines()[0].split(', set env var')[0]} ({cause})") from cause
         raise
 
 

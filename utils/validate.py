@@ -154,6 +154,43 @@ RUN_RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+# Keys of any data config (the data modules check the rest when built; these are read lazily).
+DATA_RULES: dict[str, Callable[[Any], str | None]] = {
+    **{k: int_at_least(1) for k in ("batch_size", "eval_batch_size", "image_size", "num_frames", "sample_rate",
+                                    "max_len")},
+    "num_workers": int_at_least(0),
+    "bpe_vocab_size": int_at_least(6, " (the tokenizer's 4 special tokens and text)"),
+    "clip_seconds": positive_number,
+}
+
+# A model key that must equal a data key (by default it is an interpolation of it; an override can break that).
+LINKED = (("model.net.in_chans", "data.in_chans"), ("model.net.sample_rate", "data.sample_rate"),
+          ("model.net.img_size", "data.image_size"), ("model.net.num_frames", "data.num_frames"),
+          ("model.net.num_classes", "data.num_classes"), ("model.num_classes", "data.num_classes"),
+          ("model.net.vocab_size", "data.vocab_size"))
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    try:
+        value = OmegaConf.select(cfg, key, default=UNKNOWN)
+    except (MissingMandatoryValue, InterpolationResolutionError):
+        return UNKNOWN
+    return UNKNOWN if value is None else value
+
+
+def check_model_fits_data_sizes(cfg: DictConfig) -> None:
+    """The model takes what the data gives: channels, sample rate, image size, frames, classes, vocabulary."""
+    for model_key, data_key in LINKED:
+        mine, theirs = _select(cfg, model_key), _select(cfg, data_key)
+        if UNKNOWN not in (mine, theirs) and mine != theirs:
+            raise UserError(f"{model_key}={mine} but {data_key}={theirs}: the model must take what the data gives; "
+                            f"set {data_key} instead (by default {model_key} follows it)")
+    net_len, data_len = _select(cfg, "model.net.max_len"), _select(cfg, "data.max_len")
+    if UNKNOWN not in (net_len, data_len) and _is_int(net_len) and _is_int(data_len) and net_len < data_len:
+        raise UserError(f"model.net.max_len={net_len} is shorter than data.max_len={data_len}: the data's sentences "
+                        f"would not fit the model's position table")
+
+
 def _batches(v: Any) -> str | None:
     """Lightning's limit_*_batches: a count (int >= 0) or a fraction (float in [0, 1])."""
     if _is_int(v) and v >= 0 or isinstance(v, float) and 0 <= v <= 1:
@@ -204,8 +241,19 @@ def _check(node: DictConfig, prefix: str, rules: dict[str, Callable[[Any], str |
             continue
         problem = rule(value)
         if problem:
-            raise UserError(f"{prefix}{key}={_show(value)}: {problem}")
+            raise UserError(f"{prefix}{key}={_show(value)}{_source(node, key)}: {problem}")
     return values
+
+
+def _source(node: DictConfig, key: str) -> str:
+    """' (from data.max_len)' when node[key] is an interpolation, so the message names the key the user set."""
+    try:
+        raw = node._get_node(key)._value()  # the unresolved value
+    except Exception:  # noqa: BLE001 - only a nicety for the message
+        return ""
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and raw.count("${") == 1:
+        return f" (from {raw[2:-1]})"
+    return ""
 
 
 DATA_FILLED = ("num_classes", "vocab_size")  # null until the data module says (utils.build.DATA_FACTS)
@@ -236,9 +284,14 @@ def check_model_config(cfg: DictConfig) -> None:
     optimizer = model.get("optimizer")
     if isinstance(optimizer, DictConfig):
         _check(optimizer, "model.optimizer.", OPTIMIZER_RULES)
+        if isinstance(optimizer.get("_target_"), str):
+            _locate(optimizer._target_, "model.optimizer._target_")
     net = model.get("net")
     if isinstance(net, DictConfig):
         check_net_config(net, "model.net.")
+    if isinstance(cfg.get("data"), DictConfig):
+        _check(cfg.data, "data.", DATA_RULES)
+        check_model_fits_data_sizes(cfg)
 
 
 def check_net_config(net: DictConfig, prefix: str = "model.net.") -> None:
@@ -258,13 +311,16 @@ def check_net_config(net: DictConfig, prefix: str = "model.net.") -> None:
 
 def _network_class(net: DictConfig, prefix: str) -> type | None:
     target = net.get("_target_")
-    if not isinstance(target, str) or "." not in target:
-        return None
+    return _locate(target, f"{prefix}_target_") if isinstance(target, str) else None
+
+
+def _locate(target: str, key: str) -> Any:
+    """The class or function a `_target_` names, or a UserError naming the key."""
     module, _, name = target.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise UserError(f"{prefix}_target_={target!r}: no such class") from None
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"{key}={target!r}: no such class or function ({type(err).__name__}: {err})") from None
 
 
 def _check_relations(v: dict[str, Any], prefix: str, name: str) -> None:
