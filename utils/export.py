@@ -71,7 +71,7 @@ def build_network(config: dict[str, Any]) -> nn.Module:
     kwargs = dict(config)
     target = kwargs.pop("_target_")
     if target not in NETWORKS:
-        raise ValueError(f"unknown network _target_ {target!r}; expected one of {sorted(NETWORKS)}")
+        raise UserError(f"unknown network _target_ {target!r}; expected one of {sorted(NETWORKS)}")
     return NETWORKS[target](**kwargs)
 
 

@@ -45,7 +45,8 @@ def model_kind(net: torch.nn.Module) -> str:
                       (VideoTransformer, "video"), (VisionTransformer, "image")):
         if isinstance(net, cls):
             return kind
-    raise ValueError(f"no attention pictures for a {type(net).__name__}")
+    raise UserError(f"no input reader or attention pictures for a {type(net).__name__} (they exist for ViT, audio, "
+                    f"video and translator runs); evaluate.py takes any run")
 
 
 def load_trained(ckpt_path: str | Path) -> Loaded:
