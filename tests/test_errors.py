@@ -437,7 +437,7 @@ BAD_VALUES = [
     ("model.optimizer._target_=torch.optim.Nope", "model.optimizer._target_='torch.optim.Nope': no such class or "
                                                   "function (AttributeError: module 'torch.optim' has no attribute "
                                                   "'Nope')"),
-    ("attention_kernel=fast", "attention_kernel='fast': expected one of fused, explicit, auto, or null"),
+    ("attention_kernel=fast", "attention kernel 'fast': expected one of fused, explicit, auto"),
 ]
 
 

@@ -28,7 +28,10 @@ def setup_runtime(cfg: DictConfig) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     kernel = cfg.get("attention_kernel")  # null: the default (auto, or env ZOO_FUSED_ATTN), also after another run
-    set_attention_kernel(DEFAULT_KERNEL if kernel is None else kernel)
+    try:
+        set_attention_kernel(DEFAULT_KERNEL if kernel is None else kernel)
+    except ValueError as err:  # names the value and the choices
+        raise UserError(str(err)) from None
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
         log.info(f"Seed set to {int(cfg.seed)}")

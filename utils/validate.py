@@ -145,7 +145,6 @@ RUN_RULES: dict[str, Callable[[Any], str | None]] = {
     "keep_epoch_checkpoints": int_at_least(0),
     "average_last": optional(int_at_least(1)),
     "save_attention": int_at_least(0),
-    "attention_kernel": optional(one_of("fused", "explicit", "auto")),
     "overwrite": boolean,
     "test": boolean,
     "opset": int_at_least(7),
