@@ -1,38 +1,33 @@
-"""Headless Debian Chromium for the explorer and app tests (Playwright, no browser download)."""
+"""Headless Debian Chromium for the explorer and app tests (Playwright, no browser download).
+
+The launch itself (binary, flags, fresh profile) is viz/explorer/browser.py, shared with the docs'
+screenshot script viz/explorer_screens.py.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("ZOO_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+from viz.explorer.browser import CHROMIUM, FLAGS, Launched, unavailable  # noqa: F401  (CHROMIUM, FLAGS: re-exported)
 
 
-def chromium_or_skip():
-    """A Playwright Chromium context (fresh user-data dir); skips with the reason when unavailable."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -r requirements.txt)")
-    return sync_playwright, FLAGS
+def chromium_or_skip() -> None:
+    """Skips the test with the reason when Chromium or Playwright is unavailable."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
 
 
 class Browser:
     """One page at a time, with its console errors and every request it made recorded."""
 
     def __init__(self) -> None:
-        sync_playwright, flags = chromium_or_skip()
-        self._pw = sync_playwright().start()
-        self._profile = tempfile.mkdtemp(prefix="zoo-chromium-")
-        self.context = self._pw.chromium.launch_persistent_context(
-            self._profile, executable_path=CHROMIUM, headless=True, args=flags, viewport={"width": 1280, "height": 900})
+        chromium_or_skip()
+        self._launched = Launched()
+        self.context = self._launched.context
         self.errors: list[str] = []
         self.requests: list[str] = []
 
@@ -46,9 +41,7 @@ class Browser:
         return page
 
     def close(self) -> None:
-        self.context.close()
-        self._pw.stop()
-        shutil.rmtree(self._profile, ignore_errors=True)
+        self._launched.close()
 
 
 def screenshot_dir() -> Path | None:
