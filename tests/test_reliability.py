@@ -36,7 +36,9 @@ TINY = ["threads=1", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "t
         "trainer.enable_progress_bar=false"]
 SMALL = {"vit": ["model.net.depth=1"], "audio": ["model.net.depth=1"], "video": ["model.net.depth=1"],
          "translator": ["data.num_pairs=1000", "data.bpe_vocab_size=200", "model.net.encoder_depth=1",
-                        "model.net.decoder_depth=1", "model.beam_size=1", "data.eval_batch_size=16"]}
+                        "model.net.decoder_depth=1", "model.beam_size=1", "data.eval_batch_size=16"],
+         "sequence": ["model.net.depth=1", "data.train_size=96", "data.val_size=16", "data.test_size=16",
+                      "data.min_length=20", "data.max_length=120", "model.net.attn_window=8"]}
 
 
 def train_in_process(model: str, out: Path, *overrides: str) -> dict[str, float]:
