@@ -259,9 +259,13 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: flo
     """One kernel call on (B, H, T, hd) x (B, Hkv, S, hd); rows with no visible key give 0."""
     rep = q.shape[1] // k.shape[1]
     if fused:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=rep > 1)
-        # Queries with no visible key attend to nothing: 0, whatever the backend returns.
-        return out if mask is None else out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=rep > 1)
+        # Queries with no visible key (common in windows over padding) attend to nothing: 0. They are let see
+        # every key inside the kernel, so no backend meets an all-masked row (NaN in its backward), then zeroed.
+        empty = ~mask.any(-1, keepdim=True)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | empty, dropout_p=dropout_p, enable_gqa=rep > 1)
+        return out.masked_fill(empty, 0.0)
     if rep > 1:
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     weights = attention_weights(q, k, mask, scale)
@@ -301,9 +305,9 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if dim < 1 or num_heads < 1:
             raise ValueError(f"dim ({dim}) and num_heads ({num_heads}) must be >= 1")
-        if window is not None and (isinstance(window, bool) or window < 1):
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
             raise ValueError(f"window must be a positive number of positions or None, got {window!r}")
-        if num_global < 0 or (num_global and window is None):
+        if not isinstance(num_global, int) or num_global < 0 or (num_global and window is None):
             raise ValueError(f"num_global ({num_global}) must be >= 0, and > 0 only with a window "
                              f"(without one every token already sees every token)")
         if dim % num_heads != 0:
@@ -388,6 +392,9 @@ class MultiHeadAttention(nn.Module):
         S = k.shape[2]
         if key_padding_mask is not None and k_offset and key_padding_mask.shape[-1] == past + T:
             key_padding_mask = key_padding_mask[:, -S:]  # a rolling cache dropped the oldest keys
+        if key_padding_mask is not None and key_padding_mask.shape != (B, S):  # (the blocked path broadcasts)
+            raise ValueError(f"key_padding_mask must have shape (batch, keys) = {(B, S)}, "
+                             f"got {tuple(key_padding_mask.shape)}")
         if causal and T == 1 and self.window is None:
             causal = False  # one new query at the end of the sequence sees every key anyway
         want_weights = need_weights or self.store_weights
@@ -453,8 +460,8 @@ class MultiHeadAttention(nn.Module):
     def _roll(self, cache: KVCache) -> None:
         """Rolling cache: keep the last window - 1 keys, all that the next query can see."""
         drop = cache.length - (self.window - 1)
-        if drop > 0:
-            cache.k, cache.v = cache.k[:, :, drop:], cache.v[:, :, drop:]
+        if drop > 0:  # a copy: a view would keep a long prefill's keys alive
+            cache.k, cache.v = cache.k[:, :, drop:].clone(), cache.v[:, :, drop:].clone()
             cache.offset += drop
 
     def _repeat_kv(self, t: Tensor) -> Tensor:

@@ -87,8 +87,9 @@ def test_window_at_least_the_length_is_dense_attention() -> None:
         torch.testing.assert_close(win(x, causal=causal), dense(x, causal=causal), atol=1e-6, rtol=1e-5)
 
 
-def test_fully_masked_rows_are_zero_and_gradients_finite() -> None:
-    win, _ = pair(window=2)
+@pytest.mark.parametrize("fused", [True, False])
+def test_fully_masked_rows_are_zero_and_gradients_finite(fused: bool) -> None:
+    win, _ = pair(window=2, fused=fused)
     x = torch.randn(1, 30, DIM)
     pad = torch.zeros(1, 30, dtype=torch.bool)
     pad[0, 10:20] = True  # queries 12..17 see only padded keys inside their band of 3
@@ -152,6 +153,7 @@ def test_rolling_cache_equals_the_uncached_windowed_pass(fused: bool) -> None:
         held.append(cache.length)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
     assert max(held) == 4 and cache.position == 31 and cache.offset == 27  # never more than W - 1 kept
+    assert cache.k.untyped_storage().nbytes() == cache.k.numel() * cache.k.element_size()  # no prefill kept alive
 
 
 def test_translator_rolling_cache_decodes_the_same_tokens() -> None:
@@ -188,6 +190,8 @@ def test_maps_of_windowed_layers_are_dense_with_zeros_outside_the_band() -> None
     [
         ({"window": 0}, {}, r"window must be a positive number of positions or None, got 0"),
         ({"window": -3}, {}, r"got -3"),
+        ({"window": 2.5}, {}, r"got 2.5"),
+        ({"window": 4}, {"bad_pad": True}, r"key_padding_mask must have shape \(batch, keys\) = \(2, 6\), got \(1, 6\)"),
         ({"num_global": 2}, {}, r"num_global \(2\).*only with a window"),
         ({"window": 4, "num_global": 9}, {}, r"num_global=9 global tokens but the sequence has only 6"),
         ({"window": 4}, {"context": True}, r"window=4 is for self-attention"),
@@ -198,7 +202,7 @@ def test_maps_of_windowed_layers_are_dense_with_zeros_outside_the_band() -> None
 def test_bad_window_values_name_the_value(kwargs: dict, call: dict, message: str) -> None:
     x = torch.randn(2, 6, DIM)
     extra = {"context": {"context": torch.randn(2, 3, DIM)}, "attn_mask": {"attn_mask": torch.ones(6, 6, dtype=torch.bool)},
-             "cache": {"cache": KVCache(), "causal": True}}
+             "cache": {"cache": KVCache(), "causal": True}, "bad_pad": {"key_padding_mask": torch.zeros(1, 6, dtype=torch.bool)}}
     with pytest.raises(ValueError, match=message):
         m = MultiHeadAttention(DIM, HEADS, **kwargs)
         m(x, **{k2: v2 for k in call for k2, v2 in extra[k].items()})
