@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from viz.explain import Loaded, explain_classifier, explain_translation, load_trained, read_input, slug  # noqa: E402
 from viz.explorer import explore_input, explore_sentence  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 SUFFIXES = {
     "image": {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"},
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         loaded = [load_trained(run) for run in args.runs]
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except UserError as err:  # the CLIs' one user-error path; a bug keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="zoo-app-"))
