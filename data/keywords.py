@@ -19,6 +19,7 @@ cache that exists is loaded instead (~0.3 s). Generating the default 5,400 clips
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import time
@@ -26,8 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from data.cache import cache_key
 
 VERSION = 2  # bump when the generation recipe changes: old caches are then ignored
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -98,7 +97,8 @@ class KeywordSpec:
         return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}
 
     def key(self, engine: str) -> str:
-        return cache_key(VERSION, engine=engine, **asdict(self))
+        blob = json.dumps({"version": VERSION, "engine": engine, **asdict(self)}, sort_keys=True)
+        return f"v{VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 # ----------------------------------------------------------------------------- espeak-ng via ctypes

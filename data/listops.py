@@ -9,11 +9,12 @@ Tokens: one per operator (``[MAX``), closing bracket and digit; no parentheses. 
 each sequence, for the classifier to pool.
 
 Generated once, seeded (about 1 ms a tree), and cached as
-``<root>/listops/v<version>-<hash of the parameters>/listops.npz``.
+``<root>/listops/<version>-<hash of the parameters>/listops.npz``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -28,7 +29,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
 
-from data.cache import cache_key
 from data.text import BucketBatchSampler
 
 VERSION = 1
@@ -94,7 +94,8 @@ class ListOpsSpec:
     seed: int = 0
 
     def key(self) -> str:
-        return cache_key(VERSION, **asdict(self))
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{VERSION}-{digest}"
 
 
 def generate(spec: ListOpsSpec, progress: bool = True) -> dict[str, np.ndarray]:
