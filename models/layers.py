@@ -1,25 +1,48 @@
-"""Pre-norm transformer blocks built on the shared attention core."""
+"""Transformer blocks built on the shared attention core.
+
+Today's models use the defaults: pre-norm, GELU, LayerNorm eps 1e-6, a final LayerNorm. Pretrained families
+that differ (BERT / Marian post-norm, SiLU, eps 1e-12 or 1e-5, no final norm) set the typed options below;
+the defaults keep the zoo's own models bit for bit.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from torch import Tensor, nn
 from timm.layers import DropPath
 
 from models.attention import KVCache, MultiHeadAttention
 
+Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
+ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 
-def LayerNorm(dim: int) -> nn.LayerNorm:
-    """LayerNorm with the eps of the ViT / timm reference models (1e-6, not torch's 1e-5)."""
-    return nn.LayerNorm(dim, eps=1e-6)
+
+def LayerNorm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
+    """LayerNorm with the eps of the ViT / timm reference models (1e-6, not torch's 1e-5) unless told."""
+    return nn.LayerNorm(dim, eps=eps)
+
+
+def activation(name: str) -> nn.Module:
+    """gelu (exact erf, ViT / BERT), gelu_tanh (the tanh approximation), silu (Marian's swish), relu."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    if name == "silu":
+        return nn.SiLU()
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"act={name!r}; expected one of {', '.join(ACTIVATIONS)}")
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear -> GELU -> Linear."""
+    """Position-wise feed-forward: Linear -> activation -> Linear."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, act: Activation = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
+        self.act = activation(act)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
@@ -28,8 +51,9 @@ class MLP(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """x + Attn(LN(x)), then x + MLP(LN(x)): the ViT / encoder block (pre-norm trains stably
-    without warm-up tricks, which matters for minutes-long CPU runs)."""
+    """Pre-norm (default): x + Attn(LN(x)), then x + MLP(LN(x)): the ViT / encoder block (pre-norm trains
+    stably without warm-up tricks, which matters for minutes-long CPU runs).
+    Post-norm (norm_first=False, BERT / Marian): x = LN(x + Attn(x)), then x = LN(x + MLP(x))."""
 
     def __init__(
         self,
@@ -43,22 +67,30 @@ class EncoderBlock(nn.Module):
         drop_path: float = 0.0,
         attn_window: int | None = None,
         attn_global: int = 0,
+        norm_eps: float = 1e-6,
+        norm_first: bool = True,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm_first = norm_first
+        self.norm1 = LayerNorm(dim, norm_eps)
         self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop,
                                        window=attn_window, num_global=attn_global)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
+        self.norm2 = LayerNorm(dim, norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop, act)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        if not self.norm_first:
+            x = self.norm1(x + self.drop_path(self.attn(x, key_padding_mask=key_padding_mask, causal=causal)))
+            return self.norm2(x + self.drop_path(self.mlp(x)))
         x = x + self.drop_path(self.attn(self.norm1(x), key_padding_mask=key_padding_mask, causal=causal))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class DecoderBlock(nn.Module):
-    """Causal self-attention, cross-attention to the encoder output, MLP; each pre-norm + residual."""
+    """Causal self-attention, cross-attention to the encoder output, MLP; each with a residual, pre-norm by
+    default, post-norm (norm_first=False: x = LN(x + sublayer(x)), Marian) when told."""
 
     def __init__(
         self,
@@ -71,15 +103,19 @@ class DecoderBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         attn_window: int | None = None,
+        norm_eps: float = 1e-6,
+        norm_first: bool = True,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm_first = norm_first
+        self.norm1 = LayerNorm(dim, norm_eps)
         # A window limits the causal self-attention (rolling cache when decoding); cross-attention sees all.
         self.self_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop, window=attn_window)
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, norm_eps)
         self.cross_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
-        self.norm3 = LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
+        self.norm3 = LayerNorm(dim, norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop, act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
@@ -92,6 +128,12 @@ class DecoderBlock(nn.Module):
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
     ) -> Tensor:
+        if not self.norm_first:
+            h = self.self_attn(x, key_padding_mask=tgt_padding_mask, causal=True, cache=self_cache)
+            x = self.norm1(x + self.drop_path(h))
+            h = self.cross_attn(x, memory, key_padding_mask=memory_padding_mask, cache=cross_cache)
+            x = self.norm2(x + self.drop_path(h))
+            return self.norm3(x + self.drop_path(self.mlp(x)))
         h = self.self_attn(self.norm1(x), key_padding_mask=tgt_padding_mask, causal=True, cache=self_cache)
         x = x + self.drop_path(h)
         h = self.cross_attn(self.norm2(x), memory, key_padding_mask=memory_padding_mask, cache=cross_cache)
@@ -100,7 +142,8 @@ class DecoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of encoder blocks with linearly growing stochastic depth and a final LayerNorm."""
+    """A stack of encoder blocks with linearly growing stochastic depth and a final LayerNorm
+    (final_norm=False for post-norm stacks, whose blocks already end in one)."""
 
     def __init__(
         self,
@@ -115,16 +158,21 @@ class Encoder(nn.Module):
         drop_path: float = 0.0,
         attn_window: int | None = None,
         attn_global: int = 0,
+        norm_eps: float = 1e-6,
+        norm_first: bool = True,
+        act: Activation = "gelu",
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            EncoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, attn_window, attn_global)
+            EncoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, attn_window, attn_global,
+                         norm_eps, norm_first, act)
             for r in rates
         )
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim, norm_eps) if final_norm else nn.Identity()
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         for block in self.blocks:
