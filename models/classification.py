@@ -58,6 +58,9 @@ class ClassificationModule(L.LightningModule):
             so checkpoints of compiled and plain runs load into each other.
         grad_checkpointing: recompute each transformer block's activations in the backward pass instead
             of storing them (less memory, ~1 extra forward of compute); same loss and gradients.
+        tta_flip: validation and test average the logits of each image and its mirror image (test-time
+            augmentation, for data trained with horizontal flips, e.g. clothes; never for digits or text).
+            Costs a second forward pass in evaluation only; training and predict.py are unchanged.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         grad_checkpointing: bool = False,
+        tta_flip: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= warmup_fraction < 1.0:
@@ -79,6 +83,7 @@ class ClassificationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
         self.label_smoothing = label_smoothing
+        self.tta_flip = tta_flip
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -89,6 +94,8 @@ class ClassificationModule(L.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
         x, y = batch
         logits = self(x)
+        if self.tta_flip and stage != "train":
+            logits = (logits + self(x.flip(-1))) / 2
         smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         metric(logits, y)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from conftest import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
 from utils.build import build_datamodule, build_module
@@ -72,3 +73,16 @@ def test_model_recipe_sets_epochs_and_the_command_line_wins(tmp_path) -> None:
     assert compose_config("train", ["model=translator"], tmp_path).trainer.max_epochs == 6  # recipe/translator.yaml
     assert compose_config("train", ["model=translator", "trainer.max_epochs=2"], tmp_path).trainer.max_epochs == 2
     assert compose_config("train", ["model=vit"], tmp_path).trainer.max_epochs == 35  # no recipe: trainer default
+
+
+def test_dataset_recipe_applies_after_the_model_recipe_and_the_command_line_wins(tmp_path) -> None:
+    recipe = OmegaConf.load(ROOT / "configs" / "recipe" / "data" / "vit_fashion_mnist.yaml")
+    cfg = compose_config("train", ["data=fashion_mnist"], tmp_path)
+    assert cfg.trainer.max_epochs == recipe.trainer.max_epochs  # not the trainer default's 35
+    assert cfg.model.net.dim == recipe.model.net.dim and cfg.model.tta_flip is True
+    older = compose_config("train", ["experiment=vit_fashion"], tmp_path)  # the older name, the same run
+    assert (older.model, older.data, older.trainer) == (cfg.model, cfg.data, cfg.trainer)
+    cfg = compose_config("train", ["data=fashion_mnist", "trainer.max_epochs=3", "model.net.dim=32"], tmp_path)
+    assert (cfg.trainer.max_epochs, cfg.model.net.dim) == (3, 32)
+    mnist = compose_config("train", ["model=vit"], tmp_path)  # the embedded digits keep their settings
+    assert (mnist.trainer.max_epochs, mnist.model.net.dim, mnist.model.tta_flip) == (35, 96, False)

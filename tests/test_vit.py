@@ -108,3 +108,22 @@ def test_conv_stem_grid_and_errors() -> None:
     assert net(torch.randn(2, 1, 56, 56)).shape == (2, 10)  # 7x7 grid from the 4x4 table
     with pytest.raises(ValueError, match="stem must be"):
         VisionTransformer(stem="cnn")
+
+
+def test_tta_flip_averages_the_logits_of_each_image_and_its_mirror() -> None:
+    from functools import partial
+
+    from models.classification import ClassificationModule
+
+    torch.manual_seed(0)
+    net = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=3, dim=16, depth=1, num_heads=2).eval()
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 1])
+    module = ClassificationModule(net, 3, partial(torch.optim.AdamW), tta_flip=True)
+    module.log = lambda *a, **k: None  # no trainer attached
+    expected = F.cross_entropy((net(x) + net(torch.flip(x, dims=[3]))) / 2, y)
+    with torch.no_grad():
+        torch.testing.assert_close(module.validation_step((x, y), 0), expected)
+        plain = ClassificationModule(net, 3, partial(torch.optim.AdamW))
+        plain.log = module.log
+        torch.testing.assert_close(plain.validation_step((x, y), 0), F.cross_entropy(net(x), y))
+        assert not torch.allclose(expected, F.cross_entropy(net(x), y))  # the mirror does change the logits

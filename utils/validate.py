@@ -127,6 +127,7 @@ MODULE_RULES: dict[str, Callable[[Any], str | None]] = {
     "max_new_tokens": int_at_least(1),
     "compile": boolean,
     "grad_checkpointing": boolean,
+    "tta_flip": boolean,
     "num_classes": int_at_least(2, " (classes to tell apart)"),
 }
 OPTIMIZER_RULES: dict[str, Callable[[Any], str | None]] = {
