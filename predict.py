@@ -88,9 +88,15 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def is_pretrained_source(spec: str) -> bool:
+    """hf: / pkg: / timm: ids, and folders of a save_pretrained model (config.json), rather than zoo runs."""
+    return spec.startswith(("hf:", "pkg:", "timm:")) or (Path(spec).expanduser() / "config.json").is_file()
+
+
 def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir") -> None:
     """The attention folder, checked before the model is loaded: outside the run being read, and writable."""
-    refuse_writing_into_run(path, ckpt_path, flag)
+    if not is_pretrained_source(ckpt_path):  # a pretrained source has no run directory to protect
+        refuse_writing_into_run(path, ckpt_path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -123,6 +129,35 @@ def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
     return out
 
 
+def predict_pretrained_text(args: argparse.Namespace) -> bool:
+    """Run a pretrained text model (docs/pretrained_text.md) straight from its source; False if it is not one."""
+    from viz.text_attention import pretrained_text_kind
+
+    kind = pretrained_text_kind(args.ckpt_path)
+    if kind is None:
+        return False
+    sentences = read_sentences(args.inputs)
+    if kind == "bert":
+        from models.pretrained.bert import load_bert
+        from viz.text_attention import explain_word
+
+        net, tokenizer = load_bert(args.ckpt_path)
+        for i, sentence in enumerate(sentences):
+            lines, pictures = explain_word(net, tokenizer, sentence, args.word, args.attention_dir,
+                                           f"{i:03d}_{slug(sentence)}")
+            print("\n".join([sentence] + lines + [f"  attention picture: {p}" for p in pictures]))
+        return True
+    from models.pretrained.marian import loaded_translator
+
+    loaded = loaded_translator(args.ckpt_path)
+    for i, sentence in enumerate(sentences):
+        text, pictures = explain_translation(loaded, sentence, args.attention_dir, f"{i:03d}_{slug(sentence)}",
+                                             args.beam_size, args.layer, args.encoder_layer, args.heads)
+        print("\n".join([f"{sentence}\t{text}" if len(sentences) > 1 else text]
+                        + [f"  attention picture: {p}" for p in pictures]))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path", help="checkpoint file or run directory")
@@ -139,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="translator: beam width (1 = greedy); default: the model's")
     parser.add_argument("--top-k", type=at_least_one, default=5, help="classifiers: how many classes to print")
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
+    parser.add_argument("--word", default="it", help="pretrained text encoder: the word whose attention is printed")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             prepare_out_dir(args.attention_dir, args.ckpt_path)
         if args.html is not None:
             prepare_out_dir(args.html.absolute().parent, args.ckpt_path, "--html")
+        if predict_pretrained_text(args):  # hf: / pkg: / folder of a BERT or Marian model: no checkpoint needed
+            return 0
         loaded = load_trained(args.ckpt_path)
         check_picture_options(loaded, args.heads, args.layer, args.encoder_layer)
         if loaded.kind == "translator":
