@@ -112,3 +112,18 @@ def test_predict_cli_prints_what_it_attends_to_and_refuses_an_uncached_hub_id(mi
     assert len(err) == 1 and err[0].startswith("error: "), proc.stderr
     assert "Helsinki-NLP/opus-mt-en-de" in err[0] and str(env_home / "hub") in err[0]
     assert "huggingface-cli download Helsinki-NLP/opus-mt-en-de" in err[0]
+
+
+def test_twin_sentences_differ_in_one_word_and_swap_the_antecedent() -> None:
+    from bench.winograd_it import read_pairs
+
+    rows = read_pairs()
+    pairs: dict[int, list] = {}
+    for p, sentence, right, other in rows:
+        pairs.setdefault(p, []).append((sentence, right, other))
+    assert len(pairs) >= 30 and all(len(v) == 2 for v in pairs.values())
+    for (s1, r1, o1), (s2, r2, o2) in pairs.values():
+        w1, w2 = s1.split(), s2.split()
+        assert len(w1) == len(w2) and sum(a != b for a, b in zip(w1, w2)) == 1, (s1, s2)
+        assert (r1, o1) == (o2, r2) and w1.count("it") == 1, (s1, s2)
+        assert all(f" {w} " in f" {s1.lower()} " for w in (r1, o1)), s1
