@@ -48,7 +48,10 @@ def encode(tok: Tokenizer, text: str, max_len: int) -> list[int]:
 
 
 def decode(tok: Tokenizer, ids: Iterable[int]) -> str:
-    """Text of generated ids: stops at the first EOS, drops BOS/PAD."""
+    """Text of generated ids: stops at the first EOS, drops BOS/PAD (a pretrained family's tokenizer with its own
+    special ids, e.g. Marian's, does this itself)."""
+    if hasattr(tok, "decode_generated"):
+        return tok.decode_generated(ids)
     out = []
     for i in ids:
         i = int(i)
