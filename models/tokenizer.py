@@ -37,6 +37,10 @@ def check_specials(tok: Tokenizer) -> None:
 
 
 def load_tokenizer(json_str: str) -> Tokenizer:
+    if json_str.startswith('{"marian"'):  # a pretrained OPUS-MT model's SentencePiece pair
+        from models.pretrained.marian import MarianTokenizer
+
+        return MarianTokenizer.from_str(json_str)  # type: ignore[return-value]
     tok = Tokenizer.from_str(json_str)
     check_specials(tok)
     return tok

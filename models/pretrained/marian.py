@@ -54,6 +54,7 @@ class MarianTokenizer:
         if missing:
             raise FileFormatError(f"vocab.json lacks the special tokens {missing}")
         self.eos_id, self.unk_id, self.pad_id = self.vocab[eos], self.vocab[unk], self.vocab[pad]
+        self.start_id = self.pad_id  # Marian's decoder starts from pad
 
     @classmethod
     def from_folder(cls, folder: Path) -> "MarianTokenizer":
@@ -102,6 +103,14 @@ class MarianTokenizer:
             offsets.append((start, start + n))
             pos = start + n
         return Encoded(ids, pieces + ["</s>"], offsets + [(len(text), len(text))])
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target-side ids (the target SentencePiece model), no </s>: training labels."""
+        return [self.vocab.get(p, self.unk_id) for p in self.target.encode(text, out_type=str)]
+
+    def save(self, path: str) -> None:
+        """The run directory's tokenizer.json: this tokenizer as one JSON string (load_tokenizer reads it)."""
+        Path(path).write_text(self.to_str())
 
     def encode_batch(self, texts: list[str]) -> list[Encoded]:
         return [self.encode(t) for t in texts]
