@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from models.pretrained.bert import load_bert, tokenize
-from viz.text_attention import encoder_maps, plot_word, word_position
+from viz.text_attention import encoder_maps, word_position
 
 DATA = Path(__file__).with_name("winograd_it.tsv")
 RESULTS = Path(__file__).with_name("results_winograd_it.json")
@@ -92,13 +92,36 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if args.picture is not None:
-        ids, _ = tokenize(tokenizer, [rows[0][1]])
-        tokens = [tokenizer.id_to_token(int(i)) for i in ids[0]]
-        with torch.no_grad():
-            maps = encoder_maps(net, ids)[:, 0]
-        plot_word(tokens, maps, word_position(tokens, "it"),
-                  f"all-MiniLM-L6-v2: attention of 'it', every layer and head\n{rows[0][1]}", args.picture)
+        best = result["best_head_all_in_sample"]
+        twin_picture(net, tokenizer, rows[0], rows[1], [(best["layer"], best["head"])], args.picture)
     return result
+
+
+@torch.no_grad()
+def twin_picture(net, tokenizer, first: tuple, second: tuple, heads: list[tuple[int, int]], path: Path) -> Path:
+    """The row of "it" in both twins: each layer's head mean, the given heads and the head that looks hardest at
+    one of the two candidates in the first twin; tokens as columns (the flipped word shown as first/second)."""
+    from viz import plots
+
+    ids, _ = tokenize(tokenizer, [first[1]])
+    tokens = [tokenizer.id_to_token(int(i)) for i in ids[0]]
+    maps = encoder_maps(net, ids)[:, 0, :, word_position(tokens, "it")]
+    cands = [first_piece(tokenizer, w, tokens, first[1]) for w in first[2:]]
+    focus = maps[..., cands].amax(-1)  # (layers, H)
+    heads = heads + [divmod(int(focus.flatten().argmax()), focus.shape[1])]
+    rows, labels, columns = [], [], None
+    for sentence in (first[1], second[1]):
+        ids, _ = tokenize(tokenizer, [sentence])
+        tokens = [tokenizer.id_to_token(int(i)) for i in ids[0]]
+        maps = encoder_maps(net, ids)[:, 0, :, word_position(tokens, "it")]  # (layers, H, L)
+        columns = tokens if columns is None else [a if a == b else f"{a}/{b}" for a, b in zip(columns, tokens)]
+        word = next(t for t in tokens[::-1] if t.isalpha())
+        rows += [m.mean(0) for m in maps] + [maps[layer, head] for layer, head in heads]
+        labels += [f"'{word}': layer {i} mean" for i in range(len(maps))]
+        labels += [f"'{word}': layer {layer} head {head}" for layer, head in heads]
+    return plots.plot_matrix(torch.stack(rows), labels, columns, "all-MiniLM-L6-v2: what 'it' attends to, in twin "
+                             f"sentences\n{first[1]} / ...{second[1].split()[-1]}", path, "token looked at",
+                             "sentence ending, layer")
 
 
 if __name__ == "__main__":
