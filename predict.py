@@ -150,6 +150,14 @@ def predict_pretrained_text(args: argparse.Namespace) -> bool:
     from models.pretrained.marian import loaded_translator
 
     loaded = loaded_translator(args.ckpt_path)
+    net = loaded.module.net
+    for flag, value, n in (("--layer", args.layer, len(net.decoder)), ("--encoder-layer", args.encoder_layer,
+                                                                       len(net.encoder.blocks))):
+        if not -n <= value < n:
+            raise UserError(f"{flag} {value}: this model has {n} layers there; expected {-n}..{n - 1}")
+    heads = net.decoder[0].self_attn.num_heads
+    if any(not 0 <= h < heads for h in args.heads or []):
+        raise UserError(f"--heads {args.heads}: this model has {heads} heads per layer (0..{heads - 1})")
     for i, sentence in enumerate(sentences):
         text, pictures = explain_translation(loaded, sentence, args.attention_dir, f"{i:03d}_{slug(sentence)}",
                                              args.beam_size, args.layer, args.encoder_layer, args.heads)

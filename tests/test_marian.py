@@ -148,3 +148,13 @@ def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding,
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
     proc = run_cli("predict.py", str(run), TEXT[1], "--attention-dir", str(tmp_path / "pics"))
     assert len(list((tmp_path / "pics").glob("*.png"))) == 2 and "error" not in proc.stderr.lower()
+
+
+def test_predict_on_a_marian_folder_translates_draws_and_checks_its_options(marian_decoding, tmp_path, capsys) -> None:
+    from predict import main
+
+    folder = str(marian_decoding[0])
+    assert main([folder, TEXT[0], "--attention-dir", str(tmp_path / "pics"), "--beam-size", "2"]) == 0
+    assert len(list((tmp_path / "pics").glob("*.png"))) == 2  # cross-attention and encoder self-attention
+    assert main([folder, TEXT[0], "--layer", "2"]) == 2
+    assert "--layer 2: this model has 2 layers there" in capsys.readouterr().err
