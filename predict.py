@@ -36,6 +36,7 @@ from utils.errors import MissingFileError, UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explain import Loaded, explain_classifier, explain_translation, load_trained, read_input, slug
 from viz.explorer import explore_input, explore_sentence
+from viz.text_attention import pretrained_text_kind, pretrained_text_lines
 
 TEXT_EXTENSIONS = (".txt", ".text", ".tsv", ".csv", ".md")  # an argument ending so names a file of sentences
 
@@ -129,43 +130,6 @@ def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
     return out
 
 
-def predict_pretrained_text(args: argparse.Namespace) -> bool:
-    """Run a pretrained text model (docs/pretrained_text.md) straight from its source; False if it is not one."""
-    from viz.text_attention import pretrained_text_kind
-
-    kind = pretrained_text_kind(args.ckpt_path)
-    if kind is None:
-        return False
-    sentences = read_sentences(args.inputs)
-    if kind == "bert":
-        from models.pretrained.bert import load_bert
-        from viz.text_attention import explain_word
-
-        net, tokenizer = load_bert(args.ckpt_path)
-        for i, sentence in enumerate(sentences):
-            lines, pictures = explain_word(net, tokenizer, sentence, args.word, args.attention_dir,
-                                           f"{i:03d}_{slug(sentence)}")
-            print("\n".join([sentence] + lines + [f"  attention picture: {p}" for p in pictures]))
-        return True
-    from models.pretrained.marian import loaded_translator
-
-    loaded = loaded_translator(args.ckpt_path)
-    net = loaded.module.net
-    for flag, value, n in (("--layer", args.layer, len(net.decoder)), ("--encoder-layer", args.encoder_layer,
-                                                                       len(net.encoder.blocks))):
-        if not -n <= value < n:
-            raise UserError(f"{flag} {value}: this model has {n} layers there; expected {-n}..{n - 1}")
-    heads = net.decoder[0].self_attn.num_heads
-    if any(not 0 <= h < heads for h in args.heads or []):
-        raise UserError(f"--heads {args.heads}: this model has {heads} heads per layer (0..{heads - 1})")
-    for i, sentence in enumerate(sentences):
-        text, pictures = explain_translation(loaded, sentence, args.attention_dir, f"{i:03d}_{slug(sentence)}",
-                                             args.beam_size, args.layer, args.encoder_layer, args.heads)
-        print("\n".join([f"{sentence}\t{text}" if len(sentences) > 1 else text]
-                        + [f"  attention picture: {p}" for p in pictures]))
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path", help="checkpoint file or run directory")
@@ -191,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             prepare_out_dir(args.attention_dir, args.ckpt_path)
         if args.html is not None:
             prepare_out_dir(args.html.absolute().parent, args.ckpt_path, "--html")
-        if predict_pretrained_text(args):  # hf: / pkg: / folder of a BERT or Marian model: no checkpoint needed
+        if pretrained_text_kind(args.ckpt_path):  # hf: / pkg: / folder of a BERT or Marian model: no checkpoint needed
+            for line in pretrained_text_lines(args, read_sentences(args.inputs)):
+                print(line)
             return 0
         loaded = load_trained(args.ckpt_path)
         check_picture_options(loaded, args.heads, args.layer, args.encoder_layer)

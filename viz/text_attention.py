@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,3 +94,36 @@ def explain_word(net: torch.nn.Module, tokenizer: object, sentence: str, word: s
                                        f"\n{sentence}", Path(out_dir) / f"{stem}_layer{layer}_attention.png",
                                        "token looked at (key)", "token looking (query)"))
     return lines, paths
+
+
+def pretrained_text_lines(args: Any, sentences: list[str]) -> list[str]:
+    """predict.py on a pretrained text source: what the encoder's `--word` attends to, or the translations (with
+    `--attention-dir` pictures as for a trained translator); the lines to print."""
+    from viz.explain import explain_translation, slug
+
+    out: list[str] = []
+    if pretrained_text_kind(args.ckpt_path) == "bert":
+        from models.pretrained.bert import load_bert
+
+        net, tokenizer = load_bert(args.ckpt_path)
+        for i, sentence in enumerate(sentences):
+            lines, pictures = explain_word(net, tokenizer, sentence, args.word, args.attention_dir,
+                                           f"{i:03d}_{slug(sentence)}")
+            out += [sentence] + lines + [f"  attention picture: {p}" for p in pictures]
+        return out
+    from models.pretrained.marian import loaded_translator
+
+    loaded = loaded_translator(args.ckpt_path)
+    net = loaded.module.net
+    for flag, value, n in (("--layer", args.layer, len(net.decoder)),
+                           ("--encoder-layer", args.encoder_layer, len(net.encoder.blocks))):
+        if not -n <= value < n:
+            raise UserError(f"{flag} {value}: this model has {n} layers there; expected {-n}..{n - 1}")
+    heads = net.decoder[0].self_attn.num_heads
+    if any(not 0 <= h < heads for h in args.heads or []):
+        raise UserError(f"--heads {args.heads}: this model has {heads} heads per layer (0..{heads - 1})")
+    for i, sentence in enumerate(sentences):
+        text, pictures = explain_translation(loaded, sentence, args.attention_dir, f"{i:03d}_{slug(sentence)}",
+                                             args.beam_size, args.layer, args.encoder_layer, args.heads)
+        out += [f"{sentence}\t{text}" if len(sentences) > 1 else text] + [f"  attention picture: {p}" for p in pictures]
+    return out
