@@ -158,3 +158,15 @@ def test_predict_on_a_marian_folder_translates_draws_and_checks_its_options(mari
     assert len(list((tmp_path / "pics").glob("*.png"))) == 2  # cross-attention and encoder self-attention
     assert main([folder, TEXT[0], "--layer", "2"]) == 2
     assert "--layer 2: this model has 2 layers there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("early_stopping", "length_penalty"), [(True, 0.6), (False, 2.0)])
+@torch.no_grad()
+def test_beam_search_follows_generate_for_other_length_penalties_and_early_stopping(
+        marian_decoding, early_stopping: bool, length_penalty: float) -> None:
+    _, net, _, settings, ref, _, batch = marian_decoding
+    mine = net.beam_search(batch["input_ids"], 4, settings["max_new_tokens"], length_penalty, length_norm="hf",
+                           renormalize=True, banned=tuple(settings["banned_tokens"]), forced_eos=True,
+                           early_stopping=early_stopping)
+    theirs = ref.generate(**batch, early_stopping=early_stopping, length_penalty=length_penalty)[:, 1:]
+    assert torch.equal(_trim(mine, net.pad_id), _trim(theirs, net.pad_id))
