@@ -36,6 +36,7 @@ from utils.errors import MissingFileError, UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explain import Loaded, explain_classifier, explain_translation, load_trained, read_input, slug
 from viz.explorer import explore_input, explore_sentence
+from viz.text_attention import pretrained_text_kind, pretrained_text_lines
 
 TEXT_EXTENSIONS = (".txt", ".text", ".tsv", ".csv", ".md")  # an argument ending so names a file of sentences
 
@@ -88,9 +89,15 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def is_pretrained_source(spec: str) -> bool:
+    """hf: / pkg: / timm: ids, and folders of a save_pretrained model (config.json), rather than zoo runs."""
+    return spec.startswith(("hf:", "pkg:", "timm:")) or (Path(spec).expanduser() / "config.json").is_file()
+
+
 def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir") -> None:
     """The attention folder, checked before the model is loaded: outside the run being read, and writable."""
-    refuse_writing_into_run(path, ckpt_path, flag)
+    if not is_pretrained_source(ckpt_path):  # a pretrained source has no run directory to protect
+        refuse_writing_into_run(path, ckpt_path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="translator: beam width (1 = greedy); default: the model's")
     parser.add_argument("--top-k", type=at_least_one, default=5, help="classifiers: how many classes to print")
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
+    parser.add_argument("--word", default="it", help="pretrained text encoder: the word whose attention is printed")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             prepare_out_dir(args.attention_dir, args.ckpt_path)
         if args.html is not None:
             prepare_out_dir(args.html.absolute().parent, args.ckpt_path, "--html")
+        if pretrained_text_kind(args.ckpt_path):  # hf: / pkg: / folder of a BERT or Marian model: no checkpoint needed
+            for line in pretrained_text_lines(args, read_sentences(args.inputs)):
+                print(line)
+            return 0
         loaded = load_trained(args.ckpt_path)
         check_picture_options(loaded, args.heads, args.layer, args.encoder_layer)
         if loaded.kind == "translator":

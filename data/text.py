@@ -14,6 +14,8 @@ data module's state) and in the run directory as tokenizer.json, and evaluation 
 
 from __future__ import annotations
 
+from functools import partial
+
 import hashlib
 import random
 from dataclasses import dataclass
@@ -100,12 +102,15 @@ def load_phrases(root: str | Path, target_lang: str, num_pairs: int, seed: int) 
 
 
 class TextPairs(torch.utils.data.Dataset):
-    """Token ids of each pair; the target gets BOS ... EOS (decoder input and label are shifted views)."""
+    """Token ids of each pair; the target gets BOS ... EOS (decoder input and label are shifted views).
+    A pretrained family's tokenizer (Marian's) brings its own start / end ids and target-side encoding."""
 
     def __init__(self, pairs: list[Pair], tok: Tokenizer, max_len: int) -> None:
         self.pairs = pairs
+        start, end = getattr(tok, "start_id", BOS_ID), getattr(tok, "eos_id", EOS_ID)
+        target = getattr(tok, "encode_target", lambda text: encode(tok, text, max_len))
         self.src = [encode(tok, p.source, max_len) for p in pairs]
-        self.tgt = [[BOS_ID, *encode(tok, p.target, max_len - 2), EOS_ID] for p in pairs]
+        self.tgt = [[start, *target(p.target)[: max_len - 2], end] for p in pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -117,9 +122,9 @@ class TextPairs(torch.utils.data.Dataset):
         return [max(len(s), len(t)) for s, t in zip(self.src, self.tgt)]
 
 
-def collate(samples: list[tuple[list[int], list[int], int]]) -> dict[str, Tensor]:
-    src = pad_sequence([torch.tensor(s or [PAD_ID]) for s, _, _ in samples], batch_first=True, padding_value=PAD_ID)
-    tgt = pad_sequence([torch.tensor(t) for _, t, _ in samples], batch_first=True, padding_value=PAD_ID)
+def collate(samples: list[tuple[list[int], list[int], int]], pad_id: int = PAD_ID) -> dict[str, Tensor]:
+    src = pad_sequence([torch.tensor(s or [pad_id]) for s, _, _ in samples], batch_first=True, padding_value=pad_id)
+    tgt = pad_sequence([torch.tensor(t) for _, t, _ in samples], batch_first=True, padding_value=pad_id)
     return {"src": src, "tgt": tgt, "index": torch.tensor([i for _, _, i in samples])}
 
 
@@ -299,4 +304,6 @@ class TranslationDataModule(L.LightningDataModule):
         data = self._data[name]
         batches = BucketBatchSampler(SequentialSampler(data), batch_size, drop_last=False, lengths=data.lengths(),
                                      seed=self.seed, shuffle=shuffle)
-        return DataLoader(data, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+        pad_id = getattr(self.tokenizer, "pad_id", PAD_ID)  # a pretrained family's own (Marian's)
+        return DataLoader(data, batch_sampler=batches, collate_fn=partial(collate, pad_id=pad_id),
+                          num_workers=self.num_workers)

@@ -121,11 +121,19 @@ class ConvStem(_PlaneEmbed):
         return g  # type: ignore[return-value]
 
 
-def sinusoidal_table(length: int, dim: int) -> Tensor:
-    """The fixed sin/cos positions of Vaswani et al. (2017), (length, dim)."""
+def sinusoidal_table(length: int, dim: int, layout: str = "interleaved") -> Tensor:
+    """The fixed sin/cos positions of Vaswani et al. (2017), (length, dim): sin and cos of each frequency side by
+    side ("interleaved"), or all sines then all cosines ("split", Marian / OPUS-MT's layout)."""
+    if layout not in ("interleaved", "split"):
+        raise ValueError(f"sinusoid layout {layout!r}: expected 'interleaved' or 'split'")
     pos = torch.arange(length, dtype=torch.float64)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, dtype=torch.float64)
+    if layout == "split":
+        half = (dim + 1) // 2
+        table[:, :half] = torch.sin(pos * freq)
+        table[:, half:] = torch.cos(pos * freq)[:, : dim - half]
+        return table.float()
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
     return table.float()

@@ -28,6 +28,10 @@ class Seq2SeqModule(L.LightningModule):
         beam_size: beam width for test / translate (1 = greedy).
         length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha.
         max_new_tokens: decoding limit per sentence.
+        length_norm: "gnmt" (the penalty above) or "hf" (Hugging Face generate's beam search, sum of log-probs /
+            length ** length_penalty); banned_tokens, forced_eos, renormalize_logits, early_stopping: generate's
+            bad_words_ids (single tokens), forced_eos_token_id, renormalize_logits, early_stopping. Pretrained
+            OPUS-MT models take these from their generation_config.json (models/pretrained/marian.py).
         compile: `torch.compile` the teacher-forced forward (training and validation loss; decoding stays
             eager). Source and target lengths are marked dynamic and padding masks always built, so one
             graph serves batches of every length instead of one recompilation per new length.
@@ -46,6 +50,11 @@ class Seq2SeqModule(L.LightningModule):
         max_new_tokens: int = 64,
         compile: bool = False,
         grad_checkpointing: bool = False,
+        length_norm: str = "gnmt",
+        banned_tokens: list[int] | None = None,
+        forced_eos: bool = False,
+        renormalize_logits: bool = False,
+        early_stopping: bool = False,
     ) -> None:
         super().__init__()
         if beam_size < 1:
@@ -56,6 +65,8 @@ class Seq2SeqModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.min_lr_ratio, self.label_smoothing = warmup_fraction, min_lr_ratio, label_smoothing
         self.beam_size, self.length_penalty, self.max_new_tokens = beam_size, length_penalty, max_new_tokens
+        self.length_norm, self.banned_tokens, self.forced_eos = length_norm, tuple(banned_tokens or ()), forced_eos
+        self.renormalize_logits, self.early_stopping = renormalize_logits, early_stopping
         self.tokenizer: Tokenizer | None = None
         self._outputs: dict[str, list[tuple[int, str]]] = {}
 
@@ -78,8 +89,9 @@ class Seq2SeqModule(L.LightningModule):
         tgt_in, labels = batch["tgt"][:, :-1], batch["tgt"][:, 1:]
         logits = self(batch["src"], tgt_in)
         smoothing = self.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD_ID, label_smoothing=smoothing)
-        real = labels.ne(PAD_ID)
+        pad_id = self.net.pad_id
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=pad_id, label_smoothing=smoothing)
+        real = labels.ne(pad_id)
         acc = (logits.argmax(-1).eq(labels) & real).sum() / real.sum()
         n = int(real.sum())
         # sync_dist: under DDP, means over the tokens of all processes (a no-op on one device)
@@ -134,12 +146,16 @@ class Seq2SeqModule(L.LightningModule):
     # --- decoding ---------------------------------------------------------------------------------
     def generate(self, src: Tensor, beam_size: int | None = None) -> list[str]:
         """Detokenized translations of a batch of source ids."""
+        return [decode(self.tokenizer, row) for row in self.decode_ids(src, beam_size).tolist()]
+
+    def decode_ids(self, src: Tensor, beam_size: int | None = None) -> Tensor:
+        """Generated ids (B, <= max_new_tokens) with this module's decoding settings (beam_size 1 = greedy)."""
         beam = self.beam_size if beam_size is None else beam_size
+        extra = dict(banned=self.banned_tokens, forced_eos=self.forced_eos)
         if beam == 1:
-            ids = self.net.greedy(src, self.max_new_tokens)
-        else:
-            ids = self.net.beam_search(src, beam, self.max_new_tokens, self.length_penalty)
-        return [decode(self.tokenizer, row) for row in ids.tolist()]
+            return self.net.greedy(src, self.max_new_tokens, **extra)
+        return self.net.beam_search(src, beam, self.max_new_tokens, self.length_penalty, length_norm=self.length_norm,
+                                    early_stopping=self.early_stopping, renormalize=self.renormalize_logits, **extra)
 
     @torch.no_grad()
     def translate(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
@@ -149,8 +165,9 @@ class Seq2SeqModule(L.LightningModule):
         empty = [i for i, s in enumerate(sentences) if not s.strip()]
         if empty:
             raise ValueError(f"sentence {empty[0]} is empty; give text to translate")
-        ids = [torch.tensor(encode(self.tokenizer, s, self.net.max_len) or [PAD_ID]) for s in sentences]
-        src = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=PAD_ID).to(self.device)
+        pad_id = self.net.pad_id
+        ids = [torch.tensor(encode(self.tokenizer, s, self.net.max_len) or [pad_id]) for s in sentences]
+        src = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id).to(self.device)
         was_training = self.training
         self.eval()
         try:

@@ -37,6 +37,10 @@ def check_specials(tok: Tokenizer) -> None:
 
 
 def load_tokenizer(json_str: str) -> Tokenizer:
+    if json_str.startswith('{"marian"'):  # a pretrained OPUS-MT model's SentencePiece pair
+        from models.pretrained.marian import MarianTokenizer
+
+        return MarianTokenizer.from_str(json_str)  # type: ignore[return-value]
     tok = Tokenizer.from_str(json_str)
     check_specials(tok)
     return tok
@@ -48,7 +52,10 @@ def encode(tok: Tokenizer, text: str, max_len: int) -> list[int]:
 
 
 def decode(tok: Tokenizer, ids: Iterable[int]) -> str:
-    """Text of generated ids: stops at the first EOS, drops BOS/PAD."""
+    """Text of generated ids: stops at the first EOS, drops BOS/PAD (a pretrained family's tokenizer with its own
+    special ids, e.g. Marian's, does this itself)."""
+    if hasattr(tok, "decode_generated"):
+        return tok.decode_generated(ids)
     out = []
     for i in ids:
         i = int(i)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from models.attention import KVCache
 from models.embeddings import sinusoidal_table
-from models.layers import DecoderBlock, Encoder, LayerNorm
+from models.layers import Activation, DecoderBlock, Encoder, LayerNorm
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -33,6 +33,13 @@ class Translator(nn.Module):
         drop, attn_drop, drop_path: regularisation.
         attn_window, attn_global: sliding-window self-attention in the encoder and the decoder (whose
             cache then rolls), and global source tokens; see models/attention.py. None = full attention.
+        norm_first, act, norm_eps, final_norm: the blocks' options (models/layers.py); Marian (OPUS-MT) is
+            post-norm, SiLU, eps 1e-5, no final LayerNorm.
+        sinusoid_layout: "interleaved" (sin, cos of each frequency side by side) or "split" (Marian's).
+        scale_embeddings: multiply token embeddings by sqrt(dim) (Marian's scale_embedding).
+        logits_bias: a fixed bias added to the output logits (Marian's final_logits_bias buffer).
+        pad_id, bos_id, eos_id: padding, the token decoding starts from, end of sentence (Marian: start = pad).
+    The defaults are the zoo's own translator.
     """
 
     def __init__(
@@ -53,29 +60,48 @@ class Translator(nn.Module):
         drop_path: float = 0.0,
         attn_window: int | None = None,
         attn_global: int = 0,
+        norm_first: bool = True,
+        act: Activation = "gelu",
+        norm_eps: float = 1e-6,
+        final_norm: bool = True,
+        sinusoid_layout: str = "interleaved",
+        scale_embeddings: bool = True,
+        logits_bias: bool = False,
+        pad_id: int = PAD_ID,
+        bos_id: int = BOS_ID,
+        eos_id: int = EOS_ID,
     ) -> None:
         super().__init__()
         if positions not in ("sinusoidal", "learned"):
             raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {positions!r}")
         if decoder_depth < 1:
             raise ValueError(f"decoder_depth must be >= 1, got {decoder_depth}")
+        for name, token in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+            if not 0 <= token < vocab_size:
+                raise ValueError(f"{name}={token} is outside the vocabulary (0..{vocab_size - 1})")
         self.vocab_size, self.dim, self.max_len = vocab_size, dim, max_len
-        self.src_embed = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
-        self.tgt_embed = self.src_embed if tie_embeddings else nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.embed_scale = math.sqrt(dim) if scale_embeddings else 1.0
+        self.src_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.tgt_embed = self.src_embed if tie_embeddings else nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         if positions == "learned":
             self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         else:
-            self.register_buffer("pos", sinusoidal_table(max_len, dim), persistent=False)
+            self.register_buffer("pos", sinusoidal_table(max_len, dim, sinusoid_layout), persistent=False)
         self.drop = nn.Dropout(drop)
         self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop,
-                               drop_path, attn_window, attn_global)
+                               drop_path, attn_window, attn_global, norm_eps, norm_first, act, final_norm)
         self.decoder = nn.ModuleList(
             DecoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop,
-                         drop_path * i / max(decoder_depth - 1, 1), attn_window)
+                         drop_path * i / max(decoder_depth - 1, 1), attn_window, norm_eps, norm_first, act)
             for i in range(decoder_depth)
         )
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim, norm_eps) if final_norm else nn.Identity()
         self.head = nn.Linear(dim, vocab_size, bias=False)
+        if logits_bias:  # a buffer, as in Marian: loaded, never trained
+            self.register_buffer("final_logits_bias", torch.zeros(vocab_size))
+        else:
+            self.final_logits_bias = None
         if tie_embeddings:
             self.head.weight = self.src_embed.weight
         nn.init.normal_(self.src_embed.weight, std=dim**-0.5)
@@ -95,13 +121,13 @@ class Translator(nn.Module):
             raise ValueError(f"sequence of {offset + L} tokens is longer than max_len={self.max_len}; "
                              f"truncate the input or build the model with a larger max_len")
         # sqrt(dim) scaling keeps token embeddings (std dim^-0.5, tied with the output) on par with positions.
-        return self.drop(table(ids) * math.sqrt(self.dim) + self.pos[offset: offset + L])
+        return self.drop(table(ids) * self.embed_scale + self.pos[offset: offset + L])
 
     def encode(self, src: Tensor, always_mask: bool = False) -> tuple[Tensor, Tensor | None]:
         """src (B, S) ids -> memory (B, S, dim) and its padding mask (B, S), True = pad; None when
         nothing is padded (no mask to build and apply in every later cross-attention step).
         `always_mask` keeps the mask even then: no branch on tensor values, for graph export."""
-        pad = src.eq(PAD_ID)
+        pad = src.eq(self.pad_id)
         pad = pad if always_mask or bool(pad.any()) else None
         return self.encoder(self._embed(self.src_embed, src), key_padding_mask=pad), pad
 
@@ -110,12 +136,16 @@ class Translator(nn.Module):
         """Decoder logits (B, T, vocab). With `caches`, tgt_in holds only the new positions."""
         offset = caches[0][0].position if caches else 0
         x = self._embed(self.tgt_embed, tgt_in, offset)
-        tgt_pad = tgt_in.eq(PAD_ID) if caches is None and (always_mask or bool(tgt_in.eq(PAD_ID).any())) else None
+        tgt_pad = (tgt_in.eq(self.pad_id) if caches is None and (always_mask or bool(tgt_in.eq(self.pad_id).any()))
+                   else None)
+        if tgt_pad is not None and self.bos_id == self.pad_id:  # Marian starts from pad: that one is a real token
+            tgt_pad = torch.cat([torch.zeros_like(tgt_pad[:, :1]), tgt_pad[:, 1:]], dim=1)
         for i, block in enumerate(self.decoder):
             self_cache, cross_cache = caches[i] if caches else (None, None)
             x = block(x, memory, tgt_padding_mask=tgt_pad, memory_padding_mask=memory_pad,
                       self_cache=self_cache, cross_cache=cross_cache)
-        return self.head(self.norm(x))
+        logits = self.head(self.norm(x))
+        return logits if self.final_logits_bias is None else logits + self.final_logits_bias
 
     def forward(self, src: Tensor, tgt_in: Tensor, always_mask: bool = False) -> Tensor:
         memory, pad = self.encode(src, always_mask)
@@ -129,56 +159,81 @@ class Translator(nn.Module):
             return self.decode(ys[:, -1:], memory, pad, caches)[:, -1]
         return self.decode(ys, memory, pad)[:, -1]  # no cache: recompute the whole prefix
 
+    def _mask_step(self, logits: Tensor, t: int, max_new_tokens: int, min_new_tokens: int, banned: tuple[int, ...],
+                   forced_eos: bool) -> Tensor:
+        """Tokens not allowed at step t: EOS before min_new_tokens, `banned` ids (HF's bad_words_ids: Marian never
+        generates its pad), and every token but EOS on the last step when `forced_eos` (HF's forced_eos_token_id)."""
+        if t < min_new_tokens:
+            logits[..., self.eos_id] = float("-inf")
+        if banned:
+            logits[..., list(banned)] = float("-inf")
+        if forced_eos and t == max_new_tokens - 1:
+            logits.fill_(float("-inf"))
+            logits[..., self.eos_id] = 0.0
+        return logits
+
     @torch.no_grad()
-    def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0) -> Tensor:
+    def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0,
+               banned: tuple[int, ...] = (), forced_eos: bool = False) -> Tensor:
         """(B, <= max_new_tokens) generated ids; rows end with EOS then PAD. EOS is not allowed
-        before `min_new_tokens` (benchmarks use it to decode a fixed length)."""
+        before `min_new_tokens` (benchmarks use it to decode a fixed length); `banned` ids are never
+        generated and `forced_eos` ends every row by the last step (HF generate's bad_words_ids / forced_eos)."""
         memory, pad = self.encode(src)
         B = src.shape[0]
-        ys = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src.device)
+        ys = torch.full((B, 1), self.bos_id, dtype=torch.long, device=src.device)
         done = torch.zeros(B, dtype=torch.bool, device=src.device)
         caches = self.new_caches() if use_cache else None
-        for t in range(min(max_new_tokens, self.max_len - 1)):
-            logits = self._next_logits(ys, memory, pad, caches)
-            if t < min_new_tokens:
-                logits[:, EOS_ID] = float("-inf")
+        steps = min(max_new_tokens, self.max_len - 1)
+        for t in range(steps):
+            logits = self._mask_step(self._next_logits(ys, memory, pad, caches), t, steps, min_new_tokens, banned,
+                                     forced_eos)
             nxt = logits.argmax(-1)
-            nxt = nxt.masked_fill(done, PAD_ID)
+            nxt = nxt.masked_fill(done, self.pad_id)
             ys = torch.cat([ys, nxt[:, None]], dim=1)
-            done |= nxt.eq(EOS_ID)
+            done |= nxt.eq(self.eos_id)
             if bool(done.all()):
                 break
         return ys[:, 1:]
 
     @torch.no_grad()
     def beam_search(self, src: Tensor, beam_size: int = 4, max_new_tokens: int = 64, length_penalty: float = 0.6,
-                    use_cache: bool = True, min_new_tokens: int = 0) -> Tensor:
+                    use_cache: bool = True, min_new_tokens: int = 0, length_norm: str = "gnmt",
+                    banned: tuple[int, ...] = (), forced_eos: bool = False, early_stopping: bool = False,
+                    renormalize: bool = False) -> Tensor:
         """Batched beam search: (B, <= max_new_tokens) ids of each sentence's best hypothesis.
 
-        Hypotheses are ranked by log p / lp(len), lp = ((5 + len) / 6) ** length_penalty (Wu et al.
-        2016), len counting the tokens up to and including EOS; a finished hypothesis keeps its score.
+        length_norm="gnmt" (default): hypotheses are ranked by log p / lp(len), lp = ((5 + len) / 6) **
+        length_penalty (Wu et al. 2016), len counting the tokens up to and including EOS; a finished hypothesis
+        keeps its score. length_norm="hf": Hugging Face generate's beam search, token for token (finished
+        hypotheses kept apart, scored log p / len ** length_penalty; see `_beam_search_hf`); `renormalize` is HF's
+        renormalize_logits (log-softmax again after banning tokens).
         """
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if length_norm not in ("gnmt", "hf"):
+            raise ValueError(f"length_norm={length_norm!r}: expected 'gnmt' or 'hf'")
+        if length_norm == "hf":
+            return self._beam_search_hf(src, beam_size, max_new_tokens, length_penalty, use_cache, min_new_tokens,
+                                        banned, forced_eos, early_stopping, renormalize)
         B, K, V = src.shape[0], beam_size, self.vocab_size
         memory, pad = self.encode(src)
         memory = memory.repeat_interleave(K, 0)  # (B*K, S, dim)
         pad = None if pad is None else pad.repeat_interleave(K, 0)
         dev = src.device
-        ys = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=dev)
+        ys = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
         logp = torch.zeros(B, K, device=dev)
         logp[:, 1:] = float("-inf")  # all beams start identical: keep one, or the top-K would be K copies
         lengths = torch.zeros(B, K, device=dev)
         done = torch.zeros(B, K, dtype=torch.bool, device=dev)
         caches = self.new_caches() if use_cache else None
         lp = lambda n: ((5.0 + n) / 6.0) ** length_penalty  # noqa: E731
-        for t in range(min(max_new_tokens, self.max_len - 1)):
+        steps = min(max_new_tokens, self.max_len - 1)
+        for t in range(steps):
             step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1).view(B, K, V)
-            if t < min_new_tokens:
-                step[..., EOS_ID] = float("-inf")
+            step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
             # A finished beam has exactly one continuation (PAD) that changes nothing.
             frozen = torch.full((V,), float("-inf"), device=dev)
-            frozen[PAD_ID] = 0.0
+            frozen[self.pad_id] = 0.0
             step = torch.where(done[..., None], frozen, step)
             cand_logp = logp[..., None] + step  # (B, K, V)
             cand_len = torch.where(done, lengths, lengths + 1)[..., None].expand(B, K, V)
@@ -187,7 +242,7 @@ class Translator(nn.Module):
             beam, token = top // V, top % V
             logp = cand_logp.view(B, K * V).gather(1, top)
             lengths = cand_len.reshape(B, K * V).gather(1, top)
-            done = done.gather(1, beam) | token.eq(EOS_ID)
+            done = done.gather(1, beam) | token.eq(self.eos_id)
             rows = (beam + torch.arange(B, device=dev)[:, None] * K).view(-1)
             ys = torch.cat([ys.index_select(0, rows), token.view(-1, 1)], dim=1)
             if caches is not None:
@@ -197,3 +252,66 @@ class Translator(nn.Module):
                 break
         best = (logp / lp(lengths)).argmax(-1)  # (B,)
         return ys.view(B, K, -1)[torch.arange(B, device=dev), best, 1:]
+
+    def _beam_search_hf(self, src: Tensor, K: int, max_new_tokens: int, length_penalty: float, use_cache: bool,
+                        min_new_tokens: int, banned: tuple[int, ...], forced_eos: bool, early_stopping: bool,
+                        renormalize: bool) -> Tensor:
+        """Hugging Face generate's beam search (transformers 5, `early_stopping` False or True). Each step takes the
+        top 2K continuations of the K running beams by summed log-prob; those among the first K that end in EOS
+        join the sentence's K finished hypotheses (score: sum of log-probs / generated length ** length_penalty,
+        EOS counted) if they beat the worst one; the best K that do not end in EOS run on. A sentence stops when
+        its K finished slots are full and its best running beam, scored at the current length, cannot beat the
+        worst finished one (with early_stopping=True: as soon as the slots are full). The answer is the best
+        finished hypothesis; padded with pad after EOS."""
+        B, V, dev = src.shape[0], self.vocab_size, src.device
+        steps = min(max_new_tokens, self.max_len - 1)
+        memory, pad = self.encode(src)
+        memory = memory.repeat_interleave(K, 0)
+        pad = None if pad is None else pad.repeat_interleave(K, 0)
+        ys = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
+        run_logp = torch.zeros(B, K, device=dev)
+        run_logp[:, 1:] = -1e9
+        fin_seq = torch.full((B, K, steps), self.pad_id, dtype=torch.long, device=dev)
+        fin_score = torch.full((B, K), -1e9, device=dev)
+        fin_full = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        open_ = torch.ones(B, 1, dtype=torch.bool, device=dev)  # HF's is_early_stop_heuristic_unsatisfied
+        top_k_mask = torch.arange(2 * K, device=dev) < K
+        caches = self.new_caches() if use_cache else None
+        offsets = torch.arange(B, device=dev)[:, None] * K
+        for t in range(steps):
+            step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1)
+            step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
+            step = (F.log_softmax(step, dim=-1) if renormalize else step).view(B, K, V)
+            cand = (step + run_logp[..., None]).view(B, K * V)
+            top_logp, top = cand.topk(2 * K, dim=-1)  # (B, 2K)
+            beam, token = top // V, top % V
+            rows = (beam + offsets).view(-1)
+            seqs = torch.cat([ys.index_select(0, rows), token.view(-1, 1)], dim=1).view(B, 2 * K, -1)
+            ends = token.eq(self.eos_id) | (t == steps - 1)  # EOS, or the length limit
+            # finished: the first K candidates that end, scored by length; merged with the kept ones
+            score = top_logp / float(t + 1) ** length_penalty
+            blocked = ~open_ | (fin_full.all(-1, keepdim=True) & early_stopping)
+            score = score + (blocked | ~(ends & top_k_mask)).float() * -1e9
+            padded = F.pad(seqs[..., 1:], (0, steps - t - 1), value=self.pad_id)
+            merged_score = torch.cat([fin_score, score], dim=1)
+            keep = merged_score.topk(K, dim=-1).indices
+            fin_seq = torch.cat([fin_seq, padded], dim=1).gather(1, keep[..., None].expand(B, K, steps))
+            fin_score = merged_score.gather(1, keep)
+            fin_full = torch.cat([fin_full, (ends & top_k_mask).expand(B, -1)], 1).gather(1, keep)
+            # running: the best K candidates that do not end
+            run_cand = top_logp + ends.float() * -1e9
+            nxt = run_cand.topk(K, dim=-1).indices
+            run_logp = run_cand.gather(1, nxt)
+            pick = (beam.gather(1, nxt) + offsets).view(-1)
+            ys = seqs.gather(1, nxt[..., None].expand(B, K, seqs.shape[-1])).view(B * K, -1)
+            if caches is not None:
+                for self_cache, _ in caches:
+                    self_cache.reorder(pick)
+            best_running = run_logp[:, :1] / float(t + 1) ** length_penalty
+            worst = torch.where(fin_full, fin_score.min(-1, keepdim=True).values, torch.full_like(fin_score, -1e9))
+            open_ = open_ & (best_running > worst).any(-1, keepdim=True)
+            if not bool(open_.any()) or (early_stopping and bool(fin_full.all())) or bool(ends.all()):
+                break
+        best = fin_seq[:, 0]  # (B, steps): sorted, the first is the best
+        length = int(best.ne(self.pad_id).sum(-1).max())
+        return best[:, : max(length, 1)]

@@ -52,6 +52,11 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     dm = _instantiate(_without_modality(cfg.data), "data")
     if state is not None:
         dm.load_state_dict(state)
+    elif cfg.model.get("pretrained"):  # fine-tuning a pretrained translator: its own tokenizer, not a new BPE
+        from models.pretrained.marian import MarianTokenizer
+        from models.pretrained.source import resolve
+
+        dm.load_state_dict({"tokenizer": MarianTokenizer.from_folder(resolve(str(cfg.model.pretrained)).path).to_str()})
     for fact in DATA_FACTS:
         if fact in cfg.data and cfg.data[fact] is None:
             with open_dict(cfg):
@@ -67,7 +72,20 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
     check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
-    return _instantiate(_without_modality(cfg.model), "model")
+    spec = cfg.model.get("pretrained")
+    if not spec:
+        return _instantiate(_without_modality(cfg.model), "model")
+    from models.pretrained.marian import load_marian
+
+    net, _, kwargs, settings = load_marian(str(spec))
+    with open_dict(cfg):  # the source's architecture and decoding rules; the run's config (and checkpoints) keep them,
+        cfg.model.net.update(kwargs)  # so evaluate / predict / resume never need the source again
+        cfg.model.update({k: v for k, v in settings.items() if k not in ("beam_size", "max_new_tokens")})
+        cfg.model.pretrained_from, cfg.model.pretrained = str(spec), None
+    module = _instantiate(_without_modality(cfg.model), "model")
+    module.net.load_state_dict(net.state_dict())
+    log.info(f"pretrained weights from {spec}")
+    return module
 
 
 def _instantiate(node: DictConfig, name: str, **kwargs: Any) -> Any:
@@ -106,11 +124,13 @@ def check_model_fits_data(cfg: DictConfig) -> None:
 def _without_modality(node: DictConfig) -> DictConfig:
     """A copy without the `modality` tag, which is for check_model_fits_data, not a constructor argument.
     (deepcopy keeps the parent, so `${paths.data_dir}` and friends still resolve.)"""
-    if "modality" not in node:
+    tags = [k for k in ("modality", "pretrained", "pretrained_from") if k in node]  # not constructor arguments
+    if not tags:
         return node
     node = copy.deepcopy(node)
     with open_dict(node):
-        del node["modality"]
+        for key in tags:
+            del node[key]
     return node
 
 

@@ -207,19 +207,16 @@ def translate(loaded: Loaded, sentence: str, beam_size: int | None = None,
               notes: list[str] | None = None) -> tuple[Tensor, list[int], str]:
     """One sentence -> (source ids (1, S), generated ids up to EOS included, translation text); what was done
     to odd input (truncated, unknown characters) is appended to `notes`."""
-    from models.tokenizer import EOS_ID, PAD_ID, decode
+    from models.tokenizer import decode
 
     module = loaded.module
     ids = source_ids(module.tokenizer, sentence, module.net.max_len, notes)
     src = torch.tensor([ids])
     with torch.no_grad():
-        beam = module.beam_size if beam_size is None else beam_size
-        if beam == 1:
-            out = module.net.greedy(src, module.max_new_tokens)[0].tolist()
-        else:
-            out = module.net.beam_search(src, beam, module.max_new_tokens, module.length_penalty)[0].tolist()
+        out = module.decode_ids(src, beam_size)[0].tolist()
     text = decode(module.tokenizer, out)
-    out = out[: out.index(EOS_ID) + 1] if EOS_ID in out else [t for t in out if t != PAD_ID]
+    eos, pad = module.net.eos_id, module.net.pad_id
+    out = out[: out.index(eos) + 1] if eos in out else [t for t in out if t != pad]
     return src, out, text
 
 
@@ -239,7 +236,8 @@ def source_ids(tokenizer: Any, sentence: str, max_len: int, notes: list[str] | N
     ids, offsets = list(enc.ids), list(enc.offsets)
     if not ids:
         raise UserError(f"{shorten(sentence)!r} gives no tokens to translate")
-    unknown = "".join(sentence[a:b] for i, (a, b) in zip(ids, offsets) if i == UNK_ID)
+    unk = getattr(tokenizer, "unk_id", UNK_ID)  # a pretrained family's own (Marian: 1 too)
+    unknown = "".join(sentence[a:b] for i, (a, b) in zip(ids, offsets) if i == unk)
     unknown = "".join(c for c in unknown if not c.isspace())
     if unknown and len(unknown) == sum(not c.isspace() for c in sentence):
         raise UserError(f"none of the characters of {shorten(sentence)!r} is known to the model's tokenizer (it "

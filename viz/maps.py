@@ -157,8 +157,6 @@ def translation_maps(net: nn.Module, src: Tensor, out: list[int], tokenizer: obj
     The decoder is re-run with teacher forcing on `out`: with the cache it computed the same
     numbers one step at a time, so the maps are those of the decoding that produced `out`.
     """
-    from models.tokenizer import BOS_ID
-
     if src.dim() != 2 or src.shape[0] != 1:
         raise ValueError(f"src must be one sentence of ids, shape (1, S), got {tuple(src.shape)}")
     if not out:
@@ -169,7 +167,7 @@ def translation_maps(net: nn.Module, src: Tensor, out: list[int], tokenizer: obj
             raise ValueError(f"{what}={value} out of range for {n} layers")
     cross_name = f"decoder.{cross_layer % n_dec}.cross_attn"
     enc_name = f"encoder.blocks.{encoder_layer % n_enc}.attn"
-    tgt_in = torch.tensor([[BOS_ID] + list(out[:-1])], device=src.device)
+    tgt_in = torch.tensor([[net.bos_id] + list(out[:-1])], device=src.device)
     _, maps = attention_maps(net, src, tgt_in, layers=[cross_name, enc_name], heads=heads, average_heads=True)
     token = tokenizer.id_to_token  # type: ignore[attr-defined]
     return TranslationMaps([token(int(i)) for i in src[0]], [token(int(i)) for i in out],

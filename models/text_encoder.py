@@ -1,0 +1,61 @@
+"""BERT-style text encoder on the zoo's blocks: token ids -> contextual vectors -> one sentence embedding.
+
+Embeddings are BERT's (word + learned position + token type, then LayerNorm); the encoder is the shared
+`Encoder` with post-norm blocks (BERT: x = LN(x + sublayer(x)), no final norm); the sentence embedding is
+the mean of the non-padding token vectors, L2-normalised (sentence-transformers' pooling). Weights come
+from a pretrained BERT (models/pretrained/bert.py: all-MiniLM-L6-v2 and friends).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.layers import Activation, Encoder, LayerNorm
+
+
+class TextEncoder(nn.Module):
+    """(B, L) token ids -> (B, L, dim) hidden states; `embed` gives (B, dim) unit sentence vectors.
+
+    Args: vocab_size, dim, depth, num_heads, mlp_ratio: transformer size; max_len: position table length;
+    type_vocab_size: segment ids (BERT: 2); norm_eps, act: BERT's 1e-12 and exact GELU; pad_id: padding token;
+    drop, attn_drop: dropout (training only).
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 384, depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 max_len: int = 512, type_vocab_size: int = 2, norm_eps: float = 1e-12, act: Activation = "gelu",
+                 pad_id: int = 0, drop: float = 0.0, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        if min(vocab_size, max_len, type_vocab_size) < 1:
+            raise ValueError(f"vocab_size ({vocab_size}), max_len ({max_len}) and type_vocab_size "
+                             f"({type_vocab_size}) must be >= 1")
+        self.dim, self.max_len, self.pad_id = dim, max_len, pad_id
+        self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.pos_embed = nn.Embedding(max_len, dim)
+        self.type_embed = nn.Embedding(type_vocab_size, dim)
+        self.embed_norm = LayerNorm(dim, norm_eps)
+        self.drop = nn.Dropout(drop)
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, drop=drop, attn_drop=attn_drop, norm_eps=norm_eps,
+                               norm_first=False, act=act, final_norm=False)
+
+    def forward(self, ids: Tensor, pad_mask: Tensor | None = None, token_types: Tensor | None = None) -> Tensor:
+        """ids (B, L); pad_mask (B, L) True = padding (default: ids == pad_id); token_types (B, L) or zeros."""
+        if ids.dim() != 2 or ids.dtype != torch.long:
+            raise ValueError(f"expected (batch, length) int64 token ids, got {tuple(ids.shape)} {ids.dtype}")
+        L = ids.shape[1]
+        if not 1 <= L <= self.max_len:
+            raise ValueError(f"sequence of {L} tokens: expected 1..max_len={self.max_len}")
+        if pad_mask is None:
+            pad_mask = ids.eq(self.pad_id)
+        types = torch.zeros_like(ids) if token_types is None else token_types
+        x = self.word_embed(ids) + self.pos_embed.weight[:L] + self.type_embed(types)
+        x = self.drop(self.embed_norm(x))
+        return self.encoder(x, key_padding_mask=pad_mask if bool(pad_mask.any()) else None)
+
+    def embed(self, ids: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        """(B, dim) sentence embeddings: mean over the non-padding tokens, L2-normalised."""
+        pad_mask = ids.eq(self.pad_id) if pad_mask is None else pad_mask
+        h = self(ids, pad_mask)
+        keep = (~pad_mask).unsqueeze(-1).to(h.dtype)
+        return F.normalize((h * keep).sum(1) / keep.sum(1).clamp(min=1.0), dim=-1)
