@@ -5,7 +5,10 @@
     python predict.py RUN_DIR yes.wav   --attention-dir pictures/      # audio: a wav / flac file
     python predict.py RUN_DIR clip.mp4  --attention-dir pictures/      # video: a video file
 
-RUN_DIR is a run directory (its best.ckpt) or a checkpoint file: the model, its tokenizer or class
+    python predict.py timm:vit_small_patch16_224 photo.jpg --attention-dir pictures/   # a pretrained source
+
+RUN_DIR is a run directory (its best.ckpt) or a checkpoint file, or a pretrained source (timm:<name>,
+hf:<repo id>, a hub folder; converted offline, docs/pretrained.md): the model, its tokenizer or class
 names, and its input preparation come from the checkpoint, so nothing is re-typed. The translator
 prints the translation; classifiers print the top-5 classes with probabilities. With
 --attention-dir, PNG pictures of the attention are written there (computed beside the model's kernel;
@@ -90,7 +93,10 @@ def at_least_one(text: str) -> int:
 
 def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir") -> None:
     """The attention folder, checked before the model is loaded: outside the run being read, and writable."""
-    refuse_writing_into_run(path, ckpt_path, flag)
+    from models.pretrained import is_source
+
+    if not is_source(ckpt_path):  # a pretrained source is no run to protect
+        refuse_writing_into_run(path, ckpt_path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -125,7 +131,7 @@ def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt_path", help="checkpoint file or run directory")
+    parser.add_argument("ckpt_path", help="checkpoint file, run directory, or pretrained source (timm:..., hf:...)")
     parser.add_argument("inputs", nargs="+", help="sentences or .txt files (translator); image / audio / video files")
     parser.add_argument("--attention-dir", type=Path, default=None, help="write attention pictures (PNG) here")
     parser.add_argument("--html", type=Path, default=None,

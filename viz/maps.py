@@ -75,10 +75,11 @@ def classifier_maps(net: nn.Module, x: Tensor, heads: list[int] | None = None, t
     logits, maps = attention_maps(net, x, layers=["encoder.blocks.*.attn"], heads=heads, average_heads=True)
     ordered = [maps[k] for k in sorted(maps, key=lambda n: _layer_index(n, "blocks"))]
     flow = rollout(ordered)  # (B, L, L)
-    has_cls = getattr(net, "cls_token", None) is not None
-    # What the head reads: the class token's row, or with mean pooling the mean of all rows.
-    received = flow[:, 0, 1:] if has_cls else flow.mean(dim=1)
-    if has_cls:  # the class token's share of itself is not a place in the input
+    # Tokens before the patches: a class token, and a DeiT / AST distillation token.
+    prefix = getattr(net, "num_prefix", int(getattr(net, "cls_token", None) is not None))
+    # What the head reads: the class token's row, or with mean pooling the mean of the patch rows.
+    received = flow[:, 0, prefix:] if getattr(net, "pool", "mean") == "cls" else flow[:, prefix:, prefix:].mean(dim=1)
+    if prefix:  # the prefix tokens' share is not a place in the input
         received = received / received.sum(-1, keepdim=True)
     gh, gw = _grid(net, x)
     return ClassifierMaps(logits, received.reshape(-1, gh, gw))

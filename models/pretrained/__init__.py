@@ -2,4 +2,100 @@
 
 One small file per source family maps a reference config to a zoo model, its weights and its input
 preparation; `source.py` finds the files (timm:, hf:, a local folder or file) without the network.
+
+    conv = convert("timm:vit_small_patch16_224")   # -> Converted(net config, zoo state_dict, preprocessing)
+    net = conv.build()                            # the zoo's VisionTransformer with the reference's weights
 """
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.pretrained.source import Source, resolve
+from utils.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+@dataclass
+class Converted:
+    """What a converter returns: the zoo network's config (`_target_` + keyword arguments), its state_dict,
+    and the input preparation and class names that travel with the weights (plain data, stored in checkpoints)."""
+
+    net: dict[str, Any]
+    state: dict[str, Tensor]
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modality(self) -> str:
+        return str(self.preprocess["modality"])
+
+    def build(self) -> nn.Module:
+        """The zoo network with the converted weights (strict: every tensor mapped, none left over)."""
+        import importlib
+
+        kwargs = dict(self.net)
+        module, _, name = str(kwargs.pop("_target_")).rpartition(".")
+        net = getattr(importlib.import_module(module), name)(**kwargs)
+        net.load_state_dict(self.state, strict=True)
+        return net.eval()
+
+
+def read_json(path: Path | None) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path is not None else {}
+
+
+def read_weights(src: Source) -> dict[str, Tensor]:
+    """The reference state_dict from a folder (model.safetensors / pytorch_model.bin) or a weights file."""
+    path = src.path if src.path.is_file() else next((src.file(n) for n in WEIGHT_FILES if src.file(n)), None)
+    if path is None:
+        raise UserError(f"pretrained={src.spec!r}: no weights in {src.path} (expected one of {', '.join(WEIGHT_FILES)})")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    for key in ("state_dict", "model"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def family(src: Source) -> str:
+    """Which converter reads this source: "timm_vit" | "ast" | "videomae" | "timesformer"."""
+    if src.kind == "timm" or src.path.is_file():
+        return "timm_vit"
+    config = read_json(src.file("config.json"))
+    if "architecture" in config:
+        return "timm_vit"
+    model_type = config.get("model_type")
+    families = {"audio-spectrogram-transformer": "ast", "videomae": "videomae", "timesformer": "timesformer"}
+    if model_type in families:
+        return families[model_type]
+    raise UserError(f"pretrained={src.spec!r}: cannot convert a {model_type or 'folder without a config.json'} "
+                    f"({src.path}); the zoo converts timm vit_* / deit_* ViTs and Hugging Face "
+                    f"{', '.join(families)} models")
+
+
+def convert(spec: str) -> Converted:
+    """Resolve a source offline and convert it (the reference library reads configs; nothing of it runs later)."""
+    import importlib
+
+    src = resolve(spec)
+    return importlib.import_module(f"models.pretrained.{family(src)}").convert(src)
+
+
+def is_source(text: str) -> bool:
+    """Whether a predict / export argument names a pretrained source rather than a zoo run or checkpoint."""
+    if str(text).startswith(("timm:", "hf:")):
+        return True
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p.suffix in (".safetensors", ".pth", ".bin")
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").exists()
