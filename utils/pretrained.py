@@ -25,13 +25,22 @@ log = logging.getLogger(__name__)
 _CONVERTED: dict[str, Converted] = {}  # between apply_pretrained (config) and load_pretrained (weights)
 KEEP = ("drop", "attn_drop", "drop_path")  # training choices a run may set on top of the source's architecture
 DATA_KEYS = ("image_size", "in_chans", "mean", "std", "sample_rate", "clip_seconds", "num_frames")
+SIZES = ("image_size", "sample_rate", "clip_seconds", "num_frames")  # null only means something with a source
 
 
 def apply_pretrained(cfg: DictConfig) -> None:
     """model.pretrained set and not converted yet: fill model.net, model.preprocess and null data keys."""
     model = cfg.get("model")
     spec = model.get("pretrained") if isinstance(model, DictConfig) else None
-    if not spec or model.get("preprocess") is not None:
+    if not spec:
+        data = cfg.get("data")
+        unset = [k for k in SIZES if isinstance(data, DictConfig) and k in data and data[k] is None]
+        if unset and isinstance(model, DictConfig) and "pretrained" in model:
+            raise UserError(f"data.{unset[0]} is null, which means 'the pretrained model's': give the source, "
+                            "model.pretrained=timm:<name> | hf:<repo id> | a folder (docs/pretrained.md), "
+                            f"or set data.{unset[0]}")
+        return
+    if model.get("preprocess") is not None:
         return
     conv = convert(str(spec))
     if model.get("modality") and conv.modality != model.modality:
