@@ -121,6 +121,18 @@ class ConvStem(_PlaneEmbed):
         return g  # type: ignore[return-value]
 
 
+def prepend_tokens(x: Tensor, tokens: list[Tensor | None], pos: Tensor | None = None) -> Tensor:
+    """(B, N, dim) patches -> (B, P + N, dim) with the learned (1, 1, dim) tokens that are not None in front
+    (class, distillation), each plus its own learned position when `pos` (1, P, dim) is given."""
+    prefix = [t for t in tokens if t is not None]
+    if not prefix:
+        return x
+    head = torch.cat(prefix, dim=1)
+    if pos is not None:
+        head = head + pos
+    return torch.cat([head.expand(x.shape[0], -1, -1), x], dim=1)
+
+
 def sinusoidal_table(length: int, dim: int) -> Tensor:
     """The fixed sin/cos positions of Vaswani et al. (2017), (length, dim)."""
     pos = torch.arange(length, dtype=torch.float64)[:, None]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
-from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D
+from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, prepend_tokens
 from models.layers import Activation, Encoder, LayerNorm
 
 
@@ -102,11 +102,7 @@ class VisionTransformer(nn.Module):
         grid = self.patch_embed.grid_for(tuple(x.shape[-2:]))
         x = self.patch_embed(x)  # (B, gh*gw, dim)
         x = x + self.pos_embed(grid)
-        if self.num_prefix:
-            prefix = torch.cat([t for t in (self.cls_token, self.dist_token) if t is not None], dim=1)
-            if self.prefix_pos is not None:
-                prefix = prefix + self.prefix_pos
-            x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
+        x = prepend_tokens(x, [self.cls_token, self.dist_token], self.prefix_pos)
         return self.encoder(self.pos_drop(x))
 
     def forward(self, x: Tensor) -> Tensor:

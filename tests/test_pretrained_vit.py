@@ -3,9 +3,6 @@ same weights, ONNX export, predict straight from a source, fine-tuning on a fold
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +12,7 @@ from timm.models._hub import save_for_hf
 
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-
-ROOT = Path(__file__).resolve().parents[1]
+from pretrained_common import cli, image_folder, randomize
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 VARIANTS = {  # timm architecture and arguments: every pooling / token layout the converter maps
     "cls": ("vit_tiny_patch16_224", {}),
@@ -29,12 +25,8 @@ VARIANTS = {  # timm architecture and arguments: every pooling / token layout th
 
 def reference(variant: str, folder: Path, seed: int = 0) -> torch.nn.Module:
     """A tiny timm model with random (not-small) weights, saved as the hub stores it (config.json + safetensors)."""
-    torch.manual_seed(seed)
     arch, kwargs = VARIANTS[variant]
-    model = timm.create_model(arch, pretrained=False, **TINY, **kwargs).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    model = randomize(timm.create_model(arch, pretrained=False, **TINY, **kwargs), seed)
     save_for_hf(model, str(folder), safe_serialization=True)
     return model
 
@@ -86,24 +78,6 @@ def test_preprocessing_travels_with_the_weights(tmp_path: Path) -> None:
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
     assert pre["image_size"] == 32 and pre["mean"] == list(model.pretrained_cfg["mean"])
     assert pre["interpolation"] == model.pretrained_cfg["interpolation"] and pre["crop_pct"] == model.pretrained_cfg["crop_pct"]
-
-
-def cli(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full, capture_output=True, text=True,
-                          timeout=600)
-
-
-def image_folder(root: Path, classes: int = 2, per_class: int = 10) -> Path:
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (torch.rand(40, 48, 3, generator=g) * 255 * (c + 1) / classes).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
-    return root
 
 
 def test_predict_runs_a_source_directly_and_draws(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from utils.errors import UserError
 log = logging.getLogger(__name__)
 
 _CONVERTED: dict[str, Converted] = {}  # between apply_pretrained (config) and load_pretrained (weights)
-KEEP = ("drop", "attn_drop", "drop_path")  # training choices a run may set on top of the source's architecture
+# Training choices a run may set on top of the source's architecture (regularisation, augmentation).
+KEEP = ("drop", "attn_drop", "drop_path", "freq_mask", "time_mask", "num_masks")
 DATA_KEYS = ("image_size", "in_chans", "mean", "std", "sample_rate", "clip_seconds", "num_frames")
 SIZES = ("image_size", "sample_rate", "clip_seconds", "num_frames")  # null only means something with a source
 

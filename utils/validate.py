@@ -105,7 +105,8 @@ NET_RULES: dict[str, Callable[[Any], str | None]] = {
     "f_max": optional(positive_number),
     "qkv_bias": boolean,
     "tie_embeddings": boolean,
-    "pool": one_of("cls", "mean"),
+    "pool": one_of("cls", "mean", "tokens"),  # tokens: the mean of the class and distillation tokens (AST)
+    "frontend": one_of("logmel", "kaldi_fbank"),
     "stem": one_of("patch", "conv"),
     "positions": one_of("sinusoidal", "learned"),
     "pos_time": one_of("crop", "resize"),

@@ -188,6 +188,10 @@ def _read_pretrained(loaded: Loaded, path: Path, notes: list[str] | None) -> Ten
         image = load_image(path, int(pre.image_size), int(pre.in_chans), notes, float(pre.crop_pct), pre.interpolation)
         mean, std = torch.tensor(list(pre.mean)).view(-1, 1, 1), torch.tensor(list(pre.std)).view(-1, 1, 1)
         return ((image.float() / 255 - mean) / std)[None]
+    if loaded.kind == "audio":  # the whole clip: the model's front end pads or cuts its frames
+        from data.audio import read_audio
+
+        return read_audio(path, int(pre.sample_rate), notes)[None]
     raise UserError(f"reading {loaded.kind} files for a pretrained source is not supported yet")
 
 

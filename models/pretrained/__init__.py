@@ -67,6 +67,49 @@ def read_weights(src: Source) -> dict[str, Tensor]:
     return state
 
 
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
+                  "swish": "silu", "relu": "relu"}
+
+
+def hf_activation(config: dict[str, Any], spec: str) -> str:
+    act = config.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise UserError(f"pretrained={spec!r}: hidden_act={act!r} is not one of the zoo's activations "
+                        f"({', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[act]
+
+
+# A Hugging Face ViT-style layer (`...layer.<i>.`, the names the hub files keep) -> the zoo's EncoderBlock.
+HF_LAYER = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+            "layernorm_before": "norm1", "layernorm_after": "norm2"}
+
+
+def hf_block(state: dict[str, Tensor], src: str, dst: str, names: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """One HF layer's weights under prefix `src` as a zoo block's under `dst`: query / key / value stacked into
+    the one qkv projection (a missing key bias, VideoMAE's, is zero: a constant per query row, which softmax
+    ignores), the rest renamed by HF_LAYER (and `names`, for the extra parts of a family's layer)."""
+    out: dict[str, Tensor] = {}
+    att = f"{src}attention.attention."
+    q, k, v = (state[f"{att}{n}.weight"] for n in ("query", "key", "value"))
+    out[f"{dst}attn.qkv.weight"] = torch.cat([q, k, v])
+    if f"{att}query.bias" in state:
+        out[f"{dst}attn.qkv.bias"] = torch.cat([state[f"{att}{n}.bias"] for n in ("query", "key", "value")])
+    elif f"{att}q_bias" in state:
+        out[f"{dst}attn.qkv.bias"] = torch.cat([state[f"{att}q_bias"], torch.zeros_like(state[f"{att}v_bias"]),
+                                                state[f"{att}v_bias"]])
+    for hf, zoo in {**HF_LAYER, **(names or {})}.items():
+        for part in ("weight", "bias"):
+            if f"{src}{hf}.{part}" in state:
+                out[f"{dst}{zoo}.{part}"] = state[f"{src}{hf}.{part}"]
+    return out
+
+
+def hf_labels(config: dict[str, Any]) -> list[str]:
+    """Class names from a HF config's id2label (the defaults LABEL_<i> kept: they are all there is)."""
+    id2label = config.get("id2label") or {}
+    return [str(id2label.get(str(i), id2label.get(i, f"class {i}"))) for i in range(len(id2label))]
+
+
 def family(src: Source) -> str:
     """Which converter reads this source: "timm_vit" | "ast" | "videomae" | "timesformer"."""
     if src.kind == "timm" or src.path.is_file():
