@@ -169,7 +169,7 @@ def onnx_spec(net: nn.Module) -> OnnxSpec:
                             {"waveform": ["batch", "samples"]})
         return OnnxSpec(net, ["waveform"], (torch.randn(2, samples),), ({0: batch},), {"waveform": ["batch"]})
     if isinstance(net, VideoTransformer):
-        c, t, (h, w) = net.in_chans, net.time_embed.num_frames, net.patch_embed.img_size
+        c, t, (h, w) = net.in_chans, net.num_frames, net.patch_embed.img_size
         return OnnxSpec(net, ["clips"], (torch.randn(2, c, t, h, w),), ({0: batch},), {"clips": ["batch"]})
     raise TypeError(f"cannot export a {type(net).__name__}; expected one of {[c.__name__ for c in MODEL_NAMES]}")
 

@@ -115,6 +115,8 @@ def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) ->
         if net.attention == "divided":
             wt = rearrange(maps[f"blocks.{i}.attn_time"], "(b n) t s -> b n t s", b=B)
             ws = rearrange(maps[f"blocks.{i}.attn_space"], "(b t) n m -> b t n m", b=B)
+            if ws.shape[-1] == wt.shape[1] + 1:  # TimeSformer's class token in every frame: the patches' share
+                ws = ws[..., 1:, 1:] / ws[..., 1:, 1:].sum(-1, keepdim=True).clamp_min(1e-12)
             per_layer += list(divided_as_joint(wt, ws))  # temporal first: the order the block applies them
             time_maps.append(wt.mean(dim=1))  # (B, T, T), averaged over positions
         else:
@@ -127,6 +129,7 @@ def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) ->
 
 def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: int) -> ClassifierMaps:
     B, _, T, H, W = x.shape
+    T //= getattr(net.patch_embed, "tubelet", 1)  # time steps of tokens (VideoMAE: one per 2 frames)
     gh, gw = net.patch_embed.grid_for((H, W))
     N = gh * gw
     depth = len(net.blocks)
