@@ -46,8 +46,8 @@ class VideoTransformer(nn.Module):
     `tubelet_size` frames x a patch at once (VideoMAE); `pos="sincos_fixed"` replaces both learned tables by the
     fixed 1-D sin/cos table over the flattened (time, patch) tokens (VideoMAE); `class_token` (divided attention
     only) adds TimeSformer's class token, with its own position (`token_pos`), read by `pool="cls"`;
-    `temporal_proj` TimeSformer's Linear after the temporal attention; `final_norm="pooled"` puts the final
-    LayerNorm after mean pooling (VideoMAE's fc_norm, eps `final_norm_eps`) instead of on the tokens; `norm_eps`
+    `temporal_proj` TimeSformer's Linear after the temporal attention; `fc_norm` puts the final LayerNorm after
+    mean pooling (VideoMAE's fc_norm, eps `fc_norm_eps`, None: norm_eps) instead of on the tokens; `norm_eps`
     and `act` for the blocks.
     """
 
@@ -78,16 +78,14 @@ class VideoTransformer(nn.Module):
         token_pos: bool = False,
         pool: str = "mean",
         temporal_proj: bool = False,
-        final_norm: str = "tokens",
-        final_norm_eps: float = 1e-6,
+        fc_norm: bool = False,
+        fc_norm_eps: float | None = None,
         norm_eps: float = 1e-6,
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
         if pos not in ("learned", "sincos_fixed"):
             raise ValueError(f"pos must be 'learned' or 'sincos_fixed', got {pos!r}")
-        if final_norm not in ("tokens", "pooled"):
-            raise ValueError(f"final_norm must be 'tokens' or 'pooled', got {final_norm!r}")
         if (pool == "cls") != class_token or pool not in ("cls", "mean"):
             raise ValueError(f"pool={pool!r} with class_token={class_token}: 'cls' reads the class token, 'mean' "
                              "averages the patch tokens (without one)")
@@ -114,7 +112,7 @@ class VideoTransformer(nn.Module):
         else:
             raise ValueError(f"stem must be 'patch', 'conv' or 'tubelet', got {stem!r}")
         self.in_chans, self.attention, self.num_frames, self.pool = in_chans, attention, num_frames, pool
-        self.final_norm = final_norm
+        self.fc_norm = fc_norm
         if pos == "learned":
             self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
             self.time_embed = TimePosEmbed(num_frames, dim)
@@ -129,7 +127,7 @@ class VideoTransformer(nn.Module):
             block(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, norm_eps=norm_eps, act=act,
                   **extra) for r in rates
         )
-        self.norm = LayerNorm(dim, final_norm_eps)
+        self.norm = LayerNorm(dim, norm_eps if fc_norm_eps is None else fc_norm_eps)
         self.head = nn.Linear(dim, num_classes)
         self.apply(VisionTransformer._init_weights)  # same init as the ViT: truncated normal Linear weights
         for token in (self.cls_token, self.prefix_pos):
@@ -160,7 +158,7 @@ class VideoTransformer(nn.Module):
         return self._encode(x)[0]
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Encoded tokens (normalised with final_norm="tokens") and the encoded class token (B, 1, dim) or None."""
+        """Encoded tokens (normalised unless fc_norm) and the encoded class token (B, 1, dim) or None."""
         if x.dim() != 5 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected a clip (batch, {self.in_chans}, frames, H, W), got {tuple(x.shape)}")
         B, _, T, H, W = x.shape
@@ -186,7 +184,7 @@ class VideoTransformer(nn.Module):
                 x = block(x)
             else:
                 x, cls = block(x, cls)
-        if self.final_norm == "pooled":
+        if self.fc_norm:
             return x, cls
         return self.norm(x), (None if cls is None else self.norm(cls))
 
@@ -195,4 +193,4 @@ class VideoTransformer(nn.Module):
         if cls is not None:
             return self.head(cls[:, 0])
         pooled = tokens.mean(dim=(1, 2))
-        return self.head(self.norm(pooled) if self.final_norm == "pooled" else pooled)  # (B, num_classes)
+        return self.head(self.norm(pooled) if self.fc_norm else pooled)  # (B, num_classes)

@@ -107,7 +107,7 @@ NET_RULES: dict[str, Callable[[Any], str | None]] = {
     "tie_embeddings": boolean,
     "pool": one_of("cls", "mean", "tokens"),  # tokens: the mean of the class and distillation tokens (AST)
     "frontend": one_of("logmel", "kaldi_fbank"),
-    "stem": one_of("patch", "conv"),
+    "stem": one_of("patch", "conv", "tubelet"),
     "positions": one_of("sinusoidal", "learned"),
     "pos_time": one_of("crop", "resize"),
     "pos_init": one_of("sincos", "normal"),

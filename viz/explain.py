@@ -192,7 +192,11 @@ def _read_pretrained(loaded: Loaded, path: Path, notes: list[str] | None) -> Ten
         from data.audio import read_audio
 
         return read_audio(path, int(pre.sample_rate), notes)[None]
-    raise UserError(f"reading {loaded.kind} files for a pretrained source is not supported yet")
+    from data.video import read_video  # frames squashed to the model's square (the reference crops the centre)
+
+    clip = read_video(path, int(pre.num_frames), int(pre.image_size), int(pre.in_chans), notes)
+    mean, std = torch.tensor(list(pre.mean)).view(-1, 1, 1, 1), torch.tensor(list(pre.std)).view(-1, 1, 1, 1)
+    return ((clip.float() / 255 - mean) / std)[None]
 
 
 def display_input(loaded: Loaded, x: Tensor) -> Tensor:
@@ -206,8 +210,9 @@ def display_input(loaded: Loaded, x: Tensor) -> Tensor:
         return dm.denormalize(x)
     if loaded.kind == "audio":
         return loaded.module.net.frontend(x[None])[0, 0]
-    mean = torch.tensor(dm.mean).view(-1, 1, 1, 1)
-    std = torch.tensor(dm.std).view(-1, 1, 1, 1)
+    stats = loaded.cfg.model.preprocess if dm is None else dm  # a pretrained source: its own normalisation
+    mean = torch.tensor(list(stats.mean)).view(-1, 1, 1, 1)
+    std = torch.tensor(list(stats.std)).view(-1, 1, 1, 1)
     return (x * std + mean).clamp(0, 1).permute(1, 0, 2, 3)  # (T, C, H, W)
 
 

@@ -139,7 +139,9 @@ def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: 
     logits, maps = attention_maps(net, x, layers=["blocks.*"], heads=heads, average_heads=True)
     per_layer, time_maps = video_token_maps(net, maps, B, T)
     flow = rollout(per_layer).mean(dim=1)  # mean pooling over all T*N tokens
-    return ClassifierMaps(logits, flow.reshape(B, T, gh, gw), time_maps[time_layer], f"block {time_layer}")
+    tubelet = getattr(net.patch_embed, "tubelet", 1)  # a token spans `tubelet` frames: each of them shows its map
+    tokens = flow.reshape(B, T, gh, gw).repeat_interleave(tubelet, dim=1) / tubelet
+    return ClassifierMaps(logits, tokens, time_maps[time_layer], f"block {time_layer}")
 
 
 @dataclass

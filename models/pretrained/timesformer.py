@@ -44,7 +44,6 @@ def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
         "token_pos": True,
         "pool": "cls",
         "temporal_proj": True,
-        "final_norm_eps": float(config.get("layer_norm_eps", 1e-6)),
         "norm_eps": float(config.get("layer_norm_eps", 1e-6)),
         "act": hf_activation(config, spec),
     }

@@ -38,8 +38,8 @@ def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
         "stem": "tubelet",
         "tubelet_size": int(config.get("tubelet_size", 2)),
         "pos": "sincos_fixed",
-        "final_norm": "pooled",
-        "final_norm_eps": 1e-5,  # VideoMAE's fc_norm is a plain nn.LayerNorm
+        "fc_norm": True,
+        "fc_norm_eps": 1e-5,  # VideoMAE's fc_norm is a plain nn.LayerNorm
         "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
         "act": hf_activation(config, spec),
     }
