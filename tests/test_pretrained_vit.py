@@ -118,3 +118,12 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     image = next(folder.rglob("*.png"))
     proc = cli("predict.py", str(run), str(image), "--threads", "1")
     assert proc.returncode == 0 and "class" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_finetune_experiment_without_a_source_says_what_is_missing(compose_train) -> None:
+    from utils.build import setup_runtime
+    from utils.errors import UserError
+
+    cfg = compose_train("experiment=finetune_vit", "data.root=/tmp")
+    with pytest.raises(UserError, match=r"data.image_size is null.*model.pretrained=timm:"):
+        setup_runtime(cfg)

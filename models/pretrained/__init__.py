@@ -79,6 +79,21 @@ def hf_activation(config: dict[str, Any], spec: str) -> str:
     return HF_ACTIVATIONS[act]
 
 
+def hf_encoder(config: dict[str, Any], spec: str, eps: float) -> dict[str, Any]:
+    """The zoo network arguments every HF ViT-style config gives the same way: classes, width, depth, heads,
+    MLP ratio, biases, the blocks' LayerNorm eps (`eps` when the config has none) and activation."""
+    return {
+        "num_classes": len(config.get("id2label") or {}) or 2,
+        "dim": int(config["hidden_size"]),
+        "depth": int(config["num_hidden_layers"]),
+        "num_heads": int(config["num_attention_heads"]),
+        "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
+        "qkv_bias": bool(config.get("qkv_bias", True)),
+        "norm_eps": float(config.get("layer_norm_eps", eps)),
+        "act": hf_activation(config, spec),
+    }
+
+
 # A Hugging Face ViT-style layer (`...layer.<i>.`, the names the hub files keep) -> the zoo's EncoderBlock.
 HF_LAYER = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
             "layernorm_before": "norm1", "layernorm_after": "norm2"}

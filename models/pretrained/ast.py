@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from models.pretrained import Converted, hf_activation, hf_block, hf_labels, read_json, read_weights
+from models.pretrained import Converted, hf_block, hf_encoder, hf_labels, read_json, read_weights
 from models.pretrained.source import Source
 from utils.errors import UserError
 
@@ -24,7 +24,6 @@ def net_config(config: dict[str, Any], fe: dict[str, Any], spec: str) -> dict[st
         "_target_": "models.audio.AudioSpectrogramTransformer",
         "sample_rate": rate,
         "clip_seconds": config["max_length"] / 100,  # 10 ms frames
-        "num_classes": len(config.get("id2label") or {}) or 2,
         "n_mels": int(config["num_mel_bins"]),
         "frontend": "kaldi_fbank",
         "max_frames": int(config["max_length"]),
@@ -35,19 +34,13 @@ def net_config(config: dict[str, Any], fe: dict[str, Any], spec: str) -> dict[st
         "stem": "patch",
         "patch_size": int(config["patch_size"]),
         "patch_stride": [int(config["frequency_stride"]), int(config["time_stride"])],
-        "dim": int(config["hidden_size"]),
-        "depth": int(config["num_hidden_layers"]),
-        "num_heads": int(config["num_attention_heads"]),
-        "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
-        "qkv_bias": bool(config.get("qkv_bias", True)),
         "pool": "tokens",
         "class_token": True,
         "dist_token": True,
         "token_pos": True,
         "fc_norm": True,
         "final_norm": True,
-        "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
-        "act": hf_activation(config, spec),
+        **hf_encoder(config, spec, 1e-12),
     }
 
 

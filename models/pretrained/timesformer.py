@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from models.pretrained import Converted, hf_activation, hf_block, hf_labels, read_json, read_weights
+from models.pretrained import Converted, hf_encoder, read_json, read_weights
 from models.pretrained.source import Source
 from models.pretrained.videomae import video_preprocess
 from utils.errors import UserError
@@ -30,12 +30,6 @@ def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
         "num_frames": int(config["num_frames"]),
         "patch_size": int(config["patch_size"]),
         "in_chans": int(config.get("num_channels", 3)),
-        "num_classes": len(config.get("id2label") or {}) or 2,
-        "dim": int(config["hidden_size"]),
-        "depth": int(config["num_hidden_layers"]),
-        "num_heads": int(config["num_attention_heads"]),
-        "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
-        "qkv_bias": bool(config.get("qkv_bias", True)),
         "attention": "divided",
         "stem": "patch",
         "pos_init": "normal",
@@ -44,8 +38,7 @@ def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
         "token_pos": True,
         "pool": "cls",
         "temporal_proj": True,
-        "norm_eps": float(config.get("layer_norm_eps", 1e-6)),
-        "act": hf_activation(config, spec),
+        **hf_encoder(config, spec, 1e-6),
     }
 
 

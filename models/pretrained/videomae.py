@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from models.pretrained import Converted, hf_activation, hf_block, hf_labels, read_json, read_weights
+from models.pretrained import Converted, hf_block, hf_encoder, hf_labels, read_json, read_weights
 from models.pretrained.source import Source
 from utils.errors import UserError
 
@@ -28,20 +28,13 @@ def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
         "num_frames": int(config["num_frames"]),
         "patch_size": patch,
         "in_chans": int(config.get("num_channels", 3)),
-        "num_classes": len(config.get("id2label") or {}) or 2,
-        "dim": int(config["hidden_size"]),
-        "depth": int(config["num_hidden_layers"]),
-        "num_heads": int(config["num_attention_heads"]),
-        "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
-        "qkv_bias": bool(config.get("qkv_bias", True)),
         "attention": "joint",
         "stem": "tubelet",
         "tubelet_size": int(config.get("tubelet_size", 2)),
         "pos": "sincos_fixed",
         "fc_norm": True,
         "fc_norm_eps": 1e-5,  # VideoMAE's fc_norm is a plain nn.LayerNorm
-        "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
-        "act": hf_activation(config, spec),
+        **hf_encoder(config, spec, 1e-12),
     }
 
 
