@@ -76,6 +76,7 @@ def test_predict_from_the_folder_names_its_labels(converted, tmp_path: Path) -> 
     assert "LABEL_" in proc.stdout and list((tmp_path / "out").glob("*_attention.png"))
 
 
+@pytest.mark.slow
 def test_finetune_replaces_the_head_and_trains(converted, tmp_path: Path) -> None:
     from utils.checkpoint import load_checkpoint
 

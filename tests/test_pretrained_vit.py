@@ -98,6 +98,7 @@ def test_uncached_source_exits_2_naming_it_and_the_cache(tmp_path: Path) -> None
     assert "huggingface-cli download" in proc.stderr
 
 
+@pytest.mark.slow
 def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path) -> None:
     from utils.checkpoint import load_checkpoint
 
@@ -118,6 +119,16 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     image = next(folder.rglob("*.png"))
     proc = cli("predict.py", str(run), str(image), "--threads", "1")
     assert proc.returncode == 0 and "class" in proc.stdout, proc.stderr[-3000:]
+    proc = cli("evaluate.py", f"ckpt_path={run}", "threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0 and "test/acc" in proc.stdout, proc.stderr[-3000:]
+    proc = cli("export.py", f"ckpt_path={run}", "format=onnx", "threads=1", f"out={tmp_path / 'export'}")
+    assert proc.returncode == 0 and (tmp_path / "export" / "vit.onnx").is_file(), proc.stderr[-3000:]
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "export" / "vit.onnx")).metadata_props}
+    assert json.loads(props["zoo_preprocess"])["std"] == list(ref.pretrained_cfg["std"])  # travels with the file
 
 
 def test_finetune_experiment_without_a_source_says_what_is_missing(compose_train) -> None:
