@@ -100,6 +100,7 @@ def write_video(path: Path, frames: int, size: int = 32, seed: int = 0) -> Path:
     return path
 
 
+@pytest.mark.slow  # a CLI run: ~10 s alone, ~40 s on a busy machine
 def test_predict_from_the_folder(converted, tmp_path: Path) -> None:
     folder = converted[3]
     clip = write_video(tmp_path / "clip.mp4", 6)
