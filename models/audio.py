@@ -120,6 +120,7 @@ class KaldiFbank(nn.Module):
         self.sample_rate, self.n_mels, self.max_frames = sample_rate, n_mels, max_frames
         self.norm_mean, self.norm_std, self.window_type = norm_mean, norm_std, window_type
         self.hop_length = sample_rate // 100  # Kaldi's 10 ms frame shift
+        self.f_min, self.f_max = 20.0, sample_rate / 2  # Kaldi's mel banks: low_freq 20 Hz, high_freq 0 = Nyquist
         self.n_fft = sample_rate * 25 // 1000  # one 25 ms frame: the shortest clip with a feature
         self.padded = kaldi._next_power_of_2(self.n_fft)
         window = kaldi._feature_window_function(window_type, self.n_fft, 0.42, torch.device("cpu"), torch.float32)
