@@ -201,8 +201,9 @@ class AudioSpectrogramTransformer(nn.Module):
 
     For the pretrained AST (the defaults keep the zoo's own model as it was): `frontend="kaldi_fbank"` (Kaldi
     features padded / cut to `max_frames`, KaldiFbank); `class_token` / `dist_token` with `token_pos` (their
-    learned positions), `pool="tokens"` (the mean of those tokens), `fc_norm` (a LayerNorm before the head
-    on the pooled tokens; AST keeps the encoder's final one too, `final_norm`), `norm_eps`, `act`.
+    learned positions; with a distillation token `pool="cls"` reads the mean of the two, as AST); `fc_norm` (a
+    LayerNorm on the pooled tokens before the head; AST keeps the encoder's final one too, `final_norm`);
+    `norm_eps`, `act`.
     """
 
     def __init__(
@@ -250,11 +251,11 @@ class AudioSpectrogramTransformer(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        if pool not in ("cls", "mean", "tokens"):
-            raise ValueError(f"pool must be 'cls', 'mean' or 'tokens', got {pool!r}")
-        class_token = pool in ("cls", "tokens") if class_token is None else class_token
-        if pool in ("cls", "tokens") and not class_token:
-            raise ValueError(f"pool={pool!r} needs a class token")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        class_token = pool == "cls" if class_token is None else class_token
+        if (pool == "cls" and not class_token) or (dist_token and not class_token):
+            raise ValueError("pool='cls' and dist_token need a class token")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if sample_rate <= 0 or clip_seconds <= 0:
@@ -329,10 +330,10 @@ class AudioSpectrogramTransformer(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         tokens = self.forward_features(wave)
-        if self.pool == "cls":
-            pooled = tokens[:, 0]
-        elif self.pool == "tokens":  # AST: the mean of the class and distillation tokens
+        if self.pool == "cls" and self.dist_token is not None:  # AST: the mean of class and distillation tokens
             pooled = tokens[:, : self.num_prefix].mean(dim=1)
+        elif self.pool == "cls":
+            pooled = tokens[:, 0]
         else:
             pooled = tokens[:, self.num_prefix:].mean(dim=1)
         return self.head(self.fc_norm(pooled))  # (B, num_classes)

@@ -71,7 +71,7 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
 def build_module(cfg: DictConfig) -> L.LightningModule:
     check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
     module = _instantiate(_without_modality(cfg.model), "model")
-    load_pretrained(module.net, cfg)  # a no-op unless build_datamodule just converted model.pretrained
+    load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
     return module
 
 

@@ -105,7 +105,7 @@ NET_RULES: dict[str, Callable[[Any], str | None]] = {
     "f_max": optional(positive_number),
     "qkv_bias": boolean,
     "tie_embeddings": boolean,
-    "pool": one_of("cls", "mean", "tokens"),  # tokens: the mean of the class and distillation tokens (AST)
+    "pool": one_of("cls", "mean"),
     "frontend": one_of("logmel", "kaldi_fbank"),
     "stem": one_of("patch", "conv", "tubelet"),
     "positions": one_of("sinusoidal", "learned"),

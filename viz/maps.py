@@ -77,9 +77,8 @@ def classifier_maps(net: nn.Module, x: Tensor, heads: list[int] | None = None, t
     flow = rollout(ordered)  # (B, L, L)
     # Tokens before the patches: a class token, and a DeiT / AST distillation token.
     prefix = getattr(net, "num_prefix", int(getattr(net, "cls_token", None) is not None))
-    # What the head reads: the class token's row, the prefix tokens' rows (AST), or the mean of the patch rows.
-    pool = getattr(net, "pool", "mean")
-    reads = {"cls": slice(0, 1), "tokens": slice(0, prefix)}.get(pool, slice(prefix, None))
+    # What the head(s) read: the class (and distillation: DeiT, AST) token rows, or the mean of the patch rows.
+    reads = slice(0, prefix) if getattr(net, "pool", "mean") == "cls" else slice(prefix, None)
     received = flow[:, reads, prefix:].mean(dim=1)
     if prefix:  # the prefix tokens' share is not a place in the input
         received = received / received.sum(-1, keepdim=True)

@@ -34,7 +34,7 @@ def net_config(config: dict[str, Any], fe: dict[str, Any], spec: str) -> dict[st
         "stem": "patch",
         "patch_size": int(config["patch_size"]),
         "patch_stride": [int(config["frequency_stride"]), int(config["time_stride"])],
-        "pool": "tokens",
+        "pool": "cls",  # with the distillation token: the mean of the two tokens
         "class_token": True,
         "dist_token": True,
         "token_pos": True,
