@@ -5,7 +5,10 @@
     python predict.py RUN_DIR yes.wav   --attention-dir pictures/      # audio: a wav / flac file
     python predict.py RUN_DIR clip.mp4  --attention-dir pictures/      # video: a video file
 
-RUN_DIR is a run directory (its best.ckpt) or a checkpoint file: the model, its tokenizer or class
+    python predict.py timm:vit_small_patch16_224 photo.jpg --attention-dir pictures/   # a pretrained source
+
+RUN_DIR is a run directory (its best.ckpt) or a checkpoint file, or a pretrained source (timm:<name>,
+hf:<repo id>, a hub folder; converted offline, docs/pretrained.md): the model, its tokenizer or class
 names, and its input preparation come from the checkpoint, so nothing is re-typed. The translator
 prints the translation; classifiers print the top-5 classes with probabilities. With
 --attention-dir, PNG pictures of the attention are written there (computed beside the model's kernel;
@@ -89,14 +92,11 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def is_pretrained_source(spec: str) -> bool:
-    """hf: / pkg: / timm: ids, and folders of a save_pretrained model (config.json), rather than zoo runs."""
-    return spec.startswith(("hf:", "pkg:", "timm:")) or (Path(spec).expanduser() / "config.json").is_file()
-
-
 def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir") -> None:
     """The attention folder, checked before the model is loaded: outside the run being read, and writable."""
-    if not is_pretrained_source(ckpt_path):  # a pretrained source has no run directory to protect
+    from models.pretrained import is_source
+
+    if not is_source(ckpt_path):  # a pretrained source is no run to protect
         refuse_writing_into_run(path, ckpt_path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt_path", help="checkpoint file or run directory")
+    parser.add_argument("ckpt_path", help="checkpoint file, run directory, or pretrained source (timm:..., hf:...)")
     parser.add_argument("inputs", nargs="+", help="sentences or .txt files (translator); image / audio / video files")
     parser.add_argument("--attention-dir", type=Path, default=None, help="write attention pictures (PNG) here")
     parser.add_argument("--html", type=Path, default=None,

@@ -291,9 +291,11 @@ def _to_8bit(im: Any, path: str, notes: list[str] | None) -> Any:
     return Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8), "L")
 
 
-def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str] | None = None) -> Tensor:
+def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str] | None = None,
+               crop_pct: float | None = None, interpolation: str = "bilinear") -> Tensor:
     """uint8 (in_chans, image_size, image_size) from an image file, squashed to a square rather than cropped
-    (nothing of the object is cut off). Any bit depth and channel layout PIL reads; what was converted is
+    (nothing of the object is cut off); with `crop_pct` (a pretrained model's evaluation transform, as timm's)
+    the shorter side is resized to image_size / crop_pct with `interpolation`, then the centre cropped. Any bit depth and channel layout PIL reads; what was converted is
     appended to `notes` when given. A file that is no readable image raises FileFormatError naming it."""
     from PIL import Image
 
@@ -312,6 +314,13 @@ def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str
             if notes is not None and (im.mode in ("L", "LA", "1", "I", "F")) != (mode == "L"):
                 what = "palette" if im.mode in ("P", "PA") else "color"
                 notes.append(f"{what} converted to grayscale" if mode == "L" else "grayscale copied to RGB")
+            if crop_pct is not None:
+                scaled = int(image_size / crop_pct)  # timm: math.floor(img_size / crop_pct)
+                im = TF.resize(im.convert(mode), scaled, interpolation=TF.InterpolationMode(interpolation))
+                if notes is not None:
+                    notes.append(f"resized from {size[0]}x{size[1]} (shorter side {scaled}), centre {image_size}x"
+                                 f"{image_size} cropped")
+                return TF.pil_to_tensor(TF.center_crop(im, [image_size, image_size]))
             im = im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
             if notes is not None and size != (image_size, image_size):
                 notes.append(f"resized from {size[0]}x{size[1]} to {image_size}x{image_size}")
@@ -380,6 +389,8 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
         test_fraction: float = 0.1,
         download: bool = True,
         shuffle: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -399,6 +410,8 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
         source = _BUILTIN.get(dataset)
         if source is not None and num_classes is not None and num_classes != len(source.classes):
             raise ValueError(f"num_classes={num_classes} but dataset {dataset!r} has {len(source.classes)} classes")
+        # Plain floats (Hydra passes a ListConfig): saved hyperparameters must load with weights_only.
+        mean, std = (None if v is None else [float(x) for x in v] for v in (mean, std))
         self.save_hyperparameters()
 
         self.dataset, self.root, self.image_size, self.in_chans = dataset, root, image_size, in_chans
@@ -408,6 +421,10 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
         self._requested_classes = num_classes
         self._class_names: list[str] | None = list(source.classes) if source else None
         self.mean, self.std = _channel_stats(source, in_chans)
+        if mean is not None or std is not None:  # a pretrained model's normalisation (utils/pretrained.py)
+            if mean is None or std is None or len(mean) != in_chans or len(std) != in_chans or min(std) <= 0:
+                raise ValueError(f"mean={mean}, std={std}: expected both, {in_chans} values each, std > 0")
+            self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self._augment_spec = (source.augment if source else _FOLDER_AUGMENT) if augment else None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None

@@ -15,7 +15,7 @@ Two controls for any source, applied to train, val and test alike:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -171,6 +171,8 @@ class VideoDataModule(ClassFolders, L.LightningDataModule):
         epoch_clips: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -194,6 +196,11 @@ class VideoDataModule(ClassFolders, L.LightningDataModule):
                 raise ValueError(f"train_clips={train_clips}; expected null or >= {len(CLASS_NAMES)}")
         if epoch_clips is not None and (not isinstance(epoch_clips, int) or epoch_clips < 1):
             raise ValueError(f"epoch_clips={epoch_clips!r}; expected null (all training clips) or an integer >= 1")
+        if (mean is None) != (std is None) or (mean is not None and (len(mean) != in_chans or len(std) != in_chans
+                                                                     or min(std) <= 0)):
+            raise ValueError(f"mean={mean}, std={std}: expected both or neither, {in_chans} values each, std > 0")
+        # Plain floats (Hydra passes a ListConfig): saved hyperparameters must load with weights_only.
+        mean, std = (None if v is None else [float(x) for x in v] for v in (mean, std))
         self.save_hyperparameters()
         self.dataset, self.root, self.image_size, self.num_frames = dataset, root, image_size, num_frames
         self.in_chans, self.batch_size, self.num_workers, self.seed = in_chans, batch_size, num_workers, seed
@@ -204,6 +211,8 @@ class VideoDataModule(ClassFolders, L.LightningDataModule):
         self._class_names: list[str] | None = list(CLASS_NAMES) if dataset == "moving_digits" else None
         # [0, 1] -> [-1, 1] for user videos; moving_digits replaces this with its train-set statistics.
         self.mean, self.std = (0.5,) * in_chans, (0.5,) * in_chans
+        if mean is not None and std is not None:  # a pretrained model's normalisation (utils/pretrained.py)
+            self.mean, self.std = tuple(mean), tuple(std)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None

@@ -14,13 +14,14 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
-from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D
-from models.layers import Encoder
+from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, prepend_tokens
+from models.layers import Activation, Encoder, LayerNorm
 from models.vit import VisionTransformer
 
 
@@ -97,6 +98,49 @@ class LogMel(nn.Module):
         return out
 
 
+class KaldiFbank(nn.Module):
+    """(B, samples) waveform -> (B, 1, n_mels, max_frames) normalised Kaldi log-mel filterbank features: the
+    front end of the pretrained AST, equal to its feature extractor (`torchaudio.compliance.kaldi.fbank` with
+    sample_frequency, window_type and num_mel_bins, every other argument Kaldi's default; tested).
+
+    The same steps as kaldi.fbank with its window and mel banks, over a whole batch (kaldi.fbank takes one clip,
+    so a loop would fix the batch size of an exported graph): 25 ms frames every 10 ms (snip_edges), DC offset
+    removed, pre-emphasis 0.97, window, 512-point power spectrum, mel banks, log (floored at float eps); then the
+    frames zero-padded or cut to `max_frames` and (x - norm_mean) / norm_std (AST: its std x 2)."""
+
+    PREEMPHASIS = 0.97
+
+    def __init__(self, sample_rate: int, n_mels: int, max_frames: int, norm_mean: float, norm_std: float,
+                 window_type: str = "hanning") -> None:
+        super().__init__()
+        from torchaudio.compliance import kaldi
+
+        if norm_std <= 0 or max_frames < 1:
+            raise ValueError(f"norm_std ({norm_std}) must be > 0 and max_frames ({max_frames}) >= 1")
+        self.sample_rate, self.n_mels, self.max_frames = sample_rate, n_mels, max_frames
+        self.norm_mean, self.norm_std, self.window_type = norm_mean, norm_std, window_type
+        self.hop_length = sample_rate // 100  # Kaldi's 10 ms frame shift
+        self.f_min, self.f_max = 20.0, sample_rate / 2  # Kaldi's mel banks: low_freq 20 Hz, high_freq 0 = Nyquist
+        self.n_fft = sample_rate * 25 // 1000  # one 25 ms frame: the shortest clip with a feature
+        self.padded = kaldi._next_power_of_2(self.n_fft)
+        window = kaldi._feature_window_function(window_type, self.n_fft, 0.42, torch.device("cpu"), torch.float32)
+        banks, _ = kaldi.get_mel_banks(n_mels, self.padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
+        self.register_buffer("window", window, persistent=False)  # derived: checkpoints stay as they were
+        self.register_buffer("banks", F.pad(banks.float(), (0, 1)).T.contiguous(), persistent=False)  # (freqs, mels)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        with torch.autocast(wave.device.type, enabled=False):
+            frames = wave.float().unfold(-1, self.n_fft, self.hop_length)  # (B, frames, n_fft)
+            frames = frames - frames.mean(dim=-1, keepdim=True)
+            previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi's replicate-padded shift
+            frames = (frames - self.PREEMPHASIS * previous) * self.window
+            power = torch.fft.rfft(F.pad(frames, (0, self.padded - self.n_fft))).abs().pow(2.0)
+            feats = torch.max(power @ self.banks, torch.tensor(torch.finfo(torch.float32).eps)).log()
+        missing = self.max_frames - feats.shape[1]
+        feats = F.pad(feats, (0, 0, 0, missing)) if missing > 0 else feats[:, : self.max_frames]
+        return ((feats - self.norm_mean) / self.norm_std).transpose(1, 2).unsqueeze(1)  # (B, 1, n_mels, frames)
+
+
 class SpecAugment(nn.Module):
     """Frequency and time masking (Park et al. 2019) on (B, 1, F, T), independent per example.
 
@@ -154,6 +198,12 @@ class AudioSpectrogramTransformer(nn.Module):
     `patch_size` / `patch_stride` are one int (square) or [mel bins, frames]: [n_mels, 3] with stride
     [n_mels, 2] makes one token per 2 frames spanning the whole spectrum (KWT, Berg et al. 2021).
     `attn_window` / `attn_global`: sliding-window self-attention over the tokens (long clips), see attention.py.
+
+    For the pretrained AST (the defaults keep the zoo's own model as it was): `frontend="kaldi_fbank"` (Kaldi
+    features padded / cut to `max_frames`, KaldiFbank); `class_token` / `dist_token` with `token_pos` (their
+    learned positions; with a distillation token `pool="cls"` reads the mean of the two, as AST); `fc_norm` (a
+    LayerNorm on the pooled tokens before the head; AST keeps the encoder's final one too, `final_norm`);
+    `norm_eps`, `act`.
     """
 
     def __init__(
@@ -189,19 +239,40 @@ class AudioSpectrogramTransformer(nn.Module):
         drop_path: float = 0.0,
         attn_window: int | None = None,
         attn_global: int = 0,
+        frontend: str = "logmel",
+        max_frames: int | None = None,
+        window_type: str = "hanning",
+        class_token: bool | None = None,
+        dist_token: bool = False,
+        token_pos: bool = False,
+        fc_norm: bool = False,
+        final_norm: bool = True,
+        norm_eps: float = 1e-6,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        class_token = pool == "cls" if class_token is None else class_token
+        if (pool == "cls" and not class_token) or (dist_token and not class_token):
+            raise ValueError("pool='cls' and dist_token need a class token")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if sample_rate <= 0 or clip_seconds <= 0:
             raise ValueError(f"sample_rate and clip_seconds must be > 0, got {sample_rate}, {clip_seconds}")
         self.sample_rate, self.pool = sample_rate, pool
-        self.frontend = LogMel(sample_rate, n_fft, hop_length, n_mels, f_min, f_max, norm_mean, norm_std,
-                               warp_range)
+        if frontend == "logmel":
+            self.frontend: LogMel | KaldiFbank = LogMel(sample_rate, n_fft, hop_length, n_mels, f_min, f_max,
+                                                        norm_mean, norm_std, warp_range)
+            frames = 1 + int(round(sample_rate * clip_seconds)) // hop_length
+        elif frontend == "kaldi_fbank":
+            if max_frames is None:
+                raise ValueError("frontend='kaldi_fbank' needs max_frames (the frames every clip is padded / cut to)")
+            self.frontend = KaldiFbank(sample_rate, n_mels, max_frames, norm_mean, norm_std, window_type)
+            frames = max_frames
+        else:
+            raise ValueError(f"frontend must be 'logmel' or 'kaldi_fbank', got {frontend!r}")
         self.specaugment = SpecAugment(freq_mask, time_mask, num_masks)
-        frames = 1 + int(round(sample_rate * clip_seconds)) // hop_length
         plane = (n_mels, frames)
         if stem == "patch":
             size = patch_size if isinstance(patch_size, int) else tuple(patch_size)
@@ -214,19 +285,27 @@ class AudioSpectrogramTransformer(nn.Module):
         else:
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         # The shortest clip whose spectrogram still covers one patch in time (and the STFT frame).
-        self.min_samples = max(n_fft // 2 + 1, (self.patch_embed.patch_size[1] - 1) * hop_length)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        if frontend == "logmel":
+            self.min_samples = max(n_fft // 2 + 1, (self.patch_embed.patch_size[1] - 1) * hop_length)
+        else:  # clips are padded to max_frames: one 25 ms frame is enough
+            self.min_samples = self.frontend.n_fft
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if dist_token else None
+        self.num_prefix = int(class_token) + int(dist_token)
+        self.prefix_pos = nn.Parameter(torch.zeros(1, self.num_prefix, dim)) if token_pos and self.num_prefix else None
         self.pos_embed = TimePosEmbed(self.patch_embed.grid_size, dim, pos_time)
         self.pos_drop = nn.Dropout(drop)
         self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
-                               attn_window, attn_global)
+                               attn_window, attn_global, norm_eps=norm_eps, act=act, final_norm=final_norm)
+        self.fc_norm = LayerNorm(dim, norm_eps) if fc_norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
         self.apply(VisionTransformer._init_weights)  # the ViT's init: truncated normal Linear weights
-        if self.cls_token is not None:
-            trunc_normal_(self.cls_token, std=0.02)
+        for token in (self.cls_token, self.dist_token, self.prefix_pos):
+            if token is not None:
+                trunc_normal_(token, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "pos_embed.weight"}
+        return {"cls_token", "dist_token", "prefix_pos", "pos_embed.weight"}
 
     def spectrogram(self, wave: Tensor) -> Tensor:
         """(B, samples) or (B, 1, samples) -> normalised (B, 1, n_mels, frames), SpecAugment if training."""
@@ -246,14 +325,18 @@ class AudioSpectrogramTransformer(nn.Module):
         spec = self.spectrogram(wave)
         grid = self.patch_embed.grid_for(tuple(spec.shape[-2:]))
         x = self.patch_embed(spec) + self.pos_embed(grid)  # (B, gh*gw, dim)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = prepend_tokens(x, [self.cls_token, self.dist_token], self.prefix_pos)
         return self.encoder(self.pos_drop(x))
 
     def forward(self, wave: Tensor) -> Tensor:
         tokens = self.forward_features(wave)
-        pooled = tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)
-        return self.head(pooled)  # (B, num_classes)
+        if self.pool == "cls" and self.dist_token is not None:  # AST: the mean of class and distillation tokens
+            pooled = tokens[:, : self.num_prefix].mean(dim=1)
+        elif self.pool == "cls":
+            pooled = tokens[:, 0]
+        else:
+            pooled = tokens[:, self.num_prefix:].mean(dim=1)
+        return self.head(self.fc_norm(pooled))  # (B, num_classes)
 
 
-__all__ = ["AudioSpectrogramTransformer", "LogMel", "SpecAugment", "TimePosEmbed"]
+__all__ = ["AudioSpectrogramTransformer", "KaldiFbank", "LogMel", "SpecAugment", "TimePosEmbed"]

@@ -121,6 +121,39 @@ class ConvStem(_PlaneEmbed):
         return g  # type: ignore[return-value]
 
 
+class TubeletEmbed(nn.Module):
+    """(B, C, T, H, W) -> (B, T // tubelet, gh*gw, dim): one linear map per tubelet of `tubelet` frames x a patch
+    (a strided Conv3d, VideoMAE / ViViT's tubelet embedding). Tokens are (time, row, column) in that order."""
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, tubelet: int, in_chans: int,
+                 dim: int) -> None:
+        super().__init__()
+        self.img_size, self.patch_size, self.in_chans = _pair(img_size), _pair(patch_size), in_chans
+        self.tubelet = tubelet
+        self.grid_size = self.grid_for(self.img_size)
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet, *self.patch_size), stride=(tubelet, *self.patch_size))
+
+    def grid_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(s // p for s, p in zip(size, self.patch_size))  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[2] % self.tubelet:
+            raise ValueError(f"a clip of {x.shape[2]} frames does not split into tubelets of {self.tubelet} frames")
+        return self.proj(x).flatten(3).permute(0, 2, 3, 1)  # (B, dim, T', gh, gw) -> (B, T', gh*gw, dim)
+
+
+def prepend_tokens(x: Tensor, tokens: list[Tensor | None], pos: Tensor | None = None) -> Tensor:
+    """(B, N, dim) patches -> (B, P + N, dim) with the learned (1, 1, dim) tokens that are not None in front
+    (class, distillation), each plus its own learned position when `pos` (1, P, dim) is given."""
+    prefix = [t for t in tokens if t is not None]
+    if not prefix:
+        return x
+    head = torch.cat(prefix, dim=1)
+    if pos is not None:
+        head = head + pos
+    return torch.cat([head.expand(x.shape[0], -1, -1), x], dim=1)
+
+
 def sinusoidal_table(length: int, dim: int, layout: str = "interleaved") -> Tensor:
     """The fixed sin/cos positions of Vaswani et al. (2017), (length, dim): sin and cos of each frequency side by
     side ("interleaved"), or all sines then all cosines ("split", Marian / OPUS-MT's layout)."""

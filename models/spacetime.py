@@ -14,7 +14,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
 from models.attention import MultiHeadAttention
-from models.layers import MLP, EncoderBlock, LayerNorm
+from models.layers import MLP, Activation, EncoderBlock, LayerNorm
 
 
 class TimePosEmbed(nn.Module):
@@ -59,23 +59,35 @@ class DividedSpaceTimeBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        act: Activation = "gelu",
+        temporal_proj: bool = False,
     ) -> None:
         super().__init__()
-        self.norm_time = LayerNorm(dim)
+        self.norm_time = LayerNorm(dim, norm_eps)
         self.attn_time = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
-        self.norm_space = LayerNorm(dim)
+        # TimeSformer's `temporal_dense`: one more Linear on the temporal attention's output.
+        self.temporal_proj = nn.Linear(dim, dim) if temporal_proj else nn.Identity()
+        self.norm_space = LayerNorm(dim, norm_eps)
         self.attn_space = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
-        self.norm_mlp = LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
+        self.norm_mlp = LayerNorm(dim, norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop, act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, N, _ = x.shape
+    def forward(self, x: Tensor, cls: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, N, D) -> (B, T, N, D); with a class token cls (B, 1, D), (x, cls) (TimeSformer): the token
+        joins every frame's spatial attention, its T outputs averaged, and skips the temporal attention."""
+        B, T, N, D = x.shape
         h = rearrange(self.norm_time(x), "b t n d -> (b n) t d")  # one sequence of T frames per position
-        x = x + self.drop_path(rearrange(self.attn_time(h), "(b n) t d -> b t n d", b=B))
-        h = rearrange(self.norm_space(x), "b t n d -> (b t) n d")  # one sequence of N patches per frame
-        x = x + self.drop_path(rearrange(self.attn_space(h), "(b t) n d -> b t n d", b=B))
-        return x + self.drop_path(self.mlp(self.norm_mlp(x)))
+        x = x + self.temporal_proj(self.drop_path(rearrange(self.attn_time(h), "(b n) t d -> b t n d", b=B)))
+        seq = x if cls is None else torch.cat([cls[:, None].expand(B, T, 1, D), x], dim=2)  # (B, T, [1 +] N, D)
+        h = rearrange(self.norm_space(seq), "b t n d -> (b t) n d")  # one sequence of N patches per frame
+        h = self.drop_path(rearrange(self.attn_space(h), "(b t) n d -> b t n d", b=B))
+        if cls is None:
+            x = x + h
+            return x + self.drop_path(self.mlp(self.norm_mlp(x)))
+        x, cls = x + h[:, :, 1:], cls + h[:, :, 0].mean(dim=1, keepdim=True)
+        return x + self.drop_path(self.mlp(self.norm_mlp(x))), cls + self.drop_path(self.mlp(self.norm_mlp(cls)))
 
 
 class JointSpaceTimeBlock(EncoderBlock):

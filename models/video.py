@@ -9,8 +9,8 @@ from einops import rearrange
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D
-from models.layers import LayerNorm
+from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, TubeletEmbed, sinusoidal_table
+from models.layers import Activation, LayerNorm
 from models.spacetime import SPACETIME_BLOCKS, TimePosEmbed
 from models.vit import VisionTransformer
 
@@ -41,6 +41,14 @@ class VideoTransformer(nn.Module):
     The stem sees one frame at a time and pooling ignores order, so frames meet only inside the
     temporal (or joint) attention: a clip whose label lives in the order of its frames is classified
     by what that attention does, which is what the shuffled-frames control measures.
+
+    Options for pretrained families (the defaults keep the zoo's own model as it was): `stem="tubelet"` embeds
+    `tubelet_size` frames x a patch at once (VideoMAE); `pos="sincos_fixed"` replaces both learned tables by the
+    fixed 1-D sin/cos table over the flattened (time, patch) tokens (VideoMAE); `class_token` (divided attention
+    only) adds TimeSformer's class token, with its own position (`token_pos`), read by `pool="cls"`;
+    `temporal_proj` TimeSformer's Linear after the temporal attention; `fc_norm` puts the final LayerNorm after
+    mean pooling (VideoMAE's fc_norm, eps `fc_norm_eps`, None: norm_eps) instead of on the tokens; `norm_eps`
+    and `act` for the blocks.
     """
 
     def __init__(
@@ -64,8 +72,25 @@ class VideoTransformer(nn.Module):
         drop_path: float = 0.0,
         pos_init_std: float = 1.0,
         pos_init: str = "sincos",
+        tubelet_size: int = 2,
+        pos: str = "learned",
+        class_token: bool = False,
+        token_pos: bool = False,
+        pool: str = "mean",
+        temporal_proj: bool = False,
+        fc_norm: bool = False,
+        fc_norm_eps: float | None = None,
+        norm_eps: float = 1e-6,
+        act: Activation = "gelu",
     ) -> None:
         super().__init__()
+        if pos not in ("learned", "sincos_fixed"):
+            raise ValueError(f"pos must be 'learned' or 'sincos_fixed', got {pos!r}")
+        if (pool == "cls") != class_token or pool not in ("cls", "mean"):
+            raise ValueError(f"pool={pool!r} with class_token={class_token}: 'cls' reads the class token, 'mean' "
+                             "averages the patch tokens (without one)")
+        if class_token and attention != "divided":
+            raise ValueError("class_token is for divided attention (TimeSformer)")
         if attention not in SPACETIME_BLOCKS:
             raise ValueError(f"attention must be one of {sorted(SPACETIME_BLOCKS)}, got {attention!r}")
         if num_frames < 1:
@@ -79,23 +104,37 @@ class VideoTransformer(nn.Module):
         if pos_init_std <= 0:
             raise ValueError(f"pos_init_std must be > 0, got {pos_init_std}")
         if stem == "patch":
-            self.patch_embed: PatchEmbed | ConvStem = PatchEmbed(img_size, patch_size, in_chans, dim)
+            self.patch_embed: PatchEmbed | ConvStem | TubeletEmbed = PatchEmbed(img_size, patch_size, in_chans, dim)
         elif stem == "conv":
             self.patch_embed = ConvStem(img_size, patch_size, in_chans, dim, stem_channels)
+        elif stem == "tubelet":
+            self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, in_chans, dim)
         else:
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
-        self.in_chans, self.attention = in_chans, attention
-        self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
-        self.time_embed = TimePosEmbed(num_frames, dim)
+            raise ValueError(f"stem must be 'patch', 'conv' or 'tubelet', got {stem!r}")
+        self.in_chans, self.attention, self.num_frames, self.pool = in_chans, attention, num_frames, pool
+        self.fc_norm = fc_norm
+        if pos == "learned":
+            self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
+            self.time_embed = TimePosEmbed(num_frames, dim)
+        self.pos = pos
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.prefix_pos = nn.Parameter(torch.zeros(1, 1, dim)) if class_token and token_pos else None
         self.pos_drop = nn.Dropout(drop)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
         block = SPACETIME_BLOCKS[attention]
+        extra = {"temporal_proj": True} if temporal_proj else {}
         self.blocks = nn.ModuleList(
-            block(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r) for r in rates
+            block(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, norm_eps=norm_eps, act=act,
+                  **extra) for r in rates
         )
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim, norm_eps if fc_norm_eps is None else fc_norm_eps)
         self.head = nn.Linear(dim, num_classes)
         self.apply(VisionTransformer._init_weights)  # same init as the ViT: truncated normal Linear weights
+        for token in (self.cls_token, self.prefix_pos):
+            if token is not None:
+                trunc_normal_(token, std=0.02)
+        if pos == "sincos_fixed":
+            return
         # ViT's 0.02 suits images, where content is the signal. Here the signal is *where* the content is
         # *when*: with tables ~15x smaller than the stem's features the model sat at chance for epochs.
         if pos_init == "sincos":
@@ -112,23 +151,46 @@ class VideoTransformer(nn.Module):
                 trunc_normal_(table, std=pos_init_std, a=-2 * pos_init_std, b=2 * pos_init_std)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed.weight", "time_embed.weight"}
+        return {"pos_embed.weight", "time_embed.weight", "cls_token", "prefix_pos"}
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C, T, H, W) -> (B, T, gh*gw, dim) encoded tokens."""
+        """(B, C, T, H, W) -> (B, T, gh*gw, dim) encoded tokens (T // tubelet_size with tubelets)."""
+        return self._encode(x)[0]
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Encoded tokens (normalised unless fc_norm) and the encoded class token (B, 1, dim) or None."""
         if x.dim() != 5 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected a clip (batch, {self.in_chans}, frames, H, W), got {tuple(x.shape)}")
         B, _, T, H, W = x.shape
         if T < 1:
             raise ValueError(f"a clip needs at least 1 frame, got shape {tuple(x.shape)}")
         grid = self.patch_embed.grid_for((H, W))
-        x = self.patch_embed(rearrange(x, "b c t h w -> (b t) c h w"))  # errors name frames smaller than a patch
-        x = rearrange(x, "(b t) n d -> b t n d", b=B)
-        x = x + self.pos_embed(grid).unsqueeze(1) + self.time_embed(T)  # (1, 1, N, d) + (1, T, 1, d)
+        if isinstance(self.patch_embed, TubeletEmbed):
+            x = self.patch_embed(x)  # (B, T', N, d)
+        else:
+            x = self.patch_embed(rearrange(x, "b c t h w -> (b t) c h w"))  # errors name frames smaller than a patch
+            x = rearrange(x, "(b t) n d -> b t n d", b=B)
+        if self.pos == "learned":
+            x = x + self.pos_embed(grid).unsqueeze(1) + self.time_embed(T)  # (1, 1, N, d) + (1, T, 1, d)
+        else:  # VideoMAE: fixed sin/cos over the flattened (time, patch) order
+            x = x + sinusoidal_table(x.shape[1] * x.shape[2], x.shape[3]).to(x).view(1, *x.shape[1:])
+        cls = None
+        if self.cls_token is not None:
+            cls = self.cls_token if self.prefix_pos is None else self.cls_token + self.prefix_pos
+            cls = self.pos_drop(cls.expand(B, -1, -1))
         x = self.pos_drop(x)
         for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+            if cls is None:
+                x = block(x)
+            else:
+                x, cls = block(x, cls)
+        if self.fc_norm:
+            return x, cls
+        return self.norm(x), (None if cls is None else self.norm(cls))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x).mean(dim=(1, 2)))  # (B, num_classes)
+        tokens, cls = self._encode(x)
+        if cls is not None:
+            return self.head(cls[:, 0])
+        pooled = tokens.mean(dim=(1, 2))
+        return self.head(self.norm(pooled) if self.fc_norm else pooled)  # (B, num_classes)

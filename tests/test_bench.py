@@ -59,3 +59,13 @@ def test_compile_bench_compiles_each_contender_once_and_reports_speedups() -> No
     report = bench_compile.main(["--threads", "1", "--repeats", "1", "--budget", "0.01", "--backend", "aot_eager"])
     assert sorted(report["first_step_s"]) == ["compiled", "compiled_fused", "plain"]
     assert sorted(report["speedup"]) == ["compiled", "compiled_fused"] and all(v > 0 for v in report["speedup"].values())
+
+
+def test_pretrained_bench_pairs_give_the_same_logits() -> None:
+    from bench import bench_pretrained
+
+    report = bench_pretrained.main(["--tiny", "--families", "vit", "ast", "--batches", "1", "--repeats", "1",
+                                    "--warmup", "0", "--threads", "1"])
+    for family in report["results"].values():
+        r = family["batch1"]
+        assert r["max_abs_logit_diff"] < 1e-5 and r["speed_ratio"] > 0 and r["maps_speed_ratio"] > 0

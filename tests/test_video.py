@@ -172,8 +172,8 @@ def test_bad_inputs_and_arguments_name_the_value() -> None:
         _model(attention="spacetime")
     with pytest.raises(ValueError, match="smaller than one patch"):
         _model(img_size=2)
-    with pytest.raises(ValueError, match="'tubelet'"):
-        _model(stem="tubelet")
+    with pytest.raises(ValueError, match="'cube'"):
+        _model(stem="cube")
     with pytest.raises(ValueError, match="'zeros'"):
         _model(pos_init="zeros")
 

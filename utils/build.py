@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from models.attention import DEFAULT_KERNEL, set_attention_kernel
 from utils.checkpoint import AtomicCheckpointIO
 from utils.errors import UserError
+from utils.pretrained import apply_pretrained, load_pretrained
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def setup_runtime(cfg: DictConfig) -> None:
     check_run_config(cfg)
+    apply_pretrained(cfg)  # fills what the source decides (model.net, null data keys) before they are checked
     check_model_config(cfg)  # a bad value stops here, as the only line on stderr
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -48,11 +50,12 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     restored before those facts are read so that evaluation sees exactly what training saw.
     """
     check_model_fits_data(cfg)
+    apply_pretrained(cfg)  # model.pretrained: the source's architecture and input preparation (utils/pretrained.py)
     check_model_config(cfg)  # before any data is read: values the data decides (num_classes) come later
     dm = _instantiate(_without_modality(cfg.data), "data")
     if state is not None:
         dm.load_state_dict(state)
-    elif cfg.model.get("pretrained"):  # fine-tuning a pretrained translator: its own tokenizer, not a new BPE
+    elif cfg.model.get("pretrained") and is_text(cfg):  # a pretrained translator: its own tokenizer, not a new BPE
         from models.pretrained.marian import MarianTokenizer
         from models.pretrained.source import resolve
 
@@ -70,11 +73,18 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
     return ckpt.get(name)
 
 
+def is_text(cfg: DictConfig) -> bool:
+    """A text model (the translator): its pretrained source (Marian) is built here, not in utils/pretrained.py."""
+    return cfg.model.get("modality") == "text"
+
+
 def build_module(cfg: DictConfig) -> L.LightningModule:
     check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
     spec = cfg.model.get("pretrained")
-    if not spec:
-        return _instantiate(_without_modality(cfg.model), "model")
+    if not spec or not is_text(cfg):  # image / audio / video sources: utils/pretrained.py
+        module = _instantiate(_without_modality(cfg.model), "model")
+        load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
+        return module
     from models.pretrained.marian import load_marian
 
     net, _, kwargs, settings = load_marian(str(spec))
@@ -121,16 +131,19 @@ def check_model_fits_data(cfg: DictConfig) -> None:
     )
 
 
+NOT_ARGUMENTS = ("modality", "pretrained", "pretrained_from", "preprocess")  # config keys read by the build, not by the module
+
+
 def _without_modality(node: DictConfig) -> DictConfig:
-    """A copy without the `modality` tag, which is for check_model_fits_data, not a constructor argument.
+    """A copy without the `modality` tag (for check_model_fits_data) and the pretrained source and its
+    preprocessing (utils/pretrained.py): not constructor arguments.
     (deepcopy keeps the parent, so `${paths.data_dir}` and friends still resolve.)"""
-    tags = [k for k in ("modality", "pretrained", "pretrained_from") if k in node]  # not constructor arguments
-    if not tags:
+    if not any(key in node for key in NOT_ARGUMENTS):
         return node
     node = copy.deepcopy(node)
     with open_dict(node):
-        for key in tags:
-            del node[key]
+        for key in NOT_ARGUMENTS:
+            node.pop(key, None)
     return node
 
 

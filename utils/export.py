@@ -59,6 +59,7 @@ MODEL_NAMES: dict[type[nn.Module], str] = {VisionTransformer: "vit", Translator:
                                            AudioSpectrogramTransformer: "audio", VideoTransformer: "video"}
 FORMATS = ("onnx", "safetensors", "both")
 CONFIG_KEY, TIED_KEY, TOKENIZER_KEY = "zoo_config", "zoo_tied", "zoo_tokenizer"  # metadata keys in both formats
+PREPROCESS_KEY = "zoo_preprocess"  # a pretrained source's preprocessing (utils/pretrained.py), JSON
 DEFAULT_OPSET = 18  # onnxruntime 1.x runs it everywhere; the exporter's lowering of SDPA is plain ops here
 
 
@@ -113,6 +114,8 @@ def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict
     dm_state = datamodule_state(ckpt, cfg) if "data" in cfg and "_target_" in cfg.data else None
     if dm_state and isinstance(dm_state.get("tokenizer"), str):
         extras[TOKENIZER_KEY] = dm_state["tokenizer"]
+    if cfg.model.get("preprocess") is not None:  # a pretrained source's input preparation and class names
+        extras[PREPROCESS_KEY] = json.dumps(OmegaConf.to_container(cfg.model.preprocess, resolve=True))
     return net.eval(), config, extras  # type: ignore[return-value]
 
 
@@ -169,7 +172,7 @@ def onnx_spec(net: nn.Module) -> OnnxSpec:
                             {"waveform": ["batch", "samples"]})
         return OnnxSpec(net, ["waveform"], (torch.randn(2, samples),), ({0: batch},), {"waveform": ["batch"]})
     if isinstance(net, VideoTransformer):
-        c, t, (h, w) = net.in_chans, net.time_embed.num_frames, net.patch_embed.img_size
+        c, t, (h, w) = net.in_chans, net.num_frames, net.patch_embed.img_size
         return OnnxSpec(net, ["clips"], (torch.randn(2, c, t, h, w),), ({0: batch},), {"clips": ["batch"]})
     raise TypeError(f"cannot export a {type(net).__name__}; expected one of {[c.__name__ for c in MODEL_NAMES]}")
 

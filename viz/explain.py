@@ -50,7 +50,12 @@ def model_kind(net: torch.nn.Module) -> str:
 
 
 def load_trained(ckpt_path: str | Path) -> Loaded:
-    """Rebuild model and data module from a checkpoint file or run directory (safe `weights_only` load)."""
+    """Rebuild model and data module from a checkpoint file or run directory (safe `weights_only` load),
+    or convert a pretrained source (timm:..., hf:..., a hub folder: models/pretrained) with its preprocessing."""
+    from models.pretrained import is_source
+
+    if is_source(str(ckpt_path)):
+        return load_source(str(ckpt_path))
     ckpt_file = resolve_checkpoint(ckpt_path)
     ckpt = load_checkpoint(ckpt_file)
     cfg = run_config(ckpt_file, ckpt)
@@ -70,6 +75,22 @@ def load_trained(ckpt_path: str | Path) -> Loaded:
     if model_kind(module.net) == "video" and getattr(dm, "dataset", None) == "moving_digits":
         dm.setup("predict")  # its normalisation comes from the generated training clips (~0.3 s)
     return wrap(module, dm, cfg, ckpt_file)
+
+
+def load_source(spec: str) -> Loaded:
+    """A pretrained source, converted, as a Loaded without a data module: inputs are prepared as its
+    `preprocess` says (utils/pretrained.py), classes named by its config."""
+    from omegaconf import OmegaConf
+
+    from models.classification import ClassificationModule
+    from utils.pretrained import load_source as convert_source
+
+    net, config, pre = convert_source(spec)
+    cfg = OmegaConf.create({"model": {"pretrained": spec, "modality": pre["modality"], "net": config,
+                                      "preprocess": pre}})
+    module = ClassificationModule(net, max(2, int(config["num_classes"])), optimizer=None)  # type: ignore[arg-type]
+    names = list(pre.get("class_names") or [f"class {i}" for i in range(int(config["num_classes"]))])
+    return Loaded(module.eval(), model_kind(net), None, cfg, Path(spec), names)  # type: ignore[arg-type]
 
 
 def wrap(module: L.LightningModule, dm: L.LightningDataModule, cfg: DictConfig, ckpt_file: Path) -> Loaded:
@@ -138,6 +159,8 @@ def read_input(loaded: Loaded, item: str, notes: list[str] | None = None) -> Ten
 
 def _read(loaded: Loaded, path: Path, notes: list[str] | None) -> Tensor:
     dm = loaded.datamodule
+    if dm is None:  # a pretrained source: its own preprocessing
+        return _read_pretrained(loaded, path, notes)
     if loaded.kind == "image":
         from data.images import load_image
 
@@ -157,15 +180,39 @@ def _read(loaded: Loaded, path: Path, notes: list[str] | None) -> Tensor:
     return VideoBatch(dm.mean, dm.std)([(clip, 0)])[0]
 
 
+def _read_pretrained(loaded: Loaded, path: Path, notes: list[str] | None) -> Tensor:
+    pre = loaded.cfg.model.preprocess
+    if loaded.kind == "image":
+        from data.images import load_image
+
+        image = load_image(path, int(pre.image_size), int(pre.in_chans), notes, float(pre.crop_pct), pre.interpolation)
+        mean, std = torch.tensor(list(pre.mean)).view(-1, 1, 1), torch.tensor(list(pre.std)).view(-1, 1, 1)
+        return ((image.float() / 255 - mean) / std)[None]
+    if loaded.kind == "audio":  # the whole clip: the model's front end pads or cuts its frames
+        from data.audio import read_audio
+
+        return read_audio(path, int(pre.sample_rate), notes)[None]
+    from data.video import read_video  # frames squashed to the model's square (the reference crops the centre)
+
+    clip = read_video(path, int(pre.num_frames), int(pre.image_size), int(pre.in_chans), notes)
+    mean, std = torch.tensor(list(pre.mean)).view(-1, 1, 1, 1), torch.tensor(list(pre.std)).view(-1, 1, 1, 1)
+    return ((clip.float() / 255 - mean) / std)[None]
+
+
 def display_input(loaded: Loaded, x: Tensor) -> Tensor:
     """What the model saw, for people: images / frames in [0, 1], the audio model's own spectrogram."""
     dm = loaded.datamodule
+    if dm is None and loaded.kind == "image":
+        pre = loaded.cfg.model.preprocess
+        mean, std = torch.tensor(list(pre.mean)).view(-1, 1, 1), torch.tensor(list(pre.std)).view(-1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
     if loaded.kind == "image":
         return dm.denormalize(x)
     if loaded.kind == "audio":
         return loaded.module.net.frontend(x[None])[0, 0]
-    mean = torch.tensor(dm.mean).view(-1, 1, 1, 1)
-    std = torch.tensor(dm.std).view(-1, 1, 1, 1)
+    stats = loaded.cfg.model.preprocess if dm is None else dm  # a pretrained source: its own normalisation
+    mean = torch.tensor(list(stats.mean)).view(-1, 1, 1, 1)
+    std = torch.tensor(list(stats.std)).view(-1, 1, 1, 1)
     return (x * std + mean).clamp(0, 1).permute(1, 0, 2, 3)  # (T, C, H, W)
 
 

@@ -75,10 +75,12 @@ def classifier_maps(net: nn.Module, x: Tensor, heads: list[int] | None = None, t
     logits, maps = attention_maps(net, x, layers=["encoder.blocks.*.attn"], heads=heads, average_heads=True)
     ordered = [maps[k] for k in sorted(maps, key=lambda n: _layer_index(n, "blocks"))]
     flow = rollout(ordered)  # (B, L, L)
-    has_cls = getattr(net, "cls_token", None) is not None
-    # What the head reads: the class token's row, or with mean pooling the mean of all rows.
-    received = flow[:, 0, 1:] if has_cls else flow.mean(dim=1)
-    if has_cls:  # the class token's share of itself is not a place in the input
+    # Tokens before the patches: a class token, and a DeiT / AST distillation token.
+    prefix = getattr(net, "num_prefix", int(getattr(net, "cls_token", None) is not None))
+    # What the head(s) read: the class (and distillation: DeiT, AST) token rows, or the mean of the patch rows.
+    reads = slice(0, prefix) if getattr(net, "pool", "mean") == "cls" else slice(prefix, None)
+    received = flow[:, reads, prefix:].mean(dim=1)
+    if prefix:  # the prefix tokens' share is not a place in the input
         received = received / received.sum(-1, keepdim=True)
     gh, gw = _grid(net, x)
     return ClassifierMaps(logits, received.reshape(-1, gh, gw))
@@ -112,6 +114,8 @@ def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) ->
         if net.attention == "divided":
             wt = rearrange(maps[f"blocks.{i}.attn_time"], "(b n) t s -> b n t s", b=B)
             ws = rearrange(maps[f"blocks.{i}.attn_space"], "(b t) n m -> b t n m", b=B)
+            if ws.shape[-1] == wt.shape[1] + 1:  # TimeSformer's class token in every frame: the patches' share
+                ws = ws[..., 1:, 1:] / ws[..., 1:, 1:].sum(-1, keepdim=True).clamp_min(1e-12)
             per_layer += list(divided_as_joint(wt, ws))  # temporal first: the order the block applies them
             time_maps.append(wt.mean(dim=1))  # (B, T, T), averaged over positions
         else:
@@ -124,6 +128,7 @@ def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) ->
 
 def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: int) -> ClassifierMaps:
     B, _, T, H, W = x.shape
+    T //= getattr(net.patch_embed, "tubelet", 1)  # time steps of tokens (VideoMAE: one per 2 frames)
     gh, gw = net.patch_embed.grid_for((H, W))
     N = gh * gw
     depth = len(net.blocks)
@@ -133,7 +138,9 @@ def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: 
     logits, maps = attention_maps(net, x, layers=["blocks.*"], heads=heads, average_heads=True)
     per_layer, time_maps = video_token_maps(net, maps, B, T)
     flow = rollout(per_layer).mean(dim=1)  # mean pooling over all T*N tokens
-    return ClassifierMaps(logits, flow.reshape(B, T, gh, gw), time_maps[time_layer], f"block {time_layer}")
+    tubelet = getattr(net.patch_embed, "tubelet", 1)  # a token spans `tubelet` frames: each of them shows its map
+    tokens = flow.reshape(B, T, gh, gw).repeat_interleave(tubelet, dim=1) / tubelet
+    return ClassifierMaps(logits, tokens, time_maps[time_layer], f"block {time_layer}")
 
 
 @dataclass

@@ -2,4 +2,158 @@
 
 One small file per source family maps a reference config to a zoo model, its weights and its input
 preparation; `source.py` finds the files (timm:, hf:, a local folder or file) without the network.
+
+    conv = convert("timm:vit_small_patch16_224")   # -> Converted(net config, zoo state_dict, preprocessing)
+    net = conv.build()                            # the zoo's VisionTransformer with the reference's weights
 """
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.pretrained.source import Source, resolve
+from utils.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+@dataclass
+class Converted:
+    """What a converter returns: the zoo network's config (`_target_` + keyword arguments), its state_dict,
+    and the input preparation and class names that travel with the weights (plain data, stored in checkpoints)."""
+
+    net: dict[str, Any]
+    state: dict[str, Tensor]
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modality(self) -> str:
+        return str(self.preprocess["modality"])
+
+    def build(self) -> nn.Module:
+        """The zoo network with the converted weights (strict: every tensor mapped, none left over)."""
+        import importlib
+
+        kwargs = dict(self.net)
+        module, _, name = str(kwargs.pop("_target_")).rpartition(".")
+        net = getattr(importlib.import_module(module), name)(**kwargs)
+        net.load_state_dict(self.state, strict=True)
+        return net.eval()
+
+
+def read_json(path: Path | None) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path is not None else {}
+
+
+def read_weights(src: Source) -> dict[str, Tensor]:
+    """The reference state_dict from a folder (model.safetensors / pytorch_model.bin) or a weights file."""
+    path = src.path if src.path.is_file() else next((src.file(n) for n in WEIGHT_FILES if src.file(n)), None)
+    if path is None:
+        raise UserError(f"pretrained={src.spec!r}: no weights in {src.path} (expected one of {', '.join(WEIGHT_FILES)})")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    for key in ("state_dict", "model"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
+                  "swish": "silu", "relu": "relu"}
+
+
+def hf_activation(config: dict[str, Any], spec: str) -> str:
+    act = config.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise UserError(f"pretrained={spec!r}: hidden_act={act!r} is not one of the zoo's activations "
+                        f"({', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[act]
+
+
+def hf_encoder(config: dict[str, Any], spec: str, eps: float) -> dict[str, Any]:
+    """The zoo network arguments every HF ViT-style config gives the same way: classes, width, depth, heads,
+    MLP ratio, biases, the blocks' LayerNorm eps (`eps` when the config has none) and activation."""
+    return {
+        "num_classes": len(config.get("id2label") or {}) or 2,
+        "dim": int(config["hidden_size"]),
+        "depth": int(config["num_hidden_layers"]),
+        "num_heads": int(config["num_attention_heads"]),
+        "mlp_ratio": config["intermediate_size"] / config["hidden_size"],
+        "qkv_bias": bool(config.get("qkv_bias", True)),
+        "norm_eps": float(config.get("layer_norm_eps", eps)),
+        "act": hf_activation(config, spec),
+    }
+
+
+# A Hugging Face ViT-style layer (`...layer.<i>.`, the names the hub files keep) -> the zoo's EncoderBlock.
+HF_LAYER = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+            "layernorm_before": "norm1", "layernorm_after": "norm2"}
+
+
+def hf_block(state: dict[str, Tensor], src: str, dst: str, names: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """One HF layer's weights under prefix `src` as a zoo block's under `dst`: query / key / value stacked into
+    the one qkv projection (a missing key bias, VideoMAE's, is zero: a constant per query row, which softmax
+    ignores), the rest renamed by HF_LAYER (and `names`, for the extra parts of a family's layer)."""
+    out: dict[str, Tensor] = {}
+    att = f"{src}attention.attention."
+    q, k, v = (state[f"{att}{n}.weight"] for n in ("query", "key", "value"))
+    out[f"{dst}attn.qkv.weight"] = torch.cat([q, k, v])
+    if f"{att}query.bias" in state:
+        out[f"{dst}attn.qkv.bias"] = torch.cat([state[f"{att}{n}.bias"] for n in ("query", "key", "value")])
+    elif f"{att}q_bias" in state:
+        out[f"{dst}attn.qkv.bias"] = torch.cat([state[f"{att}q_bias"], torch.zeros_like(state[f"{att}v_bias"]),
+                                                state[f"{att}v_bias"]])
+    for hf, zoo in {**HF_LAYER, **(names or {})}.items():
+        for part in ("weight", "bias"):
+            if f"{src}{hf}.{part}" in state:
+                out[f"{dst}{zoo}.{part}"] = state[f"{src}{hf}.{part}"]
+    return out
+
+
+def hf_labels(config: dict[str, Any]) -> list[str]:
+    """Class names from a HF config's id2label (the defaults LABEL_<i> kept: they are all there is)."""
+    id2label = config.get("id2label") or {}
+    return [str(id2label.get(str(i), id2label.get(i, f"class {i}"))) for i in range(len(id2label))]
+
+
+def family(src: Source) -> str:
+    """Which converter reads this source: "timm_vit" | "ast" | "videomae" | "timesformer"."""
+    if src.kind == "timm" or src.path.is_file():
+        return "timm_vit"
+    config = read_json(src.file("config.json"))
+    if "architecture" in config:
+        return "timm_vit"
+    model_type = config.get("model_type")
+    families = {"audio-spectrogram-transformer": "ast", "videomae": "videomae", "timesformer": "timesformer"}
+    if model_type in families:
+        return families[model_type]
+    raise UserError(f"pretrained={src.spec!r}: cannot convert a {model_type or 'folder without a config.json'} "
+                    f"({src.path}); the zoo converts timm vit_* / deit_* ViTs and Hugging Face "
+                    f"{', '.join(families)} models")
+
+
+def convert(spec: str) -> Converted:
+    """Resolve a source offline and convert it (the reference library reads configs; nothing of it runs later)."""
+    import importlib
+
+    src = resolve(spec)
+    return importlib.import_module(f"models.pretrained.{family(src)}").convert(src)
+
+
+def is_source(text: str) -> bool:
+    """Whether a predict / export argument names a pretrained source rather than a zoo run or checkpoint."""
+    if str(text).startswith(("timm:", "hf:", "pkg:")):
+        return True
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p.suffix in (".safetensors", ".pth", ".bin")
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").exists()

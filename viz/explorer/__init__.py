@@ -130,9 +130,9 @@ def _ticks(n: int, span: float, unit: str, count: int = 6) -> list[list[Any]]:
 
 def _mel_ticks(net: torch.nn.Module, count: int = 5) -> list[list[Any]]:
     """Hz at evenly spaced positions of the mel axis (HTK mel scale, as torchaudio's default)."""
-    scale = net.frontend.mel.mel_scale
+    scale = net.frontend.mel.mel_scale if hasattr(net.frontend, "mel") else net.frontend  # LogMel | KaldiFbank
     f_max = scale.f_max if scale.f_max is not None else net.sample_rate / 2
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731  (Kaldi's 1127 ln(1 + f / 700) is the same)
     lo, hi = mel(scale.f_min), mel(f_max)
     return [[k / (count - 1), f"{700.0 * (10 ** ((lo + (hi - lo) * k / (count - 1)) / 2595.0) - 1):.0f}"]
             for k in range(count)]
