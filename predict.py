@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.html is not None and pretrained_text_kind(args.ckpt_path):
+            raise UserError(f"--html is not available for a pretrained text source ({args.ckpt_path}) yet; "
+                            "use --attention-dir for its pictures")
         if args.attention_dir is not None:
             prepare_out_dir(args.attention_dir, args.ckpt_path)
         if args.html is not None:

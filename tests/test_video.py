@@ -340,3 +340,10 @@ def test_video_folder_reads_classes_and_names_a_corrupt_file(tmp_path: Path) -> 
         read_video(bad, 4, 16, 1)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         VideoDataModule(dataset="video_folder", root=str(tmp_path / "nope")).num_classes
+
+
+def test_tubelet_stem_refuses_the_learned_time_table() -> None:
+    from models.video import VideoTransformer
+
+    with pytest.raises(ValueError, match="stem='tubelet' goes with pos='sincos_fixed'"):
+        VideoTransformer(stem="tubelet", pos="learned")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from models.attention import DEFAULT_KERNEL, set_attention_kernel
 from utils.checkpoint import AtomicCheckpointIO
 from utils.errors import UserError
-from utils.pretrained import apply_pretrained, load_pretrained
+from utils.pretrained import KEEP, apply_pretrained, load_pretrained
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -89,7 +89,8 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
 
     net, _, kwargs, settings = load_marian(str(spec))
     with open_dict(cfg):  # the source's architecture and decoding rules; the run's config (and checkpoints) keep them,
-        cfg.model.net.update(kwargs)  # so evaluate / predict / resume never need the source again
+        # so evaluate / predict / export never need the source again; the run's own regularisation (KEEP) stays
+        cfg.model.net.update({k: v for k, v in kwargs.items() if k not in KEEP or k not in cfg.model.net})
         cfg.model.update({k: v for k, v in settings.items() if k not in ("beam_size", "max_new_tokens")})
         cfg.model.pretrained_from, cfg.model.pretrained = str(spec), None
     module = _instantiate(_without_modality(cfg.model), "model")

@@ -155,5 +155,5 @@ def is_source(text: str) -> bool:
         return True
     p = Path(text).expanduser()
     if p.is_file():
-        return p.suffix in (".safetensors", ".pth", ".bin")
+        return p.suffix == ".safetensors"  # a .pth / .ckpt may be a zoo checkpoint: those stay zoo runs
     return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").exists()
