@@ -59,3 +59,10 @@ def audio_folder(root: Path, classes: int = 2, per_class: int = 6, seconds: floa
         for i in range(per_class):
             write_wav(root / f"class{c}" / f"{i}.wav", seconds, 200.0 * (c + 1) + 10 * i, seed=i)
     return root
+
+
+def assert_predicts_from_source(folder: Path, path: Path, out: Path) -> None:
+    """predict.py straight from a saved source: labels from its config, attention pictures written."""
+    proc = cli("predict.py", str(folder), str(path), "--attention-dir", str(out), "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LABEL_" in proc.stdout and list(out.glob("*_attention.png"))

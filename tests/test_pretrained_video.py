@@ -15,7 +15,7 @@ from transformers import (TimesformerConfig, TimesformerForVideoClassification, 
 
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import cli, randomize
+from pretrained_common import assert_predicts_from_source, cli, randomize
 
 TINY = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, num_labels=3, attn_implementation="eager")
@@ -104,9 +104,7 @@ def write_video(path: Path, frames: int, size: int = 32, seed: int = 0) -> Path:
 def test_predict_from_the_folder(converted, tmp_path: Path) -> None:
     folder = converted[3]
     clip = write_video(tmp_path / "clip.mp4", 6)
-    proc = cli("predict.py", str(folder), str(clip), "--attention-dir", str(tmp_path / "out"), "--threads", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "LABEL_" in proc.stdout and list((tmp_path / "out").glob("*_attention.png"))
+    assert_predicts_from_source(folder, clip, tmp_path / "out")
 
 
 @pytest.mark.slow
