@@ -14,35 +14,29 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
-from utils.checkpoint import CONFIG_KEY, average_checkpoints, load_checkpoint, resolve_checkpoint, run_config
+from utils.build import build_trainer, output_dir, write_metrics
+from utils.checkpoint import average_checkpoints, resolve_checkpoint
 from utils.errors import run_hydra, user_errors
-from utils.validate import check_run_config, load_weights
+from utils.restore import restore
+from utils.validate import check_run_config
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
-    ckpt_file = resolve_checkpoint(cfg.ckpt_path)
-    ckpt = load_checkpoint(ckpt_file)
-    train_cfg = run_config(ckpt_file, ckpt)
     # Evaluation-time choices (trainer, loggers, paths, seed, threads, kernel) come from evaluate.yaml; what the
     # model is and which data it was trained on come from the training run.
-    with open_dict(train_cfg):
-        for key in ("trainer", "logger", "paths", "seed", "threads", "attention_kernel"):
-            train_cfg[key] = cfg.get(key)
-        train_cfg.callbacks = None
-    setup_runtime(train_cfg)
-    datamodule = build_datamodule(train_cfg, datamodule_state(ckpt, train_cfg))
-    module = build_module(train_cfg)
-    state = ckpt["state_dict"]
+    runtime = {key: cfg.get(key) for key in ("trainer", "logger", "paths", "seed", "threads", "attention_kernel")}
+    runtime["callbacks"] = None
+    state = None
     if cfg.get("average_last"):
-        state, used = average_checkpoints(ckpt_file, int(cfg.average_last))
+        state, used = average_checkpoints(resolve_checkpoint(cfg.ckpt_path), int(cfg.average_last))
         log.info(f"Averaged the weights of {len(used)} checkpoints: {', '.join(p.name for p in used)}")
-    load_weights(module, state, ckpt_file, train_cfg, ckpt.get(CONFIG_KEY))
+    run = restore(cfg.ckpt_path, runtime=runtime, state=state)
+    train_cfg, ckpt_file, module, datamodule = run.cfg, run.ckpt_file, run.module, run.datamodule
     trainer = build_trainer(train_cfg)
     log.info(f"Evaluating {ckpt_file}")
     trainer.test(module, datamodule=datamodule)

@@ -3,7 +3,7 @@
 Contenders, same initial weights and batch (one step = forward, cross-entropy, backward, AdamW):
 
 * ``plain``            -- the network as train.py builds it (attention kernel: the process default, "auto")
-* ``compiled``         -- the same network compiled with inductor (utils.perf.compile_net, as model.compile=true),
+* ``compiled``         -- the same network compiled with inductor (training.switches.compile_net, as model.compile=true),
                           same kernel choice ("auto": explicit for the default models' short sequences)
 * ``compiled_fused``   -- compiled, attention pinned to the fused SDPA kernel
 
@@ -23,7 +23,7 @@ import torch
 
 from bench.common import DEFAULT_INPUTS, default_classifier, load, paired_ratio, parse_bench_args, round_robin, train_step, write_report
 from models.attention import fused_attn
-from utils.perf import compile_net
+from training.switches import compile_net
 
 
 def contenders(name: str, backend: str) -> dict[str, Callable[[], None]]:

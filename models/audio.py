@@ -206,6 +206,10 @@ class AudioSpectrogramTransformer(nn.Module):
     `norm_eps`, `act`.
     """
 
+    name = "audio"  # the config group (configs/model/) and the name of exported files
+    modality = "audio"  # the kind of input it reads
+    attention_layers = ("encoder.blocks.*.attn",)  # what the explorer and the pictures show
+
     def __init__(
         self,
         sample_rate: int = 16000,

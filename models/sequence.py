@@ -23,6 +23,10 @@ class SequenceClassifier(nn.Module):
     parameters for 2,000 positions); `attn_global=1` lets the class token see the whole sequence.
     """
 
+    name = "sequence"  # the config group (configs/model/) and the name of exported files
+    modality = "tokens"  # the kind of input it reads
+    attention_layers = ("encoder.blocks.*.attn",)  # what the explorer and the pictures show
+
     def __init__(self, vocab_size: int, num_classes: int, max_len: int, dim: int = 64, depth: int = 4,
                  num_heads: int = 4, mlp_ratio: float = 2.0, num_kv_heads: int | None = None, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, attn_window: int | None = None,

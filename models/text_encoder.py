@@ -23,6 +23,10 @@ class TextEncoder(nn.Module):
     drop, attn_drop: dropout (training only).
     """
 
+    name = "text_encoder"  # the config group (configs/model/) and the name of exported files
+    modality = "text"  # the kind of input it reads
+    attention_layers = ("encoder.blocks.*.attn",)  # what the explorer and the pictures show
+
     def __init__(self, vocab_size: int, dim: int = 384, depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0,
                  max_len: int = 512, type_vocab_size: int = 2, norm_eps: float = 1e-12, act: Activation = "gelu",
                  pad_id: int = 0, drop: float = 0.0, attn_drop: float = 0.0) -> None:

@@ -12,6 +12,8 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from models.spm_tokenizer import MarianTokenizer
+
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)  # fixed by the order of SPECIALS at training time
 
@@ -38,8 +40,6 @@ def check_specials(tok: Tokenizer) -> None:
 
 def load_tokenizer(json_str: str) -> Tokenizer:
     if json_str.startswith('{"marian"'):  # a pretrained OPUS-MT model's SentencePiece pair
-        from models.pretrained.marian import MarianTokenizer
-
         return MarianTokenizer.from_str(json_str)  # type: ignore[return-value]
     tok = Tokenizer.from_str(json_str)
     check_specials(tok)

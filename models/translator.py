@@ -42,6 +42,10 @@ class Translator(nn.Module):
     The defaults are the zoo's own translator.
     """
 
+    name = "translator"  # the config group (configs/model/) and the name of exported files
+    modality = "text"  # the kind of input it reads
+    attention_layers = ("encoder.blocks.*.attn", "decoder.*.self_attn", "decoder.*.cross_attn")  # what the explorer and the pictures show
+
     def __init__(
         self,
         vocab_size: int,

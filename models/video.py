@@ -51,6 +51,10 @@ class VideoTransformer(nn.Module):
     and `act` for the blocks.
     """
 
+    name = "video"  # the config group (configs/model/) and the name of exported files
+    modality = "video"  # the kind of input it reads
+    attention_layers = ("blocks.*",)  # what the explorer and the pictures show
+
     def __init__(
         self,
         img_size: int = 32,

@@ -26,6 +26,10 @@ class VisionTransformer(nn.Module):
     `fc_norm` a LayerNorm after pooling instead of the encoder's final one; `norm_eps`, `act` as in layers.py.
     """
 
+    name = "vit"  # the config group (configs/model/) and the name of exported files
+    modality = "image"  # the kind of input it reads
+    attention_layers = ("encoder.blocks.*.attn",)  # what the explorer and the pictures show
+
     def __init__(
         self,
         img_size: int = 28,

@@ -100,7 +100,7 @@ def test_cross_and_decoder_self_attention_maps_equal_eager(marian) -> None:
 
 
 def test_tokenizer_encodes_and_decodes_like_marian_tokenizer(marian) -> None:
-    from models.pretrained.marian import MarianTokenizer
+    from models.spm_tokenizer import MarianTokenizer
 
     _, _, tokenizer, _, _, ref_tok, _ = marian
     again = MarianTokenizer.from_str(tokenizer.to_str())  # as a checkpoint carries it

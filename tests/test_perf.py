@@ -1,4 +1,4 @@
-"""Training switches (utils/perf.py, the LightningModules, configs/trainer/): each one against the plain path.
+"""Training switches (training/switches.py, the LightningModules, configs/trainer/): each one against the plain path.
 
 * grad_checkpointing: identical loss and gradients, blocks really recomputed, far fewer saved activations.
 * compile: same outputs and gradients, same state_dict keys (checkpoints interchangeable), and the
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
 
-import utils.perf as perf
-from models.classification import ClassificationModule
-from models.seq2seq import Seq2SeqModule
+import training.switches as perf
+from training.classification import ClassificationModule
+from training.seq2seq import Seq2SeqModule
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer

@@ -21,7 +21,7 @@ from omegaconf import open_dict
 import train as train_script
 from conftest import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
 from models.audio import AudioSpectrogramTransformer
-from models.classification import ClassificationModule
+from training.classification import ClassificationModule
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
@@ -311,7 +311,7 @@ def test_missing_truncated_and_foreign_checkpoint_files_are_named(tmp_path: Path
 
 
 def test_translate_refuses_empty_and_truncates_long_sentences(monkeypatch) -> None:
-    from models.seq2seq import Seq2SeqModule
+    from training.seq2seq import Seq2SeqModule
     from models.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["one two three four five six"] * 20, vocab_size=60)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from data.bible import clean_osis, load_bible, parse_export
 from data.phrases import generate_phrases
 from data.text import BucketBatchSampler, TranslationDataModule, read_tsv, split_of
-from models.seq2seq import text_metrics
+from training.seq2seq import text_metrics
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode, encode, train_tokenizer
 from models.embeddings import sinusoidal_table
 from models.translator import Translator

@@ -113,7 +113,7 @@ def test_conv_stem_grid_and_errors() -> None:
 def test_tta_flip_averages_the_logits_of_each_image_and_its_mirror() -> None:
     from functools import partial
 
-    from models.classification import ClassificationModule
+    from training.classification import ClassificationModule
 
     torch.manual_seed(0)
     net = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=3, dim=16, depth=1, num_heads=2).eval()

@@ -56,7 +56,7 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     if state is not None:
         dm.load_state_dict(state)
     elif cfg.model.get("pretrained") and is_text(cfg):  # a pretrained translator: its own tokenizer, not a new BPE
-        from models.pretrained.marian import MarianTokenizer
+        from models.spm_tokenizer import MarianTokenizer
         from models.pretrained.source import resolve
 
         dm.load_state_dict({"tokenizer": MarianTokenizer.from_folder(resolve(str(cfg.model.pretrained)).path).to_str()})

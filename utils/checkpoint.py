@@ -140,11 +140,36 @@ def run_config(ckpt_file: Path, ckpt: dict[str, Any]) -> DictConfig:
     """The training config of a checkpoint: the copy stored inside it (written with the weights, so no later
     command can change it), else, for checkpoints from before that copy existed, the run's .hydra/config.yaml."""
     if CONFIG_KEY in ckpt:
-        return OmegaConf.create(ckpt[CONFIG_KEY])
+        return renamed_targets(OmegaConf.create(ckpt[CONFIG_KEY]))
     saved = ckpt_file.resolve().parent.parent / ".hydra" / "config.yaml"
     if saved.is_file():
-        return OmegaConf.load(saved)
+        return renamed_targets(OmegaConf.load(saved))
     raise UserError(f"{str(ckpt_file)!r} carries no training config and has no .hydra/config.yaml beside its run")
+
+
+# Classes that moved: checkpoints name the class they were trained with, so the old paths map to the new.
+MOVED_TARGETS = {
+    "models.classification.": "training.classification.",
+    "models.seq2seq.": "training.seq2seq.",
+    "utils.perf.": "training.switches.",
+}
+
+
+def renamed_targets(cfg: DictConfig) -> DictConfig:
+    """`cfg` with every `_target_` (and FSDP's policy string) of a moved class given its current path."""
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: visit(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [visit(v) for v in node]
+        for old, new in MOVED_TARGETS.items():
+            if isinstance(node, str) and node.startswith(old):
+                return new + node[len(old):]
+        return node
+
+    # Not resolved: ${hydra:...} and ${data....} interpolations keep their meaning for the caller.
+    return OmegaConf.create(visit(OmegaConf.to_container(cfg, resolve=False)))
 
 
 def average_checkpoints(ckpt_file: Path, n: int) -> tuple[dict[str, torch.Tensor], list[Path]]:

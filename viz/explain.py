@@ -82,7 +82,7 @@ def load_source(spec: str) -> Loaded:
     `preprocess` says (utils/pretrained.py), classes named by its config."""
     from omegaconf import OmegaConf
 
-    from models.classification import ClassificationModule
+    from training.classification import ClassificationModule
     from utils.pretrained import load_source as convert_source
 
     net, config, pre = convert_source(spec)

@@ -12,9 +12,9 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from models.tokenizer import PAD_ID, decode, encode
-from models.classification import optimizer_with_schedule
+from training.schedules import optimizer_with_schedule
 from models.translator import Translator
-from utils.perf import apply_switches
+from training.switches import apply_switches
 
 
 class Seq2SeqModule(L.LightningModule):

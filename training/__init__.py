@@ -1,0 +1,1 @@
+"""Training: the LightningModules (classification, translation), LR schedules and speed / memory switches."""

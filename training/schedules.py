@@ -1,0 +1,40 @@
+"""Learning-rate schedules and optimizer parameter groups shared by the LightningModules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_lr_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def optimizer_with_schedule(module: L.LightningModule, net: nn.Module) -> dict[str, Any]:
+    """AdamW-style param groups and a per-step warm-up + cosine schedule, for any of our modules.
+
+    No weight decay on biases, norms, and what the net lists (position tables, tokens): the
+    standard ViT recipe, timm's `no_weight_decay()` convention. Reads `optimizer_factory`,
+    `warmup_fraction` and `min_lr_ratio` from the module.
+    """
+    skip = set(getattr(net, "no_weight_decay", lambda: set())())
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
+    no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
+    optimizer = module.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+    total = int(module.trainer.estimated_stepping_batches)
+    warmup = max(1, int(module.warmup_fraction * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, module.min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
