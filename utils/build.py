@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from models.attention import DEFAULT_KERNEL, set_attention_kernel
 from utils.checkpoint import AtomicCheckpointIO
 from utils.errors import UserError
-from utils.pretrained import KEEP, apply_pretrained, load_pretrained
+from utils.pretrained import apply_pretrained, load_pretrained, pretrained_tokenizer
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -55,11 +55,8 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     dm = _instantiate(_without_modality(cfg.data), "data")
     if state is not None:
         dm.load_state_dict(state)
-    elif cfg.model.get("pretrained") and is_text(cfg):  # a pretrained translator: its own tokenizer, not a new BPE
-        from models.spm_tokenizer import MarianTokenizer
-        from models.pretrained.source import resolve
-
-        dm.load_state_dict({"tokenizer": MarianTokenizer.from_folder(resolve(str(cfg.model.pretrained)).path).to_str()})
+    elif pretrained_tokenizer(cfg) is not None:  # a pretrained text model: its own tokenizer, not a new BPE
+        dm.load_state_dict({"tokenizer": pretrained_tokenizer(cfg)})
     for fact in DATA_FACTS:
         if fact in cfg.data and cfg.data[fact] is None:
             with open_dict(cfg):
@@ -73,29 +70,10 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
     return ckpt.get(name)
 
 
-def is_text(cfg: DictConfig) -> bool:
-    """A text model (the translator): its pretrained source (Marian) is built here, not in utils/pretrained.py."""
-    return cfg.model.get("modality") == "text"
-
-
 def build_module(cfg: DictConfig) -> L.LightningModule:
     check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
-    spec = cfg.model.get("pretrained")
-    if not spec or not is_text(cfg):  # image / audio / video sources: utils/pretrained.py
-        module = _instantiate(_without_modality(cfg.model), "model")
-        load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
-        return module
-    from models.pretrained.marian import load_marian
-
-    net, _, kwargs, settings = load_marian(str(spec))
-    with open_dict(cfg):  # the source's architecture and decoding rules; the run's config (and checkpoints) keep them,
-        # so evaluate / predict / export never need the source again; the run's own regularisation (KEEP) stays
-        cfg.model.net.update({k: v for k, v in kwargs.items() if k not in KEEP or k not in cfg.model.net})
-        cfg.model.update({k: v for k, v in settings.items() if k not in ("beam_size", "max_new_tokens")})
-        cfg.model.pretrained_from, cfg.model.pretrained = str(spec), None
     module = _instantiate(_without_modality(cfg.model), "model")
-    module.net.load_state_dict(net.state_dict())
-    log.info(f"pretrained weights from {spec}")
+    load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
     return module
 
 
@@ -132,7 +110,7 @@ def check_model_fits_data(cfg: DictConfig) -> None:
     )
 
 
-NOT_ARGUMENTS = ("modality", "pretrained", "pretrained_from", "preprocess")  # config keys read by the build, not by the module
+NOT_ARGUMENTS = ("modality", "pretrained", "preprocess")  # config keys read by the build, not by the module
 
 
 def _without_modality(node: DictConfig) -> DictConfig:
