@@ -198,8 +198,9 @@ def test_resume_in_place_keeps_the_runs_own_config(tmp_path: Path) -> None:
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_path: Path) -> None:
-    # A later command that rewrote .hydra/config.yaml (another model, broken YAML) changes nothing.
+def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_path: Path, capsys) -> None:
+    # A later command that rewrote .hydra/config.yaml (another model, broken YAML) changes nothing, and a
+    # checkpoint that holds another model than its run folder says so.
     run = tmp_path / "run"
     shutil.copytree(runs["vit"], run)
     (run / ".hydra").mkdir()
@@ -207,6 +208,8 @@ def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_pat
     ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
     assert run_config(run / "checkpoints" / "best.ckpt", ckpt).model.net._target_ == "models.vit.VisionTransformer"
     assert load_trained(run).kind == "image"
+    assert ("holds a models.vit.VisionTransformer, but its run directory was trained as a "
+            "models.audio.AudioSpectrogramTransformer") in capsys.readouterr().err
     (run / ".hydra" / "config.yaml").write_text(": not yaml [\n")
     assert load_trained(run).kind == "image"
 

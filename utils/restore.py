@@ -46,7 +46,10 @@ def warn_if_other_model(ckpt_file: Path, cfg: DictConfig) -> None:
     saved = ckpt_file.resolve().parent.parent / ".hydra" / "config.yaml"
     if not saved.is_file():
         return
-    theirs = net_target(OmegaConf.load(saved))
+    try:
+        theirs = net_target(OmegaConf.load(saved))
+    except Exception:  # a folder config that is not YAML: the checkpoint's own config is what counts anyway
+        return
     ours = net_target(cfg)
     if "?" not in (ours, theirs) and ours != theirs:
         note(f"{ckpt_file} holds a {ours}, but its run directory was trained as a {theirs} "

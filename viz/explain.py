@@ -15,7 +15,8 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from utils.build import build_datamodule, build_module, datamodule_state
-from utils.checkpoint import CONFIG_KEY, load_checkpoint, resolve_checkpoint, run_config
+from utils.checkpoint import CONFIG_KEY
+from utils.restore import read_run
 from utils.errors import FileFormatError, MissingFileError, UserError
 from utils.validate import load_weights
 from viz import plots
@@ -56,9 +57,7 @@ def load_trained(ckpt_path: str | Path) -> Loaded:
 
     if is_source(str(ckpt_path)):
         return load_source(str(ckpt_path))
-    ckpt_file = resolve_checkpoint(ckpt_path)
-    ckpt = load_checkpoint(ckpt_file)
-    cfg = run_config(ckpt_file, ckpt)
+    ckpt_file, ckpt, cfg = read_run(ckpt_path)
     if not HydraConfig.initialized():  # called from plain Python: give ${hydra:...} paths Hydra's meaning
         with open_dict(cfg):
             cfg.paths.root_dir = str(Path.cwd())
