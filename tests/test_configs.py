@@ -71,6 +71,19 @@ def test_each_experiment_composes(experiment: str, tmp_path) -> None:
     assert build_module(cfg) is not None
 
 
+def test_an_experiment_sets_top_level_keys_and_the_command_line_wins(tmp_path) -> None:
+    """`_self_` first in train.yaml: an experiment's seed or optimized_metric is not overwritten."""
+    extra = tmp_path / "extra"
+    (extra / "experiment").mkdir(parents=True)
+    (extra / "experiment" / "seeded.yaml").write_text(
+        "# @package _global_\nseed: 7\noptimized_metric: val/loss\n")
+    search = f"hydra.searchpath=[file://{extra}]"
+    cfg = compose_config("train", ["experiment=seeded", search], tmp_path)
+    assert (cfg.seed, cfg.optimized_metric) == (7, "val/loss")
+    assert compose_config("train", ["experiment=seeded", search, "seed=3"], tmp_path).seed == 3
+    assert compose_config("train", [], tmp_path).seed == 42
+
+
 def test_model_recipe_sets_epochs_and_the_command_line_wins(tmp_path) -> None:
     assert compose_config("train", ["model=translator"], tmp_path).trainer.max_epochs == 6  # recipe/translator.yaml
     assert compose_config("train", ["model=translator", "trainer.max_epochs=2"], tmp_path).trainer.max_epochs == 2
