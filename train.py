@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from utils.build import (build_datamodule, build_module, build_trainer, datamodule_state, output_dir,
-                         recipe_lines, setup_runtime, write_metrics)
+from utils.build import (build_datamodule, build_module, build_trainer, datamodule_state,
+                         output_dir, recipe_lines, setup_runtime, write_metrics)
 from utils.checkpoint import CONFIG_KEY, ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
 from utils.errors import run_hydra, user_errors
 from utils.validate import check_weights_fit
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns (and writes) the metrics."""
     setup_runtime(cfg)
-    for line in recipe_lines(cfg, HydraConfig.get().runtime.choices):  # what data= / model= pulled in
+    for line in recipe_lines(cfg, HydraConfig.get().runtime.choices):  # what data= etc. pulled in
         log.info(line)
     run_dir = output_dir()
     # Resuming from a run directory continues from where it stopped: its last checkpoint, with the

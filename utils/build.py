@@ -41,14 +41,14 @@ def setup_runtime(cfg: DictConfig) -> None:
 
 
 def recipe_lines(cfg: DictConfig, choices: dict[str, str | None]) -> list[str]:
-    """One line per recipe or experiment file in a composition (Hydra's `runtime.choices`), naming the
-    keys it set: a file that a config pulls into other groups (data=fashion_mnist pulls
+    """One line per recipe or experiment file in a composition (Hydra's `runtime.choices`), with
+    the keys it set: a file that a config pulls into other groups (data=fashion_mnist pulls
     experiment/vit_fashion) then shows in the run's log, not only in the config tree."""
     lines = set()  # experiment=vit_fashion data=fashion_mnist names the same file twice
     for key, name in choices.items():
         group = key.split("@")[0]
         path = DATA_CONFIGS.parent / group / f"{name}.yaml"
-        if group not in RECIPE_GROUPS or name is None or not path.is_file():  # optional recipe absent
+        if group not in RECIPE_GROUPS or name is None or not path.is_file():  # optional, absent
             continue
         node = OmegaConf.to_container(OmegaConf.load(path))
         node.pop("defaults", None)
