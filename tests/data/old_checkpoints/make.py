@@ -1,8 +1,14 @@
 """Make the old checkpoints that tests/test_old_checkpoints.py loads: one tiny run per model family.
 
-Run on commit c302640 only (`git checkout c302640 && python tests/data/old_checkpoints/make.py`):
-the files stand for checkpoints that users trained before the package layout changed, so they must
-be made by that layout's code. Regenerating them on a later commit would test nothing.
+Run it on commit c302640 only: the files stand for checkpoints that users trained before the
+package layout changed, so that layout's code must make them; made by a later commit they would
+test nothing. The script is newer than that commit, so copy it into a checkout of it:
+
+    git worktree add /tmp/c302640 c302640
+    mkdir -p /tmp/c302640/tests/data/old_checkpoints
+    cp tests/data/old_checkpoints/make.py /tmp/c302640/tests/data/old_checkpoints/
+    (cd /tmp/c302640 && OMP_NUM_THREADS=1 python tests/data/old_checkpoints/make.py)
+    cp /tmp/c302640/tests/data/old_checkpoints/*.{ckpt,pt} tests/data/old_checkpoints/
 
 For each family it trains two steps of a tiny network with train.py (separate process, as a user
 would), copies the run's checkpoints/best.ckpt to <family>.ckpt, and saves <family>.pt:
