@@ -20,6 +20,7 @@ from utils.pretrained import apply_pretrained, load_pretrained, pretrained_token
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+RECIPE_GROUPS = ("recipe", "experiment")  # config groups whose files set keys of other groups
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +38,34 @@ def setup_runtime(cfg: DictConfig) -> None:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
         log.info(f"Seed set to {int(cfg.seed)}")
+
+
+def recipe_lines(cfg: DictConfig, choices: dict[str, str | None]) -> list[str]:
+    """One line per recipe or experiment file in a composition (Hydra's `runtime.choices`), with
+    the keys it set: a file that a config pulls into other groups (data=fashion_mnist pulls
+    experiment/vit_fashion) then shows in the run's log, not only in the config tree."""
+    lines = set()  # experiment=vit_fashion data=fashion_mnist names the same file twice
+    for key, name in choices.items():
+        group = key.split("@")[0]
+        path = DATA_CONFIGS.parent / group / f"{name}.yaml"
+        if group not in RECIPE_GROUPS or name is None or not path.is_file():  # optional, absent
+            continue
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        node.pop("defaults", None)
+        keys = []
+        for dotted, value in _leaves(node):
+            now = OmegaConf.select(cfg, dotted, default=value)
+            keys.append(f"{dotted}={value}" + ("" if now == value else f" (overridden: {now})"))
+        lines.add(f"{group}/{name}.yaml set {', '.join(keys)}")
+    return sorted(lines)
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """[("model.net.dim", 64), ...]: the leaves of nested dicts, with dotted keys."""
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    return [leaf for key, value in node.items()
+            for leaf in _leaves(value, f"{prefix}.{key}" if prefix else key)]
 
 
 DATA_FACTS = ("num_classes", "vocab_size")  # null in a data config = "ask the data module"
