@@ -42,18 +42,12 @@ def assert_same_output(net: torch.nn.Module, family: str) -> None:
         f"(max abs difference {(output - saved['output']).abs().max().item():.3g})")
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "sequence"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_export_loader_rebuilds_an_old_checkpoint_bit_for_bit(family):
     net, _, extras = load_network(OLD / f"{family}.ckpt")
     assert_same_output(net, family)
     if family == "translator":
         assert extras.get("zoo_tokenizer"), "the translator's tokenizer no longer comes with it"
-
-
-@pytest.mark.xfail(strict=True, reason="load_network knows no models.sequence.SequenceClassifier "
-                                       "(c302640); when it does, fold sequence into the test above")
-def test_the_export_loader_rebuilds_an_old_sequence_checkpoint():
-    assert_same_output(load_network(OLD / "sequence.ckpt")[0], "sequence")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
