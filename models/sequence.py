@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
 from models.embeddings import sinusoidal_table
-from models.layers import Encoder
+from models.checks import refuse, require_int
+from models.layers import Encoder, check_block_options
 
 
 class SequenceClassifier(nn.Module):
@@ -23,19 +24,43 @@ class SequenceClassifier(nn.Module):
     parameters for 2,000 positions); `attn_global=1` lets the class token see the whole sequence.
     """
 
-    def __init__(self, vocab_size: int, num_classes: int, max_len: int, dim: int = 64, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 2.0, num_kv_heads: int | None = None, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, attn_window: int | None = None,
-                 attn_global: int = 0, pad_id: int = 0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        max_len: int,
+        *,
+        dim: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attn_window: int | None = None,
+        attn_global: int = 0,
+        pad_id: int = 0,
+    ) -> None:
         super().__init__()
-        if min(vocab_size, num_classes, max_len) < 1:
-            raise ValueError(f"vocab_size, num_classes and max_len must be >= 1, got {vocab_size}, {num_classes}, "
-                             f"{max_len}")
-        self.dim, self.max_len, self.pad_id = dim, max_len, pad_id
+        block_options = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
+                             qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, attn_window=attn_window,
+                             attn_global=attn_global)
+        check_block_options(dim=dim, drop_path=drop_path, **block_options)
+        require_int("depth", depth)
+        require_int("vocab_size", vocab_size)
+        require_int("num_classes", num_classes, at_least=2, note=" (classes to tell apart)")
+        require_int("max_len", max_len)
+        require_int("pad_id", pad_id, at_least=0)
+        if pad_id >= vocab_size:
+            raise refuse("pad_id", pad_id, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+        self.dim = dim
+        self.max_len = max_len
+        self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, dim)
         self.register_buffer("pos", sinusoidal_table(max_len, dim), persistent=False)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
-                               attn_window, attn_global)
+        self.encoder = Encoder(dim=dim, depth=depth, drop_path=drop_path, **block_options)
         self.head = nn.Linear(dim, num_classes)
         nn.init.normal_(self.embed.weight, std=dim**-0.5)
         for m in self.modules():

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import Activation, Encoder, LayerNorm
+from models.checks import refuse, require_int
+from models.layers import Activation, Encoder, LayerNorm, check_block_options
 
 
 class TextEncoder(nn.Module):
@@ -23,21 +24,43 @@ class TextEncoder(nn.Module):
     drop, attn_drop: dropout (training only).
     """
 
-    def __init__(self, vocab_size: int, dim: int = 384, depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 max_len: int = 512, type_vocab_size: int = 2, norm_eps: float = 1e-12, act: Activation = "gelu",
-                 pad_id: int = 0, drop: float = 0.0, attn_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        dim: int = 384,
+        depth: int = 6,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        max_len: int = 512,
+        type_vocab_size: int = 2,
+        norm_eps: float = 1e-12,
+        act: Activation = "gelu",
+        pad_id: int = 0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+    ) -> None:
         super().__init__()
-        if min(vocab_size, max_len, type_vocab_size) < 1:
-            raise ValueError(f"vocab_size ({vocab_size}), max_len ({max_len}) and type_vocab_size "
-                             f"({type_vocab_size}) must be >= 1")
-        self.dim, self.max_len, self.pad_id = dim, max_len, pad_id
+        # BERT: post-norm blocks, no final norm.
+        block_options = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, drop=drop, attn_drop=attn_drop,
+                             norm_eps=norm_eps, norm_first=False, act=act)
+        check_block_options(dim=dim, **block_options)
+        require_int("depth", depth)
+        require_int("vocab_size", vocab_size)
+        require_int("max_len", max_len)
+        require_int("type_vocab_size", type_vocab_size)
+        require_int("pad_id", pad_id, at_least=0)
+        if pad_id >= vocab_size:
+            raise refuse("pad_id", pad_id, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+        self.dim = dim
+        self.max_len = max_len
+        self.pad_id = pad_id
         self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.pos_embed = nn.Embedding(max_len, dim)
         self.type_embed = nn.Embedding(type_vocab_size, dim)
         self.embed_norm = LayerNorm(dim, norm_eps)
         self.drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, drop=drop, attn_drop=attn_drop, norm_eps=norm_eps,
-                               norm_first=False, act=act, final_norm=False)
+        self.encoder = Encoder(dim=dim, depth=depth, final_norm=False, **block_options)
 
     def forward(self, ids: Tensor, pad_mask: Tensor | None = None, token_types: Tensor | None = None) -> Tensor:
         """ids (B, L); pad_mask (B, L) True = padding (default: ids == pad_id); token_types (B, L) or zeros."""
