@@ -10,6 +10,7 @@ to keep in sync between data and model, and SpecAugment follows `model.train()` 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -68,8 +69,12 @@ class LogMel(nn.Module):
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.warp_range = require_range("warp_range", warp_range, optional=True)  # Hydra passes a ListConfig
-        self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, f_min=f_min,
-                                    f_max=f_max, n_mels=n_mels, power=2.0)
+        # torchaudio checks the filterbank for empty bands with real numbers: on the meta device (a build that
+        # only checks the arguments) the small bank is computed on the CPU instead.
+        meta = torch.get_default_device().type == "meta"
+        with torch.device("cpu") if meta else contextlib.nullcontext():
+            self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, f_min=f_min,
+                                        f_max=f_max, n_mels=n_mels, power=2.0)
         self.norm_mean = norm_mean
         self.norm_std = norm_std
         self._warped: dict[tuple[int, torch.device], Tensor] = {}  # not a buffer: checkpoints stay as they were
