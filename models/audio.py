@@ -20,12 +20,14 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 from torch import Tensor, nn
+from torch.export import Dim
 from timm.layers import trunc_normal_
 
 from models.checks import (refuse, require_bool, require_choice, require_int, require_number, require_range,
                            require_size)
 from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, _pair, prepend_tokens
 from models.layers import Activation, Encoder, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 from models.vit import VisionTransformer
 
 
@@ -217,7 +219,7 @@ class TimePosEmbed(PosEmbed2D):
         return super().forward(grid_size)
 
 
-class AudioSpectrogramTransformer(nn.Module):
+class AudioSpectrogramTransformer(Network):
     """AST built from the zoo's shared parts; args mirror configs/model/audio.yaml `net:`.
 
     Input: (B, samples) or (B, 1, samples) float waveforms at `sample_rate`, any length of at least
@@ -234,6 +236,9 @@ class AudioSpectrogramTransformer(nn.Module):
     LayerNorm on the pooled tokens before the head; AST keeps the encoder's final one too, `final_norm`);
     `norm_eps`, `act`.
     """
+
+    name = "audio"
+    modality = "audio"
 
     def __init__(
         self,
@@ -368,6 +373,21 @@ class AudioSpectrogramTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "dist_token", "prefix_pos", "pos_embed.weight"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """waveform (B, samples): B dynamic; samples from min_samples to the training clip length with
+        pos_time=crop, fixed at the training length with pos_time=resize."""
+        batch = Dim("batch", min=1)
+        frames = self.patch_embed.img_size[1]
+        samples = (frames - 1) * self.frontend.hop_length  # the training clip length (frames = 1 + samples // hop)
+        example = (torch.randn(2, samples),)
+        if self.pos_embed.mode == "crop" and samples > self.min_samples:
+            # Every clip up to the training length takes the crop branch of the position table; a longer
+            # one would resize it, another graph.
+            length = Dim("samples", min=self.min_samples, max=samples)
+            return OnnxSpec(self, ["waveform"], example, ({0: batch, 1: length},),
+                            {"waveform": ["batch", "samples"]})
+        return OnnxSpec(self, ["waveform"], example, ({0: batch},), {"waveform": ["batch"]})
 
     def spectrogram(self, wave: Tensor) -> Tensor:
         """(B, samples) or (B, 1, samples) -> normalised (B, 1, n_mels, frames), SpecAugment if training."""

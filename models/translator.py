@@ -13,16 +13,18 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.export import Dim
 
 from models.attention import KVCache
 from models.checks import is_int, refuse, require_bool, require_choice, require_int
 from models.embeddings import sinusoidal_table
 from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
-class Translator(nn.Module):
+class Translator(Network):
     """Sequence-to-sequence transformer; `forward(src, tgt_in)` gives (B, T, vocab) logits.
 
     Args:
@@ -42,6 +44,10 @@ class Translator(nn.Module):
         pad_id, bos_id, eos_id: padding, the token decoding starts from, end of sentence (Marian: start = pad).
     The defaults are the zoo's own translator.
     """
+
+    name = "translator"
+    modality = "text"
+    attention_layers = ("encoder.blocks.*.attn", "decoder.*.self_attn", "decoder.*.cross_attn")
 
     def __init__(
         self,
@@ -125,6 +131,20 @@ class Translator(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """src (B, S), tgt_in (B, T) int64 ids: B, S and T (1 .. max_len) dynamic; the teacher-forced
+        forward, one graph. The example ids avoid the special tokens (pad would change the masks)."""
+        batch = Dim("batch", min=1)
+        src_len = Dim("src_len", min=1, max=self.max_len)
+        tgt_len = Dim("tgt_len", min=1, max=self.max_len)
+        n = max(2, min(8, self.max_len))
+        first = PAD_ID + 4  # past the tokenizer's 4 special tokens
+        src = torch.randint(first, max(self.vocab_size, first + 1), (2, n))
+        tgt_in = torch.randint(first, max(self.vocab_size, first + 1), (2, max(2, n - 1)))
+        return OnnxSpec(TeacherForcedTranslator(self).eval(), ["src", "tgt_in"], (src, tgt_in),
+                        ({0: batch, 1: src_len}, {0: batch, 1: tgt_len}),
+                        {"src": ["batch", "src_len"], "tgt_in": ["batch", "tgt_len"]})
 
     def _embed(self, table: nn.Embedding, ids: Tensor, offset: int = 0) -> Tensor:
         if ids.dim() != 2:
@@ -330,3 +350,19 @@ class Translator(nn.Module):
         best = fin_seq[:, 0]  # (B, steps): sorted, the first is the best
         length = int(best.ne(self.pad_id).sum(-1).max())
         return best[:, : max(length, 1)]
+
+
+class TeacherForcedTranslator(nn.Module):
+    """Translator.forward(src, tgt_in) -> logits, with padding masks always built.
+
+    By default the translator passes no mask when nothing is padded (`bool(pad.any())`), a branch on
+    tensor values that torch.export cannot trace; `always_mask=True` builds them regardless (an
+    all-False mask masks nothing, so the logits are the same for padded and unpadded batches).
+    """
+
+    def __init__(self, net: Translator) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.net(src, tgt_in, always_mask=True)  # (B, T, vocab)

@@ -8,11 +8,13 @@ import torch
 from einops import rearrange
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
+from torch.export import Dim
 
 from models.checks import refuse, require_bool, require_choice, require_int, require_number
 from models.embeddings import (ConvStem, PatchEmbed, PosEmbed2D, TubeletEmbed, check_patch_fits,
                                sinusoidal_table)
 from models.layers import Activation, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 from models.spacetime import SPACETIME_BLOCKS, TimePosEmbed
 from models.vit import VisionTransformer
 
@@ -28,7 +30,7 @@ def sincos_table(length: int, dim: int) -> Tensor:
     return table[:, :dim] if table.shape[1] >= dim else torch.nn.functional.pad(table, (0, dim - table.shape[1]))
 
 
-class VideoTransformer(nn.Module):
+class VideoTransformer(Network):
     """Classifies clips (B, C, T, H, W) with divided (TimeSformer) or joint space-time attention.
 
     Args mirror configs/model/video.yaml `net:`. Each frame is embedded on its own (`stem`: "patch" or
@@ -52,6 +54,11 @@ class VideoTransformer(nn.Module):
     mean pooling (VideoMAE's fc_norm, eps `fc_norm_eps`, None: norm_eps) instead of on the tokens; `norm_eps`
     and `act` for the blocks.
     """
+
+    name = "video"
+    modality = "video"
+    # Divided attention has a temporal and a spatial layer per block, joint attention one.
+    attention_layers = ("blocks.*.attn_time", "blocks.*.attn_space", "blocks.*.attn")
 
     def __init__(
         self,
@@ -162,6 +169,12 @@ class VideoTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed.weight", "time_embed.weight", "cls_token", "prefix_pos"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """clips (B, C, T, H, W): B dynamic; frames and resolution fixed at the training ones."""
+        h, w = self.patch_embed.img_size
+        example = (torch.randn(2, self.in_chans, self.num_frames, h, w),)
+        return OnnxSpec(self, ["clips"], example, ({0: Dim("batch", min=1)},), {"clips": ["batch"]})
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, T, gh*gw, dim) encoded tokens (T // tubelet_size with tubelets)."""

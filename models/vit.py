@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.export import Dim
 from timm.layers import trunc_normal_
 
 from models.checks import refuse, require_bool, require_choice, require_int, require_size
 from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, check_patch_fits, prepend_tokens
 from models.layers import Activation, Encoder, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Network):
     """ViT (Dosovitskiy et al. 2021) built only from the zoo's shared parts.
 
     Args mirror configs/model/vit.yaml `net:`. `pool` is "cls" (class token) or "mean" (average
@@ -26,6 +28,9 @@ class VisionTransformer(nn.Module):
     `token_pos` learned positions for those prefix tokens (timm's default; its `no_embed_class` has none);
     `fc_norm` a LayerNorm after pooling instead of the encoder's final one; `norm_eps`, `act` as in layers.py.
     """
+
+    name = "vit"
+    modality = "image"
 
     def __init__(
         self,
@@ -109,6 +114,14 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "dist_token", "prefix_pos", "pos_embed.weight"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """images (B, C, H, W): B dynamic; H, W fixed at the training resolution (another one resizes the
+        position table, a branch the graph would not hold)."""
+        c = self.patch_embed.in_chans
+        h, w = self.patch_embed.img_size
+        return OnnxSpec(self, ["images"], (torch.randn(2, c, h, w),), ({0: Dim("batch", min=1)},),
+                        {"images": ["batch"]})
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, num_prefix + gh*gw, dim) encoded tokens (class [, distillation] token first)."""
