@@ -42,15 +42,25 @@ def _or_null(expected: str, optional: bool) -> str:
     return f"{expected}, or null" if optional else expected
 
 
-def require_int(name: str, value: Any, *, at_least: int = 1, note: str = "", optional: bool = False) -> Any:
+def require_int(
+    name: str, value: Any, *, at_least: int = 1, note: str = "", optional: bool = False
+) -> Any:
     """An integer >= `at_least` (None too with `optional`); `note` explains the number, e.g. ' (1 = grayscale)'."""
     if (optional and value is None) or (is_int(value) and value >= at_least):
         return value
     raise refuse(name, value, _or_null(f"expected an integer >= {at_least}{note}", optional))
 
 
-def require_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                   low_open: bool = False, high_open: bool = False, optional: bool = False) -> Any:
+def require_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Any:
     """A finite number, within [low, high] where given (open ends with low_open / high_open)."""
     if optional and value is None:
         return value
@@ -62,7 +72,9 @@ def require_number(name: str, value: Any, *, low: float | None = None, high: flo
     if ok:
         return value
     if low is not None and high is not None:
-        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        expected = (
+            f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        )
     elif low is not None:
         expected = f"a number {'>' if low_open else '>='} {low:g}"
     elif high is not None:
@@ -93,18 +105,30 @@ def require_size(name: str, value: Any, *, optional: bool = False) -> int | tupl
     """A patch size or stride: one integer >= 1 (square), or [height, width] of such integers."""
     if (optional and value is None) or (is_int(value) and value >= 1):
         return value
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 \
-            and all(is_int(v) and v >= 1 for v in value):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(is_int(v) and v >= 1 for v in value)
+    ):
         return (value[0], value[1])
-    raise refuse(name, value, _or_null("expected an integer >= 1 or [height, width] of integers >= 1", optional))
+    raise refuse(
+        name,
+        value,
+        _or_null("expected an integer >= 1 or [height, width] of integers >= 1", optional),
+    )
 
 
 def require_int_list(name: str, value: Any, *, optional: bool = False) -> list[int] | None:
     """A non-empty list of integers >= 1 (channel widths)."""
     if optional and value is None:
         return None
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 \
-            and all(is_int(v) and v >= 1 for v in value):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) > 0
+        and all(is_int(v) and v >= 1 for v in value)
+    ):
         return list(value)
     raise refuse(name, value, _or_null("expected a list of integers >= 1", optional))
 
@@ -113,11 +137,28 @@ def require_range(name: str, value: Any, *, optional: bool = False) -> tuple[flo
     """[low, high] with 0 < low <= high (a range of factors)."""
     if optional and value is None:
         return None
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 \
-            and all(is_number(v) for v in value) and 0 < value[0] <= value[1]:
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(is_number(v) for v in value)
+        and 0 < value[0] <= value[1]
+    ):
         return (float(value[0]), float(value[1]))
     raise refuse(name, value, _or_null("expected [low, high] with 0 < low <= high", optional))
 
 
-__all__ = ["is_int", "is_number", "refuse", "require_bool", "require_choice", "require_fraction", "require_int",
-           "require_int_list", "require_number", "require_range", "require_size", "show"]
+__all__ = [
+    "is_int",
+    "is_number",
+    "refuse",
+    "require_bool",
+    "require_choice",
+    "require_fraction",
+    "require_int",
+    "require_int_list",
+    "require_number",
+    "require_range",
+    "require_size",
+    "show",
+]

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from timm.layers import DropPath
 
 from models.attention import KVCache, MultiHeadAttention
-from models.checks import refuse, require_bool, require_choice, require_fraction, require_int, require_number
+from models.checks import (refuse, require_bool, require_choice, require_fraction, require_int,
+                           require_number)
 
 Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
@@ -53,8 +54,9 @@ def check_block_options(
     norm_first: bool = True,
     act: str = "gelu",
 ) -> None:
-    """The rules of the options every block shares. The blocks call it, and so do the networks before they
-    build anything (a bad `dim` would otherwise fail first inside a stem, under another name).
+    """The rules of the options every block shares. The blocks call it, and so do the networks
+    before they build anything (a bad `dim` would otherwise fail first inside a stem, under another
+    name).
 
     Raises:
         ValueError: `name=value: expected ...` for the first option that breaks a rule.
@@ -63,12 +65,13 @@ def check_block_options(
     require_int("num_heads", num_heads)
     if dim % num_heads:
         example = num_heads * max(1, round(dim / num_heads))
-        raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}: each head gets dim / num_heads "
-                         f"channels (e.g. dim={example})")
+        raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}: each head gets "
+                         f"dim / num_heads channels (e.g. dim={example})")
     require_int("num_kv_heads", num_kv_heads, optional=True)
     if num_kv_heads is not None and (num_kv_heads > num_heads or num_heads % num_kv_heads):
-        raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads} (grouped-query "
-                         f"attention shares each key/value head among num_heads / num_kv_heads query heads)")
+        raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads} "
+                         f"(grouped-query attention shares each key/value head among "
+                         f"num_heads / num_kv_heads query heads)")
     require_number("mlp_ratio", mlp_ratio, low=0, low_open=True)
     require_bool("qkv_bias", qkv_bias)
     require_fraction("drop", drop)
@@ -77,8 +80,8 @@ def check_block_options(
     require_int("attn_window", attn_window, note=" (positions each token sees)", optional=True)
     require_int("attn_global", attn_global, at_least=0)
     if attn_global and attn_window is None:
-        raise ValueError(f"attn_global={attn_global} needs attn_window (without a window every token already "
-                         f"sees every token)")
+        raise ValueError(f"attn_global={attn_global} needs attn_window (without a window every "
+                         f"token already sees every token)")
     require_number("norm_eps", norm_eps, low=0, low_open=True)
     require_bool("norm_first", norm_first)
     require_choice("act", act, ACTIVATIONS)
@@ -87,7 +90,8 @@ def check_block_options(
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear -> activation -> Linear."""
 
-    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0, act: Activation = "gelu") -> None:
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0,
+                 act: Activation = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = activation(act)
@@ -121,8 +125,9 @@ class EncoderBlock(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
-                            qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
+        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                            num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
+                            attn_drop=attn_drop, drop_path=drop_path,
                             attn_window=attn_window, attn_global=attn_global, norm_eps=norm_eps,
                             norm_first=norm_first, act=act)
         self.norm_first = norm_first
@@ -163,10 +168,13 @@ class DecoderBlock(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
-                            qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
-                            attn_window=attn_window, norm_eps=norm_eps, norm_first=norm_first, act=act)
-        attention = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                            num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
+                            attn_drop=attn_drop, drop_path=drop_path,
+                            attn_window=attn_window, norm_eps=norm_eps, norm_first=norm_first,
+                            act=act)
+        attention = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                         proj_drop=drop)
         self.norm_first = norm_first
         self.norm1 = LayerNorm(dim, norm_eps)
         # A window limits the causal self-attention (rolling cache when decoding); cross-attention sees all.
@@ -226,9 +234,10 @@ class Encoder(nn.Module):
         super().__init__()
         require_int("depth", depth)
         require_bool("final_norm", final_norm)
-        block_options = dict(mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
-                             attn_drop=attn_drop, attn_window=attn_window, attn_global=attn_global,
-                             norm_eps=norm_eps, norm_first=norm_first, act=act)
+        block_options = dict(mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
+                             drop=drop, attn_drop=attn_drop, attn_window=attn_window,
+                             attn_global=attn_global, norm_eps=norm_eps, norm_first=norm_first,
+                             act=act)
         check_block_options(dim=dim, num_heads=num_heads, drop_path=drop_path, **block_options)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(

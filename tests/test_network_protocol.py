@@ -28,13 +28,28 @@ MODALITIES = ("image", "audio", "video", "text", "tokens")
 # One small instance per network (two for video: divided and joint attention name their layers apart).
 SMALL = {
     "vit": lambda: VisionTransformer(img_size=16, patch_size=4, dim=16, depth=1, num_heads=2),
-    "audio": lambda: AudioSpectrogramTransformer(n_mels=16, n_fft=256, hop_length=160, patch_size=[16, 3],
-                                                 patch_stride=[16, 2], dim=16, depth=1, num_heads=2),
-    "video": lambda: VideoTransformer(img_size=16, num_frames=2, patch_size=8, dim=16, depth=1, num_heads=2),
-    "video_joint": lambda: VideoTransformer(img_size=16, num_frames=2, patch_size=8, dim=16, depth=1, num_heads=2,
-                                            attention="joint"),
-    "translator": lambda: Translator(20, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, max_len=16),
-    "sequence": lambda: SequenceClassifier(12, 3, 40, dim=16, depth=2, num_heads=2, attn_window=4, attn_global=1),
+    "audio": lambda: AudioSpectrogramTransformer(
+        n_mels=16,
+        n_fft=256,
+        hop_length=160,
+        patch_size=[16, 3],
+        patch_stride=[16, 2],
+        dim=16,
+        depth=1,
+        num_heads=2,
+    ),
+    "video": lambda: VideoTransformer(
+        img_size=16, num_frames=2, patch_size=8, dim=16, depth=1, num_heads=2
+    ),
+    "video_joint": lambda: VideoTransformer(
+        img_size=16, num_frames=2, patch_size=8, dim=16, depth=1, num_heads=2, attention="joint"
+    ),
+    "translator": lambda: Translator(
+        20, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, max_len=16
+    ),
+    "sequence": lambda: SequenceClassifier(
+        12, 3, 40, dim=16, depth=2, num_heads=2, attn_window=4, attn_global=1
+    ),
     "text_encoder": lambda: TextEncoder(30, dim=16, depth=2, num_heads=2, max_len=32),
 }
 
@@ -54,14 +69,22 @@ def network_classes() -> list[type[Network]]:
 
 def test_every_network_declares_name_modality_and_attention_layers() -> None:
     classes = network_classes()
-    assert {c.__name__ for c in classes} >= {"VisionTransformer", "AudioSpectrogramTransformer",
-                                             "VideoTransformer", "Translator", "SequenceClassifier", "TextEncoder"}
+    assert {c.__name__ for c in classes} >= {
+        "VisionTransformer",
+        "AudioSpectrogramTransformer",
+        "VideoTransformer",
+        "Translator",
+        "SequenceClassifier",
+        "TextEncoder",
+    }
     for cls in classes:
         assert isinstance(cls.name, str) and cls.name, cls
         assert cls.modality in MODALITIES, cls
         assert cls.attention_layers and all(isinstance(g, str) for g in cls.attention_layers), cls
         config = ROOT / "configs" / "model" / f"{cls.name}.yaml"
-        if config.exists():  # the config group of that name builds this class, and tells its modality
+        if (
+            config.exists()
+        ):  # the config group of that name builds this class, and tells its modality
             yaml = OmegaConf.load(config)
             assert yaml.net._target_ == f"{cls.__module__}.{cls.__name__}"
             assert yaml.modality == cls.modality, cls
@@ -71,7 +94,9 @@ def test_every_network_declares_name_modality_and_attention_layers() -> None:
 def test_attention_layer_globs_find_the_attention_modules(key: str) -> None:
     net = SMALL[key]()
     attention = {n for n, m in net.named_modules() if isinstance(m, MultiHeadAttention)}
-    matched = {n for n, _ in net.named_modules() if any(fnmatchcase(n, g) for g in net.attention_layers)}
+    matched = {
+        n for n, _ in net.named_modules() if any(fnmatchcase(n, g) for g in net.attention_layers)
+    }
     assert matched and matched <= attention, (matched, attention)
     name = key.split("_joint")[0]
     assert net.name == name
@@ -84,9 +109,18 @@ def _export_and_run(net: Network, tmp_path, inputs: list[tuple[torch.Tensor, ...
     spec = net.eval().onnx_spec()
     path = tmp_path / f"{net.name}.onnx"
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
-        program = torch.onnx.export(spec.module, spec.example, dynamo=True, input_names=spec.input_names,
-                                    output_names=["out"], dynamic_shapes=spec.dynamic_shapes, verbose=False)
+        warnings.filterwarnings(
+            "ignore", message=".*will not be used, since it shares the same shape constraints"
+        )
+        program = torch.onnx.export(
+            spec.module,
+            spec.example,
+            dynamo=True,
+            input_names=spec.input_names,
+            output_names=["out"],
+            dynamic_shapes=spec.dynamic_shapes,
+            verbose=False,
+        )
     program.save(str(path))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
