@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def setup_runtime(cfg: DictConfig) -> None:
     check_run_config(cfg)
     apply_pretrained(cfg)  # fills what the source decides (model.net, null data keys) before they are checked
-    check_model_config(cfg)  # a bad value stops here, as the only line on stderr
+    check_model_config(cfg)  # the only check of model.*: the net is built on the meta device, before any data
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     kernel = cfg.get("attention_kernel")  # null: the default (auto, or env ZOO_FUSED_ATTN), also after another run
@@ -80,7 +80,6 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     """
     check_model_fits_data(cfg)
     apply_pretrained(cfg)  # model.pretrained: the source's architecture and input preparation (utils/pretrained.py)
-    check_model_config(cfg)  # before any data is read: values the data decides (num_classes) come later
     dm = _instantiate(_without_modality(cfg.data), "data")
     if state is not None:
         dm.load_state_dict(state)
@@ -100,7 +99,6 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
     module = _instantiate(_without_modality(cfg.model), "model")
     load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
     return module
