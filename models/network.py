@@ -19,9 +19,8 @@ class OnnxSpec:
     input_names: list[str]
     example: tuple[Tensor, ...]
     dynamic_shapes: tuple[dict[int, Dim], ...]
-    dynamic: dict[str, list[str]] = field(
-        default_factory=dict
-    )  # input name -> its dynamic axes, for humans
+    dynamic: dict[str, list[str]] = field(default_factory=dict)  # input name -> its dynamic axes, for humans
+    output_names: list[str] = field(default_factory=lambda: ["logits"])
 
 
 class Network(nn.Module):

@@ -101,7 +101,8 @@ class TextEncoder(Network):
         ids = ids.masked_fill(attention_mask.eq(0), self.pad_id)
         axes = {0: Dim("batch", min=1), 1: Dim("length", min=1, max=self.max_len)}
         return OnnxSpec(_MaskedTextEncoder(self).eval(), ["input_ids", "attention_mask"], (ids, attention_mask),
-                        (axes, axes), {"input_ids": ["batch", "length"], "attention_mask": ["batch", "length"]})
+                        (axes, axes), {"input_ids": ["batch", "length"], "attention_mask": ["batch", "length"]},
+                        ["hidden_states"])
 
 
 class _MaskedTextEncoder(nn.Module):

@@ -32,6 +32,10 @@ TINY: dict[str, dict[str, Any]] = {
                   patch_size=[16, 3], patch_stride=[16, 2], dim=32, depth=1, num_heads=2),
     "video": dict(_target_="models.video.VideoTransformer", img_size=16, num_frames=4, patch_size=4, in_chans=1,
                   num_classes=4, dim=32, depth=1, num_heads=2),
+    "sequence": dict(_target_="models.sequence.SequenceClassifier", vocab_size=20, num_classes=3, max_len=24,
+                     dim=32, depth=1, num_heads=2),
+    "text_encoder": dict(_target_="models.text_encoder.TextEncoder", vocab_size=30, dim=32, depth=1, num_heads=2,
+                         max_len=16),
 }
 
 
@@ -48,9 +52,26 @@ INPUTS = {
     "translator": lambda: [(_ids(1, 11), _ids(1, 3)), (_ids(4, 5, pad_last=2), _ids(4, 14, pad_last=3))],
     "audio": lambda: [(torch.randn(1, 4000),), (torch.randn(3, 2500),)],  # the full 0.5 s clip and 0.31 s
     "video": lambda: [(torch.randn(1, 1, 4, 16, 16),), (torch.randn(6, 1, 4, 16, 16),)],
+    "sequence": lambda: [(torch.randint(1, 20, (1, 7)),), (_padded(3, 19, 20, 0),)],
+    "text_encoder": lambda: [(torch.randint(1, 30, (1, 5)), torch.ones(1, 5, dtype=torch.long)),
+                             (_padded(3, 12, 30, 0), (_padded(3, 12, 30, 0) != 0).long())],
 }
 DYNAMIC = {"vit": [["batch", 1, 16, 16]], "translator": [["batch", "src_len"], ["batch", "tgt_len"]],
-           "audio": [["batch", "samples"]], "video": [["batch", 1, 4, 16, 16]]}
+           "audio": [["batch", "samples"]], "video": [["batch", 1, 4, 16, 16]], "sequence": [["batch", "length"]],
+           "text_encoder": [["batch", "length"], ["batch", "length"]]}
+# What PyTorch computes on the graph's inputs: the network itself, but for the text encoder, whose graph takes
+# the tokenizers' attention mask (1 = token) where the network takes a padding mask (True = pad).
+REFERENCE = {"text_encoder": lambda net, ids, mask: net(ids, mask.eq(0))}
+
+
+def _padded(batch: int, length: int, vocab: int, pad: int) -> torch.Tensor:
+    """Ids of `batch` rows whose row i ends in i padding tokens (seeded by the caller)."""
+    gen = torch.Generator().manual_seed(batch * 100 + length)
+    ids = torch.randint(pad + 1, vocab, (batch, length), generator=gen)
+    for i in range(batch):
+        if i:
+            ids[i, -i:] = pad
+    return ids
 
 
 def tiny_network(name: str) -> torch.nn.Module:
@@ -79,7 +100,7 @@ def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(exported) -> None
     torch.manual_seed(1)
     for inputs in INPUTS[name]():
         with torch.no_grad():
-            ref = net(*inputs)
+            ref = REFERENCE.get(name, lambda net, *x: net(*x))(net, *inputs)
         out = run_onnx(session, input_names, inputs)
         assert out.shape == ref.shape
         diff = float((out - ref).abs().max())
@@ -137,6 +158,11 @@ def test_safetensors_loader_refuses_foreign_targets_and_junk(tmp_path: Path) -> 
         load_safetensors(evil)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors")
+    for target in ("models.attention.MultiHeadAttention", "models.checks.refuse", "models.network.Network"):
+        inside = tmp_path / "inside.safetensors"  # in the zoo's package, but not a network
+        save_file({"x": torch.zeros(1)}, str(inside), metadata={"zoo_config": json.dumps({"_target_": target})})
+        with pytest.raises(ValueError, match="unknown network _target_"):
+            load_safetensors(inside)
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_safetensors(junk)
     plain = tmp_path / "plain.safetensors"
@@ -174,3 +200,13 @@ def test_cli_exports_a_trained_run(tmp_path: Path) -> None:
     onnx_out = run_onnx(onnx_session(out / "vit.onnx", threads=1), ["images"], (x,))
     np.testing.assert_allclose(onnx_out.numpy(), ref.numpy(), atol=ATOL, rtol=0)
     assert config["dim"] == 32 and config["_target_"] == "models.vit.VisionTransformer"
+
+
+@pytest.mark.parametrize("family", ["vit", "audio", "video", "translator", "sequence"])
+def test_a_run_of_every_model_config_exports_and_checks_in_onnxruntime(family: str, tmp_path: Path) -> None:
+    # One small run per configs/model/*.yaml (tests/data/old_checkpoints, trained by train.py).
+    ckpt = Path(__file__).resolve().parent / "data" / "old_checkpoints" / f"{family}.ckpt"
+    torch.set_num_threads(1)
+    result = export_checkpoint(ckpt, tmp_path, "both")
+    assert result["model"] == family and result["onnx_max_abs_diff"] < ATOL
+    assert load_safetensors(result["safetensors"]) is not None

@@ -5,14 +5,8 @@
     export_safetensors(net, "vit.safetensors", config)                  # state_dict + config as JSON metadata
     net = load_safetensors("vit.safetensors")                           # rebuilt without unpickling anything
 
-What the ONNX graphs take (all float32 unless ids; output "logits"):
-
-| model      | inputs                                  | dynamic axes                                            |
-| ---------- | --------------------------------------- | ------------------------------------------------------- |
-| vit        | images (B, C, H, W)                     | B; H, W fixed at the training resolution                |
-| translator | src (B, S), tgt_in (B, T) int64 ids     | B, S, T (1 .. max_len); teacher-forced forward, one graph |
-| audio      | waveform (B, samples)                   | B; samples from min_samples to the training clip length (pos_time=crop); fixed with pos_time=resize |
-| video      | clips (B, C, T, H, W)                   | B; frames and resolution fixed at the training ones      |
+Each network says what its graph takes (`Network.onnx_spec()` in its own file: input names, example inputs at the
+training shape, dynamic axes; docs/export.md lists them), so this file names no model.
 
 Lengths and resolutions other than training's take a Python branch in the models (resize the position
 table or not); torch.export traces one branch per graph, so only the axes whose whole range stays on one
@@ -22,40 +16,25 @@ MatMul / Softmax / MatMul for opset 18, the same math as the explicit kernel.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torch.export import Dim
 
 from models.attention import fused_attn
-from models.audio import AudioSpectrogramTransformer
-from models.tokenizer import PAD_ID
-from models.translator import Translator
-from models.video import VideoTransformer
-from models.vit import VisionTransformer
+from models.network import Network, OnnxSpec
 from utils.build import datamodule_state
-from utils.restore import restore
 from utils.errors import UserError
+from utils.restore import restore
 
 log = logging.getLogger(__name__)
 
-# The only classes a safetensors file may ask us to build: a `_target_` from a file handed to us must
-# not name an arbitrary callable (hydra.utils.instantiate would import and call anything).
-NETWORKS: dict[str, type[nn.Module]] = {
-    "models.vit.VisionTransformer": VisionTransformer,
-    "models.translator.Translator": Translator,
-    "models.audio.AudioSpectrogramTransformer": AudioSpectrogramTransformer,
-    "models.video.VideoTransformer": VideoTransformer,
-}
-MODEL_NAMES: dict[type[nn.Module], str] = {VisionTransformer: "vit", Translator: "translator",
-                                           AudioSpectrogramTransformer: "audio", VideoTransformer: "video"}
 FORMATS = ("onnx", "safetensors", "both")
 CONFIG_KEY, TIED_KEY, TOKENIZER_KEY = "zoo_config", "zoo_tied", "zoo_tokenizer"  # metadata keys in both formats
 PREPROCESS_KEY = "zoo_preprocess"  # a pretrained source's preprocessing (utils/pretrained.py), JSON
@@ -65,22 +44,31 @@ DEFAULT_OPSET = 18  # onnxruntime 1.x runs it everywhere; the exporter's lowerin
 # --- building networks -----------------------------------------------------------------------------
 
 def build_network(config: dict[str, Any]) -> nn.Module:
-    """The network a config (`model.net` of a run, resolved, with `_target_`) describes, freshly initialised."""
+    """The network a config (`model.net` of a run, resolved, with `_target_`) describes, freshly initialised.
+
+    A `_target_` read from a file handed to us must not name an arbitrary callable: only a `Network` subclass
+    defined in the zoo's `models` package is built.
+    """
     if not isinstance(config, dict) or "_target_" not in config:
         raise ValueError(f"a network config must be a dict with '_target_', got {str(config)[:200]!r}")
     kwargs = dict(config)
-    target = kwargs.pop("_target_")
-    if target not in NETWORKS:
-        raise UserError(f"unknown network _target_ {target!r}; expected one of {sorted(NETWORKS)}")
-    return NETWORKS[target](**kwargs)
+    target = str(kwargs.pop("_target_"))
+    return network_class(target)(**kwargs)
 
 
-def model_name(net: nn.Module) -> str:
-    """vit | translator | audio | video (the config group name), used to name exported files."""
-    for cls, name in MODEL_NAMES.items():
-        if isinstance(net, cls):
-            return name
-    raise TypeError(f"cannot export a {type(net).__name__}; expected one of {[c.__name__ for c in MODEL_NAMES]}")
+def network_class(target: str) -> type[Network]:
+    """The zoo network class `target` names ("models.vit.VisionTransformer"), or a UserError."""
+    module, _, name = target.rpartition(".")
+    cls = None
+    if module.startswith("models.") and name.isidentifier():
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Network) and cls is not Network):
+        raise UserError(f"unknown network _target_ {target!r}; expected a zoo network class "
+                        f"(a models.Network subclass, e.g. models.vit.VisionTransformer)")
+    return cls
 
 
 def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, str]]:
@@ -103,62 +91,6 @@ def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict
 
 # --- ONNX ------------------------------------------------------------------------------------------
 
-class TeacherForcedTranslator(nn.Module):
-    """Translator.forward(src, tgt_in) -> logits, with padding masks always built.
-
-    By default the translator passes no mask when nothing is padded (`bool(pad.any())`), a branch on
-    tensor values that torch.export cannot trace; `always_mask=True` builds them regardless (an
-    all-False mask masks nothing, so the logits are the same for padded and unpadded batches).
-    """
-
-    def __init__(self, net: Translator) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.net(src, tgt_in, always_mask=True)  # (B, T, vocab)
-
-
-@dataclass
-class OnnxSpec:
-    """How one network is exported: the module traced, named example inputs, and which axes are dynamic."""
-
-    module: nn.Module
-    input_names: list[str]
-    example: tuple[Tensor, ...]
-    dynamic_shapes: tuple[dict[int, Dim], ...]
-    dynamic: dict[str, list[str]] = field(default_factory=dict)  # input name -> its dynamic axes, for humans
-
-
-def onnx_spec(net: nn.Module) -> OnnxSpec:
-    """Example inputs at the training shape (batch 2: torch.export specialises axes of size 0 / 1)."""
-    batch = Dim("batch", min=1)
-    if isinstance(net, VisionTransformer):
-        c, (h, w) = net.patch_embed.in_chans, net.patch_embed.img_size
-        return OnnxSpec(net, ["images"], (torch.randn(2, c, h, w),), ({0: batch},), {"images": ["batch"]})
-    if isinstance(net, Translator):
-        src_len, tgt_len = Dim("src_len", min=1, max=net.max_len), Dim("tgt_len", min=1, max=net.max_len)
-        n = max(2, min(8, net.max_len))
-        ids = lambda L: torch.randint(PAD_ID + 4, max(net.vocab_size, PAD_ID + 5), (2, L))  # noqa: E731  no specials
-        return OnnxSpec(TeacherForcedTranslator(net).eval(), ["src", "tgt_in"], (ids(n), ids(max(2, n - 1))),
-                        ({0: batch, 1: src_len}, {0: batch, 1: tgt_len}),
-                        {"src": ["batch", "src_len"], "tgt_in": ["batch", "tgt_len"]})
-    if isinstance(net, AudioSpectrogramTransformer):
-        frames = net.patch_embed.img_size[1]
-        samples = (frames - 1) * net.frontend.hop_length  # the training clip length (frames = 1 + samples // hop)
-        if net.pos_embed.mode == "crop" and samples > net.min_samples:
-            # Every clip up to the training length takes the crop branch of the position table; a longer
-            # one would resize it, another graph.
-            length = Dim("samples", min=net.min_samples, max=samples)
-            return OnnxSpec(net, ["waveform"], (torch.randn(2, samples),), ({0: batch, 1: length},),
-                            {"waveform": ["batch", "samples"]})
-        return OnnxSpec(net, ["waveform"], (torch.randn(2, samples),), ({0: batch},), {"waveform": ["batch"]})
-    if isinstance(net, VideoTransformer):
-        c, t, (h, w) = net.in_chans, net.num_frames, net.patch_embed.img_size
-        return OnnxSpec(net, ["clips"], (torch.randn(2, c, t, h, w),), ({0: batch},), {"clips": ["batch"]})
-    raise TypeError(f"cannot export a {type(net).__name__}; expected one of {[c.__name__ for c in MODEL_NAMES]}")
-
-
 def export_onnx(net: nn.Module, path: str | Path, *, config: dict[str, Any] | None = None,
                 extras: dict[str, str] | None = None, opset: int = DEFAULT_OPSET, fused: bool = True) -> OnnxSpec:
     """Write `net` (eval mode) to an ONNX file with torch.onnx's dynamo exporter; returns what was exported.
@@ -169,14 +101,14 @@ def export_onnx(net: nn.Module, path: str | Path, *, config: dict[str, Any] | No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net.eval()
-    spec = onnx_spec(net)
+    spec = net.onnx_spec()
     with fused_attn(fused), torch.no_grad(), warnings.catch_warnings():
         # The translator's two inputs share one batch Dim; the exporter notes that it names the axis once.
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
         program = torch.onnx.export(spec.module, spec.example, dynamo=True, input_names=spec.input_names,
-                                    output_names=["logits"], dynamic_shapes=spec.dynamic_shapes,
+                                    output_names=spec.output_names, dynamic_shapes=spec.dynamic_shapes,
                                     opset_version=opset, verbose=False)
-    props = {"zoo_model": model_name(net), "zoo_dynamic_axes": json.dumps(spec.dynamic)}
+    props = {"zoo_model": net.name, "zoo_dynamic_axes": json.dumps(spec.dynamic)}
     if config is not None:
         props[CONFIG_KEY] = json.dumps(config)
     props.update(extras or {})
@@ -195,7 +127,8 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 def run_onnx(session: Any, names: list[str], inputs: tuple[Tensor, ...]) -> Tensor:
-    return torch.from_numpy(session.run(["logits"], {n: t.numpy() for n, t in zip(names, inputs)})[0])
+    """The graph's first output on named inputs."""
+    return torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0])
 
 
 def probe_inputs(net: nn.Module, spec: OnnxSpec) -> list[tuple[Tensor, ...]]:
@@ -217,12 +150,12 @@ def probe_inputs(net: nn.Module, spec: OnnxSpec) -> list[tuple[Tensor, ...]]:
 
 
 def verify_onnx(net: nn.Module, path: str | Path, spec: OnnxSpec, inputs: list[tuple[Tensor, ...]] | None = None) -> float:
-    """Largest |ONNX - PyTorch| over the probe inputs (PyTorch on the original network, not the wrapper)."""
+    """Largest |ONNX - PyTorch| over the probe inputs (PyTorch on the module that was traced)."""
     session = onnx_session(path)
     worst = 0.0
     with torch.no_grad():
         for x in inputs or probe_inputs(net, spec):
-            ref = net(*x)
+            ref = spec.module(*x)
             out = run_onnx(session, spec.input_names, x)
             if out.shape != ref.shape:
                 raise RuntimeError(f"ONNX output shape {tuple(out.shape)} != PyTorch {tuple(ref.shape)} for inputs "
@@ -259,7 +192,7 @@ def export_safetensors(net: nn.Module, path: str | Path, config: dict[str, Any],
             continue
         first[key] = name
         tensors[name] = t.detach().contiguous()
-    metadata = {"format": "pt", "zoo_model": model_name(net), CONFIG_KEY: json.dumps(config),
+    metadata = {"format": "pt", "zoo_model": net.name, CONFIG_KEY: json.dumps(config),
                 TIED_KEY: json.dumps(tied), **(extras or {})}
     save_file(tensors, str(path), metadata=metadata)
     return path
@@ -313,7 +246,7 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, fmt: str = "both",
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     net, config, extras = load_network(ckpt_path)
-    name, out = model_name(net), Path(out)
+    name, out = net.name, Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
