@@ -54,8 +54,8 @@ def test_maps_come_from_the_explicit_kernel_and_change_the_output_by_rounding_on
         with fused_attn(fused), torch.no_grad():
             plain = net(*inputs)
             out, maps = attention_maps(net, *inputs)
-        assert torch.equal(out, explicit), (name, fused)  # each layer: output and map from one explicit pass
-        assert (out - plain).abs().max() <= 1e-5, (name, fused)  # the fused kernel's rounding, no more
+        assert torch.equal(out, explicit), (name, fused)  # output and maps from one explicit pass
+        assert (out - plain).abs().max() <= 1e-5, (name, fused)  # the fused kernel's rounding
         assert maps and all(torch.isfinite(m).all() for m in maps.values())
 
 

@@ -24,7 +24,8 @@ rounding (the explicit kernel's bit for bit).
 Files: kernels.py (switch + attend), masks.py, window.py, cache.py, rotary.py, core.py, maps.py.
 """
 
-import torch.nn.functional as F  # noqa: F401  (tests patch attention.F.scaled_dot_product_attention)
+# Tests patch attention.F.scaled_dot_product_attention to count kernel calls.
+import torch.nn.functional as F  # noqa: F401
 
 from models.attention.cache import KVCache
 from models.attention.core import MultiHeadAttention

@@ -1,4 +1,4 @@
-"""KVCache: keys / values kept between decoding steps (static for cross-attention, rolling for windows)."""
+"""KVCache: keys / values kept between decoding steps (static for cross-attention, rolling)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MultiHeadAttention: the one attention layer of the zoo (self / cross, masks, GQA, cache, window, rotary)."""
+"""MultiHeadAttention: the one attention layer (self / cross, masks, GQA, cache, window, rotary)."""
 
 from __future__ import annotations
 
@@ -49,15 +49,15 @@ class MultiHeadAttention(nn.Module):
             absolute positions (with a cache: cache.position onwards); one module may be shared by
             all layers of a model. None = no rotary.
 
-    Attention weights (`need_weights=True`, or `store_weights` set by AttentionRecorder) come with the
-    output from one explicit pass (weights = softmax(Q K^T / sqrt(d)), out = weights @ V): maps cost no
-    second QK^T. The output then equals the fused kernel's only up to float rounding (about 1e-6
-    relative in float32), and equals the explicit kernel's bit for bit.
+    Attention weights (`need_weights=True`, or `store_weights` set by AttentionRecorder) come with
+    the output from one explicit pass (weights = softmax(Q K^T / sqrt(d)), out = weights @ V): maps
+    cost no second Q K^T. The output then equals the explicit kernel's bit for bit, and the fused
+    kernel's only up to float rounding (about 1e-6 relative in float32).
 
     Raises:
-        ValueError: dim or num_heads < 1, dim not divisible by num_heads, num_heads not a multiple of
-            num_kv_heads, attn_drop outside [0, 1), window not a positive int, num_global < 0 or > 0
-            without a window, or rotary built for another head_dim.
+        ValueError: dim or num_heads < 1, dim not divisible by num_heads, num_heads not a multiple
+            of num_kv_heads, attn_drop outside [0, 1), window not a positive int, num_global < 0 or
+            > 0 without a window, or rotary built for another head_dim.
     """
 
     def __init__(
@@ -78,20 +78,23 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if dim < 1 or num_heads < 1:
             raise ValueError(f"dim ({dim}) and num_heads ({num_heads}) must be >= 1")
-        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
-            raise ValueError(f"window must be a positive number of positions or None, got {window!r}")
+        bad_window = not isinstance(window, int) or isinstance(window, bool) or window < 1
+        if window is not None and bad_window:
+            raise ValueError(f"window must be a positive number of positions or None, "
+                             f"got {window!r}")
         if not isinstance(num_global, int) or num_global < 0 or (num_global and window is None):
             raise ValueError(f"num_global ({num_global}) must be >= 0, and > 0 only with a window "
                              f"(without one every token already sees every token)")
         if dim % num_heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
-            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                             f"({num_kv_heads})")
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
         if rotary is not None and rotary.head_dim != dim // num_heads:
-            raise ValueError(f"rotary was built for head_dim={rotary.head_dim}; this layer's heads are "
-                             f"dim / num_heads = {dim // num_heads} wide")
+            raise ValueError(f"rotary was built for head_dim={rotary.head_dim}; this layer's heads "
+                             f"are dim / num_heads = {dim // num_heads} wide")
         self.dim = dim
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -159,10 +162,13 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (batch, length, {self.dim}), got {tuple(x.shape)}")
         if context is not None and (context.dim() != 3 or context.shape[-1] != self.dim):
-            raise ValueError(f"context must be (batch, length, {self.dim}), got {tuple(context.shape)}")
-        if cache is not None and cache.static and cache.k is None and context is None:
-            raise ValueError("a cross-attention (static) cache needs `context` on the first decoding step")
-        if self.rotary is not None and (context is not None or (cache is not None and cache.static)):
+            raise ValueError(f"context must be (batch, length, {self.dim}), "
+                             f"got {tuple(context.shape)}")
+        static = cache is not None and cache.static
+        if static and cache.k is None and context is None:
+            raise ValueError("a cross-attention (static) cache needs `context` on the first "
+                             "decoding step")
+        if self.rotary is not None and (context is not None or static):
             raise ValueError("rotary embeddings are for self-attention; this call passes `context` "
                              "(cross-attention): build the cross-attention layer without rotary")
         if self.window is not None:
@@ -170,17 +176,18 @@ class MultiHeadAttention(nn.Module):
 
     def _qkv(self, x: Tensor, context: Tensor | None, cache: KVCache | None
              ) -> tuple[Tensor, Tensor, Tensor, int, int]:
-        """Project, split heads, rotate, go through the cache: (q, k, v, position of x[:, 0], of k[0])."""
+        """Project, split heads, rotate, pass the cache: (q, k, v, position of x[:, 0], of k[0])."""
         if cache is not None and cache.static and cache.k is not None:
             # Cross-attention while decoding: source keys/values were computed on the first step.
             q = self._heads(self._project(x, slice(0, self.q_size)), self.num_heads)
             return q, cache.k, cache.v, 0, 0
         q, k, v = self._project_qkv(x, context)
         q = self._heads(q, self.num_heads)  # (B, H, T, hd)
-        k, v = self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)  # (B, Hkv, S, hd)
+        k = self._heads(k, self.num_kv_heads)  # (B, Hkv, S, hd)
+        v = self._heads(v, self.num_kv_heads)  # (B, Hkv, S, hd)
         past = 0 if cache is None or cache.static else cache.position
         k_offset = 0 if cache is None or cache.static else cache.offset  # before this step's roll
-        if self.rotary is not None:  # before the cache: it holds rotated keys, each at its own position
+        if self.rotary is not None:  # before the cache, which holds keys rotated at their positions
             positions = torch.arange(past, past + x.shape[1], device=x.device)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
@@ -192,24 +199,25 @@ class MultiHeadAttention(nn.Module):
         return q, k, v, past, k_offset
 
     def _plan(self, q: Tensor, k: Tensor, past: int, k_offset: int, causal: bool,
-              key_padding_mask: Tensor | None, attn_mask: Tensor | None, need_weights: bool) -> _Plan:
-        """Pick the path and kernel and build the mask they need (none for SDPA's causal or blocked)."""
+              key_padding_mask: Tensor | None, attn_mask: Tensor | None,
+              need_weights: bool) -> _Plan:
+        """Pick the path and kernel, and build the dense mask (not for SDPA's causal or blocked)."""
         B, _, T, _ = q.shape
         S = k.shape[2]
         if key_padding_mask is not None and k_offset and key_padding_mask.shape[-1] == past + T:
             key_padding_mask = key_padding_mask[:, -S:]  # a rolling cache dropped the oldest keys
-        if key_padding_mask is not None and key_padding_mask.shape != (B, S):  # (blocked broadcasts)
+        if key_padding_mask is not None and key_padding_mask.shape != (B, S):
             raise ValueError(f"key_padding_mask must have shape (batch, keys) = {(B, S)}, "
                              f"got {tuple(key_padding_mask.shape)}")
         if causal and T == 1 and self.window is None:
             causal = False  # one new query at the end of the sequence sees every key anyway
-        # Long windowed self-attention runs blocked; short inputs take the dense kernel with the band mask.
+        # Long windowed self-attention runs blocked; short inputs, the dense kernel with the band.
         span = (2 if causal else 3) * self.window if self.window is not None else 0
         blocked = self.window is not None and past == 0 and T == S and S > span
         keys = min(S, span + self.num_global) if blocked else S
         fused = use_fused_attn(keys, self.head_dim, q.device) if self.fused is None else self.fused
-        # SDPA's own is_causal skips the masked half and needs no (T, S) mask; it aligns the diagonal
-        # top-left, so it is only valid without a cached prefix and with nothing else masked.
+        # SDPA's own is_causal skips the masked half and needs no (T, S) mask; it aligns the
+        # diagonal top-left, so it is only valid without a cached prefix and nothing else masked.
         is_causal = (fused and not need_weights and causal and past == 0 and T == S
                      and key_padding_mask is None and attn_mask is None and self.window is None)
         mask = None
@@ -218,7 +226,9 @@ class MultiHeadAttention(nn.Module):
                               causal=causal, q_offset=past, device=q.device, window=self.window,
                               num_global=self.num_global, k_offset=k_offset)
         dropout_p = self.attn_drop if self.training else 0.0
-        return _Plan(blocked, fused, causal, is_causal, mask, key_padding_mask, dropout_p, need_weights)
+        return _Plan(blocked=blocked, fused=fused, causal=causal, is_causal=is_causal, mask=mask,
+                     key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+                     need_weights=need_weights)
 
     def _project(self, x: Tensor, part: slice) -> Tensor:
         b = self.qkv.bias
@@ -228,7 +238,8 @@ class MultiHeadAttention(nn.Module):
         if context is None:
             return self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self._project(x, slice(0, self.q_size))
-        k, v = self._project(context, slice(self.q_size, None)).split([self.kv_size, self.kv_size], dim=-1)
+        kv = self._project(context, slice(self.q_size, None))
+        k, v = kv.split([self.kv_size, self.kv_size], dim=-1)
         return q, k, v
 
     def _heads(self, t: Tensor, n: int) -> Tensor:

@@ -42,7 +42,7 @@ class AttentionRecorder:
         self.average_heads = average_heads
         self.maps: dict[str, Tensor] = {}
 
-    def __enter__(self) -> "AttentionRecorder":
+    def __enter__(self) -> AttentionRecorder:
         for m in self.modules.values():
             m.store_weights, m.last_weights = True, None
         return self
@@ -82,12 +82,14 @@ def select_attention_layers(model: nn.Module, layers: list[int | str] | None
     for layer in layers:
         if isinstance(layer, int):
             if not -len(named) <= layer < len(named):
-                raise ValueError(f"layer index {layer} out of range for {len(named)} attention layers")
+                raise ValueError(f"layer index {layer} out of range for {len(named)} attention "
+                                 f"layers")
             chosen.setdefault(*named[layer])
             continue
         hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, str(layer))]
         if not hits:
-            raise ValueError(f"no attention layer matches {layer!r}; known: {[n for n, _ in named]}")
+            known = [n for n, _ in named]
+            raise ValueError(f"no attention layer matches {layer!r}; known: {known}")
         for n, m in hits:
             chosen.setdefault(n, m)
     return list(chosen.items())

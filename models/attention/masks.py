@@ -1,4 +1,4 @@
-"""Dense boolean masks (True = attend): `build_mask` combines padding, causal, band and custom masks."""
+"""Dense boolean masks (True = attend): padding, causal, band and custom, combined by build_mask."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from torch import Tensor
 
 def band_mask(q_len: int, k_len: int, window: int, *, causal: bool = False, num_global: int = 0,
               q_offset: int = 0, k_offset: int = 0, device: torch.device | None = None) -> Tensor:
-    """(T, S) bool, True = attend: query at position p sees the key at position j when |p - j| < window
-    (causal: 0 <= p - j < window), and every query sees / is seen by the first `num_global` positions
-    (causal still holds for those). Positions are q_offset + i and k_offset + j."""
+    """(T, S) bool, True = attend: query at position p sees the key at position j when
+    |p - j| < window (causal: 0 <= p - j < window), and every query sees / is seen by the first
+    `num_global` positions (causal still holds for those). Positions are q_offset + i and
+    k_offset + j."""
     q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
     k_pos = torch.arange(k_offset, k_offset + k_len, device=device)[None, :]
     dist = q_pos - k_pos
@@ -65,7 +66,10 @@ def build_mask(
         mask = keep if mask is None else mask & keep
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool:
-            raise ValueError(f"attn_mask must be boolean (True = attend), got dtype {attn_mask.dtype}")
-        extra = attn_mask if attn_mask.dim() == 4 else attn_mask.reshape(1, 1, *attn_mask.shape[-2:])
+            raise ValueError(f"attn_mask must be boolean (True = attend), "
+                             f"got dtype {attn_mask.dtype}")
+        extra = attn_mask
+        if attn_mask.dim() != 4:
+            extra = attn_mask.reshape(1, 1, *attn_mask.shape[-2:])
         mask = extra if mask is None else mask & extra
     return mask

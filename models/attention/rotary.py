@@ -1,4 +1,4 @@
-"""RotaryEmbedding: rotary position embeddings (RoPE) for queries and keys, injected into the core."""
+"""RotaryEmbedding: rotary position embeddings (RoPE) for queries and keys, injected in the core."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ LAYOUTS = ("half", "interleaved")
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate each (x_a, x_b) pair of a head by the angle position * inv_freq[i] (Su et al., RoFormer).
+    """Turn each feature pair (x_a, x_b) of a head by the angle position * inv_freq[i] (RoFormer).
 
-    Built once by a model and passed to its attention layers (`MultiHeadAttention(..., rotary=rope)`),
-    which apply it to queries and keys after the head split, at absolute token positions.
+    Built once by a model and passed to its attention layers
+    (`MultiHeadAttention(..., rotary=rope)`), which apply it to queries and keys after the head
+    split, at absolute token positions.
 
     Args:
         head_dim: width of one head.
         base: the frequency base: inv_freq[i] = base ** (-2i / rotary_dim).
         layout: which features pair up. "half": i with i + rotary_dim / 2 (GPT-NeoX, ESM, Llama in
-            Hugging Face, `rotate_half`); "interleaved": 2i with 2i + 1 (GPT-J, Meta's Llama, RoFormer).
+            Hugging Face, `rotate_half`); "interleaved": 2i with 2i + 1 (GPT-J, Meta's Llama
+            release, RoFormer).
         scaling: linear position interpolation: positions are divided by this factor (Hugging Face
             rope_type "linear"); None = 1.
         rotary_dim: rotate only the first rotary_dim features of each head, pass the rest through
@@ -30,8 +32,9 @@ class RotaryEmbedding(nn.Module):
     loaded and used as is, never recomputed, so converted models keep their numbers.
 
     Raises:
-        ValueError: head_dim < 2, rotary_dim odd or outside [2, head_dim], base <= 0, layout not one
-            of LAYOUTS, scaling <= 0, or max_positions < 1.
+        ValueError: head_dim < 2 or odd (without rotary_dim), rotary_dim odd or outside
+            [2, head_dim], base <= 0, layout not one of LAYOUTS, scaling <= 0, or
+            max_positions < 1.
     """
 
     inv_freq: Tensor
@@ -40,9 +43,12 @@ class RotaryEmbedding(nn.Module):
                  scaling: float | None = None, rotary_dim: int | None = None,
                  max_positions: int | None = None) -> None:
         super().__init__()
-        rotary_dim = head_dim if rotary_dim is None else rotary_dim
         if not isinstance(head_dim, int) or head_dim < 2:
             raise ValueError(f"head_dim must be an int >= 2, got {head_dim!r}")
+        if rotary_dim is None and head_dim % 2:
+            raise ValueError(f"head_dim must be even (rotary turns pairs of features), "
+                             f"got {head_dim}; or rotate only an even rotary_dim < {head_dim}")
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
         if not isinstance(rotary_dim, int) or rotary_dim % 2 or not 2 <= rotary_dim <= head_dim:
             raise ValueError(f"rotary_dim (features rotated, default head_dim) must be even and in "
                              f"[2, head_dim={head_dim}], got {rotary_dim!r}")
@@ -61,15 +67,15 @@ class RotaryEmbedding(nn.Module):
         self.layout = layout
         self.scaling = scaling
         self.max_positions = max_positions
-        # Computed as Hugging Face does (int64 arange, then float) so the tables agree to the last bit;
-        # the linear scaling is folded in, as in its "linear" rope type.
+        # Computed as Hugging Face does (even indices as floats) so the tables agree to the last
+        # bit; the linear scaling is folded in, as in its "linear" rope type.
         exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
         inv_freq = 1.0 / (base**exponent)
         self.register_buffer("inv_freq", inv_freq / (1.0 if scaling is None else scaling))
 
     def extra_repr(self) -> str:
-        return (f"{self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, layout={self.layout!r}, "
-                f"scaling={self.scaling}")
+        return (f"{self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
+                f"layout={self.layout!r}, scaling={self.scaling}")
 
     def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin of position * inv_freq, float32, (..., L, rotary_dim) in this layout's order.
@@ -88,7 +94,7 @@ class RotaryEmbedding(nn.Module):
         return angles.cos(), angles.sin()
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (B, H, L, head_dim), positions: (L,) or (B, 1, L) absolute token positions -> x rotated."""
+        """x: (B, H, L, head_dim), positions: (L,) or (B, 1, L) absolute token positions."""
         cos, sin = self.cos_sin(positions)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
