@@ -1,0 +1,108 @@
+"""RotaryEmbedding: rotary position embeddings (RoPE) for queries and keys, injected in the core."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+LAYOUTS = ("half", "interleaved")
+
+
+class RotaryEmbedding(nn.Module):
+    """Turn each feature pair (x_a, x_b) of a head by the angle position * inv_freq[i] (RoFormer).
+
+    Built once by a model and passed to its attention layers
+    (`MultiHeadAttention(..., rotary=rope)`), which apply it to queries and keys after the head
+    split, at absolute token positions.
+
+    Args:
+        head_dim: width of one head.
+        base: the frequency base: inv_freq[i] = base ** (-2i / rotary_dim).
+        layout: which features pair up. "half": i with i + rotary_dim / 2 (GPT-NeoX, ESM, Llama in
+            Hugging Face, `rotate_half`); "interleaved": 2i with 2i + 1 (GPT-J, Meta's Llama
+            release, RoFormer).
+        scaling: linear position interpolation: positions are divided by this factor (Hugging Face
+            rope_type "linear"); None = 1.
+        rotary_dim: rotate only the first rotary_dim features of each head, pass the rest through
+            (GPT-NeoX: int(head_dim * rotary_pct)); None = head_dim.
+        max_positions: refuse positions at or beyond this (the length the weights were trained for);
+            None = no limit.
+
+    `inv_freq` is a persistent buffer: a checkpoint's table (ESM-2 stores an fp16-rounded one) is
+    loaded and used as is, never recomputed, so converted models keep their numbers.
+
+    Raises:
+        ValueError: head_dim < 2 or odd (without rotary_dim), rotary_dim odd or outside
+            [2, head_dim], base <= 0, layout not one of LAYOUTS, scaling <= 0, or
+            max_positions < 1.
+    """
+
+    inv_freq: Tensor
+
+    def __init__(self, head_dim: int, *, base: float = 10000.0, layout: str = "half",
+                 scaling: float | None = None, rotary_dim: int | None = None,
+                 max_positions: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(head_dim, int) or head_dim < 2:
+            raise ValueError(f"head_dim must be an int >= 2, got {head_dim!r}")
+        if rotary_dim is None and head_dim % 2:
+            raise ValueError(f"head_dim must be even (rotary turns pairs of features), "
+                             f"got {head_dim}; or rotate only an even rotary_dim < {head_dim}")
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if not isinstance(rotary_dim, int) or rotary_dim % 2 or not 2 <= rotary_dim <= head_dim:
+            raise ValueError(f"rotary_dim (features rotated, default head_dim) must be even and in "
+                             f"[2, head_dim={head_dim}], got {rotary_dim!r}")
+        if not base > 0:
+            raise ValueError(f"base must be > 0, got {base!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if scaling is not None and not scaling > 0:
+            raise ValueError(f"scaling (linear position interpolation factor) must be > 0 or None, "
+                             f"got {scaling!r}")
+        if max_positions is not None and max_positions < 1:
+            raise ValueError(f"max_positions must be >= 1 or None, got {max_positions!r}")
+        self.head_dim = head_dim
+        self.rotary_dim = rotary_dim
+        self.base = base
+        self.layout = layout
+        self.scaling = scaling
+        self.max_positions = max_positions
+        # Computed as Hugging Face does (even indices as floats) so the tables agree to the last
+        # bit; the linear scaling is folded in, as in its "linear" rope type.
+        exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+        inv_freq = 1.0 / (base**exponent)
+        self.register_buffer("inv_freq", inv_freq / (1.0 if scaling is None else scaling))
+
+    def extra_repr(self) -> str:
+        return (f"{self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
+                f"layout={self.layout!r}, scaling={self.scaling}")
+
+    def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin of position * inv_freq, float32, (..., L, rotary_dim) in this layout's order.
+
+        Raises:
+            ValueError: a position is not below max_positions.
+        """
+        last = int(positions.max()) if self.max_positions is not None and positions.numel() else -1
+        if self.max_positions is not None and last >= self.max_positions:
+            raise ValueError(f"position {last}: expected < max_positions={self.max_positions}")
+        angles = positions.float()[..., None] * self.inv_freq.float()  # (..., L, rotary_dim / 2)
+        if self.layout == "half":
+            angles = torch.cat([angles, angles], dim=-1)
+        else:
+            angles = angles.repeat_interleave(2, dim=-1)
+        return angles.cos(), angles.sin()
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, H, L, head_dim), positions: (L,) or (B, 1, L) absolute token positions."""
+        cos, sin = self.cos_sin(positions)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        if self.layout == "half":
+            a, b = rot.chunk(2, dim=-1)
+            turned = torch.cat([-b, a], dim=-1)  # (x_a, x_b) -> (-x_b, x_a), the 90-degree turn
+        else:
+            a, b = rot[..., 0::2], rot[..., 1::2]
+            turned = torch.stack([-b, a], dim=-1).flatten(-2)
+        rot = rot * cos + turned * sin
+        return rot if rest.shape[-1] == 0 else torch.cat([rot, rest], dim=-1)
