@@ -38,7 +38,7 @@ def minilm():
 @torch.no_grad()
 def test_minilm_matches_bert_model_hidden_states_maps_and_embeddings(minilm) -> None:
     from models.pretrained.bert import tokenize
-    from viz.text_attention import encoder_maps
+    from inference.predictor import encoder_maps
 
     _, net, tokenizer, ref = minilm
     ids, pad = tokenize(tokenizer, SENTENCES)
@@ -75,7 +75,7 @@ def test_minilm_tokenizer_ids_match_transformers(minilm) -> None:
 
 
 def test_describe_word_names_the_top_tokens() -> None:
-    from viz.text_attention import describe_word
+    from viz.pictures import describe_word
 
     tokens = ["[CLS]", "dog", "it", "[SEP]"]
     maps = torch.zeros(1, 2, 4, 4)
