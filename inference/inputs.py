@@ -15,10 +15,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from data.audio import AUDIO_EXTENSIONS, AudioBatch, fit_length, read_audio
 from data.images import IMAGE_EXTENSIONS, load_image
@@ -26,8 +26,19 @@ from data.text import read_text_file
 from data.video import VIDEO_EXTENSIONS, VideoBatch, read_video
 from utils.errors import FileFormatError, MissingFileError, UserError
 
-if TYPE_CHECKING:  # for annotations only: predictor.py imports this module
-    from inference.predictor import Predictor
+
+class PredictorLike(Protocol):
+    """What reading an input needs of a predictor (inference/predictor.Predictor): its network, and the data module
+    of a trained run or the `preprocess` of a pretrained source."""
+
+    net: nn.Module
+    datamodule: Any
+    preprocess: dict[str, Any] | None
+    source: Any
+
+    @property
+    def modality(self) -> str: ...
+
 
 TEXT_EXTENSIONS = (".txt", ".text", ".tsv", ".csv", ".md")  # an argument ending so names a file of sentences
 
@@ -40,7 +51,7 @@ def slug(text: str, limit: int = 40) -> str:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def _stats(predictor: Predictor, dims: int) -> tuple[Tensor, Tensor]:
+def _stats(predictor: PredictorLike, dims: int) -> tuple[Tensor, Tensor]:
     """(mean, std) per channel, shaped to broadcast over `dims` trailing dimensions."""
     source: Any = predictor.preprocess if predictor.datamodule is None else predictor.datamodule
     shape = (-1,) + (1,) * dims
@@ -49,7 +60,7 @@ def _stats(predictor: Predictor, dims: int) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
-def _read_image(predictor: Predictor, path: Path, notes: list[str] | None) -> Tensor:
+def _read_image(predictor: PredictorLike, path: Path, notes: list[str] | None) -> Tensor:
     dm, pre = predictor.datamodule, predictor.preprocess
     if dm is not None:
         return dm.normalize(load_image(path, dm.image_size, dm.in_chans, notes))[None]
@@ -59,7 +70,7 @@ def _read_image(predictor: Predictor, path: Path, notes: list[str] | None) -> Te
     return ((image.float() / 255 - mean) / std)[None]
 
 
-def _read_audio(predictor: Predictor, path: Path, notes: list[str] | None) -> Tensor:
+def _read_audio(predictor: PredictorLike, path: Path, notes: list[str] | None) -> Tensor:
     dm, pre = predictor.datamodule, predictor.preprocess
     if dm is None:  # the whole clip: the model's front end pads or cuts its frames
         return read_audio(path, int(pre["sample_rate"]), notes)[None]
@@ -71,7 +82,7 @@ def _read_audio(predictor: Predictor, path: Path, notes: list[str] | None) -> Te
     return AudioBatch()([(fit_length(wave, dm.num_samples), 0)])[0]
 
 
-def _read_video(predictor: Predictor, path: Path, notes: list[str] | None) -> Tensor:
+def _read_video(predictor: PredictorLike, path: Path, notes: list[str] | None) -> Tensor:
     dm, pre = predictor.datamodule, predictor.preprocess
     if dm is not None:
         clip = read_video(path, dm.num_frames, dm.image_size, dm.in_chans, notes)
@@ -85,23 +96,23 @@ def _read_video(predictor: Predictor, path: Path, notes: list[str] | None) -> Te
 # --------------------------------------------------------------------------------------- showing
 
 
-def _show_image(predictor: Predictor, x: Tensor) -> Tensor:
+def _show_image(predictor: PredictorLike, x: Tensor) -> Tensor:
     if predictor.datamodule is not None:
         return predictor.datamodule.denormalize(x)
     mean, std = _stats(predictor, 2)
     return (x * std + mean).clamp(0, 1)
 
 
-def _show_audio(predictor: Predictor, x: Tensor) -> Tensor:
+def _show_audio(predictor: PredictorLike, x: Tensor) -> Tensor:
     return predictor.net.frontend(x[None])[0, 0]  # the model's own (mels, frames) spectrogram
 
 
-def _show_video(predictor: Predictor, x: Tensor) -> Tensor:
+def _show_video(predictor: PredictorLike, x: Tensor) -> Tensor:
     mean, std = _stats(predictor, 3)
     return (x * std + mean).clamp(0, 1).permute(1, 0, 2, 3)  # (T, C, H, W)
 
 
-def _show_text(predictor: Predictor, x: Tensor) -> None:
+def _show_text(predictor: PredictorLike, x: Tensor) -> None:
     return None  # the tokens are what a page shows of a sentence
 
 
@@ -117,8 +128,8 @@ class InputKind:
     extensions: tuple[str, ...]
     description: str
     one: str
-    read: Callable[[Predictor, Path, list[str] | None], Tensor] | None
-    show: Callable[[Predictor, Tensor], Tensor | None]
+    read: Callable[[PredictorLike, Path, list[str] | None], Tensor] | None
+    show: Callable[[PredictorLike, Tensor], Tensor | None]
 
 
 INPUT_KINDS = {
@@ -149,7 +160,7 @@ def file_modality(path: Path) -> str | None:
 # ----------------------------------------------------------------------------------------- items
 
 
-def gather(predictor: Predictor, items: list[str], notes: list[str] | None = None) -> list[str]:
+def gather(predictor: PredictorLike, items: list[str], notes: list[str] | None = None) -> list[str]:
     """The inputs named on a command line: files as given, or, for a text model, sentences (a text file
     stands for its lines)."""
     return read_sentences(items, notes) if predictor.modality == "text" else list(items)
@@ -186,7 +197,7 @@ def _lines(path: Path, item: str, notes: list[str] | None) -> list[str]:
     return lines
 
 
-def read(predictor: Predictor, item: str, notes: list[str] | None = None) -> Tensor | str:
+def read(predictor: PredictorLike, item: str, notes: list[str] | None = None) -> Tensor | str:
     """One model input (batch of 1) from a file, prepared as the data module prepares its own, or the
     sentence itself for a text model. A file of another kind than the model takes, or one that cannot be
     decoded, raises a UserError naming it; what was adapted (resampled, resized, ...) goes to `notes`."""
