@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from utils.build import build_datamodule, build_module, datamodule_state, build_trainer, output_dir, setup_runtime, write_metrics
+from utils.build import (build_datamodule, build_module, build_trainer, datamodule_state,
+                         output_dir, recipe_lines, setup_runtime, write_metrics)
 from utils.checkpoint import CONFIG_KEY, ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
 from utils.errors import run_hydra, user_errors
 from utils.validate import check_weights_fit
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns (and writes) the metrics."""
     setup_runtime(cfg)
+    for line in recipe_lines(cfg, HydraConfig.get().runtime.choices):  # what data= etc. pulled in
+        log.info(line)
     run_dir = output_dir()
     # Resuming from a run directory continues from where it stopped: its last checkpoint, with the
     # data module's saved state (the translator's tokenizer) restored before the model is sized.

@@ -10,21 +10,28 @@ to keep in sync between data and model, and SpecAugment follows `model.train()` 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 from torch import Tensor, nn
+from torch.export import Dim
 from timm.layers import trunc_normal_
 
-from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, prepend_tokens
-from models.layers import Activation, Encoder, LayerNorm
+from models.checks import (refuse, require_bool, require_choice, require_int, require_number, require_range,
+                           require_size)
+from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, _pair, prepend_tokens
+from models.layers import Activation, Encoder, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 from models.vit import VisionTransformer
 
 
+KALDI_WINDOWS = ("hamming", "hanning", "povey", "rectangular", "blackman")  # kaldi.fbank's window_type
 # Warp factors are rounded to multiples of 1 / WARP_STEPS, so a batch needs only a few filterbanks (cached).
 WARP_STEPS = 50
 
@@ -43,20 +50,35 @@ class LogMel(nn.Module):
     stay as they are (unlike speed perturbation). Filters past Nyquist / a (a < 1) read nothing.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float,
+    def __init__(self, sample_rate: int, *, n_fft: int, hop_length: int, n_mels: int, f_min: float,
                  f_max: float | None, norm_mean: float, norm_std: float,
                  warp_range: Sequence[float] | None = None) -> None:
         super().__init__()
-        if norm_std <= 0:
-            raise ValueError(f"norm_std must be > 0, got {norm_std}")
-        if warp_range is not None:
-            warp_range = tuple(float(v) for v in warp_range)  # Hydra passes a ListConfig
-            if len(warp_range) != 2 or not 0 < warp_range[0] <= warp_range[1]:
-                raise ValueError(f"warp_range must be [low, high] with 0 < low <= high, got {list(warp_range)}")
-        self.n_fft, self.hop_length, self.warp_range = n_fft, hop_length, warp_range
-        self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, f_min=f_min,
-                                    f_max=f_max, n_mels=n_mels, power=2.0)
-        self.norm_mean, self.norm_std = norm_mean, norm_std
+        for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("hop_length", hop_length),
+                            ("n_mels", n_mels)):
+            require_int(name, value)
+        require_number("f_min", f_min, low=0)
+        require_number("f_max", f_max, low=0, low_open=True, optional=True)
+        top = sample_rate / 2 if f_max is None else f_max
+        if not f_min < top <= sample_rate / 2:
+            raise ValueError(f"f_min={f_min}, f_max={f_max}: expected f_min < f_max <= sample_rate / 2 = "
+                             f"{sample_rate / 2:g} Hz")
+        if n_mels > n_fft // 2 + 1:
+            raise ValueError(f"n_mels={n_mels} is more mel bands than the {n_fft // 2 + 1} frequency bins of "
+                             f"n_fft={n_fft}: some bands would be empty")
+        require_number("norm_mean", norm_mean)
+        require_number("norm_std", norm_std, low=0, low_open=True)
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.warp_range = require_range("warp_range", warp_range, optional=True)  # Hydra passes a ListConfig
+        # torchaudio checks the filterbank for empty bands with real numbers: on the meta device (a build that
+        # only checks the arguments) the small bank is computed on the CPU instead.
+        meta = torch.get_default_device().type == "meta"
+        with torch.device("cpu") if meta else contextlib.nullcontext():
+            self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, f_min=f_min,
+                                        f_max=f_max, n_mels=n_mels, power=2.0)
+        self.norm_mean = norm_mean
+        self.norm_std = norm_std
         self._warped: dict[tuple[int, torch.device], Tensor] = {}  # not a buffer: checkpoints stay as they were
 
     def warped_filters(self, factor: float, device: torch.device) -> Tensor:
@@ -110,17 +132,26 @@ class KaldiFbank(nn.Module):
 
     PREEMPHASIS = 0.97
 
-    def __init__(self, sample_rate: int, n_mels: int, max_frames: int, norm_mean: float, norm_std: float,
+    def __init__(self, sample_rate: int, *, n_mels: int, max_frames: int, norm_mean: float, norm_std: float,
                  window_type: str = "hanning") -> None:
         super().__init__()
         from torchaudio.compliance import kaldi
 
-        if norm_std <= 0 or max_frames < 1:
-            raise ValueError(f"norm_std ({norm_std}) must be > 0 and max_frames ({max_frames}) >= 1")
-        self.sample_rate, self.n_mels, self.max_frames = sample_rate, n_mels, max_frames
-        self.norm_mean, self.norm_std, self.window_type = norm_mean, norm_std, window_type
+        require_int("sample_rate", sample_rate)
+        require_int("n_mels", n_mels)
+        require_int("max_frames", max_frames)
+        require_number("norm_mean", norm_mean)
+        require_number("norm_std", norm_std, low=0, low_open=True)
+        require_choice("window_type", window_type, KALDI_WINDOWS)
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.max_frames = max_frames
+        self.norm_mean = norm_mean
+        self.norm_std = norm_std
+        self.window_type = window_type
         self.hop_length = sample_rate // 100  # Kaldi's 10 ms frame shift
-        self.f_min, self.f_max = 20.0, sample_rate / 2  # Kaldi's mel banks: low_freq 20 Hz, high_freq 0 = Nyquist
+        self.f_min = 20.0  # Kaldi's mel banks: low_freq 20 Hz, high_freq 0 = Nyquist
+        self.f_max = sample_rate / 2
         self.n_fft = sample_rate * 25 // 1000  # one 25 ms frame: the shortest clip with a feature
         self.padded = kaldi._next_power_of_2(self.n_fft)
         window = kaldi._feature_window_function(window_type, self.n_fft, 0.42, torch.device("cpu"), torch.float32)
@@ -150,8 +181,9 @@ class SpecAugment(nn.Module):
 
     def __init__(self, freq_mask: int, time_mask: int, num_masks: int) -> None:
         super().__init__()
-        if min(freq_mask, time_mask, num_masks) < 0:
-            raise ValueError(f"freq_mask, time_mask, num_masks must be >= 0, got {freq_mask}, {time_mask}, {num_masks}")
+        require_int("freq_mask", freq_mask, at_least=0)
+        require_int("time_mask", time_mask, at_least=0)
+        require_int("num_masks", num_masks, at_least=0)
         self.num_masks = num_masks
         self.freq = T.FrequencyMasking(freq_mask, iid_masks=True) if freq_mask else None
         self.time = T.TimeMasking(time_mask, iid_masks=True) if time_mask else None
@@ -176,9 +208,8 @@ class TimePosEmbed(PosEmbed2D):
     """
 
     def __init__(self, grid_size: tuple[int, int], dim: int, mode: str = "crop") -> None:
+        require_choice("pos_time", mode, ("crop", "resize"))  # the model's key for `mode`
         super().__init__(grid_size, dim)
-        if mode not in ("crop", "resize"):
-            raise ValueError(f"pos_time must be 'crop' or 'resize', got {mode!r}")
         self.mode = mode
 
     def forward(self, grid_size: tuple[int, int]) -> Tensor:
@@ -188,7 +219,7 @@ class TimePosEmbed(PosEmbed2D):
         return super().forward(grid_size)
 
 
-class AudioSpectrogramTransformer(nn.Module):
+class AudioSpectrogramTransformer(Network):
     """AST built from the zoo's shared parts; args mirror configs/model/audio.yaml `net:`.
 
     Input: (B, samples) or (B, 1, samples) float waveforms at `sample_rate`, any length of at least
@@ -199,19 +230,19 @@ class AudioSpectrogramTransformer(nn.Module):
     [n_mels, 2] makes one token per 2 frames spanning the whole spectrum (KWT, Berg et al. 2021).
     `attn_window` / `attn_global`: sliding-window self-attention over the tokens (long clips), see attention.py.
 
-    For the pretrained AST (the defaults keep the zoo's own model as it was): `frontend="kaldi_fbank"` (Kaldi
+    For the pretrained AST (the defaults are the zoo's own model): `frontend="kaldi_fbank"` (Kaldi
     features padded / cut to `max_frames`, KaldiFbank); `class_token` / `dist_token` with `token_pos` (their
     learned positions; with a distillation token `pool="cls"` reads the mean of the two, as AST); `fc_norm` (a
     LayerNorm on the pooled tokens before the head; AST keeps the encoder's final one too, `final_norm`);
     `norm_eps`, `act`.
     """
 
-    name = "audio"  # the config group (configs/model/) and the name of exported files
-    modality = "audio"  # the kind of input it reads
-    attention_layers = ("encoder.blocks.*.attn",)  # what the explorer and the pictures show
+    name = "audio"
+    modality = "audio"
 
     def __init__(
         self,
+        *,
         sample_rate: int = 16000,
         clip_seconds: float = 1.0,
         num_classes: int = 12,
@@ -255,52 +286,59 @@ class AudioSpectrogramTransformer(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        class_token = pool == "cls" if class_token is None else class_token
-        if (pool == "cls" and not class_token) or (dist_token and not class_token):
-            raise ValueError("pool='cls' and dist_token need a class token")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if sample_rate <= 0 or clip_seconds <= 0:
-            raise ValueError(f"sample_rate and clip_seconds must be > 0, got {sample_rate}, {clip_seconds}")
-        self.sample_rate, self.pool = sample_rate, pool
+        block_options = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
+                             qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, attn_window=attn_window,
+                             attn_global=attn_global, norm_eps=norm_eps, act=act)
+        check_block_options(dim=dim, drop_path=drop_path, **block_options)
+        require_int("depth", depth)
+        require_int("num_classes", num_classes, at_least=2, note=" (classes to tell apart)")
+        require_int("sample_rate", sample_rate)
+        require_number("clip_seconds", clip_seconds, low=0, low_open=True)
+        require_choice("pool", pool, ("cls", "mean"))
+        require_choice("frontend", frontend, ("logmel", "kaldi_fbank"))
+        require_choice("stem", stem, ("patch", "conv"))
+        class_token = pool == "cls" if class_token is None else require_bool("class_token", class_token)
+        if pool == "cls" and not class_token:
+            raise refuse("class_token", class_token, "pool='cls' reads the class token (class_token=false goes "
+                         "with pool='mean')")
+        if require_bool("dist_token", dist_token) and not class_token:
+            raise refuse("dist_token", dist_token, "a distillation token needs a class token beside it")
+        for name, value in (("token_pos", token_pos), ("fc_norm", fc_norm), ("final_norm", final_norm)):
+            require_bool(name, value)
+        self.sample_rate = sample_rate
+        self.pool = pool
         if frontend == "logmel":
-            self.frontend: LogMel | KaldiFbank = LogMel(sample_rate, n_fft, hop_length, n_mels, f_min, f_max,
-                                                        norm_mean, norm_std, warp_range)
+            self.frontend: LogMel | KaldiFbank = LogMel(
+                sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
+                norm_mean=norm_mean, norm_std=norm_std, warp_range=warp_range)
             frames = 1 + int(round(sample_rate * clip_seconds)) // hop_length
-        elif frontend == "kaldi_fbank":
-            if max_frames is None:
-                raise ValueError("frontend='kaldi_fbank' needs max_frames (the frames every clip is padded / cut to)")
-            self.frontend = KaldiFbank(sample_rate, n_mels, max_frames, norm_mean, norm_std, window_type)
-            frames = max_frames
         else:
-            raise ValueError(f"frontend must be 'logmel' or 'kaldi_fbank', got {frontend!r}")
+            if max_frames is None:
+                raise refuse("max_frames", max_frames, "frontend='kaldi_fbank' needs the number of frames every "
+                             "clip is padded / cut to")
+            self.frontend = KaldiFbank(sample_rate, n_mels=n_mels, max_frames=max_frames, norm_mean=norm_mean,
+                                       norm_std=norm_std, window_type=window_type)
+            frames = max_frames
         self.specaugment = SpecAugment(freq_mask, time_mask, num_masks)
+        patch = self._check_patch(stem, patch_size, patch_stride, n_mels, frames, clip_seconds, hop_length)
         plane = (n_mels, frames)
         if stem == "patch":
-            size = patch_size if isinstance(patch_size, int) else tuple(patch_size)
-            stride = patch_stride if patch_stride is None or isinstance(patch_stride, int) else tuple(patch_stride)
-            self.patch_embed = PatchEmbed(plane, size, 1, dim, stride=stride)
-        elif stem == "conv":
-            if not isinstance(patch_size, int):
-                raise ValueError(f"stem 'conv' needs one int patch_size (a power of 2), got {patch_size!r}")
-            self.patch_embed = ConvStem(plane, patch_size, 1, dim, stem_channels)
+            self.patch_embed = PatchEmbed(plane, patch, 1, dim, stride=patch_stride)
         else:
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+            self.patch_embed = ConvStem(plane, patch_size, 1, dim, stem_channels)
         # The shortest clip whose spectrogram still covers one patch in time (and the STFT frame).
         if frontend == "logmel":
-            self.min_samples = max(n_fft // 2 + 1, (self.patch_embed.patch_size[1] - 1) * hop_length)
+            self.min_samples = self._min_samples(n_fft, hop_length, self.patch_embed.patch_size[1])
         else:  # clips are padded to max_frames: one 25 ms frame is enough
             self.min_samples = self.frontend.n_fft
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if dist_token else None
         self.num_prefix = int(class_token) + int(dist_token)
-        self.prefix_pos = nn.Parameter(torch.zeros(1, self.num_prefix, dim)) if token_pos and self.num_prefix else None
+        has_prefix_pos = token_pos and self.num_prefix
+        self.prefix_pos = nn.Parameter(torch.zeros(1, self.num_prefix, dim)) if has_prefix_pos else None
         self.pos_embed = TimePosEmbed(self.patch_embed.grid_size, dim, pos_time)
         self.pos_drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
-                               attn_window, attn_global, norm_eps=norm_eps, act=act, final_norm=final_norm)
+        self.encoder = Encoder(dim=dim, depth=depth, drop_path=drop_path, final_norm=final_norm, **block_options)
         self.fc_norm = LayerNorm(dim, norm_eps) if fc_norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
         self.apply(VisionTransformer._init_weights)  # the ViT's init: truncated normal Linear weights
@@ -308,8 +346,48 @@ class AudioSpectrogramTransformer(nn.Module):
             if token is not None:
                 trunc_normal_(token, std=0.02)
 
+    @staticmethod
+    def _min_samples(n_fft: int, hop_length: int, patch_frames: int) -> int:
+        """Samples of the shortest clip that fills one STFT frame and one patch of `patch_frames` frames."""
+        return max(n_fft // 2 + 1, (patch_frames - 1) * hop_length)
+
+    def _check_patch(self, stem: str, patch_size: Any, patch_stride: Any, n_mels: int, frames: int,
+                     clip_seconds: float, hop_length: int) -> int | tuple[int, int]:
+        """The patch size, once it is known to fit the (n_mels, frames) plane; a refusal names the key to
+        change: patch_size for the mel bins, clip_seconds (or max_frames) for the frames."""
+        patch = require_size("patch_size", patch_size)
+        require_size("patch_stride", patch_stride, optional=True)
+        if stem == "conv" and not isinstance(patch, int):
+            raise refuse("patch_size", patch_size, "stem=conv needs one power of 2 >= 2 (square patches)")
+        bins, patch_frames = _pair(patch)
+        if bins > n_mels:
+            raise refuse("patch_size", patch_size, f"{bins} mel bins per patch, but n_mels={n_mels}")
+        if frames >= patch_frames:
+            return patch
+        if not isinstance(self.frontend, LogMel):
+            raise refuse("max_frames", frames, f"expected at least one patch ({patch_frames} frames)")
+        shortest = self._min_samples(self.frontend.n_fft, hop_length, patch_frames)
+        raise refuse("clip_seconds", clip_seconds, f"{frames} spectrogram frame(s) at hop_length={hop_length}, "
+                     f"fewer than one patch ({patch_frames} frames); expected clip_seconds >= "
+                     f"{shortest / self.sample_rate:g} ({shortest} samples at sample_rate={self.sample_rate})")
+
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "dist_token", "prefix_pos", "pos_embed.weight"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """waveform (B, samples): B dynamic; samples from min_samples to the training clip length with
+        pos_time=crop, fixed at the training length with pos_time=resize."""
+        batch = Dim("batch", min=1)
+        frames = self.patch_embed.img_size[1]
+        samples = (frames - 1) * self.frontend.hop_length  # the training clip length (frames = 1 + samples // hop)
+        example = (torch.randn(2, samples),)
+        if self.pos_embed.mode == "crop" and samples > self.min_samples:
+            # Every clip up to the training length takes the crop branch of the position table; a longer
+            # one would resize it, another graph.
+            length = Dim("samples", min=self.min_samples, max=samples)
+            return OnnxSpec(self, ["waveform"], example, ({0: batch, 1: length},),
+                            {"waveform": ["batch", "samples"]})
+        return OnnxSpec(self, ["waveform"], example, ({0: batch},), {"waveform": ["batch"]})
 
     def spectrogram(self, wave: Tensor) -> Tensor:
         """(B, samples) or (B, 1, samples) -> normalised (B, 1, n_mels, frames), SpecAugment if training."""

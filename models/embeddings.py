@@ -10,9 +10,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers import trunc_normal_
 
+from models.checks import is_int, refuse, require_int_list, show
+
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def check_patch_fits(patch_size: int | tuple[int, int], img_size: int) -> None:
+    """A model's rule between its `patch_size` and `img_size` keys: at least one patch per image."""
+    if any(p > img_size for p in _pair(patch_size)):
+        raise ValueError(f"patch_size={show(patch_size)} is larger than the image "
+                         f"(img_size={img_size}): the model would see no patch")
 
 
 class _PlaneEmbed(nn.Module):
@@ -52,6 +61,9 @@ class PatchEmbed(_PlaneEmbed):
         super().__init__()
         self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
         self.stride = self.patch_size if stride is None else _pair(stride)
+        if any(st > p for st, p in zip(self.stride, self.patch_size)):  # the models' key is patch_stride
+            raise ValueError(f"patch_stride={show(stride)} is larger than patch_size={show(patch_size)}: pixels "
+                             f"between patches would be skipped")
         self.in_chans = in_chans
         self._check_fits(self.img_size)
         self.grid_size = self.grid_for(self.img_size)
@@ -97,12 +109,16 @@ class ConvStem(_PlaneEmbed):
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, dim: int,
                  channels: list[int] | None = None) -> None:
         super().__init__()
-        n_convs = int(patch_size).bit_length() - 1
-        if patch_size < 2 or 2**n_convs != patch_size:
-            raise ValueError(f"a conv stem needs patch_size a power of 2 (>= 2), got {patch_size}")
-        channels = list(channels) if channels else [max(8, dim // 2 ** (n_convs - i)) for i in range(n_convs)]
+        # Messages name the models' keys: patch_size, stem (=conv) and stem_channels (`channels` here).
+        if not is_int(patch_size) or patch_size < 2 or patch_size & (patch_size - 1):
+            raise refuse("patch_size", patch_size, "the conv stem (stem=conv) needs one power of 2 >= 2 "
+                         "(2, 4, 8, 16, ...); or use stem=patch")
+        n_convs = patch_size.bit_length() - 1
+        channels = require_int_list("stem_channels", channels, optional=True)
+        channels = channels or [max(8, dim // 2 ** (n_convs - i)) for i in range(n_convs)]
         if len(channels) != n_convs:
-            raise ValueError(f"stem_channels needs {n_convs} entries for patch_size {patch_size}, got {channels}")
+            raise refuse("stem_channels", channels, f"patch_size={patch_size} takes {n_convs} stride-2 convs, so "
+                         f"stem_channels needs {n_convs} entries (or null)")
         self.img_size, self.patch_size, self.in_chans = _pair(img_size), _pair(patch_size), in_chans
         self._check_fits(self.img_size)
         layers: list[nn.Module] = []

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from timm.layers import DropPath
 
 from models.attention import KVCache, MultiHeadAttention
+from models.checks import (refuse, require_bool, require_choice, require_fraction, require_int,
+                           require_number)
 
 Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
@@ -33,13 +35,63 @@ def activation(name: str) -> nn.Module:
         return nn.SiLU()
     if name == "relu":
         return nn.ReLU()
-    raise ValueError(f"act={name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    raise refuse("act", name, f"expected one of {', '.join(ACTIVATIONS)}")
+
+
+def check_block_options(
+    *,
+    dim: int,
+    num_heads: int,
+    mlp_ratio: float = 4.0,
+    num_kv_heads: int | None = None,
+    qkv_bias: bool = True,
+    drop: float = 0.0,
+    attn_drop: float = 0.0,
+    drop_path: float = 0.0,
+    attn_window: int | None = None,
+    attn_global: int = 0,
+    norm_eps: float = 1e-6,
+    norm_first: bool = True,
+    act: str = "gelu",
+) -> None:
+    """The rules of the options every block shares. The blocks call it, and so do the networks
+    before they build anything (a bad `dim` would otherwise fail first inside a stem, under another
+    name).
+
+    Raises:
+        ValueError: `name=value: expected ...` for the first option that breaks a rule.
+    """
+    require_int("dim", dim)
+    require_int("num_heads", num_heads)
+    if dim % num_heads:
+        example = num_heads * max(1, round(dim / num_heads))
+        raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}: each head gets "
+                         f"dim / num_heads channels (e.g. dim={example})")
+    require_int("num_kv_heads", num_kv_heads, optional=True)
+    if num_kv_heads is not None and (num_kv_heads > num_heads or num_heads % num_kv_heads):
+        raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads} "
+                         f"(grouped-query attention shares each key/value head among "
+                         f"num_heads / num_kv_heads query heads)")
+    require_number("mlp_ratio", mlp_ratio, low=0, low_open=True)
+    require_bool("qkv_bias", qkv_bias)
+    require_fraction("drop", drop)
+    require_fraction("attn_drop", attn_drop)
+    require_fraction("drop_path", drop_path)
+    require_int("attn_window", attn_window, note=" (positions each token sees)", optional=True)
+    require_int("attn_global", attn_global, at_least=0)
+    if attn_global and attn_window is None:
+        raise ValueError(f"attn_global={attn_global} needs attn_window (without a window every "
+                         f"token already sees every token)")
+    require_number("norm_eps", norm_eps, low=0, low_open=True)
+    require_bool("norm_first", norm_first)
+    require_choice("act", act, ACTIVATIONS)
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear -> activation -> Linear."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, act: Activation = "gelu") -> None:
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0,
+                 act: Activation = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = activation(act)
@@ -59,6 +111,7 @@ class EncoderBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         mlp_ratio: float = 4.0,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
@@ -72,13 +125,19 @@ class EncoderBlock(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
+        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                            num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
+                            attn_drop=attn_drop, drop_path=drop_path,
+                            attn_window=attn_window, attn_global=attn_global, norm_eps=norm_eps,
+                            norm_first=norm_first, act=act)
         self.norm_first = norm_first
         self.norm1 = LayerNorm(dim, norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop,
-                                       window=attn_window, num_global=attn_global)
+        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
+                                       attn_drop=attn_drop, proj_drop=drop, window=attn_window,
+                                       num_global=attn_global)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim, norm_eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop, act)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop=drop, act=act)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         if not self.norm_first:
@@ -96,6 +155,7 @@ class DecoderBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         mlp_ratio: float = 4.0,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
@@ -108,14 +168,21 @@ class DecoderBlock(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
+        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                            num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
+                            attn_drop=attn_drop, drop_path=drop_path,
+                            attn_window=attn_window, norm_eps=norm_eps, norm_first=norm_first,
+                            act=act)
+        attention = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                         proj_drop=drop)
         self.norm_first = norm_first
         self.norm1 = LayerNorm(dim, norm_eps)
         # A window limits the causal self-attention (rolling cache when decoding); cross-attention sees all.
-        self.self_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop, window=attn_window)
+        self.self_attn = MultiHeadAttention(dim, num_heads, window=attn_window, **attention)
         self.norm2 = LayerNorm(dim, norm_eps)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
+        self.cross_attn = MultiHeadAttention(dim, num_heads, **attention)
         self.norm3 = LayerNorm(dim, norm_eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop, act)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop=drop, act=act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
@@ -150,6 +217,7 @@ class Encoder(nn.Module):
         dim: int,
         depth: int,
         num_heads: int,
+        *,
         mlp_ratio: float = 4.0,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
@@ -164,13 +232,16 @@ class Encoder(nn.Module):
         final_norm: bool = True,
     ) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+        require_int("depth", depth)
+        require_bool("final_norm", final_norm)
+        block_options = dict(mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
+                             drop=drop, attn_drop=attn_drop, attn_window=attn_window,
+                             attn_global=attn_global, norm_eps=norm_eps, norm_first=norm_first,
+                             act=act)
+        check_block_options(dim=dim, num_heads=num_heads, drop_path=drop_path, **block_options)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            EncoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, attn_window, attn_global,
-                         norm_eps, norm_first, act)
-            for r in rates
+            EncoderBlock(dim, num_heads, drop_path=r, **block_options) for r in rates
         )
         self.norm = LayerNorm(dim, norm_eps) if final_norm else nn.Identity()
 

@@ -14,7 +14,8 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
 from models.attention import MultiHeadAttention
-from models.layers import MLP, Activation, EncoderBlock, LayerNorm
+from models.checks import require_bool, require_int
+from models.layers import MLP, Activation, EncoderBlock, LayerNorm, check_block_options
 
 
 class TimePosEmbed(nn.Module):
@@ -25,8 +26,7 @@ class TimePosEmbed(nn.Module):
 
     def __init__(self, num_frames: int, dim: int) -> None:
         super().__init__()
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        require_int("num_frames", num_frames)
         self.num_frames = num_frames
         self.weight = nn.Parameter(torch.zeros(1, num_frames, dim))
         trunc_normal_(self.weight, std=0.02)
@@ -53,6 +53,7 @@ class DividedSpaceTimeBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         mlp_ratio: float = 4.0,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
@@ -64,14 +65,19 @@ class DividedSpaceTimeBlock(nn.Module):
         temporal_proj: bool = False,
     ) -> None:
         super().__init__()
+        check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
+                            qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path,
+                            norm_eps=norm_eps, act=act)
+        require_bool("temporal_proj", temporal_proj)
+        attention = dict(num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.norm_time = LayerNorm(dim, norm_eps)
-        self.attn_time = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
+        self.attn_time = MultiHeadAttention(dim, num_heads, **attention)
         # TimeSformer's `temporal_dense`: one more Linear on the temporal attention's output.
         self.temporal_proj = nn.Linear(dim, dim) if temporal_proj else nn.Identity()
         self.norm_space = LayerNorm(dim, norm_eps)
-        self.attn_space = MultiHeadAttention(dim, num_heads, num_kv_heads, qkv_bias, attn_drop, drop)
+        self.attn_space = MultiHeadAttention(dim, num_heads, **attention)
         self.norm_mlp = LayerNorm(dim, norm_eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop, act)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop=drop, act=act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, cls: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:

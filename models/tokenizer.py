@@ -38,11 +38,14 @@ def check_specials(tok: Tokenizer) -> None:
         raise ValueError(f"tokenizer special tokens {SPECIALS} must have ids 0..3, found {ids}")
 
 
-def load_tokenizer(json_str: str) -> Tokenizer:
+def load_tokenizer(json_str: str, zoo_specials: bool = True) -> Tokenizer:
+    """A tokenizer from the string a checkpoint carries: the zoo's BPE (its specials checked unless
+    `zoo_specials=False`, e.g. a pretrained BERT's WordPiece) or Marian's SentencePiece pair."""
     if json_str.startswith('{"marian"'):  # a pretrained OPUS-MT model's SentencePiece pair
         return MarianTokenizer.from_str(json_str)  # type: ignore[return-value]
     tok = Tokenizer.from_str(json_str)
-    check_specials(tok)
+    if zoo_specials:
+        check_specials(tok)
     return tok
 
 

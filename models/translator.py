@@ -13,15 +13,18 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.export import Dim
 
 from models.attention import KVCache
+from models.checks import is_int, refuse, require_bool, require_choice, require_int
 from models.embeddings import sinusoidal_table
-from models.layers import Activation, DecoderBlock, Encoder, LayerNorm
+from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
-class Translator(nn.Module):
+class Translator(Network):
     """Sequence-to-sequence transformer; `forward(src, tgt_in)` gives (B, T, vocab) logits.
 
     Args:
@@ -42,13 +45,14 @@ class Translator(nn.Module):
     The defaults are the zoo's own translator.
     """
 
-    name = "translator"  # the config group (configs/model/) and the name of exported files
-    modality = "text"  # the kind of input it reads
-    attention_layers = ("encoder.blocks.*.attn", "decoder.*.self_attn", "decoder.*.cross_attn")  # what the explorer and the pictures show
+    name = "translator"
+    modality = "text"
+    attention_layers = ("encoder.blocks.*.attn", "decoder.*.self_attn", "decoder.*.cross_attn")
 
     def __init__(
         self,
         vocab_size: int,
+        *,
         dim: int = 256,
         encoder_depth: int = 3,
         decoder_depth: int = 3,
@@ -76,15 +80,29 @@ class Translator(nn.Module):
         eos_id: int = EOS_ID,
     ) -> None:
         super().__init__()
-        if positions not in ("sinusoidal", "learned"):
-            raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {positions!r}")
-        if decoder_depth < 1:
-            raise ValueError(f"decoder_depth must be >= 1, got {decoder_depth}")
+        # The options both stacks share; the encoder adds global tokens, each stack its own stochastic depth.
+        block_options = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
+                             qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, attn_window=attn_window,
+                             norm_eps=norm_eps, norm_first=norm_first, act=act)
+        check_block_options(dim=dim, drop_path=drop_path, attn_global=attn_global, **block_options)
+        require_int("encoder_depth", encoder_depth)
+        require_int("decoder_depth", decoder_depth)
+        require_int("vocab_size", vocab_size)
+        require_int("max_len", max_len)
+        require_choice("positions", positions, ("sinusoidal", "learned"))
+        require_choice("sinusoid_layout", sinusoid_layout, ("interleaved", "split"))
+        for name, value in (("tie_embeddings", tie_embeddings), ("final_norm", final_norm),
+                            ("scale_embeddings", scale_embeddings), ("logits_bias", logits_bias)):
+            require_bool(name, value)
         for name, token in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
-            if not 0 <= token < vocab_size:
-                raise ValueError(f"{name}={token} is outside the vocabulary (0..{vocab_size - 1})")
-        self.vocab_size, self.dim, self.max_len = vocab_size, dim, max_len
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+            if not is_int(token) or not 0 <= token < vocab_size:
+                raise refuse(name, token, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.max_len = max_len
+        self.pad_id = pad_id
+        self.bos_id = bos_id
+        self.eos_id = eos_id
         self.embed_scale = math.sqrt(dim) if scale_embeddings else 1.0
         self.src_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.tgt_embed = self.src_embed if tie_embeddings else nn.Embedding(vocab_size, dim, padding_idx=pad_id)
@@ -93,11 +111,10 @@ class Translator(nn.Module):
         else:
             self.register_buffer("pos", sinusoidal_table(max_len, dim, sinusoid_layout), persistent=False)
         self.drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop,
-                               drop_path, attn_window, attn_global, norm_eps, norm_first, act, final_norm)
+        self.encoder = Encoder(dim=dim, depth=encoder_depth, drop_path=drop_path, attn_global=attn_global,
+                               final_norm=final_norm, **block_options)
         self.decoder = nn.ModuleList(
-            DecoderBlock(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop,
-                         drop_path * i / max(decoder_depth - 1, 1), attn_window, norm_eps, norm_first, act)
+            DecoderBlock(dim, drop_path=drop_path * i / max(decoder_depth - 1, 1), **block_options)
             for i in range(decoder_depth)
         )
         self.norm = LayerNorm(dim, norm_eps) if final_norm else nn.Identity()
@@ -114,6 +131,20 @@ class Translator(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """src (B, S), tgt_in (B, T) int64 ids: B, S and T (1 .. max_len) dynamic; the teacher-forced
+        forward, one graph. The example ids avoid the special tokens (pad would change the masks)."""
+        batch = Dim("batch", min=1)
+        src_len = Dim("src_len", min=1, max=self.max_len)
+        tgt_len = Dim("tgt_len", min=1, max=self.max_len)
+        n = max(2, min(8, self.max_len))
+        first = PAD_ID + 4  # past the tokenizer's 4 special tokens
+        src = torch.randint(first, max(self.vocab_size, first + 1), (2, n))
+        tgt_in = torch.randint(first, max(self.vocab_size, first + 1), (2, max(2, n - 1)))
+        return OnnxSpec(TeacherForcedTranslator(self).eval(), ["src", "tgt_in"], (src, tgt_in),
+                        ({0: batch, 1: src_len}, {0: batch, 1: tgt_len}),
+                        {"src": ["batch", "src_len"], "tgt_in": ["batch", "tgt_len"]})
 
     def _embed(self, table: nn.Embedding, ids: Tensor, offset: int = 0) -> Tensor:
         if ids.dim() != 2:
@@ -319,3 +350,19 @@ class Translator(nn.Module):
         best = fin_seq[:, 0]  # (B, steps): sorted, the first is the best
         length = int(best.ne(self.pad_id).sum(-1).max())
         return best[:, : max(length, 1)]
+
+
+class TeacherForcedTranslator(nn.Module):
+    """Translator.forward(src, tgt_in) -> logits, with padding masks always built.
+
+    By default the translator passes no mask when nothing is padded (`bool(pad.any())`), a branch on
+    tensor values that torch.export cannot trace; `always_mask=True` builds them regardless (an
+    all-False mask masks nothing, so the logits are the same for padded and unpadded batches).
+    """
+
+    def __init__(self, net: Translator) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.net(src, tgt_in, always_mask=True)  # (B, T, vocab)

@@ -8,9 +8,13 @@ import torch
 from einops import rearrange
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
+from torch.export import Dim
 
-from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, TubeletEmbed, sinusoidal_table
-from models.layers import Activation, LayerNorm
+from models.checks import refuse, require_bool, require_choice, require_int, require_number
+from models.embeddings import (ConvStem, PatchEmbed, PosEmbed2D, TubeletEmbed, check_patch_fits,
+                               sinusoidal_table)
+from models.layers import Activation, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 from models.spacetime import SPACETIME_BLOCKS, TimePosEmbed
 from models.vit import VisionTransformer
 
@@ -26,7 +30,7 @@ def sincos_table(length: int, dim: int) -> Tensor:
     return table[:, :dim] if table.shape[1] >= dim else torch.nn.functional.pad(table, (0, dim - table.shape[1]))
 
 
-class VideoTransformer(nn.Module):
+class VideoTransformer(Network):
     """Classifies clips (B, C, T, H, W) with divided (TimeSformer) or joint space-time attention.
 
     Args mirror configs/model/video.yaml `net:`. Each frame is embedded on its own (`stem`: "patch" or
@@ -42,7 +46,7 @@ class VideoTransformer(nn.Module):
     temporal (or joint) attention: a clip whose label lives in the order of its frames is classified
     by what that attention does, which is what the shuffled-frames control measures.
 
-    Options for pretrained families (the defaults keep the zoo's own model as it was): `stem="tubelet"` embeds
+    Options for pretrained families (the defaults are the zoo's own model): `stem="tubelet"` embeds
     `tubelet_size` frames x a patch at once (VideoMAE); `pos="sincos_fixed"` replaces both learned tables by the
     fixed 1-D sin/cos table over the flattened (time, patch) tokens (VideoMAE); `class_token` (divided attention
     only) adds TimeSformer's class token, with its own position (`token_pos`), read by `pool="cls"`;
@@ -51,12 +55,14 @@ class VideoTransformer(nn.Module):
     and `act` for the blocks.
     """
 
-    name = "video"  # the config group (configs/model/) and the name of exported files
-    modality = "video"  # the kind of input it reads
-    attention_layers = ("blocks.*",)  # what the explorer and the pictures show
+    name = "video"
+    modality = "video"
+    # Divided attention has a temporal and a spatial layer per block, joint attention one.
+    attention_layers = ("blocks.*.attn_time", "blocks.*.attn_space", "blocks.*.attn")
 
     def __init__(
         self,
+        *,
         img_size: int = 32,
         num_frames: int = 8,
         patch_size: int = 8,
@@ -88,36 +94,43 @@ class VideoTransformer(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        if pos not in ("learned", "sincos_fixed"):
-            raise ValueError(f"pos must be 'learned' or 'sincos_fixed', got {pos!r}")
-        if (pool == "cls") != class_token or pool not in ("cls", "mean"):
-            raise ValueError(f"pool={pool!r} with class_token={class_token}: 'cls' reads the class token, 'mean' "
-                             "averages the patch tokens (without one)")
+        block_options = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
+                             qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, norm_eps=norm_eps, act=act)
+        check_block_options(dim=dim, drop_path=drop_path, **block_options)
+        require_int("depth", depth)
+        require_int("img_size", img_size)
+        require_int("num_frames", num_frames)
+        require_int("in_chans", in_chans, note=" (1 = grayscale, 3 = RGB)")
+        require_int("num_classes", num_classes, at_least=2, note=" (classes to tell apart)")
+        require_choice("attention", attention, tuple(SPACETIME_BLOCKS))
+        require_choice("stem", stem, ("patch", "conv", "tubelet"))
+        require_choice("pos", pos, ("learned", "sincos_fixed"))
+        require_choice("pos_init", pos_init, ("sincos", "normal"))
+        require_number("pos_init_std", pos_init_std, low=0, low_open=True)
+        require_choice("pool", pool, ("cls", "mean"))
+        if (pool == "cls") != require_bool("class_token", class_token):
+            raise refuse("class_token", class_token, f"pool={pool!r}: 'cls' reads the class token, 'mean' "
+                         f"averages the patch tokens (without one)")
         if class_token and attention != "divided":
-            raise ValueError("class_token is for divided attention (TimeSformer)")
-        if attention not in SPACETIME_BLOCKS:
-            raise ValueError(f"attention must be one of {sorted(SPACETIME_BLOCKS)}, got {attention!r}")
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        if pos_init not in ("normal", "sincos"):
-            raise ValueError(f"pos_init must be 'normal' or 'sincos', got {pos_init!r}")
-        if pos_init_std <= 0:
-            raise ValueError(f"pos_init_std must be > 0, got {pos_init_std}")
+            raise refuse("class_token", class_token, "the class token is for attention='divided' (TimeSformer)")
+        for name, value in (("token_pos", token_pos), ("temporal_proj", temporal_proj), ("fc_norm", fc_norm)):
+            require_bool(name, value)
+        require_number("fc_norm_eps", fc_norm_eps, low=0, low_open=True, optional=True)
+        require_int("patch_size", patch_size)
+        check_patch_fits(patch_size, img_size)
         if stem == "patch":
             self.patch_embed: PatchEmbed | ConvStem | TubeletEmbed = PatchEmbed(img_size, patch_size, in_chans, dim)
         elif stem == "conv":
             self.patch_embed = ConvStem(img_size, patch_size, in_chans, dim, stem_channels)
-        elif stem == "tubelet":
+        else:
             if pos == "learned":  # the learned time table counts frames, tubelets merge them: VideoMAE's fixed table
                 raise ValueError("stem='tubelet' goes with pos='sincos_fixed' (VideoMAE), not pos='learned'")
+            require_int("tubelet_size", tubelet_size)
             self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, in_chans, dim)
-        else:
-            raise ValueError(f"stem must be 'patch', 'conv' or 'tubelet', got {stem!r}")
-        self.in_chans, self.attention, self.num_frames, self.pool = in_chans, attention, num_frames, pool
+        self.in_chans = in_chans
+        self.attention = attention
+        self.num_frames = num_frames
+        self.pool = pool
         self.fc_norm = fc_norm
         if pos == "learned":
             self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
@@ -128,11 +141,9 @@ class VideoTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
         block = SPACETIME_BLOCKS[attention]
-        extra = {"temporal_proj": True} if temporal_proj else {}
-        self.blocks = nn.ModuleList(
-            block(dim, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, r, norm_eps=norm_eps, act=act,
-                  **extra) for r in rates
-        )
+        if temporal_proj:  # only the divided block has it
+            block_options["temporal_proj"] = True
+        self.blocks = nn.ModuleList(block(dim, drop_path=r, **block_options) for r in rates)
         self.norm = LayerNorm(dim, norm_eps if fc_norm_eps is None else fc_norm_eps)
         self.head = nn.Linear(dim, num_classes)
         self.apply(VisionTransformer._init_weights)  # same init as the ViT: truncated normal Linear weights
@@ -158,6 +169,12 @@ class VideoTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed.weight", "time_embed.weight", "cls_token", "prefix_pos"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """clips (B, C, T, H, W): B dynamic; frames and resolution fixed at the training ones."""
+        h, w = self.patch_embed.img_size
+        example = (torch.randn(2, self.in_chans, self.num_frames, h, w),)
+        return OnnxSpec(self, ["clips"], example, ({0: Dim("batch", min=1)},), {"clips": ["batch"]})
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, T, gh*gw, dim) encoded tokens (T // tubelet_size with tubelets)."""

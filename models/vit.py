@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.export import Dim
 from timm.layers import trunc_normal_
 
-from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, prepend_tokens
-from models.layers import Activation, Encoder, LayerNorm
+from models.checks import refuse, require_bool, require_choice, require_int, require_size
+from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, check_patch_fits, prepend_tokens
+from models.layers import Activation, Encoder, LayerNorm, check_block_options
+from models.network import Network, OnnxSpec
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Network):
     """ViT (Dosovitskiy et al. 2021) built only from the zoo's shared parts.
 
     Args mirror configs/model/vit.yaml `net:`. `pool` is "cls" (class token) or "mean" (average
@@ -19,19 +22,19 @@ class VisionTransformer(nn.Module):
     Inputs of another resolution are accepted: the position table is resized. `attn_window` / `attn_global`
     make the encoder's self-attention a sliding window over the patches in raster order, with global tokens.
 
-    Options for pretrained families (timm ViT / DeiT; the defaults keep the zoo's own ViT as it was):
+    Options for pretrained families (timm ViT / DeiT; the defaults are the zoo's own ViT):
     `class_token` (None: with pool="cls") adds a class token apart from the pooling (timm's class token
     with average pooling); `dist_token` a DeiT distillation token with its own head, the two heads averaged;
     `token_pos` learned positions for those prefix tokens (timm's default; its `no_embed_class` has none);
     `fc_norm` a LayerNorm after pooling instead of the encoder's final one; `norm_eps`, `act` as in layers.py.
     """
 
-    name = "vit"  # the config group (configs/model/) and the name of exported files
-    modality = "image"  # the kind of input it reads
-    attention_layers = ("encoder.blocks.*.attn",)  # what the explorer and the pictures show
+    name = "vit"
+    modality = "image"
 
     def __init__(
         self,
+        *,
         img_size: int = 28,
         patch_size: int = 4,
         in_chans: int = 1,
@@ -59,30 +62,41 @@ class VisionTransformer(nn.Module):
         act: Activation = "gelu",
     ) -> None:
         super().__init__()
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        block_options = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads,
+                             qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, attn_window=attn_window,
+                             attn_global=attn_global, norm_eps=norm_eps, act=act)
+        # Before the stem, which would trip on a bad dim first and under another name.
+        check_block_options(dim=dim, drop_path=drop_path, **block_options)
+        require_int("depth", depth)
+        require_int("img_size", img_size)
+        require_int("in_chans", in_chans, note=" (1 = grayscale, 3 = RGB)")
+        require_int("num_classes", num_classes, at_least=2, note=" (classes to tell apart)")
+        require_choice("pool", pool, ("cls", "mean"))
+        require_choice("stem", stem, ("patch", "conv"))
+        require_size("patch_size", patch_size)
+        require_size("patch_stride", patch_stride, optional=True)
+        check_patch_fits(patch_size, img_size)
+        class_token = pool == "cls" if class_token is None else require_bool("class_token", class_token)
+        if pool == "cls" and not class_token:
+            raise refuse("class_token", class_token, "pool='cls' reads the class token (class_token=false goes "
+                         "with pool='mean')")
+        if require_bool("dist_token", dist_token) and not class_token:
+            raise refuse("dist_token", dist_token, "a DeiT distillation token needs a class token beside it")
+        require_bool("token_pos", token_pos)
+        require_bool("fc_norm", fc_norm)
         self.pool = pool
         if stem == "patch":
             self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim, stride=patch_stride)
-        elif stem == "conv":
-            self.patch_embed = ConvStem(img_size, patch_size, in_chans, dim, stem_channels)
         else:
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
-        class_token = pool == "cls" if class_token is None else class_token
-        if pool == "cls" and not class_token:
-            raise ValueError("pool='cls' needs a class token (class_token=false goes with pool='mean')")
-        if dist_token and not class_token:
-            raise ValueError("dist_token (DeiT) needs a class token beside it")
+            self.patch_embed = ConvStem(img_size, patch_size, in_chans, dim, stem_channels)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if dist_token else None
         self.num_prefix = int(class_token) + int(dist_token)  # tokens before the patches
-        self.prefix_pos = nn.Parameter(torch.zeros(1, self.num_prefix, dim)) if token_pos and self.num_prefix else None
+        has_prefix_pos = token_pos and self.num_prefix
+        self.prefix_pos = nn.Parameter(torch.zeros(1, self.num_prefix, dim)) if has_prefix_pos else None
         self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
         self.pos_drop = nn.Dropout(drop)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, num_kv_heads, qkv_bias, drop, attn_drop, drop_path,
-                               attn_window, attn_global, norm_eps=norm_eps, act=act, final_norm=not fc_norm)
+        self.encoder = Encoder(dim=dim, depth=depth, drop_path=drop_path, final_norm=not fc_norm, **block_options)
         self.fc_norm = LayerNorm(dim, norm_eps) if fc_norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
         self.head_dist = nn.Linear(dim, num_classes) if dist_token else None
@@ -100,6 +114,14 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "dist_token", "prefix_pos", "pos_embed.weight"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """images (B, C, H, W): B dynamic; H, W fixed at the training resolution (another one resizes the
+        position table, a branch the graph would not hold)."""
+        c = self.patch_embed.in_chans
+        h, w = self.patch_embed.img_size
+        return OnnxSpec(self, ["images"], (torch.randn(2, c, h, w),), ({0: Dim("batch", min=1)},),
+                        {"images": ["batch"]})
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, num_prefix + gh*gw, dim) encoded tokens (class [, distillation] token first)."""

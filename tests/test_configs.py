@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
-from utils.build import build_datamodule, build_module
+from utils.build import build_datamodule, build_module, recipe_lines
 
 SMALL_DATA = {"translator": ["data.num_pairs=1000", "data.bpe_vocab_size=200"]}  # a tokenizer in seconds
 
@@ -71,20 +71,47 @@ def test_each_experiment_composes(experiment: str, tmp_path) -> None:
     assert build_module(cfg) is not None
 
 
+def test_an_experiment_sets_top_level_keys_and_the_command_line_wins(tmp_path) -> None:
+    """`_self_` first in train.yaml: an experiment's seed or optimized_metric is not overwritten."""
+    extra = tmp_path / "extra"
+    (extra / "experiment").mkdir(parents=True)
+    (extra / "experiment" / "seeded.yaml").write_text(
+        "# @package _global_\nseed: 7\noptimized_metric: val/loss\n")
+    search = f"hydra.searchpath=[file://{extra}]"
+    cfg = compose_config("train", ["experiment=seeded", search], tmp_path)
+    assert (cfg.seed, cfg.optimized_metric) == (7, "val/loss")
+    assert compose_config("train", ["experiment=seeded", search, "seed=3"], tmp_path).seed == 3
+    assert compose_config("train", [], tmp_path).seed == 42
+
+
 def test_model_recipe_sets_epochs_and_the_command_line_wins(tmp_path) -> None:
     assert compose_config("train", ["model=translator"], tmp_path).trainer.max_epochs == 6  # recipe/translator.yaml
     assert compose_config("train", ["model=translator", "trainer.max_epochs=2"], tmp_path).trainer.max_epochs == 2
     assert compose_config("train", ["model=vit"], tmp_path).trainer.max_epochs == 35  # no recipe: trainer default
 
 
-def test_dataset_recipe_applies_after_the_model_recipe_and_the_command_line_wins(tmp_path) -> None:
-    recipe = OmegaConf.load(ROOT / "configs" / "recipe" / "data" / "vit_fashion_mnist.yaml")
+def test_fashion_mnist_pulls_the_vit_fashion_experiment_and_the_run_log_says_so(tmp_path) -> None:
+    recipe = OmegaConf.load(ROOT / "configs" / "experiment" / "vit_fashion.yaml")
     cfg = compose_config("train", ["data=fashion_mnist"], tmp_path)
     assert cfg.trainer.max_epochs == recipe.trainer.max_epochs  # not the trainer default's 35
     assert cfg.model.net.dim == recipe.model.net.dim and cfg.model.tta_flip is True
-    older = compose_config("train", ["experiment=vit_fashion"], tmp_path)  # the older name, the same run
-    assert (older.model, older.data, older.trainer) == (cfg.model, cfg.data, cfg.trainer)
-    cfg = compose_config("train", ["data=fashion_mnist", "trainer.max_epochs=3", "model.net.dim=32"], tmp_path)
+    experiment = compose_config("train", ["experiment=vit_fashion"], tmp_path)
+    assert (experiment.model, experiment.data) == (cfg.model, cfg.data)
+    assert experiment.trainer == cfg.trainer
+    [line] = recipe_lines(cfg, cfg.hydra.runtime.choices)
+    assert line.startswith("experiment/vit_fashion.yaml set model.tta_flip=True, model.net.")
+    overrides = ["data=fashion_mnist", "trainer.max_epochs=3", "model.net.dim=32"]
+    cfg = compose_config("train", overrides, tmp_path)
     assert (cfg.trainer.max_epochs, cfg.model.net.dim) == (3, 32)
+    assert "model.net.dim=64 (overridden: 32)" in recipe_lines(cfg, cfg.hydra.runtime.choices)[0]
     mnist = compose_config("train", ["model=vit"], tmp_path)  # the embedded digits keep their settings
     assert (mnist.trainer.max_epochs, mnist.model.net.dim, mnist.model.tta_flip) == (35, 96, False)
+    assert recipe_lines(mnist, mnist.hydra.runtime.choices) == []
+
+
+def test_a_data_config_pulls_settings_of_other_groups_only_from_an_experiment() -> None:
+    """Cross-group settings live in experiment/ (lightning-hydra-template); the log names them."""
+    for path in (ROOT / "configs" / "data").glob("*.yaml"):
+        for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
+            key = next(iter(entry)) if isinstance(entry, dict) else entry
+            assert key.startswith(("/experiment@", "/data/", "_self_")), f"{path.name}: {entry}"

@@ -242,7 +242,7 @@ def test_configs_match_constructor() -> None:
         cfg = yaml.safe_load((REPO / "configs" / "data" / f"{name}.yaml").read_text())
         assert cfg.pop("_target_") == "data.images.ImageDataModule"
         assert cfg.pop("modality") == "image"  # a tag checked against the model's, not a constructor argument
-        cfg.pop("defaults", None)  # Hydra's defaults list (fashion_mnist brings its ViT recipe), not an argument
+        cfg.pop("defaults", None)  # Hydra's list (fashion_mnist pulls experiment/vit_fashion)
         assert set(cfg) == params, name
         assert cfg["dataset"] == name
     mnist = yaml.safe_load((REPO / "configs" / "data" / "mnist.yaml").read_text())

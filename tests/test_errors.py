@@ -200,8 +200,9 @@ def test_resume_in_place_keeps_the_runs_own_config(tmp_path: Path) -> None:
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_path: Path) -> None:
-    # A later command that rewrote .hydra/config.yaml (another model, broken YAML) changes nothing.
+def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_path: Path, capsys) -> None:
+    # A later command that rewrote .hydra/config.yaml (another model, broken YAML) changes nothing, and a
+    # checkpoint that holds another model than its run folder says so.
     run = tmp_path / "run"
     shutil.copytree(runs["vit"], run)
     (run / ".hydra").mkdir()
@@ -209,6 +210,8 @@ def test_the_config_is_read_from_the_checkpoint_not_the_run_folder(runs, tmp_pat
     ckpt = load_checkpoint(run / "checkpoints" / "best.ckpt")
     assert run_config(run / "checkpoints" / "best.ckpt", ckpt).model.net._target_ == "models.vit.VisionTransformer"
     assert load_trained(run).kind == "image"
+    assert ("holds a models.vit.VisionTransformer, but its run directory was trained as a "
+            "models.audio.AudioSpectrogramTransformer") in capsys.readouterr().err
     (run / ".hydra" / "config.yaml").write_text(": not yaml [\n")
     assert load_trained(run).kind == "image"
 
@@ -414,16 +417,16 @@ def test_attention_folder_is_checked_before_the_model_is_loaded(runs, bad_files,
 BAD_VALUES = [
     ("model.net.num_heads=0", "model.net.num_heads=0: expected an integer >= 1"),
     ("model.net.dim=-8", "model.net.dim=-8: expected an integer >= 1"),
-    ("model.net.dim=30", "model.net.dim=30 is not divisible by model.net.num_heads=4: each head gets dim / num_heads "
+    ("model.net.dim=30", "model.net.dim=30 is not divisible by num_heads=4: each head gets dim / num_heads "
                          "channels (e.g. dim=32)"),
     ("model.net.dim=abc", "model.net.dim='abc': expected an integer >= 1"),
-    ("model.net.num_kv_heads=3", "model.net.num_kv_heads=3 must divide model.net.num_heads=4 (grouped-query attention "
+    ("model.net.num_kv_heads=3", "model.net.num_kv_heads=3 must divide num_heads=4 (grouped-query attention "
                                  "shares each key/value head among num_heads / num_kv_heads query heads)"),
     ("model.net.drop=1.5", "model.net.drop=1.5: expected a number in [0, 1)"),
     ("model.net.pool=max", "model.net.pool='max': expected one of cls, mean"),
-    ("model.net.patch_size=6", "model.net.patch_size=6: the conv stem (model.net.stem=conv) needs one power of 2 >= 2 "
-                               "(2, 4, 8, 16, ...); or use model.net.stem=patch"),
-    ("model.net.patch_size=64", "model.net.patch_size=64 is larger than the image (model.net.img_size=28): the model "
+    ("model.net.patch_size=6", "model.net.patch_size=6: the conv stem (stem=conv) needs one power of 2 >= 2 "
+                               "(2, 4, 8, 16, ...); or use stem=patch"),
+    ("model.net.patch_size=64", "model.net.patch_size=64 is larger than the image (img_size=28): the model "
                                 "would see no patch"),
     ("+model.net.heads=4", "model.net.heads is not a parameter of VisionTransformer; its parameters are: img_size, "),
     ("model.optimizer.lr=-1", "model.optimizer.lr=-1: expected a number >= 0"),
@@ -457,7 +460,7 @@ def test_a_bad_config_value_is_named_before_anything_is_built(override: str, mes
     ("audio", "model.net.f_max=9000", "model.net.f_min=20.0, f_max=9000: expected f_min < f_max <= sample_rate / 2 = "
                                       "8000 Hz"),
     ("audio", "model.net.n_mels=300", "model.net.n_mels=300 is more mel bands than the 241 frequency bins of "
-                                      "model.net.n_fft=480: some bands would be empty"),
+                                      "n_fft=480: some bands would be empty"),
     ("video", "model.net.attention=full", "model.net.attention='full': expected one of divided, joint"),
     ("translator", "model.beam_size=0", "model.beam_size=0: expected an integer >= 1"),
     ("translator", "data.bpe_vocab_size=3", "data.bpe_vocab_size=3: expected an integer >= 6 (the tokenizer's 4 "
@@ -471,6 +474,17 @@ def test_a_bad_config_value_is_named_before_anything_is_built(override: str, mes
 def test_bad_values_of_the_other_models(model: str, override: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}$"):
         check_model_config(compose_config("train", [f"model={model}", override], tmp_path))
+
+
+def test_a_clip_shorter_than_one_patch_names_clip_seconds_and_the_shortest_that_works(tmp_path: Path,
+                                                                                     capsys) -> None:
+    # The model's input width comes from data.clip_seconds: the message names that key, not the patch grid.
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    assert command("train.py", "model=audio", "data.clip_seconds=0.01", run, capsys=capsys) == (
+        2, "", "error: model.net.clip_seconds=0.01 (from data.clip_seconds): 1 spectrogram frame(s) at "
+               "hop_length=320, fewer than one patch (3 frames); expected clip_seconds >= 0.04 (640 samples at "
+               "sample_rate=16000)\n")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_evaluate_and_export_check_their_own_keys(runs, tmp_path: Path, capsys) -> None:

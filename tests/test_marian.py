@@ -140,7 +140,8 @@ def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding,
     trained = json.loads((run / "metrics.json").read_text())
     # the checkpoint carries the architecture, the decoding rules and Marian's tokenizer: no source needed
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["zoo_config"]["model"]["pretrained"] is None and ckpt["zoo_config"]["model"]["length_norm"] == "hf"
+    model = ckpt["zoo_config"]["model"]
+    assert model["preprocess"]["modality"] == "text" and model["length_norm"] == "hf"
     assert ckpt["TranslationDataModule"]["tokenizer"].startswith('{"marian"')
     run_cli("evaluate.py", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'ev'}", *common)
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())

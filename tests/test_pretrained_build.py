@@ -1,6 +1,6 @@
 """The training build with `model.pretrained` (utils/build.py), in process and without training: an image source
-goes through utils/pretrained.py and keeps the data module's own state, a Marian source through the translator
-branch with its tokenizer. Both branches were written apart and merged; this keeps them apart in CI."""
+goes through utils/pretrained.py and keeps the data module's own state, a Marian source through the same
+path with its tokenizer (every converter returns a Converted)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def test_a_marian_source_builds_the_translator_with_its_tokenizer(compose_train,
     setup_runtime(cfg)
     dm = build_datamodule(cfg)
     module = build_module(cfg)
-    assert cfg.model.pretrained is None and cfg.model.pretrained_from == str(folder)  # checkpoints need no source
-    assert "preprocess" not in cfg.model  # utils/pretrained.py left the text model alone
+    # Converted like every family: checkpoints carry the architecture and preprocess, so they need no source
+    assert cfg.model.pretrained == str(folder) and cfg.model.preprocess.modality == "text"
+    assert cfg.model.length_norm == "hf"  # the source's decoding rules (generation_config.json)
     assert dm.tokenizer.to_str().startswith('{"marian"')
-    assert module.net.final_logits_bias is not None  # built by the Marian branch (load_marian), not from scratch
+    assert module.net.final_logits_bias is not None  # the source's weights, not a fresh init

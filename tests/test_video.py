@@ -97,7 +97,7 @@ def test_time_embedding_interpolates_linearly() -> None:
     torch.testing.assert_close(emb(1)[0, 0, 0], (w[3] + w[4]) / 2)
     # 16 frames: sample j sits at (j + 0.5) / 2 - 0.5, e.g. j=3 -> 1.25 = 0.75 * w[1] + 0.25 * w[2].
     torch.testing.assert_close(emb(16)[0, 3, 0], 0.75 * w[1] + 0.25 * w[2])
-    with pytest.raises(ValueError, match="num_frames must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_frames=0: expected an integer >= 1"):
         TimePosEmbed(0, D)
 
 
@@ -166,11 +166,11 @@ def test_bad_inputs_and_arguments_name_the_value() -> None:
         model(torch.randn(2, 1, 0, 16, 16))
     with pytest.raises(ValueError, match="smaller than one patch"):
         model(torch.randn(2, 1, 4, 2, 16))
-    with pytest.raises(ValueError, match="num_frames must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_frames=0: expected an integer >= 1"):
         _model(num_frames=0)
     with pytest.raises(ValueError, match="'spacetime'"):
         _model(attention="spacetime")
-    with pytest.raises(ValueError, match="smaller than one patch"):
+    with pytest.raises(ValueError, match=r"patch_size=4 is larger than the image \(img_size=2\)"):
         _model(img_size=2)
     with pytest.raises(ValueError, match="'cube'"):
         _model(stem="cube")

@@ -106,7 +106,7 @@ def test_conv_stem_grid_and_errors() -> None:
         ConvStem(28, 8, 1, 32, channels=[8, 16])
     net = VisionTransformer(img_size=28, patch_size=8, in_chans=1, num_classes=10, dim=32, depth=1, stem="conv")
     assert net(torch.randn(2, 1, 56, 56)).shape == (2, 10)  # 7x7 grid from the 4x4 table
-    with pytest.raises(ValueError, match="stem must be"):
+    with pytest.raises(ValueError, match="stem='cnn': expected one of patch, conv"):
         VisionTransformer(stem="cnn")
 
 

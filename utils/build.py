@@ -16,17 +16,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from models.attention import DEFAULT_KERNEL, set_attention_kernel
 from utils.checkpoint import AtomicCheckpointIO
 from utils.errors import UserError
-from utils.pretrained import KEEP, apply_pretrained, load_pretrained
+from utils.pretrained import apply_pretrained, load_pretrained, pretrained_tokenizer
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+RECIPE_GROUPS = ("recipe", "experiment")  # config groups whose files set keys of other groups
 log = logging.getLogger(__name__)
 
 
 def setup_runtime(cfg: DictConfig) -> None:
     check_run_config(cfg)
     apply_pretrained(cfg)  # fills what the source decides (model.net, null data keys) before they are checked
-    check_model_config(cfg)  # a bad value stops here, as the only line on stderr
+    check_model_config(cfg)  # the only check of model.*: the net is built on the meta device, before any data
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     kernel = cfg.get("attention_kernel")  # null: the default (auto, or env ZOO_FUSED_ATTN), also after another run
@@ -37,6 +38,34 @@ def setup_runtime(cfg: DictConfig) -> None:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
         log.info(f"Seed set to {int(cfg.seed)}")
+
+
+def recipe_lines(cfg: DictConfig, choices: dict[str, str | None]) -> list[str]:
+    """One line per recipe or experiment file in a composition (Hydra's `runtime.choices`), with
+    the keys it set: a file that a config pulls into other groups (data=fashion_mnist pulls
+    experiment/vit_fashion) then shows in the run's log, not only in the config tree."""
+    lines = set()  # experiment=vit_fashion data=fashion_mnist names the same file twice
+    for key, name in choices.items():
+        group = key.split("@")[0]
+        path = DATA_CONFIGS.parent / group / f"{name}.yaml"
+        if group not in RECIPE_GROUPS or name is None or not path.is_file():  # optional, absent
+            continue
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        node.pop("defaults", None)
+        keys = []
+        for dotted, value in _leaves(node):
+            now = OmegaConf.select(cfg, dotted, default=value)
+            keys.append(f"{dotted}={value}" + ("" if now == value else f" (overridden: {now})"))
+        lines.add(f"{group}/{name}.yaml set {', '.join(keys)}")
+    return sorted(lines)
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """[("model.net.dim", 64), ...]: the leaves of nested dicts, with dotted keys."""
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    return [leaf for key, value in node.items()
+            for leaf in _leaves(value, f"{prefix}.{key}" if prefix else key)]
 
 
 DATA_FACTS = ("num_classes", "vocab_size")  # null in a data config = "ask the data module"
@@ -51,15 +80,11 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     """
     check_model_fits_data(cfg)
     apply_pretrained(cfg)  # model.pretrained: the source's architecture and input preparation (utils/pretrained.py)
-    check_model_config(cfg)  # before any data is read: values the data decides (num_classes) come later
     dm = _instantiate(_without_modality(cfg.data), "data")
     if state is not None:
         dm.load_state_dict(state)
-    elif cfg.model.get("pretrained") and is_text(cfg):  # a pretrained translator: its own tokenizer, not a new BPE
-        from models.spm_tokenizer import MarianTokenizer
-        from models.pretrained.source import resolve
-
-        dm.load_state_dict({"tokenizer": MarianTokenizer.from_folder(resolve(str(cfg.model.pretrained)).path).to_str()})
+    elif pretrained_tokenizer(cfg) is not None:  # a pretrained text model: its own tokenizer, not a new BPE
+        dm.load_state_dict({"tokenizer": pretrained_tokenizer(cfg)})
     for fact in DATA_FACTS:
         if fact in cfg.data and cfg.data[fact] is None:
             with open_dict(cfg):
@@ -73,29 +98,9 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
     return ckpt.get(name)
 
 
-def is_text(cfg: DictConfig) -> bool:
-    """A text model (the translator): its pretrained source (Marian) is built here, not in utils/pretrained.py."""
-    return cfg.model.get("modality") == "text"
-
-
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    check_model_config(cfg)  # again, now that the data module has filled num_classes / vocab_size
-    spec = cfg.model.get("pretrained")
-    if not spec or not is_text(cfg):  # image / audio / video sources: utils/pretrained.py
-        module = _instantiate(_without_modality(cfg.model), "model")
-        load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
-        return module
-    from models.pretrained.marian import load_marian
-
-    net, _, kwargs, settings = load_marian(str(spec))
-    with open_dict(cfg):  # the source's architecture and decoding rules; the run's config (and checkpoints) keep them,
-        # so evaluate / predict / export never need the source again; the run's own regularisation (KEEP) stays
-        cfg.model.net.update({k: v for k, v in kwargs.items() if k not in KEEP or k not in cfg.model.net})
-        cfg.model.update({k: v for k, v in settings.items() if k not in ("beam_size", "max_new_tokens")})
-        cfg.model.pretrained_from, cfg.model.pretrained = str(spec), None
     module = _instantiate(_without_modality(cfg.model), "model")
-    module.net.load_state_dict(net.state_dict())
-    log.info(f"pretrained weights from {spec}")
+    load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
     return module
 
 
@@ -132,7 +137,7 @@ def check_model_fits_data(cfg: DictConfig) -> None:
     )
 
 
-NOT_ARGUMENTS = ("modality", "pretrained", "pretrained_from", "preprocess")  # config keys read by the build, not by the module
+NOT_ARGUMENTS = ("modality", "pretrained", "preprocess")  # config keys read by the build, not by the module
 
 
 def _without_modality(node: DictConfig) -> DictConfig:

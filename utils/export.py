@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.export import Dim
 
@@ -40,10 +40,9 @@ from models.tokenizer import PAD_ID
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
-from utils.build import DATA_FACTS, datamodule_state
-from utils.checkpoint import load_checkpoint, resolve_checkpoint, run_config
+from utils.build import datamodule_state
+from utils.restore import restore
 from utils.errors import UserError
-from utils.validate import check_net_config, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -87,36 +86,19 @@ def model_name(net: nn.Module) -> str:
 def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, str]]:
     """(network in eval mode, its resolved config, extras) from a checkpoint file or run directory.
 
-    Extras are strings worth shipping with the weights: the translator's tokenizer (JSON).
+    Extras are strings worth shipping with the weights: the translator's tokenizer (JSON), a pretrained
+    source's preprocessing. No data module is built (the dataset need not be on this machine): the facts
+    it would decide come from the trained output layer (utils/restore.py).
     """
-    ckpt_file = resolve_checkpoint(ckpt_path)
-    ckpt = load_checkpoint(ckpt_file)
-    cfg: DictConfig = run_config(ckpt_file, ckpt)
-    if "model" not in cfg or "net" not in cfg.model:
-        raise UserError(f"{str(ckpt_file)!r}: its training config has no model.net (expected a run of this project)")
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    if not state:
-        raise UserError(f"{str(ckpt_file)!r}: no 'net.*' weights in its state_dict (expected a zoo LightningModule)")
-    # Facts a config leaves to the data module (num_classes of an image folder, the tokenizer's
-    # vocab_size) are read from the trained weights instead: building the data module would need the
-    # dataset on this machine, and the output layer's rows are exactly what the model was trained with.
-    for fact in DATA_FACTS:
-        if "data" in cfg and fact in cfg.data and cfg.data[fact] is None:
-            if "head.weight" not in state:
-                raise UserError(f"{str(ckpt_file)!r}: data.{fact} is null and there is no head.weight to read it from")
-            with open_dict(cfg):
-                cfg.data[fact] = int(state["head.weight"].shape[0])
-    check_net_config(cfg.model.net)
-    config = OmegaConf.to_container(cfg.model.net, resolve=True)
-    net = build_network(config)  # type: ignore[arg-type]
-    load_weights(net, state, ckpt_file, cfg, cfg)
+    run = restore(ckpt_path, data=False, switches=False)
+    config = OmegaConf.to_container(run.cfg.model.net, resolve=True)
     extras: dict[str, str] = {}
-    dm_state = datamodule_state(ckpt, cfg) if "data" in cfg and "_target_" in cfg.data else None
+    dm_state = datamodule_state(run.ckpt, run.cfg) if "data" in run.cfg and "_target_" in run.cfg.data else None
     if dm_state and isinstance(dm_state.get("tokenizer"), str):
         extras[TOKENIZER_KEY] = dm_state["tokenizer"]
-    if cfg.model.get("preprocess") is not None:  # a pretrained source's input preparation and class names
-        extras[PREPROCESS_KEY] = json.dumps(OmegaConf.to_container(cfg.model.preprocess, resolve=True))
-    return net.eval(), config, extras  # type: ignore[return-value]
+    if run.cfg.model.get("preprocess") is not None:  # a pretrained source's input preparation and class names
+        extras[PREPROCESS_KEY] = json.dumps(OmegaConf.to_container(run.cfg.model.preprocess, resolve=True))
+    return run.module.net.eval(), config, extras  # type: ignore[return-value]
 
 
 # --- ONNX ------------------------------------------------------------------------------------------

@@ -33,8 +33,6 @@ def apply_pretrained(cfg: DictConfig) -> None:
     """model.pretrained set and not converted yet: fill model.net, model.preprocess and null data keys."""
     model = cfg.get("model")
     spec = model.get("pretrained") if isinstance(model, DictConfig) else None
-    if isinstance(model, DictConfig) and model.get("modality") == "text":
-        return  # a pretrained translator (Marian) is built by utils/build.build_module
     if not spec:
         data = cfg.get("data")
         unset = [k for k in SIZES if isinstance(data, DictConfig) and k in data and data[k] is None]
@@ -67,7 +65,16 @@ def apply_pretrained(cfg: DictConfig) -> None:
                     net[net_key] = f"${{data.{data_key}}}"
         model.net = OmegaConf.create(net)
         model.preprocess = conv.preprocess
+        # The source's own LightningModule settings (Marian's decoding rules); the run keeps its validation
+        # decoding budget (beam_size, max_new_tokens).
+        model.update({k: v for k, v in conv.module.items() if k not in ("beam_size", "max_new_tokens")})
     _CONVERTED[str(spec)] = conv
+
+
+def pretrained_tokenizer(cfg: DictConfig) -> str | None:
+    """The tokenizer of the source apply_pretrained just converted for this config (a text family), or None."""
+    conv = _CONVERTED.get(str(cfg.model.get("pretrained")))
+    return None if conv is None else conv.tokenizer
 
 
 def _target_class(target: str) -> type:

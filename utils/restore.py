@@ -49,7 +49,7 @@ def warn_if_other_model(ckpt_file: Path, cfg: DictConfig) -> None:
         return
     try:
         theirs = net_target(OmegaConf.load(saved))
-    except Exception:  # a folder's config rewritten or broken since: the checkpoint's own config decides
+    except Exception:  # a folder config that is not YAML: the checkpoint's own config is what counts anyway
         return
     ours = net_target(cfg)
     if "?" not in (ours, theirs) and ours != theirs:

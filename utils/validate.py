@@ -2,8 +2,10 @@
 and checkpoints checked against the model they are loaded into. Every refusal is a one-line UserError
 that names the config key (model.net.num_heads=0), the value, and what was expected.
 
-The rules go by parameter name, so they follow the network classes as those gain options: a key that
-is no parameter of the class is refused too (instead of a TypeError deep inside Hydra's instantiate).
+Here are the rules no constructor can know: run, trainer, optimizer and data keys, and the links between
+model and data keys. The network's own rules live in its constructor (models/checks.py): `check_network`
+builds it once on the meta device, so they fire before any data is read, named `model.net.<key>`.
+A key that is no parameter of the network class is refused too (instead of a TypeError inside Hydra).
 """
 
 from __future__ import annotations
@@ -12,23 +14,20 @@ import importlib
 import inspect
 from typing import Any, Callable
 
+import hydra
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from models.checks import is_int as _is_int
+from models.checks import is_number as _is_number
+from models.checks import show as _show
 from utils.errors import UserError
 
 UNKNOWN = object()  # a value not known yet (data facts filled by the data module, unresolvable interpolations)
 
 # --- one rule per kind of value -----------------------------------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def int_at_least(low: int, what: str = "") -> Callable[[Any], str | None]:
@@ -68,55 +67,6 @@ def optional(rule: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
         return None if v is None or problem is None else f"{problem}, or null"
     return opt
 
-
-def size_or_pair(v: Any) -> str | None:
-    """A patch size: one integer >= 1, or [height, width] of such integers."""
-    if _is_int(v) and v >= 1:
-        return None
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v):
-        return None
-    return "expected an integer >= 1 or [height, width] of integers >= 1"
-
-
-def positive_int_list(v: Any) -> str | None:
-    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x >= 1 for x in v)
-    return None if ok else "expected a list of integers >= 1, or null"
-
-
-def low_high(v: Any) -> str | None:
-    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) for x in v) and 0 < v[0] <= v[1]
-    return None if ok else "expected [low, high] with 0 < low <= high, or null"
-
-
-# Network constructor arguments, by name (any of the zoo's networks).
-NET_RULES: dict[str, Callable[[Any], str | None]] = {
-    **{k: int_at_least(1) for k in ("dim", "depth", "num_heads", "encoder_depth", "decoder_depth", "img_size",
-                                    "num_frames", "max_len", "n_mels", "n_fft", "hop_length", "sample_rate")},
-    "in_chans": int_at_least(1, " (1 = grayscale, 3 = RGB)"),
-    "num_classes": int_at_least(2, " (classes to tell apart)"),
-    "vocab_size": int_at_least(6, " (the tokenizer's 4 special tokens and text)"),
-    "num_kv_heads": optional(int_at_least(1)),
-    "attn_window": optional(int_at_least(1, " (positions each token sees)")),
-    **{k: int_at_least(0) for k in ("attn_global", "freq_mask", "time_mask", "num_masks")},
-    **{k: number_in(0, 1) for k in ("drop", "attn_drop", "drop_path")},
-    **{k: positive_number for k in ("mlp_ratio", "clip_seconds", "norm_std", "pos_init_std")},
-    "norm_mean": lambda v: None if _is_number(v) else "expected a number",
-    "f_min": non_negative_number,
-    "f_max": optional(positive_number),
-    "qkv_bias": boolean,
-    "tie_embeddings": boolean,
-    "pool": one_of("cls", "mean"),
-    "frontend": one_of("logmel", "kaldi_fbank"),
-    "stem": one_of("patch", "conv", "tubelet"),
-    "positions": one_of("sinusoidal", "learned"),
-    "pos_time": one_of("crop", "resize"),
-    "pos_init": one_of("sincos", "normal"),
-    "attention": one_of("divided", "joint"),
-    "patch_size": size_or_pair,
-    "patch_stride": optional(size_or_pair),
-    "stem_channels": optional(positive_int_list),
-    "warp_range": optional(low_high),
-}
 
 # The LightningModule around the network (model.*), and the optimizer (model.optimizer.*).
 MODULE_RULES: dict[str, Callable[[Any], str | None]] = {
@@ -229,21 +179,18 @@ def _value(node: DictConfig, key: str) -> Any:
     return value
 
 
-def _check(node: DictConfig, prefix: str, rules: dict[str, Callable[[Any], str | None]],
-           every_key: bool = False) -> dict[str, Any]:
-    """Apply `rules` to the keys of `node` that have one; returns their values (every key's with every_key)."""
-    values: dict[str, Any] = {}
+def _check(node: DictConfig, prefix: str, rules: dict[str, Callable[[Any], str | None]]) -> None:
+    """Apply `rules` to the keys of `node` that have one."""
     for key in map(str, node):
         rule = rules.get(key)
-        if rule is None and not every_key:
+        if rule is None:
             continue
-        value = values[key] = _value(node, key)
-        if rule is None or value is UNKNOWN or (value is None and key in DATA_FILLED):
+        value = _value(node, key)
+        if value is UNKNOWN or (value is None and key in PLACEHOLDERS):
             continue
         problem = rule(value)
         if problem:
             raise UserError(f"{prefix}{key}={_show(value)}{_source(node, key)}: {problem}")
-    return values
 
 
 def _source(node: DictConfig, key: str) -> str:
@@ -257,11 +204,9 @@ def _source(node: DictConfig, key: str) -> str:
     return ""
 
 
-DATA_FILLED = ("num_classes", "vocab_size")  # null until the data module says (utils.build.DATA_FACTS)
-
-
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+# The data facts, null until the data module says (utils.build.DATA_FACTS), and stand-ins for them in the
+# meta build: a valid number of classes, and a vocabulary large enough for any special token id a config names.
+PLACEHOLDERS = {"num_classes": 2, "vocab_size": 1 << 20}
 
 
 # --- the checks ------------------------------------------------------------------------------------
@@ -275,9 +220,9 @@ def check_run_config(cfg: DictConfig) -> None:
 
 
 def check_model_config(cfg: DictConfig) -> None:
-    """model.*, model.optimizer.* and model.net.*: types, ranges, choices, divisibility, and that every
-    model.net key is a parameter of the network class. Values not known yet (num_classes before the data
-    module has counted the classes) are skipped here and checked when known."""
+    """model.*, model.optimizer.*, model.net.* (built once on the meta device, see check_network) and data.*,
+    with the model keys that must equal data keys. Values not known yet (num_classes before the data module
+    has counted the classes) get a placeholder here; the real build checks them when known."""
     model = cfg.get("model")
     if not isinstance(model, DictConfig):
         return
@@ -287,27 +232,57 @@ def check_model_config(cfg: DictConfig) -> None:
         _check(optimizer, "model.optimizer.", OPTIMIZER_RULES)
         if isinstance(optimizer.get("_target_"), str):
             _locate(optimizer._target_, "model.optimizer._target_")
-    net = model.get("net")
-    if isinstance(net, DictConfig):
-        check_net_config(net, "model.net.")
+    check_network(cfg)
     if isinstance(cfg.get("data"), DictConfig):
         _check(cfg.data, "data.", DATA_RULES)
         check_model_fits_data_sizes(cfg)
 
 
+def check_network(cfg: DictConfig) -> None:
+    """Build cfg.model.net once on the meta device (no memory, no weights, milliseconds): its constructor's
+    checks fire now, before any data is read, as `UserError("model.net.<key>=<value>: ...")`."""
+    model = cfg.get("model")
+    net = model.get("net") if isinstance(model, DictConfig) else None
+    if isinstance(net, DictConfig):
+        check_net_config(net, "model.net.")
+
+
 def check_net_config(net: DictConfig, prefix: str = "model.net.") -> None:
+    """Every key a parameter of the `_target_` class, then the class built on the meta device."""
     cls = _network_class(net, prefix)
-    values = {k: v for k, v in _check(net, prefix, NET_RULES, every_key=True).items() if k != "_target_"}
-    if cls is not None:
-        params = inspect.signature(cls.__init__).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        unknown = [k for k in values if k not in params]
-        if unknown and not takes_any:
-            names = [n for n in params if n != "self"]
-            raise UserError(f"{prefix}{unknown[0]} is not a parameter of {cls.__name__}; its parameters are: "
-                            f"{', '.join(names)}")
-    _check_relations({k: v for k, v in values.items() if v is not UNKNOWN and v is not None}, prefix,
-                     cls.__name__ if cls is not None else "the network")
+    if cls is None:
+        return
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in map(str, net) if k != "_target_" and k not in params]
+    if unknown and not takes_any:
+        names = [n for n in params if n != "self"]
+        raise UserError(f"{prefix}{unknown[0]} is not a parameter of {cls.__name__}; its parameters are: "
+                        f"{', '.join(names)}")
+    try:
+        kwargs = OmegaConf.to_container(net, resolve=True)
+    except (MissingMandatoryValue, InterpolationResolutionError):
+        return  # a key points at what is not known yet (model=vit data=bible): the build names it later
+    for fact, placeholder in PLACEHOLDERS.items():
+        if fact in kwargs and kwargs[fact] is None:
+            kwargs[fact] = placeholder
+    try:
+        with torch.device("meta"):
+            hydra.utils.instantiate(kwargs)
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise UserError(prefix + _with_source(str(err.__cause__), net, kwargs)) from None
+
+
+def _with_source(message: str, net: DictConfig, values: dict[str, Any]) -> str:
+    """'clip_seconds=0.01 (from data.clip_seconds): ...' when the message starts with a key of `net` that is
+    an interpolation, so it names the key the user set."""
+    key = message.split("=", 1)[0]
+    head = f"{key}={_show(values[key])}" if key in values else None
+    if head is None or not message.startswith(head):
+        return message
+    return head + _source(net, key) + message[len(head):]
 
 
 def _network_class(net: DictConfig, prefix: str) -> type | None:
@@ -322,51 +297,6 @@ def _locate(target: str, key: str) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
         raise UserError(f"{key}={target!r}: no such class or function ({type(err).__name__}: {err})") from None
-
-
-def _check_relations(v: dict[str, Any], prefix: str, name: str) -> None:
-    """Rules between keys: divisibility, patches that fit the input, frequency ranges."""
-    heads, kv = v.get("num_heads"), v.get("num_kv_heads")
-    if "dim" in v and heads and v["dim"] % heads:
-        raise UserError(f"{prefix}dim={v['dim']} is not divisible by {prefix}num_heads={heads}: each head gets "
-                        f"dim / num_heads channels (e.g. dim={heads * max(1, round(v['dim'] / heads))})")
-    if heads and kv and (kv > heads or heads % kv):
-        raise UserError(f"{prefix}num_kv_heads={kv} must divide {prefix}num_heads={heads} (grouped-query "
-                        f"attention shares each key/value head among num_heads / num_kv_heads query heads)")
-    if v.get("attn_global") and v.get("attn_window") is None:
-        raise UserError(f"{prefix}attn_global={v['attn_global']} needs {prefix}attn_window (without a window every "
-                        f"token already sees every token)")
-    patch, stem = v.get("patch_size"), v.get("stem")
-    if stem == "conv" and patch is not None:
-        if not _is_int(patch) or patch < 2 or patch & (patch - 1):
-            raise UserError(f"{prefix}patch_size={patch}: the conv stem ({prefix}stem=conv) needs one power of 2 "
-                            f">= 2 (2, 4, 8, 16, ...); or use {prefix}stem=patch")
-        channels = v.get("stem_channels")
-        if channels is not None and len(channels) != patch.bit_length() - 1:
-            raise UserError(f"{prefix}stem_channels={channels}: patch_size={patch} takes {patch.bit_length() - 1} "
-                            f"stride-2 convs, so {patch.bit_length() - 1} widths (or null)")
-    if "img_size" in v and patch is not None:
-        for p in ([patch] * 2 if _is_int(patch) else patch):
-            if p > v["img_size"]:
-                raise UserError(f"{prefix}patch_size={patch} is larger than the image ({prefix}img_size="
-                                f"{v['img_size']}): the model would see no patch")
-    stride = v.get("patch_stride")
-    if stride is not None and patch is not None:
-        sizes, strides = ([patch] * 2 if _is_int(patch) else patch), ([stride] * 2 if _is_int(stride) else stride)
-        if any(s > p for s, p in zip(strides, sizes)):
-            raise UserError(f"{prefix}patch_stride={stride} is larger than {prefix}patch_size={patch}: pixels between "
-                            f"patches would be skipped")
-    if "n_mels" in v and patch is not None and not _is_int(patch) and patch[0] > v["n_mels"]:
-        raise UserError(f"{prefix}patch_size={patch}: {patch[0]} mel bins per patch, but {prefix}n_mels={v['n_mels']}")
-    rate = v.get("sample_rate")
-    if rate and "f_min" in v:
-        top = v.get("f_max") or rate / 2
-        if not v["f_min"] < top <= rate / 2:
-            raise UserError(f"{prefix}f_min={v['f_min']}, f_max={v.get('f_max')}: expected f_min < f_max <= "
-                            f"sample_rate / 2 = {rate / 2:g} Hz")
-    if "n_fft" in v and "n_mels" in v and v["n_mels"] > v["n_fft"] // 2 + 1:
-        raise UserError(f"{prefix}n_mels={v['n_mels']} is more mel bands than the {v['n_fft'] // 2 + 1} frequency "
-                        f"bins of {prefix}n_fft={v['n_fft']}: some bands would be empty")
 
 
 # --- checkpoints against models ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.pretrained.source import Source, resolve
+from models.tokenizer import load_tokenizer
 from utils.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -31,6 +32,8 @@ class Converted:
     net: dict[str, Any]
     state: dict[str, Tensor]
     preprocess: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None  # a text family's tokenizer, serialised as checkpoints carry it
+    module: dict[str, Any] = field(default_factory=dict)  # LightningModule arguments (Marian's decoding rules)
 
     @property
     def modality(self) -> str:
@@ -45,6 +48,10 @@ class Converted:
         net = getattr(importlib.import_module(module), name)(**kwargs)
         net.load_state_dict(self.state, strict=True)
         return net.eval()
+
+    def load_tokenizer(self) -> Any:
+        """The tokenizer of a text family (None for the others)."""
+        return None if self.tokenizer is None else load_tokenizer(self.tokenizer, zoo_specials=False)
 
 
 def read_json(path: Path | None) -> dict[str, Any]:
@@ -126,14 +133,15 @@ def hf_labels(config: dict[str, Any]) -> list[str]:
 
 
 def family(src: Source) -> str:
-    """Which converter reads this source: "timm_vit" | "ast" | "videomae" | "timesformer"."""
+    """Which converter reads this source: "timm_vit" | "ast" | "videomae" | "timesformer" | "marian" | "bert"."""
     if src.kind == "timm" or src.path.is_file():
         return "timm_vit"
     config = read_json(src.file("config.json"))
     if "architecture" in config:
         return "timm_vit"
     model_type = config.get("model_type")
-    families = {"audio-spectrogram-transformer": "ast", "videomae": "videomae", "timesformer": "timesformer"}
+    families = {"audio-spectrogram-transformer": "ast", "videomae": "videomae", "timesformer": "timesformer",
+                "marian": "marian", "bert": "bert"}
     if model_type in families:
         return families[model_type]
     raise UserError(f"pretrained={src.spec!r}: cannot convert a {model_type or 'folder without a config.json'} "

@@ -13,16 +13,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from models.pretrained import HF_ACTIVATIONS, Converted, read_weights
 from models.pretrained.source import Source, resolve
 from models.text_encoder import TextEncoder
 from utils.errors import FileFormatError, MissingFileError
 
-ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
-
-
-def is_bert(source: Source) -> bool:
-    cfg = source.file("config.json")
-    return cfg is not None and json.loads(cfg.read_text()).get("model_type") == "bert"
+ACTS = HF_ACTIVATIONS
 
 
 def encoder_kwargs(config: dict) -> dict:
@@ -60,11 +56,9 @@ def map_weights(ref: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Ten
     return out
 
 
-def load_bert(spec: str | Source) -> tuple[TextEncoder, Tokenizer]:
-    """A pretrained BERT source -> (TextEncoder in eval mode with its weights, its tokenizer)."""
-    from safetensors.torch import load_file
-
-    source = resolve(spec) if isinstance(spec, str) else spec
+def convert(source: Source) -> Converted:
+    """A BERT source (config.json + model.safetensors + tokenizer.json) -> Converted: the TextEncoder's config
+    and weights, and the folder's tokenizer (padding off: batches pad to their longest sentence)."""
     files = {n: source.file(n) for n in ("config.json", "model.safetensors", "tokenizer.json")}
     missing = [n for n, p in files.items() if p is None]
     if missing:
@@ -72,11 +66,17 @@ def load_bert(spec: str | Source) -> tuple[TextEncoder, Tokenizer]:
                                "(a BERT folder needs config.json, model.safetensors and tokenizer.json)")
     config = json.loads(Path(files["config.json"]).read_text())
     kwargs = encoder_kwargs(config)
-    net = TextEncoder(**kwargs)
-    net.load_state_dict(map_weights(load_file(str(files["model.safetensors"])), kwargs["depth"]))
+    state = map_weights(read_weights(source), kwargs["depth"])
     tokenizer = Tokenizer.from_file(str(files["tokenizer.json"]))
-    tokenizer.no_padding()  # the file pads every sentence to 128; batches pad to their longest instead
-    return net.eval(), tokenizer
+    tokenizer.no_padding()  # the file pads every sentence to 128
+    return Converted({"_target_": "models.text_encoder.TextEncoder", **kwargs}, state, {"modality": "text"},
+                     tokenizer=tokenizer.to_str())
+
+
+def load_bert(spec: str | Source) -> tuple[TextEncoder, Tokenizer]:
+    """A pretrained BERT source -> (TextEncoder in eval mode with its weights, its tokenizer)."""
+    conv = convert(resolve(spec) if isinstance(spec, str) else spec)
+    return conv.build(), conv.load_tokenizer()
 
 
 def tokenize(tokenizer: Tokenizer, sentences: list[str], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

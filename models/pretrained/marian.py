@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from models.pretrained import HF_ACTIVATIONS, Converted, read_weights
 from models.pretrained.source import Source, resolve
 from models.spm_tokenizer import MarianTokenizer
 from models.translator import Translator
 from utils.errors import FileFormatError, MissingFileError
 
-ACTS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}
+ACTS = HF_ACTIVATIONS
 
 
 def translator_kwargs(config: dict) -> dict:
@@ -78,23 +79,9 @@ def map_weights(ref: dict[str, torch.Tensor], encoder_depth: int, decoder_depth:
     return out
 
 
-def _weights(source: Source) -> dict[str, torch.Tensor]:
-    path = source.file("model.safetensors")
-    if path is not None:
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    path = source.file("pytorch_model.bin")
-    if path is None:
-        raise MissingFileError(f"pretrained={source.spec!r}: {source.path} has no model.safetensors or "
-                               "pytorch_model.bin")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_marian(spec: str | Source) -> tuple[Translator, MarianTokenizer, dict[str, Any], dict[str, Any]]:
-    """A Marian source -> (Translator in eval mode with its weights, tokenizer, Translator kwargs, decoding
-    settings from generation_config.json)."""
-    source = resolve(spec) if isinstance(spec, str) else spec
+def convert(source: Source) -> Converted:
+    """A Marian source -> Converted: the Translator's config and weights, its tokenizer, and the decoding
+    settings of generation_config.json as Seq2SeqModule arguments."""
     config_file = source.file("config.json")
     if config_file is None:
         raise MissingFileError(f"pretrained={source.spec!r}: {source.path} has no config.json")
@@ -102,10 +89,18 @@ def load_marian(spec: str | Source) -> tuple[Translator, MarianTokenizer, dict[s
     if config.get("model_type") != "marian":
         raise FileFormatError(f"pretrained={source.spec!r} is a {config.get('model_type')!r} model, not Marian")
     kwargs = translator_kwargs(config)
-    net = Translator(**kwargs)
-    state = map_weights(_weights(source), kwargs["encoder_depth"], kwargs["decoder_depth"])
-    net.load_state_dict(state, strict=True)
-    return net.eval(), MarianTokenizer.from_folder(source.path), kwargs, generation_settings(source, config)
+    state = map_weights(read_weights(source), kwargs["encoder_depth"], kwargs["decoder_depth"])
+    return Converted({"_target_": "models.translator.Translator", **kwargs}, state, {"modality": "text"},
+                     tokenizer=MarianTokenizer.from_folder(source.path).to_str(),
+                     module=generation_settings(source, config))
+
+
+def load_marian(spec: str | Source) -> tuple[Translator, MarianTokenizer, dict[str, Any], dict[str, Any]]:
+    """A Marian source -> (Translator in eval mode with its weights, tokenizer, Translator kwargs, decoding
+    settings from generation_config.json)."""
+    conv = convert(resolve(spec) if isinstance(spec, str) else spec)
+    kwargs = {k: v for k, v in conv.net.items() if k != "_target_"}
+    return conv.build(), conv.load_tokenizer(), kwargs, conv.module
 
 
 def generation_settings(source: Source, config: dict) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""What every zoo network tells the rest of the house (export, predict, the explorer), so that none of them
+keeps a table of the networks: its name, the kind of input it takes, which attention layers to show, and how
+it exports to ONNX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Tensor, nn
+from torch.export import Dim
+
+
+@dataclass
+class OnnxSpec:
+    """How one network is exported: the module traced, named example inputs, and which axes are dynamic."""
+
+    module: nn.Module
+    input_names: list[str]
+    example: tuple[Tensor, ...]
+    dynamic_shapes: tuple[dict[int, Dim], ...]
+    dynamic: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # input name -> its dynamic axes, for humans
+
+
+class Network(nn.Module):
+    """What every zoo network tells the rest of the house (export, predict, explorer).
+
+    name: the config group (configs/model/<name>.yaml) and the exported file's name.
+    modality: the kind of input, as the data configs say it: image | audio | video | text | tokens.
+    attention_layers: globs of the MultiHeadAttention modules the explorer and the maps show.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    attention_layers: ClassVar[tuple[str, ...]] = ("encoder.blocks.*.attn",)
+
+    def onnx_spec(self) -> OnnxSpec:
+        """Example inputs at the training shape, batch 2 (torch.export specialises axes of size 0 and 1),
+        and the axes that stay dynamic."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how it exports to ONNX")
+
+
+__all__ = ["Network", "OnnxSpec"]
