@@ -3,12 +3,11 @@
     python app.py outputs/train/runs/<vit run> outputs/train/runs/<translator run>   # http://127.0.0.1:7860
 
 One tab per run (checkpoint file or run directory, as predict.py takes): upload an image, a wav or a
-video, or type a sentence, and get the prediction (the same as predict.py's), the interactive explorer
-(viz/explorer, in an iframe: the page runs its own scripts, offline) and the static pictures
-(predict.py --attention-dir). Bad input (wrong file type, empty sentence, a file too large, a corrupt
-file) is answered with a message and the app keeps serving. Listens on 127.0.0.1 unless --host says
-otherwise; Gradio's analytics are off.
-"""
+video, or type a sentence, and get the prediction (the same as predict.py's), the interactive
+explorer (viz/explorer, in an iframe: the page runs its own scripts, offline) and the static
+pictures (predict.py --attention-dir). Bad input (wrong file type, empty sentence, a file too large,
+a corrupt file) is answered with a message and the app keeps serving. Listens on 127.0.0.1 unless
+--host says otherwise; Gradio's analytics are off."""
 
 from __future__ import annotations
 
@@ -39,7 +38,8 @@ class Demo:
         self.max_bytes = int(max_mb * 1e6)
 
     def answer(self, given: str | None) -> tuple[str, str, str, list[str]]:
-        """One request: the input read, the model run once, the page and the pictures drawn from that run."""
+        """One request: the input read, the model run once, the page and the pictures drawn from
+        that run."""
         try:
             x, name = self._read(given)
             p = self.predictor.predict(x, maps=True)
@@ -62,10 +62,14 @@ class Demo:
             raise ValueError(f"no file: upload {kind.one}")
         file = Path(given)
         if file.suffix.lower() not in kind.extensions:
-            raise ValueError(f"{file.name}: a {modality} model takes {', '.join(sorted(kind.extensions))} files")
+            raise ValueError(
+                f"{file.name}: a {modality} model takes {', '.join(sorted(kind.extensions))} files"
+            )
         if file.stat().st_size > self.max_bytes:
-            raise ValueError(f"{file.name} is {file.stat().st_size / 1e6:.1f} MB; the limit is "
-                             f"{self.max_bytes / 1e6:.0f} MB (--max-file-mb)")
+            raise ValueError(
+                f"{file.name} is {file.stat().st_size / 1e6:.1f} MB; the limit is "
+                f"{self.max_bytes / 1e6:.0f} MB (--max-file-mb)"
+            )
         try:
             return read(self.predictor, str(file)), file.name
         except Exception as err:
@@ -87,8 +91,10 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
 
     names: dict[str, int] = {}
     with gr.Blocks(title="Attention zoo") as demo:
-        gr.Markdown("# Attention zoo\nA prediction, the interactive attention explorer and the static pictures, "
-                    "for each loaded run.")
+        gr.Markdown(
+            "# Attention zoo\nA prediction, the interactive attention explorer and the static pictures, "
+            "for each loaded run."
+        )
         for run in predictors:
             names[run.kind] = names.get(run.kind, 0) + 1
             name = run.kind if names[run.kind] == 1 else f"{run.kind}{names[run.kind]}"
@@ -100,19 +106,30 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
                     source = gr.File(label=f"{kind.one} (at most {max_mb:g} MB)", type="filepath")
                 button = gr.Button("Run", variant="primary")
                 message = gr.Markdown(elem_classes=["message"])
-                prediction = gr.Textbox(label={"generate": "translation", "embed": "embedding"}.get(
-                    run.task, "top-5 classes"))
+                prediction = gr.Textbox(
+                    label={"generate": "translation", "embed": "embedding"}.get(
+                        run.task, "top-5 classes"
+                    )
+                )
                 explorer = gr.HTML(label="attention explorer")
                 pictures = gr.Gallery(label="static pictures", type="filepath")
-                button.click(Demo(run, workdir, max_mb).answer, inputs=source,
-                             outputs=[message, prediction, explorer, pictures], api_name=name)
+                button.click(
+                    Demo(run, workdir, max_mb).answer,
+                    inputs=source,
+                    outputs=[message, prediction, explorer, pictures],
+                    api_name=name,
+                )
     return demo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", help="checkpoint files or run directories, one tab each")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-file-mb", type=float, default=20.0, help="largest upload answered")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -123,14 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         predictors = [load(run) for run in args.runs]
         for predictor in predictors:
             if predictor.modality not in INPUT_KINDS:
-                raise UserError(f"{predictor.source}: no input reader for {predictor.modality!r} input "
-                                f"(the app takes {', '.join(INPUT_KINDS)} models)")
+                raise UserError(
+                    f"{predictor.source}: no input reader for {predictor.modality!r} input "
+                    f"(the app takes {', '.join(INPUT_KINDS)} models)"
+                )
     except UserError as err:  # the CLIs' one user-error path; a bug keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="zoo-app-"))
-    build_app(predictors, workdir, args.max_file_mb).launch(server_name=args.host, server_port=args.port,
-                                                        allowed_paths=[str(workdir)])
+    build_app(predictors, workdir, args.max_file_mb).launch(
+        server_name=args.host, server_port=args.port, allowed_paths=[str(workdir)]
+    )
     return 0
 
 

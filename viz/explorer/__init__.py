@@ -1,10 +1,31 @@
-"""The interactive attention explorer: a Prediction as one self-contained, offline HTML page (page.py, template.html).
+"""The interactive attention explorer: a Prediction as one self-contained, offline HTML page.
 
     Path("out.html").write_text(page(predictor.predict(x, maps=True), "digit.png"))
-"""
 
-from viz.explorer.page import (MAX_TOKENS, classifier_payload, iframe, pack, page, payload, png_data_url, render,
-                               text_payload, unpack)
+The page is built in page.py from template.html (its script and styles)."""
 
-__all__ = ["MAX_TOKENS", "classifier_payload", "iframe", "pack", "page", "payload", "png_data_url", "render", "text_payload",
-           "unpack"]
+from viz.explorer.page import (
+    MAX_TOKENS,
+    classifier_payload,
+    iframe,
+    pack,
+    page,
+    payload,
+    png_data_url,
+    render,
+    text_payload,
+    unpack,
+)
+
+__all__ = [
+    "MAX_TOKENS",
+    "classifier_payload",
+    "iframe",
+    "pack",
+    "page",
+    "payload",
+    "png_data_url",
+    "render",
+    "text_payload",
+    "unpack",
+]
