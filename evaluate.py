@@ -12,15 +12,21 @@ into the run being evaluated (utils/rundir.py).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from inference.inputs import slug
+from inference.load import from_run
+from inference.predictor import Predictor, test_examples
 from utils.build import build_trainer, output_dir, write_metrics
 from utils.checkpoint import average_checkpoints, resolve_checkpoint
 from utils.errors import run_hydra, user_errors
 from utils.restore import restore
 from utils.validate import check_run_config
+from viz.explorer import page
+from viz.pictures import draw
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +53,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     clean = write_metrics(run_dir / "metrics.json", metrics)
     print(f"Checkpoint: {ckpt_file}\nMetrics: {clean}\nWritten to {run_dir / 'metrics.json'}")
     if cfg.get("save_attention"):
-        from viz.explain import save_test_pictures, wrap
-
-        lines = save_test_pictures(wrap(module, datamodule, train_cfg, ckpt_file), int(cfg.save_attention),
-                                   run_dir / "attention")
+        lines = save_test_pictures(from_run(run), int(cfg.save_attention), run_dir / "attention")
         print("Attention pictures of the first test examples:\n" + "\n".join(lines))
     return clean
+
+
+def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]:
+    """Attention pictures (PNG) and the explorer page (test<i>.html) of the first n test examples in out_dir,
+    each drawn from one prediction; returns one printable line each."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (x, label) in enumerate(test_examples(predictor, n)):
+        p = predictor.predict(x, maps=True)
+        if p.text is not None:
+            paths = draw(p, out_dir, f"test{i:03d}_{slug(x)}")
+            lines.append(f"{x} -> {p.text} (reference: {label})")
+            title = f"{x} -> {p.text}"
+        else:
+            paths = draw(p, out_dir, f"test{i:03d}", label=label)
+            lines.append(f"test example {i} (label {label}): " + ", ".join(f"{c} {q:.1%}" for c, q in p.top[:3]))
+            title = f"test example {i} (label {label})"
+        paths.append(out_dir / f"test{i:03d}.html")
+        paths[-1].write_text(page(p, title), encoding="utf-8")
+        lines += [f"  {path}" for path in paths]
+    return lines
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

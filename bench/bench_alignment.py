@@ -23,7 +23,8 @@ from babel.dates import get_day_names, get_month_names
 
 from models.attention import attention_maps
 from models.tokenizer import BOS_ID, EOS_ID
-from viz.explain import explain_translation, load_trained
+from inference.load import load_trained
+from viz.pictures import draw_translation
 
 
 def name_forms(locale: str) -> dict[str, list[set[str]]]:
@@ -116,7 +117,7 @@ def main() -> None:
     dm.setup("test")
     pairs = list(zip(dm.sources(args.split), dm.references(args.split)))
     result = measure(loaded, pairs, str(loaded.cfg.data.target_lang))
-    result.update(run=str(loaded.ckpt_file), split=args.split, phrases=len(pairs))
+    result.update(run=str(loaded.source), split=args.split, phrases=len(pairs))
     for name, rate in result["hit_rate_percent"].items():
         print(f"{name:22s} " + "  ".join(f"{k} {v:5.1f} %" for k, v in rate.items()))
     print(f"cases: {result['cases']}, phrases skipped: {result['skipped_phrases']} of {len(pairs)}")
@@ -125,7 +126,8 @@ def main() -> None:
     if args.picture:
         best = max(range(len(loaded.module.net.decoder)),
                    key=lambda i: result["hit_rate_percent"][f"decoder.{i}.cross_attn"]["all"])
-        text, paths = explain_translation(loaded, args.sentence, args.picture.parent, "tmp_alignment", cross_layer=best)
+        p = loaded.predict(args.sentence, maps=True)
+        text, paths = p.text, draw_translation(p, args.picture.parent, "tmp_alignment", cross_layer=best)
         paths[0].replace(args.picture)
         paths[1].unlink()
         print(f"{args.sentence} -> {text}; picture (decoder layer {best}): {args.picture}")

@@ -38,9 +38,9 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
 
 def build(args: argparse.Namespace) -> Translator:
     if args.ckpt:
-        from viz.explain import load_trained
+        from inference.load import load_trained
 
-        return load_trained(args.ckpt).module.net.eval()
+        return load_trained(args.ckpt).net.eval()
     torch.manual_seed(0)
     return Translator(args.vocab, dim=args.dim, encoder_depth=args.depth, decoder_depth=args.depth,
                       num_heads=args.heads, mlp_ratio=2.0, max_len=256).eval()

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from models.pretrained.bert import load_bert, tokenize
-from viz.text_attention import encoder_maps, word_position
+from inference.predictor import encoder_maps
+from viz.pictures import word_position
 
 DATA = Path(__file__).with_name("winograd_it.tsv")
 RESULTS = Path(__file__).with_name("results_winograd_it.json")

@@ -65,7 +65,7 @@ def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_pat
     from gradio_client import Client, handle_file
 
     from app import build_app
-    from viz.explain import load_trained
+    from inference.load import load as load_trained
 
     loaded = [load_trained(runs[k][0]) for k in ("translator", "image", "audio", "video")]
     demo = build_app(loaded, tmp_path, max_mb=1.0)

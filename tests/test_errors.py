@@ -28,7 +28,9 @@ from utils.checkpoint import CONFIG_KEY, load_checkpoint, run_config
 from utils.errors import FileFormatError, UserError, path_argument_as, run_hydra, user_errors
 from utils.rundir import check_run_dir
 from utils.validate import check_model_config
-from viz.explain import load_trained, read_input, source_ids
+from inference.inputs import read as read_input
+from inference.load import load as load_trained
+from inference.predictor import source_ids
 from viz.samples import write_mp4, write_png, write_wav
 
 

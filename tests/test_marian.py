@@ -111,12 +111,11 @@ def test_tokenizer_encodes_and_decodes_like_marian_tokenizer(marian) -> None:
 
 
 def test_predict_settings_follow_generation_config(marian_decoding) -> None:
-    from models.pretrained.marian import loaded_translator
-    from viz.explain import translate
+    from inference.load import load
 
     folder, net, _, settings, ref, ref_tok, _ = marian_decoding
-    loaded = loaded_translator(str(folder))
-    _, out, text = translate(loaded, TEXT[0])
+    p = load(str(folder)).predict(TEXT[0])
+    out, text = p.ids, p.text
     expected = ref.generate(**ref_tok([TEXT[0]], return_tensors="pt"))[0, 1:].tolist()
     assert out == [t for t in expected if t != net.pad_id]
     assert text == ref_tok.decode(expected, skip_special_tokens=True)

