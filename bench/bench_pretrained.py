@@ -1,7 +1,7 @@
 """Inference with the same weights: the zoo's converted models vs their reference implementations, CPU, float32.
 
 Pairs (reference sizes, random weights, nothing downloaded; each reference is saved as the hub stores it and
-loaded through models.pretrained, as `model.pretrained=<folder>` does):
+loaded through models.pretrained, as `pretrained=<folder>` does):
 
 * ``vit``          -- timm ``vit_small_patch16_224`` (ViT-S/16, 224 px, 197 tokens) vs the zoo's VisionTransformer
 * ``ast``          -- transformers ASTForAudioClassification at the Speech Commands v2 checkpoint's config

@@ -183,6 +183,8 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
     `class_names` are known before setup (audio_folder scans its class sub-folders).
     """
 
+    modality = "audio"  # the kind of input it yields: a network of the same modality trains on it
+
     FOLDER_DATASET = "audio_folder"  # where class_names come from a folder (data.folders.ClassFolders)
     FOLDER_LAYOUT = AUDIO_FOLDER_LAYOUT
 

@@ -371,6 +371,8 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
     (for image_folder this scans the class sub-folders, no image is decoded).
     """
 
+    modality = "image"  # the kind of input it yields: a network of the same modality trains on it
+
     FOLDER_DATASET = "image_folder"  # where class_names come from a folder (data.folders.ClassFolders)
     FOLDER_LAYOUT = IMAGE_FOLDER_LAYOUT
 

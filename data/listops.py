@@ -157,6 +157,8 @@ def pad_batch(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
 class ListOpsDataModule(L.LightningDataModule):
     """ListOps as (ids, label) batches; every constructor argument is a key of configs/data/listops.yaml."""
 
+    modality = "tokens"  # the kind of input it yields: a network of the same modality trains on it
+
     def __init__(self, root: str = "data", train_size: int = 96_000, val_size: int = 2_000, test_size: int = 2_000,
                  min_length: int = 500, max_length: int = 2_000, max_depth: int = 10, max_args: int = 10,
                  batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0,

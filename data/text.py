@@ -175,6 +175,8 @@ class TranslationDataModule(L.LightningDataModule):
     sized from it); `max_len` the token limit per side (longer sentences are truncated).
     """
 
+    modality = "text"  # the kind of input it yields: a network of the same modality trains on it
+
     def __init__(
         self,
         dataset: str = "phrases",

@@ -150,6 +150,8 @@ class VideoDataModule(ClassFolders, L.LightningDataModule):
     short epochs (validation, checkpoints, the LR schedule) fit the trainer's fixed epoch count.
     """
 
+    modality = "video"  # the kind of input it yields: a network of the same modality trains on it
+
     FOLDER_DATASET = "video_folder"  # where class_names come from a folder (data.folders.ClassFolders)
     FOLDER_LAYOUT = VIDEO_FOLDER_LAYOUT
 

@@ -79,8 +79,7 @@ def load_source(spec: str) -> Predictor:
     net = conv.build()
     tokenizer = conv.load_tokenizer()
     pre = dict(conv.preprocess)
-    model = {"pretrained": spec, "modality": conv.modality, "net": conv.net, "preprocess": pre}
-    cfg = OmegaConf.create({"model": {**model, **conv.module}})
+    cfg = OmegaConf.create({"pretrained": spec, "preprocess": pre, "model": {"net": conv.net, **conv.module}})
     module = _module(net, conv.module, tokenizer, int(conv.net.get("num_classes", 2)))
     predictor = Predictor(net, module, spec, cfg, preprocess=pre, tokenizer=tokenizer)
     if predictor.task == "classify":

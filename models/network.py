@@ -4,6 +4,7 @@ it exports to ONNX."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -41,4 +42,19 @@ class Network(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not say how it exports to ONNX")
 
 
-__all__ = ["Network", "OnnxSpec"]
+def network_class(target: str) -> type[Network]:
+    """The zoo network class `target` names ("models.vit.VisionTransformer"), or a ValueError."""
+    module, _, name = target.rpartition(".")
+    cls = None
+    if module.startswith("models.") and name.isidentifier():
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Network) and cls is not Network):
+        raise ValueError(f"unknown network _target_ {target!r}; expected a zoo network class "
+                         f"(a models.Network subclass, e.g. models.vit.VisionTransformer)")
+    return cls
+
+
+__all__ = ["Network", "OnnxSpec", "network_class"]

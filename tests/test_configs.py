@@ -65,7 +65,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 def test_each_experiment_composes(experiment: str, tmp_path) -> None:
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
     if experiment.startswith("finetune_"):
-        pytest.skip("finetune_* need model.pretrained=<source>: built in tests/test_pretrained_*.py")
+        pytest.skip("finetune_* need pretrained=<source>: built in tests/test_pretrained_*.py")
     if cfg.data.get("vocab_size", 0) is None:  # normally read from the trained tokenizer
         cfg.data.vocab_size = 100
     assert build_module(cfg) is not None

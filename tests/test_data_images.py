@@ -241,11 +241,10 @@ def test_configs_match_constructor() -> None:
     for name in ("mnist", "fashion_mnist", "cifar10", "image_folder"):
         cfg = yaml.safe_load((REPO / "configs" / "data" / f"{name}.yaml").read_text())
         assert cfg.pop("_target_") == "data.images.ImageDataModule"
-        assert cfg.pop("modality") == "image"  # a tag checked against the model's, not a constructor argument
         cfg.pop("defaults", None)  # Hydra's list (fashion_mnist pulls experiment/vit_fashion)
         assert set(cfg) == params, name
         assert cfg["dataset"] == name
     mnist = yaml.safe_load((REPO / "configs" / "data" / "mnist.yaml").read_text())
     assert (mnist["image_size"], mnist["in_chans"], mnist["num_classes"]) == (28, 1, 10)
     # the YAML values themselves construct a valid module (root is unused by mnist)
-    ImageDataModule(**{k: v for k, v in mnist.items() if k not in ("_target_", "root", "modality")})
+    ImageDataModule(**{k: v for k, v in mnist.items() if k not in ("_target_", "root")})

@@ -133,14 +133,14 @@ def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding,
     pairs.write_text("".join(f"{e} ({i})\t{d} ({i})\n" for i in range(30) for e, d in zip(en, de)))
     run = tmp_path / "run"
     common = [f"paths.data_dir={tmp_path / 'ds'}", "threads=1"]
-    run_cli("train.py", "model=translator", f"model.pretrained={folder}", "data=tsv", f"data.path={pairs}",
+    run_cli("train.py", "model=translator", f"pretrained={folder}", "data=tsv", f"data.path={pairs}",
             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=16", "model.max_new_tokens=8",
             f"hydra.run.dir={run}", *common)
     trained = json.loads((run / "metrics.json").read_text())
     # the checkpoint carries the architecture, the decoding rules and Marian's tokenizer: no source needed
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    model = ckpt["zoo_config"]["model"]
-    assert model["preprocess"]["modality"] == "text" and model["length_norm"] == "hf"
+    run_cfg = ckpt["zoo_config"]
+    assert run_cfg["preprocess"]["modality"] == "text" and run_cfg["model"]["length_norm"] == "hf"
     assert ckpt["TranslationDataModule"]["tokenizer"].startswith('{"marian"')
     run_cli("evaluate.py", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'ev'}", *common)
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())

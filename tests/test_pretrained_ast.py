@@ -82,7 +82,7 @@ def test_finetune_replaces_the_head_and_trains(converted, tmp_path: Path) -> Non
     model, _, _, folder = converted
     data = audio_folder(tmp_path / "data", classes=3, per_class=5)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_audio", f"model.pretrained={folder}", f"data.root={data}",
+    proc = cli("train.py", "experiment=finetune_audio", f"pretrained={folder}", f"data.root={data}",
                "data.batch_size=4", "trainer.max_epochs=1", "threads=1", "logger=csv", "model.net.freq_mask=4",
                "model.net.time_mask=4", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -116,7 +116,7 @@ def test_finetune_replaces_the_head_resizes_tables_and_trains(converted, tmp_pat
         for i in range(5):
             write_video(tmp_path / "data" / f"class{c}" / f"{i}.mp4", 5, size=40, seed=10 * c + i)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_video", f"model.pretrained={folder}", f"data.root={tmp_path / 'data'}",
+    proc = cli("train.py", "experiment=finetune_video", f"pretrained={folder}", f"data.root={tmp_path / 'data'}",
                "data.image_size=40", "data.batch_size=4", "trainer.max_epochs=1", "threads=1", "logger=csv",
                f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]

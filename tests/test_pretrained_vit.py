@@ -105,7 +105,7 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     ref = reference("cls", tmp_path / "src")
     folder = image_folder(tmp_path / "data", classes=3, per_class=8)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_vit", f"model.pretrained={tmp_path / 'src'}", f"data.root={folder}",
+    proc = cli("train.py", "experiment=finetune_vit", f"pretrained={tmp_path / 'src'}", f"data.root={folder}",
                "data.image_size=48", "data.batch_size=8", "trainer.max_epochs=1", "threads=1", "logger=csv",
                f"hydra.run.dir={run}", "data.num_workers=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,7 +114,7 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     assert state["net.head.weight"].shape == (3, 32)  # the folder's classes, not the source's 5
     assert state["net.pos_embed.weight"].shape == (1, 36, 32)  # 6 x 6 patches at 48 px, from the source's 4 x 4
     assert not torch.equal(state["net.encoder.blocks.0.attn.qkv.weight"], ref.blocks[0].attn.qkv.weight)  # trained
-    assert ckpt["zoo_config"]["model"]["preprocess"]["mean"] == list(ref.pretrained_cfg["mean"])
+    assert ckpt["zoo_config"]["preprocess"]["mean"] == list(ref.pretrained_cfg["mean"])
     assert ckpt["zoo_config"]["data"]["mean"] == list(ref.pretrained_cfg["mean"])  # the folder normalised as the source
     image = next(folder.rglob("*.png"))
     proc = cli("predict.py", str(run), str(image), "--threads", "1")
@@ -136,5 +136,5 @@ def test_finetune_experiment_without_a_source_says_what_is_missing(compose_train
     from utils.errors import UserError
 
     cfg = compose_train("experiment=finetune_vit", "data.root=/tmp")
-    with pytest.raises(UserError, match=r"data.image_size is null.*model.pretrained=timm:"):
+    with pytest.raises(UserError, match=r"data.image_size is null.*pretrained=timm:"):
         setup_runtime(cfg)

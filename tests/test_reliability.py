@@ -274,10 +274,13 @@ def test_model_and_data_of_different_modalities_are_refused_before_training(mode
         build_datamodule(cfg)  # the first thing train() and evaluate() build
 
 
-def test_every_data_config_declares_the_modality_of_its_model(tmp_path) -> None:
+def test_every_data_config_builds_data_of_its_models_modality(tmp_path) -> None:
+    from utils.build import modality_of
+
     for data in DATASETS:
         cfg = compose_config("train", [f"model={MODEL_FOR_DATA[data]}", f"data={data}"], tmp_path)
-        assert cfg.data.modality == cfg.model.modality, data
+        assert modality_of(cfg.data) == modality_of(cfg.model) is not None, data
+        assert "modality" not in cfg.data and "modality" not in cfg.model  # class attributes, not config keys
 
 
 @pytest.mark.parametrize("typo, key", [("model.net.dimm=3", "dimm"), ("trainer.max_epoch=3", "max_epoch"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -79,8 +78,8 @@ def build_datamodule(cfg: DictConfig, state: dict[str, Any] | None = None) -> L.
     restored before those facts are read so that evaluation sees exactly what training saw.
     """
     check_model_fits_data(cfg)
-    apply_pretrained(cfg)  # model.pretrained: the source's architecture and input preparation (utils/pretrained.py)
-    dm = _instantiate(_without_modality(cfg.data), "data")
+    apply_pretrained(cfg)  # pretrained=: the source's architecture and input preparation (utils/pretrained.py)
+    dm = _instantiate(cfg.data, "data")
     if state is not None:
         dm.load_state_dict(state)
     elif pretrained_tokenizer(cfg) is not None:  # a pretrained text model: its own tokenizer, not a new BPE
@@ -99,8 +98,8 @@ def datamodule_state(ckpt: dict[str, Any], cfg: DictConfig) -> dict[str, Any] | 
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    module = _instantiate(_without_modality(cfg.model), "model")
-    load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted this model.pretrained
+    module = _instantiate(cfg.model, "model")
+    load_pretrained(module.net, cfg)  # a no-op unless apply_pretrained just converted `pretrained`
     return module
 
 
@@ -123,34 +122,27 @@ def _instantiate(node: DictConfig, name: str, **kwargs: Any) -> Any:
         raise
 
 
+def modality_of(node: DictConfig) -> str | None:
+    """The modality the class of a model / data config declares (a network's or a data module's `modality`
+    attribute), or None when it names none (a class from outside the zoo)."""
+    target = node.get("net", node).get("_target_") if isinstance(node, DictConfig) else None
+    try:
+        return getattr(hydra.utils.get_class(str(target)), "modality", None) if target else None
+    except Exception:  # an unknown _target_ is reported where it is instantiated, with its config group
+        return None
+
+
 def check_model_fits_data(cfg: DictConfig) -> None:
     """Refuse a model / data pairing of different modalities (`model=vit data=bible`) before anything is
     built: otherwise it fails later, deep inside the data module or as a missing `${data....}` key."""
-    model, data = cfg.model.get("modality"), cfg.data.get("modality")
-    if model is None or data is None or model == data:  # configs from before the key existed are not checked
+    model, data = modality_of(cfg.model), modality_of(cfg.data)
+    if model is None or data is None or model == data:
         return
-    fitting = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml") if OmegaConf.load(p).get("modality") == model)
-    net = cfg.model.get("net", cfg.model)._target_
+    fitting = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml") if modality_of(OmegaConf.load(p)) == model)
     raise UserError(
-        f"data={cfg.data.get('dataset', '?')} holds {data} data, but the model ({net}) takes {model} data; "
-        f"data configs that fit it: {', '.join(f'data={d}' for d in fitting)}"
+        f"data={cfg.data.get('dataset', '?')} holds {data} data, but the model ({cfg.model.net._target_}) takes "
+        f"{model} data; data configs that fit it: {', '.join(f'data={d}' for d in fitting)}"
     )
-
-
-NOT_ARGUMENTS = ("modality", "pretrained", "preprocess")  # config keys read by the build, not by the module
-
-
-def _without_modality(node: DictConfig) -> DictConfig:
-    """A copy without the `modality` tag (for check_model_fits_data) and the pretrained source and its
-    preprocessing (utils/pretrained.py): not constructor arguments.
-    (deepcopy keeps the parent, so `${paths.data_dir}` and friends still resolve.)"""
-    if not any(key in node for key in NOT_ARGUMENTS):
-        return node
-    node = copy.deepcopy(node)
-    with open_dict(node):
-        for key in NOT_ARGUMENTS:
-            node.pop(key, None)
-    return node
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> L.Trainer:

@@ -169,7 +169,26 @@ def renamed_targets(cfg: DictConfig) -> DictConfig:
         return node
 
     # Not resolved: ${hydra:...} and ${data....} interpolations keep their meaning for the caller.
-    return OmegaConf.create(visit(OmegaConf.to_container(cfg, resolve=False)))
+    return OmegaConf.create(moved_keys(visit(OmegaConf.to_container(cfg, resolve=False))))
+
+
+def moved_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keys that left the model / data configs: the source and its preprocessing are run keys now, the
+    modality a class attribute of the network and the data module."""
+    model, data = cfg.get("model"), cfg.get("data")
+    if isinstance(model, dict):
+        for key in ("pretrained", "preprocess"):
+            if key in model:
+                value = model.pop(key)
+                cfg[key] = cfg.get(key) if value is None else value
+        if model.get("pretrained_from"):  # a fine-tuned Marian, before every converter returned a Converted
+            cfg["pretrained"] = model.pop("pretrained_from")
+            cfg.setdefault("preprocess", {"modality": "text"})
+        model.pop("pretrained_from", None)
+        model.pop("modality", None)
+    if isinstance(data, dict):
+        data.pop("modality", None)
+    return cfg
 
 
 def average_checkpoints(ckpt_file: Path, n: int) -> tuple[dict[str, torch.Tensor], list[Path]]:

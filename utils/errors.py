@@ -41,6 +41,10 @@ def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
+# Keys that moved out of the model config to the top level (not constructor arguments).
+RUN_KEYS = {"model.pretrained": "pretrained", "model.preprocess": "preprocess"}
+
+
 def _message(err: BaseException) -> str | None:
     """The one-line message of a user error, or None for a bug."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -55,7 +59,11 @@ def _message(err: BaseException) -> str | None:
         # Hydra's own text names the key or config group; the first line of its cause (OmegaConf's) says why.
         text = one_line(str(err).split("Config search path:")[0])  # the search path is Hydra's business
         cause = str(err.__cause__ or "").strip().splitlines()
-        return f"{text}; {cause[0].strip()}" if cause and cause[0].strip() not in text else text
+        text = f"{text}; {cause[0].strip()}" if cause and cause[0].strip() not in text else text
+        for old, new in RUN_KEYS.items():
+            if f"'{old}'" in text:
+                text += f"; {old} is the run key {new} now ({new}=<value>)"
+        return text
     return None
 
 

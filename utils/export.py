@@ -16,7 +16,6 @@ MatMul / Softmax / MatMul for opset 18, the same math as the explicit kernel.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import warnings
@@ -28,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from models.attention import fused_attn
-from models.network import Network, OnnxSpec
+from models.network import OnnxSpec, network_class
 from utils.build import datamodule_state
 from utils.errors import UserError
 from utils.restore import restore
@@ -56,21 +55,6 @@ def build_network(config: dict[str, Any]) -> nn.Module:
     return network_class(target)(**kwargs)
 
 
-def network_class(target: str) -> type[Network]:
-    """The zoo network class `target` names ("models.vit.VisionTransformer"), or a UserError."""
-    module, _, name = target.rpartition(".")
-    cls = None
-    if module.startswith("models.") and name.isidentifier():
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            cls = None
-    if not (isinstance(cls, type) and issubclass(cls, Network) and cls is not Network):
-        raise UserError(f"unknown network _target_ {target!r}; expected a zoo network class "
-                        f"(a models.Network subclass, e.g. models.vit.VisionTransformer)")
-    return cls
-
-
 def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, str]]:
     """(network in eval mode, its resolved config, extras) from a checkpoint file or run directory.
 
@@ -84,8 +68,8 @@ def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any], dict
     dm_state = datamodule_state(run.ckpt, run.cfg) if "data" in run.cfg and "_target_" in run.cfg.data else None
     if dm_state and isinstance(dm_state.get("tokenizer"), str):
         extras[TOKENIZER_KEY] = dm_state["tokenizer"]
-    if run.cfg.model.get("preprocess") is not None:  # a pretrained source's input preparation and class names
-        extras[PREPROCESS_KEY] = json.dumps(OmegaConf.to_container(run.cfg.model.preprocess, resolve=True))
+    if run.cfg.get("preprocess") is not None:  # a pretrained source's input preparation and class names
+        extras[PREPROCESS_KEY] = json.dumps(OmegaConf.to_container(run.cfg.preprocess, resolve=True))
     return run.module.net.eval(), config, extras  # type: ignore[return-value]
 
 

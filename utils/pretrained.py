@@ -1,10 +1,10 @@
-"""`model.pretrained=<source>`: a timm / Hugging Face model converted (models/pretrained) into this run's network.
+"""`pretrained=<source>`: a timm / Hugging Face model converted (models/pretrained) into this run's network.
 
 Before the data module is built, the source's architecture replaces `model.net` and its input preparation is
-stored as `model.preprocess` (and fills the data keys left null, e.g. the normalisation of an image folder);
+stored as `preprocess` (and fills the data keys left null, e.g. the normalisation of an image folder);
 after the network is built, the converted weights are loaded into it: the head is replaced when the data has
 other classes, position tables are resized to the data's size. A run built from a zoo checkpoint already has
-`model.preprocess`, so evaluate / predict / export / resume never go back to the source.
+`preprocess`, so evaluate / predict / export / resume never go back to the source.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
+from models.network import network_class
 from models.pretrained import Converted, convert
 from utils.errors import UserError
 
@@ -30,29 +31,29 @@ SIZES = ("image_size", "sample_rate", "clip_seconds", "num_frames")  # null only
 
 
 def apply_pretrained(cfg: DictConfig) -> None:
-    """model.pretrained set and not converted yet: fill model.net, model.preprocess and null data keys."""
+    """`pretrained` set and not converted yet: fill model.net, `preprocess` and null data keys."""
     model = cfg.get("model")
-    spec = model.get("pretrained") if isinstance(model, DictConfig) else None
+    spec = cfg.get("pretrained")
+    data = cfg.get("data")
     if not spec:
-        data = cfg.get("data")
         unset = [k for k in SIZES if isinstance(data, DictConfig) and k in data and data[k] is None]
-        if unset and isinstance(model, DictConfig) and "pretrained" in model:
+        if unset:
             raise UserError(f"data.{unset[0]} is null, which means 'the pretrained model's': give the source, "
-                            "model.pretrained=timm:<name> | hf:<repo id> | a folder (docs/pretrained.md), "
+                            "pretrained=timm:<name> | hf:<repo id> | a folder (docs/pretrained.md), "
                             f"or set data.{unset[0]}")
         return
-    if model.get("preprocess") is not None:
+    if cfg.get("preprocess") is not None or not isinstance(model, DictConfig):
         return
     conv = convert(str(spec))
-    if model.get("modality") and conv.modality != model.modality:
-        raise UserError(f"model.pretrained={spec!r} is an {conv.modality} model, but this model config takes "
-                        f"{model.modality} data; use the model= config of that modality")
+    takes = network_class(str(model.net._target_)).modality
+    if conv.modality != takes:
+        raise UserError(f"pretrained={spec!r} is an {conv.modality} model, but model={model.net._target_} takes "
+                        f"{takes} data; use the model= config of that modality")
     net = dict(conv.net)
-    params = inspect.signature(_target_class(net["_target_"]).__init__).parameters
+    params = inspect.signature(network_class(net["_target_"]).__init__).parameters
     old = model.get("net")
     if isinstance(old, DictConfig):
         net.update({k: old[k] for k in KEEP if k in old and k in params})
-    data = cfg.get("data")
     with open_dict(cfg):
         if isinstance(data, DictConfig):
             for key in DATA_KEYS:
@@ -64,7 +65,7 @@ def apply_pretrained(cfg: DictConfig) -> None:
                 if net_key in net and data_key in data:
                     net[net_key] = f"${{data.{data_key}}}"
         model.net = OmegaConf.create(net)
-        model.preprocess = conv.preprocess
+        cfg.preprocess = conv.preprocess
         # The source's own LightningModule settings (Marian's decoding rules); the run keeps its validation
         # decoding budget (beam_size, max_new_tokens).
         model.update({k: v for k, v in conv.module.items() if k not in ("beam_size", "max_new_tokens")})
@@ -73,20 +74,13 @@ def apply_pretrained(cfg: DictConfig) -> None:
 
 def pretrained_tokenizer(cfg: DictConfig) -> str | None:
     """The tokenizer of the source apply_pretrained just converted for this config (a text family), or None."""
-    conv = _CONVERTED.get(str(cfg.model.get("pretrained")))
+    conv = _CONVERTED.get(str(cfg.get("pretrained")))
     return None if conv is None else conv.tokenizer
-
-
-def _target_class(target: str) -> type:
-    import importlib
-
-    module, _, name = target.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def load_pretrained(net: nn.Module, cfg: DictConfig) -> None:
     """Load the weights apply_pretrained converted for this config into the freshly built network."""
-    conv = _CONVERTED.pop(str(cfg.model.get("pretrained")), None)
+    conv = _CONVERTED.pop(str(cfg.get("pretrained")), None)
     if conv is None:
         return
     net.load_state_dict(fit_state(conv, net), strict=False)
