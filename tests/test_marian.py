@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marian_tiny import TEXT, make_tiny_marian
+from helpers.marian_tiny import TEXT, make_tiny_marian
 from models.attention import attention_maps, fused_attn
 
 pytest.importorskip("sentencepiece")
@@ -126,7 +126,7 @@ def test_predict_settings_follow_generation_config(marian_decoding) -> None:
 def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding, tmp_path) -> None:
     import json
 
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     folder = marian_decoding[0]
     pairs = tmp_path / "pairs.tsv"

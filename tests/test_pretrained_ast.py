@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
+from helpers.pretrained import assert_predicts_from_source, audio_folder, cli, randomize, write_wav
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import assert_predicts_from_source, audio_folder, cli, randomize, write_wav
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_mel_bins=32,
             max_length=48, patch_size=16, frequency_stride=10, time_stride=10, num_labels=4)

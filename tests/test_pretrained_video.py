@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (TimesformerConfig, TimesformerForVideoClassification, VideoMAEConfig,
-                          VideoMAEForVideoClassification, VideoMAEImageProcessor)
+from transformers import (
+    TimesformerConfig,
+    TimesformerForVideoClassification,
+    VideoMAEConfig,
+    VideoMAEForVideoClassification,
+    VideoMAEImageProcessor,
+)
 
+from helpers.pretrained import assert_predicts_from_source, cli, randomize
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import assert_predicts_from_source, cli, randomize
 
 TINY = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, num_labels=3, attn_implementation="eager")

@@ -10,9 +10,11 @@ import timm
 import torch
 from timm.models._hub import save_for_hf
 
+from helpers.cli import command
+from helpers.pretrained import cli, image_folder, randomize
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import cli, image_folder, randomize
+
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 VARIANTS = {  # timm architecture and arguments: every pooling / token layout the converter maps
     "cls": ("vit_tiny_patch16_224", {}),
@@ -83,8 +85,8 @@ def test_preprocessing_travels_with_the_weights(tmp_path: Path) -> None:
 def test_predict_runs_a_source_directly_and_draws(tmp_path: Path) -> None:
     reference("cls", tmp_path / "src")
     image = next(image_folder(tmp_path / "images").rglob("*.png"))
-    proc = cli("predict.py", str(tmp_path / "src"), str(image), "--attention-dir", str(tmp_path / "out"),
-               "--threads", "1")
+    proc = command("predict.py", str(tmp_path / "src"), str(image), "--attention-dir", str(tmp_path / "out"),
+                   "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "class 0" in proc.stdout and list((tmp_path / "out").glob("*_attention.png"))
 

