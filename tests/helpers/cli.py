@@ -38,9 +38,10 @@ def restored_globals() -> Iterator[None]:
     kernel switch, torch threads, RNG states, cwd, argv, environment, logging handlers and levels, warnings."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    levels = {name: (lg.level, lg.propagate, lg.handlers[:]) for name, lg in logging.root.manager.loggerDict.items()
-              if isinstance(lg, logging.Logger)}
-    kernel, threads, cwd, argv, environ = attention_kernel(), torch.get_num_threads(), os.getcwd(), sys.argv[:], dict(os.environ)
+    loggers = {name: (lg.level, lg.propagate, lg.disabled, lg.handlers[:])
+               for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    kernel, threads = attention_kernel(), torch.get_num_threads()
+    cwd, argv, environ = os.getcwd(), sys.argv[:], dict(os.environ)
     rng = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     GlobalHydra.instance().clear()
     try:
@@ -48,10 +49,12 @@ def restored_globals() -> Iterator[None]:
             yield
     finally:
         GlobalHydra.instance().clear()
-        root.handlers[:], root.level = handlers, level  # Hydra's job logging would outlive the command
-        for name, (lvl, propagate, hs) in levels.items():
+        root.handlers[:] = handlers  # Hydra's job logging would outlive the command
+        root.setLevel(level)
+        for name, (lvl, propagate, disabled, hs) in loggers.items():
             lg = logging.getLogger(name)
-            lg.level, lg.propagate, lg.handlers[:] = lvl, propagate, hs
+            lg.setLevel(lvl)
+            lg.propagate, lg.disabled, lg.handlers[:] = propagate, disabled, hs
         set_attention_kernel(kernel)
         torch.set_num_threads(threads)
         os.chdir(cwd)
@@ -84,7 +87,8 @@ def command(script: str, *args: str, check: bool = False) -> Finished:
     code = 0 if code is None else code if isinstance(code, int) else 1  # sys.exit("text") exits 1
     done = Finished(code, out.getvalue(), err.getvalue())
     if check and code != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed ({code}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+        raise AssertionError(f"{script} {' '.join(args)} failed ({code}):\n{done.stdout[-3000:]}\n"
+                             f"{done.stderr[-5000:]}")
     return done
 
 
@@ -93,11 +97,11 @@ def run(script: str, *args: str) -> Finished:
     return command(script, *args, check=True)
 
 
-def run_cli(script: str, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run train.py / evaluate.py / ... in a new interpreter, as a user would; returns the finished process."""
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full, capture_output=True, text=True,
-                          timeout=600)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-5000:]}")

@@ -17,7 +17,7 @@ def cli(script: str, *args: str, env: dict[str, str] | None = None) -> subproces
     """Run train.py / predict.py / ... on one thread, as a user would."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full, capture_output=True, text=True,
-                          timeout=600)
+                          check=False, timeout=600)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
