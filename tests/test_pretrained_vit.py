@@ -107,9 +107,9 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     ref = reference("cls", tmp_path / "src")
     folder = image_folder(tmp_path / "data", classes=3, per_class=8)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_vit", f"model.pretrained={tmp_path / 'src'}", f"data.root={folder}",
-               "data.image_size=48", "data.batch_size=8", "trainer.max_epochs=1", "threads=1", "logger=csv",
-               f"hydra.run.dir={run}", "data.num_workers=0")
+    proc = command("train.py", "experiment=finetune_vit", f"model.pretrained={tmp_path / 'src'}",
+                   f"data.root={folder}", "data.image_size=48", "data.batch_size=8", "trainer.max_epochs=1",
+                   "threads=1", "logger=csv", f"hydra.run.dir={run}", "data.num_workers=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     state = ckpt["state_dict"]
@@ -119,11 +119,11 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     assert ckpt["zoo_config"]["model"]["preprocess"]["mean"] == list(ref.pretrained_cfg["mean"])
     assert ckpt["zoo_config"]["data"]["mean"] == list(ref.pretrained_cfg["mean"])  # the folder normalised as the source
     image = next(folder.rglob("*.png"))
-    proc = cli("predict.py", str(run), str(image), "--threads", "1")
+    proc = command("predict.py", str(run), str(image), "--threads", "1")
     assert proc.returncode == 0 and "class" in proc.stdout, proc.stderr[-3000:]
-    proc = cli("evaluate.py", f"ckpt_path={run}", "threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
+    proc = command("evaluate.py", f"ckpt_path={run}", "threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0 and "test/acc" in proc.stdout, proc.stderr[-3000:]
-    proc = cli("export.py", f"ckpt_path={run}", "format=onnx", "threads=1", f"out={tmp_path / 'export'}")
+    proc = command("export.py", f"ckpt_path={run}", "format=onnx", "threads=1", f"out={tmp_path / 'export'}")
     assert proc.returncode == 0 and (tmp_path / "export" / "vit.onnx").is_file(), proc.stderr[-3000:]
     import json
 
