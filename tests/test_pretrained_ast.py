@@ -69,7 +69,7 @@ def test_converted_ast_exports_to_onnx(converted, tmp_path: Path) -> None:
     assert verify_onnx(net, tmp_path / "audio.onnx", spec) <= 1e-4
 
 
-@pytest.mark.slow  # a command line (in process since tests/helpers/cli.py: about 1 s)
+@pytest.mark.slow  # a command line (in process: about 1 s)
 def test_predict_from_the_folder_names_its_labels(converted, tmp_path: Path) -> None:
     folder = converted[3]
     wav = write_wav(tmp_path / "tone.wav", 0.5, 250.0)

@@ -106,7 +106,7 @@ def write_video(path: Path, frames: int, size: int = 32, seed: int = 0) -> Path:
     return path
 
 
-@pytest.mark.slow  # a command line (in process since tests/helpers/cli.py: about 1 s)
+@pytest.mark.slow  # a command line (in process: about 1 s)
 def test_predict_from_the_folder(converted, tmp_path: Path) -> None:
     folder = converted[3]
     clip = write_video(tmp_path / "clip.mp4", 6)
