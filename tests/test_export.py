@@ -168,11 +168,9 @@ def test_export_config_composes(tmp_path: Path) -> None:
     assert cfg.ckpt_path == "x.ckpt" and cfg.format == "onnx" and cfg.out is None and cfg.atol == pytest.approx(ATOL)
 
 
-def test_cli_exports_a_trained_run(tmp_path: Path) -> None:
-    folder, out = tmp_path / "run", tmp_path / "export"
-    # a real (tiny) epoch: fast_dev_run writes no checkpoint
-    run("train.py", "model=vit", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "test=false", "threads=1", "model.net.depth=1", "model.net.dim=32", f"hydra.run.dir={folder}")
+def test_cli_exports_a_trained_run(tiny_runs, tmp_path: Path) -> None:
+    # a real (tiny) epoch, shared with test_maps / test_app: fast_dev_run writes no checkpoint
+    folder, out = tiny_runs["vit"], tmp_path / "export"
     proc = run("export.py", f"ckpt_path={folder}", "format=both", f"out={out}", f"hydra.run.dir={tmp_path / 'e'}")
     assert f"onnx: {out / 'vit.onnx'}" in proc.stdout and "onnx_max_abs_diff" in proc.stdout
     net, config, _ = load_network(folder)  # what the checkpoint holds, read the ordinary way

@@ -18,9 +18,11 @@ TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_
         "trainer.limit_test_batches=2", "model.net.depth=1", "model.net.dim=32"]
 
 
-# The default data of each model, but a small ListOps: the full 96K sequences take minutes to generate.
+# The default data of each model, smaller where its size costs time: the full ListOps (96K sequences) takes
+# minutes to generate, the phrases' BPE tokenizer (40K pairs) about 10 s to train at every run.
 SMALL_DATA = {"sequence": ["data.train_size=48", "data.val_size=16", "data.test_size=16", "data.min_length=20",
-                           "data.max_length=200"]}
+                           "data.max_length=200"],
+              "translator": ["data.num_pairs=1500", "data.bpe_vocab_size=200"]}
 
 
 @pytest.mark.parametrize("model", MODELS)
