@@ -9,27 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run
+from helpers.runs import sample_file
 
-TRANSLATOR = ["model=translator", "data.num_pairs=1500", "data.bpe_vocab_size=200", "model.net.dim=32",
-              "model.net.encoder_depth=1", "model.net.decoder_depth=1", "model.max_new_tokens=12",
-              "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-              "trainer.limit_test_batches=1"]
 SENTENCE = "Monday, March 3, 2025"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+def runs(tiny_runs, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """kind -> (tiny trained run, a sample input file) for the translator, ViT, audio and video models."""
-    from test_maps import TINY_RUN, _sample_file
-
-    base = tmp_path_factory.mktemp("runs")
+    base = tmp_path_factory.mktemp("samples")
     out = {}
     for kind, model in (("translator", "translator"), ("image", "vit"), ("audio", "audio"), ("video", "video")):
-        run = base / model
-        extra = TRANSLATOR + [f"paths.data_dir={base / 'datasets'}"] if kind == "translator" else [f"model={model}", *TINY_RUN]
-        run_cli("train.py", *extra, f"hydra.run.dir={run}")
-        out[kind] = (run, None if kind == "translator" else _sample_file(model, base))
+        out[kind] = (tiny_runs[model], None if kind == "translator" else sample_file(model, base))
     return out
 
 
@@ -41,23 +33,23 @@ def _free_port() -> int:
 
 def _predicted(runs, kind: str) -> str:
     """What predict.py prints for the sample: the translation, or the classes after 'file: '."""
-    run, sample = runs[kind]
-    line = run_cli("predict.py", str(run), SENTENCE if sample is None else str(sample), "--threads", "1").stdout
+    folder, sample = runs[kind]
+    line = run("predict.py", str(folder), SENTENCE if sample is None else str(sample), "--threads", "1").stdout
     line = line.strip().splitlines()[0]
     return line if sample is None else line.split(": ", 1)[1]
 
 
 def test_predict_html_writes_one_offline_explorer_per_input(runs, tmp_path) -> None:
     """predict.py --html: one self-contained page per input, its prediction at the top."""
-    for kind, (run, sample) in runs.items():
+    for kind, (folder, sample) in runs.items():
         out = tmp_path / kind / "page.html"
-        run_cli("predict.py", str(run), SENTENCE if sample is None else str(sample), "--html", str(out), "--threads", "1")
+        run("predict.py", str(folder), SENTENCE if sample is None else str(sample), "--html", str(out), "--threads", "1")
         page = out.read_text(encoding="utf-8")
         assert f'"kind":"{"text" if kind == "translator" else kind}"' in page
         assert "src=\"http" not in page and "href=\"http" not in page and out.stat().st_size < 3_000_000
     # evaluate.py save_attention=N writes the same page beside the PNGs of each test example
-    run_cli("evaluate.py", f"ckpt_path={runs['video'][0]}", "save_attention=1", "trainer.limit_test_batches=1",
-            f"hydra.run.dir={tmp_path / 'ev'}")
+    run("evaluate.py", f"ckpt_path={runs['video'][0]}", "save_attention=1", "trainer.limit_test_batches=1",
+        f"hydra.run.dir={tmp_path / 'ev'}")
     assert '"kind":"video"' in (tmp_path / "ev" / "attention" / "test000.html").read_text(encoding="utf-8")
 
 
@@ -83,7 +75,7 @@ def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_pat
         expected_error = {"translator": "empty", "image": "takes", "audio": "could not read", "video": "limit"}
         timings = {}
         for kind in ("translator", "image", "audio", "video"):
-            run, sample = runs[kind]
+            folder, sample = runs[kind]
             arg = bad[kind] if kind == "translator" else handle_file(str(bad[kind]))
             message, prediction, explorer, pictures = client.predict(arg, api_name=f"/{kind}")
             assert message.startswith("error:") and expected_error[kind] in message and not prediction, (kind, message)
@@ -101,7 +93,7 @@ def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_pat
 
 def _browse(url: str, image: Path) -> None:
     """The page in Chromium: no console errors, no request beyond the app; an upload shows the explorer."""
-    from browser import Browser, not_blank, screenshot_dir
+    from helpers.browser import Browser, not_blank, screenshot_dir
 
     browser = Browser()
     try:

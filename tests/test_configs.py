@@ -7,7 +7,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
+from helpers.config import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
 from utils.build import build_datamodule, build_module, recipe_lines
 
 SMALL_DATA = {"translator": ["data.num_pairs=1000", "data.bpe_vocab_size=200"]}  # a tokenizer in seconds

@@ -1,4 +1,5 @@
-"""Real 2-process DDP on CPU (gloo) through the command line, against one process with the same global batch.
+"""Real 2-process DDP on CPU (gloo) through the command line (a real subprocess, which Lightning re-launches),
+against one process with the same global batch (train.py run in this process).
 
 Why the two runs see the same data and compute the same thing:
 * training batches in a fixed order (data.shuffle=false): Lightning would give DDP a shuffling
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import run_cli
+from helpers.cli import run, run_cli
 from utils.checkpoint import load_checkpoint
 
 TINY = ["threads=1", "model.net.stem=patch", "model.net.depth=1", "model.net.dim=32", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
@@ -34,7 +35,7 @@ TINY = ["threads=1", "model.net.stem=patch", "model.net.depth=1", "model.net.dim
 def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "single"
     ddp = run_cli("train.py", *TINY, "trainer=ddp", "data.batch_size=16", f"hydra.run.dir={ddp_dir}")
-    run_cli("train.py", *TINY, "data.batch_size=32", f"hydra.run.dir={one_dir}")
+    run("train.py", *TINY, "data.batch_size=32", f"hydra.run.dir={one_dir}")
 
     # Two processes ran (the child logs under its own job name) and wrote into ONE run directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
@@ -78,7 +79,7 @@ def test_translator_under_ddp_scores_the_whole_test_set(tmp_path: Path) -> None:
             "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", data_dir]
     ddp_dir = tmp_path / "ddp"
     run_cli("train.py", *tiny, "trainer=ddp", f"hydra.run.dir={ddp_dir}")
-    run_cli("evaluate.py", f"ckpt_path={ddp_dir}", data_dir, f"hydra.run.dir={tmp_path / 'ev'}")  # one process
+    run("evaluate.py", f"ckpt_path={ddp_dir}", data_dir, f"hydra.run.dir={tmp_path / 'ev'}")  # one process
     trained = json.loads((ddp_dir / "metrics.json").read_text())
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     from data.text import TranslationDataModule

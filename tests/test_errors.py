@@ -6,23 +6,20 @@ the command lines run in-process through runpy (the same `__main__` block), one 
 from __future__ import annotations
 
 import hashlib
-import logging
-import runpy
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 import predict
-from conftest import ROOT, compose_config, run_cli
-from test_reliability import SMALL, TINY, train_in_process
+from helpers.cli import command, restored_globals, run_cli
+from helpers.config import ROOT, compose_config
+from helpers.runs import SMALL, TINY, train_in_process
 from utils.build import build_datamodule, build_module
 from utils.checkpoint import CONFIG_KEY, load_checkpoint, run_config
 from utils.errors import FileFormatError, UserError, path_argument_as, run_hydra, user_errors
@@ -66,27 +63,9 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def command(script: str, *args: str, capsys) -> tuple[int, str, str]:
-    """`python <script> <args>` in this process (its real `__main__` block): (exit code, stdout, stderr)."""
-    GlobalHydra.instance().clear()
-    argv, root = sys.argv, logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sys.argv = [script, *args]
-    code = 0
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-    except SystemExit as exit:
-        code = exit.code
-    finally:
-        sys.argv = argv
-        GlobalHydra.instance().clear()
-        root.handlers[:], root.level = handlers, level  # Hydra's job logging would outlive this capture
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def predict_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = predict.main([*args, "--threads", "1"])
+    with restored_globals():  # --threads 1 would stay set for the rest of the session
+        code = predict.main([*args, "--threads", "1"])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -133,13 +112,13 @@ def test_commands_pointed_at_an_existing_run_refuse_before_writing(used_run: Pat
          f"mix with the runs there. Choose a new directory or replace them with overwrite=true\n"),
     ]
     for args, message in cases:
-        assert command(*args, capsys=capsys) == (2, "", message), args
+        assert command(*args) == (2, "", message), args
     assert snapshot(used_run) == before  # byte for byte, .hydra/config.yaml included
 
 
 def test_export_out_inside_the_run_is_refused(used_run: Path, tmp_path: Path, capsys) -> None:
     code, _, err = command("export.py", f"ckpt_path={used_run}", f"out={used_run / 'onnx'}",
-                           f"hydra.run.dir={tmp_path / 'export'}", capsys=capsys)
+                           f"hydra.run.dir={tmp_path / 'export'}")
     assert (code, err) == (2, f"error: out={used_run / 'onnx'} is inside the run being read ({used_run}); this command "
                               f"never writes into a run: choose a folder outside it\n")
     assert not (used_run / "onnx").exists()
@@ -191,8 +170,8 @@ def test_resume_in_place_keeps_the_runs_own_config(tmp_path: Path) -> None:
     train_in_process("vit", run, "test=false", "trainer.max_epochs=1")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("# the first command's config\n")
-    run_cli("train.py", *TINY, *SMALL["vit"], "test=false", "trainer.max_epochs=2", f"ckpt_path={run}",
-            f"hydra.run.dir={run}")
+    command("train.py", *TINY, *SMALL["vit"], "test=false", "trainer.max_epochs=2", f"ckpt_path={run}",
+            f"hydra.run.dir={run}", check=True)
     assert (run / ".hydra" / "config.yaml").read_text() == "# the first command's config\n"
     resumed = list((run / ".hydra").glob("resume_*/config.yaml"))
     assert len(resumed) == 1 and "max_epochs: 2" in resumed[0].read_text()
@@ -489,9 +468,9 @@ def test_a_clip_shorter_than_one_patch_names_clip_seconds_and_the_shortest_that_
 
 def test_evaluate_and_export_check_their_own_keys(runs, tmp_path: Path, capsys) -> None:
     run = runs["vit"]
-    assert command("evaluate.py", str(run), "average_last=0", f"hydra.run.dir={tmp_path / 'ev'}", capsys=capsys)[::2] \
+    assert command("evaluate.py", str(run), "average_last=0", f"hydra.run.dir={tmp_path / 'ev'}")[::2] \
         == (2, "error: average_last=0: expected an integer >= 1, or null\n")
-    assert command("export.py", str(run), "format=xml", f"hydra.run.dir={tmp_path / 'ex'}", capsys=capsys)[::2] \
+    assert command("export.py", str(run), "format=xml", f"hydra.run.dir={tmp_path / 'ex'}")[::2] \
         == (2, "error: format='xml': expected one of onnx, safetensors, both\n")
 
 
@@ -508,13 +487,13 @@ def test_the_command_line_prints_one_line_and_exits_2_for_a_user_error(tmp_path:
 
 def test_hydra_config_errors_keep_their_key_names(tmp_path: Path, capsys) -> None:
     run = f"hydra.run.dir={tmp_path / 'run'}"
-    assert command("train.py", "model.net.dimm=3", run, capsys=capsys) == (
+    assert command("train.py", "model.net.dimm=3", run) == (
         2, "", "error: Could not override 'model.net.dimm'. To append to your config use +model.net.dimm=3; Key "
                "'dimm' is not in struct\n")
-    code, out, err = command("train.py", "model=nope", run, capsys=capsys)
+    code, out, err = command("train.py", "model=nope", run)
     assert (code, out) == (2, "") and err.startswith("error: In 'train': Could not find 'model/nope'; Available "
                                                      "options in 'model': audio, ")
-    assert command("evaluate.py", run, capsys=capsys) == (
+    assert command("evaluate.py", run) == (
         2, "", "error: ckpt_path is required: give ckpt_path=<value> on the command line\n")
 
 

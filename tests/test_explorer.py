@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models.attention import attention_maps
-from models.tokenizer import BOS_ID
 from models.audio import AudioSpectrogramTransformer
+from models.tokenizer import BOS_ID
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
@@ -57,7 +57,7 @@ PAGES = _pages()
 
 @pytest.fixture(scope="module")
 def browser():
-    from browser import Browser
+    from helpers.browser import Browser
 
     b = Browser()
     yield b
@@ -82,7 +82,7 @@ def _open(browser, path: Path):
 
 def _finish(browser, page, name: str) -> None:
     """No console errors, no request beyond the file itself (and its inline data: URLs), a picture that is not blank."""
-    from browser import not_blank, screenshot_dir
+    from helpers.browser import not_blank, screenshot_dir
 
     png = page.screenshot(full_page=name != "text_long")  # 512 tokens: a 10,000-pixel page
     assert not_blank(png), name

@@ -14,10 +14,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import compose_config, run_cli
+from helpers.cli import run
+from helpers.config import compose_config
 from models.tokenizer import PAD_ID
-from utils.export import (build_network, export_checkpoint, export_onnx, export_safetensors, load_network,
-                          load_safetensors, onnx_session, run_onnx)
+from utils.export import (
+    build_network,
+    export_checkpoint,
+    export_onnx,
+    export_safetensors,
+    load_network,
+    load_safetensors,
+    onnx_session,
+    run_onnx,
+)
 
 ATOL = 1e-4
 TINY: dict[str, dict[str, Any]] = {
@@ -185,14 +194,12 @@ def test_export_config_composes(tmp_path: Path) -> None:
     assert cfg.ckpt_path == "x.ckpt" and cfg.format == "onnx" and cfg.out is None and cfg.atol == pytest.approx(ATOL)
 
 
-def test_cli_exports_a_trained_run(tmp_path: Path) -> None:
-    run, out = tmp_path / "run", tmp_path / "export"
-    # a real (tiny) epoch: fast_dev_run writes no checkpoint
-    run_cli("train.py", "model=vit", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "test=false", "threads=1", "model.net.depth=1", "model.net.dim=32", f"hydra.run.dir={run}")
-    proc = run_cli("export.py", f"ckpt_path={run}", "format=both", f"out={out}", f"hydra.run.dir={tmp_path / 'e'}")
+def test_cli_exports_a_trained_run(tiny_runs, tmp_path: Path) -> None:
+    # a real (tiny) epoch, shared with test_maps / test_app: fast_dev_run writes no checkpoint
+    folder, out = tiny_runs["vit"], tmp_path / "export"
+    proc = run("export.py", f"ckpt_path={folder}", "format=both", f"out={out}", f"hydra.run.dir={tmp_path / 'e'}")
     assert f"onnx: {out / 'vit.onnx'}" in proc.stdout and "onnx_max_abs_diff" in proc.stdout
-    net, config, _ = load_network(run)  # what the checkpoint holds, read the ordinary way
+    net, config, _ = load_network(folder)  # what the checkpoint holds, read the ordinary way
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         ref = net(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_config
+from helpers.config import ROOT, compose_config
 from omegaconf import OmegaConf, open_dict
 
 import predict

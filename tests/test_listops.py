@@ -53,13 +53,13 @@ def test_classifier_ignores_padding_and_windowed_equals_dense_for_short_inputs()
 
 
 def test_listops_trains_through_the_experiment_config(tmp_path) -> None:
-    from conftest import run_cli
+    from helpers.cli import run
 
-    run = tmp_path / "run"
-    result = run_cli("train.py", "experiment=listops", "data.train_size=48", "data.val_size=16", "data.test_size=16",
-                     "data.min_length=20", "data.max_length=200", "trainer.max_epochs=1", "threads=1",
-                     f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}")
-    metrics = json.loads((run / "metrics.json").read_text())
+    folder = tmp_path / "run"
+    result = run("train.py", "experiment=listops", "data.train_size=48", "data.val_size=16", "data.test_size=16",
+                 "data.min_length=20", "data.max_length=200", "trainer.max_epochs=1", "threads=1",
+                 f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={folder}")
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["test/acc"] <= 1.0, result.stdout[-2000:]
     dm = ListOpsDataModule(root=str(tmp_path / "data"), train_size=48, val_size=16, test_size=16, min_length=20,
                            max_length=200)

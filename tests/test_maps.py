@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.runs import sample_file
 from models.attention import AttentionRecorder, attention_maps, fused_attn
 from models.audio import AudioSpectrogramTransformer
 from models.tokenizer import EOS_ID, PAD_ID
@@ -179,31 +180,15 @@ def test_translation_maps_are_those_of_the_cached_decoding() -> None:
 
 
 # --- from the command line: predict.py and evaluate.py draw pictures from a trained run ---------------------
-TINY_RUN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1", "model.net.depth=1", "model.net.dim=32"]
-
-
-def _sample_file(model: str, folder: Path) -> Path:
-    from viz.samples import write_mp4, write_png, write_wav
-
-    g = torch.Generator().manual_seed(0)
-    if model == "vit":
-        return write_png(torch.randint(0, 256, (1, 40, 30), generator=g, dtype=torch.uint8), folder / "x.png")
-    if model == "audio":
-        return write_wav(torch.randn(12000, generator=g) * 0.1, 16000, folder / "x.wav")
-    return write_mp4(torch.randint(0, 256, (1, 10, 32, 32), generator=g, dtype=torch.uint8), folder / "x.mp4")
-
-
 @pytest.mark.parametrize("model", ["vit", "audio", "video"])
-def test_predict_and_evaluate_write_attention_pictures(model: str, tmp_path: Path) -> None:
+def test_predict_and_evaluate_write_attention_pictures(model: str, tiny_runs, tmp_path: Path) -> None:
     from PIL import Image
 
-    from conftest import run_cli
+    from helpers.cli import command, run
 
-    run = tmp_path / "run"
-    run_cli("train.py", f"model={model}", *TINY_RUN, f"hydra.run.dir={run}")
-    sample = _sample_file(model, tmp_path)
-    proc = run_cli("predict.py", str(run), str(sample), "--attention-dir", str(tmp_path / "pics"), "--threads", "1")
+    trained = tiny_runs[model]  # train.py with helpers.runs.TINY_RUN
+    sample = sample_file(model, tmp_path)
+    proc = run("predict.py", str(trained), str(sample), "--attention-dir", str(tmp_path / "pics"), "--threads", "1")
     line = proc.stdout.splitlines()[0]
     probs = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in line.split(": ", 1)[1].split(", ")]
     n_classes = {"vit": 10, "audio": 12, "video": 4}[model]
@@ -212,9 +197,9 @@ def test_predict_and_evaluate_write_attention_pictures(model: str, tmp_path: Pat
     with Image.open(picture) as im:
         assert im.format == "PNG" and min(im.size) > 300
     if model == "video":  # evaluate.py draws the same pictures for the first test examples
-        run_cli("evaluate.py", f"ckpt_path={run}", "save_attention=2", "trainer.limit_test_batches=1",
-                f"hydra.run.dir={tmp_path / 'ev'}")
+        run("evaluate.py", f"ckpt_path={trained}", "save_attention=2", "trainer.limit_test_batches=1",
+            f"hydra.run.dir={tmp_path / 'ev'}")
         assert sorted(p.name for p in (tmp_path / "ev" / "attention").glob("*.png")) == \
             ["test000_attention.png", "test001_attention.png"]
-    proc = run_cli("predict.py", str(run), str(tmp_path / "missing.png"), check=False)
+    proc = command("predict.py", str(trained), str(tmp_path / "missing.png"))
     assert proc.returncode == 2 and "missing.png" in proc.stderr and "not a file" in proc.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marian_tiny import TEXT, make_tiny_marian
+from helpers.marian_tiny import TEXT, make_tiny_marian
 from models.attention import attention_maps, fused_attn
 
 pytest.importorskip("sentencepiece")
@@ -121,32 +121,32 @@ def test_predict_settings_follow_generation_config(marian_decoding) -> None:
     assert text == ref_tok.decode(expected, skip_special_tokens=True)
 
 
-@pytest.mark.slow  # about 50 s of CPU: three CLI runs
+@pytest.mark.slow  # three command lines (in process: about 3 s)
 def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding, tmp_path) -> None:
     import json
 
-    from conftest import run_cli
+    from helpers.cli import run
 
     folder = marian_decoding[0]
     pairs = tmp_path / "pairs.tsv"
     en, de = TEXT[:9] + TEXT[18:], TEXT[9:18] + ["Guten Morgen!", "Es regnet wieder."]
     pairs.write_text("".join(f"{e} ({i})\t{d} ({i})\n" for i in range(30) for e, d in zip(en, de)))
-    run = tmp_path / "run"
+    trained_run = tmp_path / "run"
     common = [f"paths.data_dir={tmp_path / 'ds'}", "threads=1"]
-    run_cli("train.py", "model=translator", f"pretrained={folder}", "data=tsv", f"data.path={pairs}",
-            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=16", "model.max_new_tokens=8",
-            f"hydra.run.dir={run}", *common)
-    trained = json.loads((run / "metrics.json").read_text())
+    run("train.py", "model=translator", f"pretrained={folder}", "data=tsv", f"data.path={pairs}",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=16", "model.max_new_tokens=8",
+        f"hydra.run.dir={trained_run}", *common)
+    trained = json.loads((trained_run / "metrics.json").read_text())
     # the checkpoint carries the architecture, the decoding rules and Marian's tokenizer: no source needed
-    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     run_cfg = ckpt["zoo_config"]
     assert run_cfg["preprocess"]["modality"] == "text" and run_cfg["model"]["length_norm"] == "hf"
     assert ckpt["TranslationDataModule"]["tokenizer"].startswith('{"marian"')
-    run_cli("evaluate.py", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'ev'}", *common)
+    run("evaluate.py", f"ckpt_path={trained_run}", f"hydra.run.dir={tmp_path / 'ev'}", *common)
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in ("test/loss", "test/bleu", "test/chrf"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
-    proc = run_cli("predict.py", str(run), TEXT[1], "--attention-dir", str(tmp_path / "pics"))
+    proc = run("predict.py", str(trained_run), TEXT[1], "--attention-dir", str(tmp_path / "pics"))
     assert len(list((tmp_path / "pics").glob("*.png"))) == 2 and "error" not in proc.stderr.lower()
 
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 import models
-from conftest import ROOT
+from helpers.config import ROOT
 from models.attention import MultiHeadAttention
 from models.audio import AudioSpectrogramTransformer
 from models.network import Network

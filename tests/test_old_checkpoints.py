@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from models.attention import fused_attn
-from test_errors import command
+from helpers.cli import command
 from utils.build import build_module
 from utils.checkpoint import load_checkpoint, run_config
 from utils.export import load_network

@@ -1,4 +1,5 @@
-"""End to end through the command line: train, evaluate, sweep, and safe checkpoint loading."""
+"""End to end through the command line (the scripts' `__main__` blocks, run in this process): train, evaluate,
+sweep, and safe checkpoint loading."""
 
 from __future__ import annotations
 
@@ -9,52 +10,67 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MODELS, run_cli
+from helpers.cli import command, run
+from helpers.config import MODELS
 from utils.checkpoint import load_checkpoint
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2", "model.net.depth=1", "model.net.dim=32"]
 
 
+# The default data of each model, smaller where its size costs time: the full ListOps (96K sequences) takes
+# minutes to generate, the phrases' BPE tokenizer (40K pairs) about 10 s to train at every run.
+SMALL_DATA = {"sequence": ["data.train_size=48", "data.val_size=16", "data.test_size=16", "data.min_length=20",
+                           "data.max_length=200"],
+              "translator": ["data.num_pairs=1500", "data.bpe_vocab_size=200"]}
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_dev_run_each_model(model: str, tmp_path: Path) -> None:
-    proc = run_cli("train.py", f"model={model}", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
+    proc = run("train.py", f"model={model}", *SMALL_DATA.get(model, []), "trainer.fast_dev_run=true",
+               f"hydra.run.dir={tmp_path}")
     assert f"Run directory: {tmp_path}" in proc.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "test/loss" in metrics and torch.isfinite(torch.tensor(metrics["test/loss"]))
 
 
-def test_train_then_evaluate_round_trip(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run_cli("train.py", *TINY, f"hydra.run.dir={run}")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny run (trained, tested), shared: tests read it and write elsewhere."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    run("train.py", *TINY, f"hydra.run.dir={folder}")
+    return folder
+
+
+def test_train_then_evaluate_round_trip(trained: Path, tmp_path: Path) -> None:
+    run_dir = trained
     for name in ("metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", ".hydra/config.yaml",
                  "csv/metrics.csv"):
-        assert (run / name).is_file(), name
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    trained = json.loads((run / "metrics.json").read_text())
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
 
     # Evaluate the run directory (-> best.ckpt) with nothing re-typed: same model, data, metrics.
     ev = tmp_path / "eval"
-    proc = run_cli("evaluate.py", f"ckpt_path={run}", "trainer.limit_test_batches=2", f"hydra.run.dir={ev}")
+    proc = run("evaluate.py", f"ckpt_path={run_dir}", "trainer.limit_test_batches=2", f"hydra.run.dir={ev}")
     assert "best.ckpt" in proc.stdout
     evaluated = json.loads((ev / "metrics.json").read_text())
-    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
-    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
 
     # A lone checkpoint file, moved away from its run directory, carries its own config.
     lone = tmp_path / "elsewhere" / "model.ckpt"
     lone.parent.mkdir()
-    lone.write_bytes((run / "checkpoints" / "best.ckpt").read_bytes())
+    lone.write_bytes((run_dir / "checkpoints" / "best.ckpt").read_bytes())
     ev2 = tmp_path / "eval2"
-    run_cli("evaluate.py", f"ckpt_path={lone}", "trainer.limit_test_batches=2", f"hydra.run.dir={ev2}")
-    assert json.loads((ev2 / "metrics.json").read_text())["test/acc"] == pytest.approx(trained["test/acc"])
+    run("evaluate.py", f"ckpt_path={lone}", "trainer.limit_test_batches=2", f"hydra.run.dir={ev2}")
+    assert json.loads((ev2 / "metrics.json").read_text())["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
-def test_resume_from_run_directory_continues_at_the_next_epoch(tmp_path: Path) -> None:
-    first, second = tmp_path / "first", tmp_path / "second"
-    run_cli("train.py", *TINY, "test=false", f"hydra.run.dir={first}")
-    proc = run_cli("train.py", *TINY, "trainer.max_epochs=2", "test=false", f"ckpt_path={first}",
-                   f"hydra.run.dir={second}")
+def test_resume_from_run_directory_continues_at_the_next_epoch(trained: Path, tmp_path: Path) -> None:
+    first, second = trained, tmp_path / "second"  # first: one epoch, as TINY trains
+    proc = run("train.py", *TINY, "trainer.max_epochs=2", "test=false", f"ckpt_path={first}",
+               f"hydra.run.dir={second}")
     assert "checkpoints/last.ckpt" in proc.stderr + proc.stdout
     header = (second / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     col = header.index("epoch")
@@ -63,17 +79,17 @@ def test_resume_from_run_directory_continues_at_the_next_epoch(tmp_path: Path) -
 
 
 def test_multirun_sweep(tmp_path: Path) -> None:
-    run_cli("train.py", "-m", "model.net.depth=1,2", "trainer.fast_dev_run=true", f"hydra.sweep.dir={tmp_path}")
+    run("train.py", "-m", "model.net.depth=1,2", "trainer.fast_dev_run=true", f"hydra.sweep.dir={tmp_path}")
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
     assert all((tmp_path / d / "metrics.json").is_file() for d in ("0", "1"))
 
 
 def test_evaluate_reports_missing_and_bad_checkpoints(tmp_path: Path) -> None:
-    proc = run_cli("evaluate.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}/e1", check=False)
+    proc = command("evaluate.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}/e1")
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint at all")
-    proc = run_cli("evaluate.py", f"ckpt_path={junk}", f"hydra.run.dir={tmp_path}/e2", check=False)
+    proc = command("evaluate.py", f"ckpt_path={junk}", f"hydra.run.dir={tmp_path}/e2")
     assert proc.returncode != 0 and "not a readable checkpoint" in proc.stderr
 
 

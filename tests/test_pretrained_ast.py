@@ -11,9 +11,10 @@ import soundfile as sf
 import torch
 from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
+from helpers.cli import command
+from helpers.pretrained import assert_predicts_from_source, audio_folder, randomize, write_wav
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import assert_predicts_from_source, audio_folder, cli, randomize, write_wav
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_mel_bins=32,
             max_length=48, patch_size=16, frequency_stride=10, time_stride=10, num_labels=4)
@@ -68,7 +69,7 @@ def test_converted_ast_exports_to_onnx(converted, tmp_path: Path) -> None:
     assert verify_onnx(net, tmp_path / "audio.onnx", spec) <= 1e-4
 
 
-@pytest.mark.slow  # a CLI run: ~10 s alone, ~40 s on a busy machine
+@pytest.mark.slow  # a command line (in process: about 1 s)
 def test_predict_from_the_folder_names_its_labels(converted, tmp_path: Path) -> None:
     folder = converted[3]
     wav = write_wav(tmp_path / "tone.wav", 0.5, 250.0)
@@ -82,9 +83,9 @@ def test_finetune_replaces_the_head_and_trains(converted, tmp_path: Path) -> Non
     model, _, _, folder = converted
     data = audio_folder(tmp_path / "data", classes=3, per_class=5)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_audio", f"pretrained={folder}", f"data.root={data}",
-               "data.batch_size=4", "trainer.max_epochs=1", "threads=1", "logger=csv", "model.net.freq_mask=4",
-               "model.net.time_mask=4", f"hydra.run.dir={run}")
+    proc = command("train.py", "experiment=finetune_audio", f"pretrained={folder}", f"data.root={data}",
+                   "data.batch_size=4", "trainer.max_epochs=1", "threads=1", "logger=csv", "model.net.freq_mask=4",
+                   "model.net.time_mask=4", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     state = ckpt["state_dict"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from marian_tiny import make_tiny_marian
-from pretrained_common import image_folder
 from test_pretrained_vit import reference
+
+from helpers.marian_tiny import make_tiny_marian
+from helpers.pretrained import image_folder
 from utils.build import build_datamodule, build_module, setup_runtime
 
 

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (TimesformerConfig, TimesformerForVideoClassification, VideoMAEConfig,
-                          VideoMAEForVideoClassification, VideoMAEImageProcessor)
+from transformers import (
+    TimesformerConfig,
+    TimesformerForVideoClassification,
+    VideoMAEConfig,
+    VideoMAEForVideoClassification,
+    VideoMAEImageProcessor,
+)
 
+from helpers.cli import command
+from helpers.pretrained import assert_predicts_from_source, randomize
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import assert_predicts_from_source, cli, randomize
 
 TINY = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, num_labels=3, attn_implementation="eager")
@@ -100,7 +106,7 @@ def write_video(path: Path, frames: int, size: int = 32, seed: int = 0) -> Path:
     return path
 
 
-@pytest.mark.slow  # a CLI run: ~10 s alone, ~40 s on a busy machine
+@pytest.mark.slow  # a command line (in process: about 1 s)
 def test_predict_from_the_folder(converted, tmp_path: Path) -> None:
     folder = converted[3]
     clip = write_video(tmp_path / "clip.mp4", 6)
@@ -116,13 +122,13 @@ def test_finetune_replaces_the_head_resizes_tables_and_trains(converted, tmp_pat
         for i in range(5):
             write_video(tmp_path / "data" / f"class{c}" / f"{i}.mp4", 5, size=40, seed=10 * c + i)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_video", f"pretrained={folder}", f"data.root={tmp_path / 'data'}",
-               "data.image_size=40", "data.batch_size=4", "trainer.max_epochs=1", "threads=1", "logger=csv",
-               f"hydra.run.dir={run}")
+    proc = command("train.py", "experiment=finetune_video", f"pretrained={folder}",
+                   f"data.root={tmp_path / 'data'}", "data.image_size=40", "data.batch_size=4", "trainer.max_epochs=1",
+                   "threads=1", "logger=csv", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     assert state["net.head.weight"].shape == (2, 32)
     if family == "timesformer":  # a learned 4 x 4 table resized to the 5 x 5 patches of 40 px
         assert state["net.pos_embed.weight"].shape == (1, 25, 32)
-    proc = cli("predict.py", str(run), str(tmp_path / "data" / "class0" / "0.mp4"), "--threads", "1")
+    proc = command("predict.py", str(run), str(tmp_path / "data" / "class0" / "0.mp4"), "--threads", "1")
     assert proc.returncode == 0 and "class" in proc.stdout, proc.stderr[-3000:]

@@ -10,9 +10,11 @@ import timm
 import torch
 from timm.models._hub import save_for_hf
 
+from helpers.cli import command
+from helpers.pretrained import cli, image_folder, randomize
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
-from pretrained_common import cli, image_folder, randomize
+
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 VARIANTS = {  # timm architecture and arguments: every pooling / token layout the converter maps
     "cls": ("vit_tiny_patch16_224", {}),
@@ -83,8 +85,8 @@ def test_preprocessing_travels_with_the_weights(tmp_path: Path) -> None:
 def test_predict_runs_a_source_directly_and_draws(tmp_path: Path) -> None:
     reference("cls", tmp_path / "src")
     image = next(image_folder(tmp_path / "images").rglob("*.png"))
-    proc = cli("predict.py", str(tmp_path / "src"), str(image), "--attention-dir", str(tmp_path / "out"),
-               "--threads", "1")
+    proc = command("predict.py", str(tmp_path / "src"), str(image), "--attention-dir", str(tmp_path / "out"),
+                   "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "class 0" in proc.stdout and list((tmp_path / "out").glob("*_attention.png"))
 
@@ -105,9 +107,9 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     ref = reference("cls", tmp_path / "src")
     folder = image_folder(tmp_path / "data", classes=3, per_class=8)
     run = tmp_path / "run"
-    proc = cli("train.py", "experiment=finetune_vit", f"pretrained={tmp_path / 'src'}", f"data.root={folder}",
-               "data.image_size=48", "data.batch_size=8", "trainer.max_epochs=1", "threads=1", "logger=csv",
-               f"hydra.run.dir={run}", "data.num_workers=0")
+    proc = command("train.py", "experiment=finetune_vit", f"pretrained={tmp_path / 'src'}",
+                   f"data.root={folder}", "data.image_size=48", "data.batch_size=8", "trainer.max_epochs=1",
+                   "threads=1", "logger=csv", f"hydra.run.dir={run}", "data.num_workers=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     state = ckpt["state_dict"]
@@ -117,11 +119,11 @@ def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path)
     assert ckpt["zoo_config"]["preprocess"]["mean"] == list(ref.pretrained_cfg["mean"])
     assert ckpt["zoo_config"]["data"]["mean"] == list(ref.pretrained_cfg["mean"])  # the folder normalised as the source
     image = next(folder.rglob("*.png"))
-    proc = cli("predict.py", str(run), str(image), "--threads", "1")
+    proc = command("predict.py", str(run), str(image), "--threads", "1")
     assert proc.returncode == 0 and "class" in proc.stdout, proc.stderr[-3000:]
-    proc = cli("evaluate.py", f"ckpt_path={run}", "threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
+    proc = command("evaluate.py", f"ckpt_path={run}", "threads=1", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0 and "test/acc" in proc.stdout, proc.stderr[-3000:]
-    proc = cli("export.py", f"ckpt_path={run}", "format=onnx", "threads=1", f"out={tmp_path / 'export'}")
+    proc = command("export.py", f"ckpt_path={run}", "format=onnx", "threads=1", f"out={tmp_path / 'export'}")
     assert proc.returncode == 0 and (tmp_path / "export" / "vit.onnx").is_file(), proc.stderr[-3000:]
     import json
 

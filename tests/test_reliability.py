@@ -14,12 +14,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
-from omegaconf import open_dict
 
-import train as train_script
-from conftest import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
+from helpers.config import DATASETS, MODEL_FOR_DATA, MODELS, ROOT, compose_config
+from helpers.runs import TINY, train_in_process
 from models.audio import AudioSpectrogramTransformer
 from training.classification import ClassificationModule
 from models.translator import Translator
@@ -28,28 +26,6 @@ from models.vit import VisionTransformer
 from utils.build import build_datamodule, build_trainer
 from utils.checkpoint import AtomicCheckpointIO, atomic_save, load_checkpoint, resolve_checkpoint
 from utils.faults import NonFiniteGuard, NonFiniteLossError
-
-# Two epochs of three batches, one small layer: seconds per run, yet every stateful piece (optimizer,
-# schedule, samplers, augmentation, checkpoints) goes through an epoch boundary.
-TINY = ["threads=1", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "model.net.dim=32", "logger=csv", "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false"]
-SMALL = {"vit": ["model.net.depth=1"], "audio": ["model.net.depth=1"], "video": ["model.net.depth=1"],
-         "translator": ["data.num_pairs=1000", "data.bpe_vocab_size=200", "model.net.encoder_depth=1",
-                        "model.net.decoder_depth=1", "model.beam_size=1", "data.eval_batch_size=16"],
-         "sequence": ["model.net.depth=1", "data.train_size=96", "data.val_size=16", "data.test_size=16",
-                      "data.min_length=20", "data.max_length=120", "model.net.attn_window=8"]}
-
-
-def train_in_process(model: str, out: Path, *overrides: str) -> dict[str, float]:
-    """`python train.py model=<model> <TINY> ...` without a new interpreter (seconds instead of ~15 s)."""
-    cfg = compose_config("train", [f"model={model}", *TINY, *SMALL[model], *overrides], out)
-    with open_dict(cfg):
-        cfg.paths.data_dir = str(ROOT / "datasets")  # the generated datasets cached there, as the CLI uses
-        cfg.hydra.runtime.output_dir = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    HydraConfig.instance().set_config(cfg)
-    return train_script.train(cfg)
 
 
 def without_time(metrics: dict[str, float]) -> dict[str, float]:
@@ -329,13 +305,13 @@ def test_translate_refuses_empty_and_truncates_long_sentences(monkeypatch) -> No
 def test_last_checkpoint_is_the_last_epoch_even_without_improvement(tmp_path: Path) -> None:
     # lr=0: val/acc never improves after epoch 0, so best.ckpt stays at epoch 0; last.ckpt (what a resume
     # starts from) must still follow every epoch (Lightning's save_last alone only follows new bests).
-    from conftest import run_cli
+    from helpers.cli import run
 
-    run = tmp_path / "run"
-    run_cli("train.py", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "model.net.depth=1", "model.net.dim=32", "model.optimizer.lr=0", "test=false", "threads=1",
-            f"hydra.run.dir={run}")
-    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    best = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    folder = tmp_path / "run"
+    run("train.py", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "model.net.depth=1", "model.net.dim=32", "model.optimizer.lr=0", "test=false", "threads=1",
+        f"hydra.run.dir={folder}")
+    last = load_checkpoint(folder / "checkpoints" / "last.ckpt")
+    best = load_checkpoint(folder / "checkpoints" / "best.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 6)
     assert best["epoch"] == 0

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from data.bible import clean_osis, load_bible, parse_export
 from data.phrases import generate_phrases
 from data.text import BucketBatchSampler, TranslationDataModule, read_tsv, split_of
+from models.embeddings import sinusoidal_table
 from training.seq2seq import text_metrics
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode, encode, train_tokenizer
-from models.embeddings import sinusoidal_table
 from models.translator import Translator
 from utils.checkpoint import average_checkpoints
 
@@ -159,8 +159,9 @@ def test_phrases_are_real_cldr_translations_and_deterministic() -> None:
     pairs = generate_phrases("de", 300, seed=3)
     assert pairs == generate_phrases("de", 300, seed=3)
     assert len({s for s, _ in pairs}) == 300
-    from babel import dates
     import datetime as dt
+
+    from babel import dates
 
     # One rendering checked against Babel directly: the generator adds nothing of its own.
     assert dates.format_date(dt.date(2021, 3, 4), "long", locale="de") == "4. März 2021"
@@ -255,36 +256,36 @@ def test_bible_loader_aligns_real_verses(tmp_path) -> None:
 def test_train_evaluate_average_and_predict_from_the_command_line(tmp_path) -> None:
     import json
 
-    from conftest import run_cli
+    from helpers.cli import command, run
 
-    run = tmp_path / "run"
+    folder = tmp_path / "run"
     tiny_run = ["model=translator", "data.num_pairs=1500", "data.bpe_vocab_size=200", "model.net.dim=32",
                 "model.net.encoder_depth=1", "model.net.decoder_depth=1", "model.max_new_tokens=12",
                 "trainer.max_epochs=2", "trainer.limit_train_batches=3", "keep_epoch_checkpoints=2",
                 f"paths.data_dir={tmp_path / 'datasets'}"]
-    run_cli("train.py", *tiny_run, f"hydra.run.dir={run}")
-    trained = json.loads((run / "metrics.json").read_text())
+    run("train.py", *tiny_run, f"hydra.run.dir={folder}")
+    trained = json.loads((folder / "metrics.json").read_text())
     assert {"test/bleu", "test/chrf", "test/exact", "test/acc"} <= trained.keys()
-    assert (run / "tokenizer.json").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").glob("epoch*.ckpt")) == ["epoch000.ckpt", "epoch001.ckpt"]
+    assert (folder / "tokenizer.json").is_file()
+    assert sorted(p.name for p in (folder / "checkpoints").glob("epoch*.ckpt")) == ["epoch000.ckpt", "epoch001.ckpt"]
 
     # evaluate rebuilds the model with the checkpoint's own tokenizer and reproduces the test metrics.
-    run_cli("evaluate.py", f"ckpt_path={run}", "save_attention=1", f"paths.data_dir={tmp_path / 'datasets'}",
-            f"hydra.run.dir={tmp_path / 'ev'}")
+    run("evaluate.py", f"ckpt_path={folder}", "save_attention=1", f"paths.data_dir={tmp_path / 'datasets'}",
+        f"hydra.run.dir={tmp_path / 'ev'}")
     assert len(list((tmp_path / "ev" / "attention").glob("test000_*attention.png"))) == 2  # cross + encoder
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in ("test/bleu", "test/chrf", "test/acc"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
-    run_cli("evaluate.py", f"ckpt_path={run}", "average_last=2", f"paths.data_dir={tmp_path / 'datasets'}",
-            f"hydra.run.dir={tmp_path / 'avg'}")
+    run("evaluate.py", f"ckpt_path={folder}", "average_last=2", f"paths.data_dir={tmp_path / 'datasets'}",
+        f"hydra.run.dir={tmp_path / 'avg'}")
     assert "test/bleu" in json.loads((tmp_path / "avg" / "metrics.json").read_text())
 
-    proc = run_cli("predict.py", str(run), "Monday, March 3, 2025", "--beam-size", "2",
-                   "--attention-dir", str(tmp_path / "pics"))
+    proc = run("predict.py", str(folder), "Monday, March 3, 2025", "--beam-size", "2",
+               "--attention-dir", str(tmp_path / "pics"))
     assert proc.stdout.strip() and "error" not in proc.stderr.lower()
     assert sorted(p.name for p in (tmp_path / "pics").glob("*.png")) == [
         "000_Monday_March_3_2025_cross_attention.png", "000_Monday_March_3_2025_encoder_attention.png"]
-    proc = run_cli("predict.py", str(run), "   ", check=False)
+    proc = command("predict.py", str(folder), "   ")
     assert proc.returncode == 2 and "empty" in proc.stderr
 
 

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.cli import command
+from helpers.config import ROOT
 
 
 def cli(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run train.py / predict.py / ... on one thread, as a user would."""
+    """Run train.py / predict.py / ... on one thread in a new interpreter, with `env` (read at import time, as
+    HF_HOME is): a pretrained source's command line that does not depend on the environment runs in process
+    (helpers.cli.command)."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full, capture_output=True, text=True,
-                          timeout=600)
+                          check=False, timeout=600)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
@@ -63,6 +66,6 @@ def audio_folder(root: Path, classes: int = 2, per_class: int = 6, seconds: floa
 
 def assert_predicts_from_source(folder: Path, path: Path, out: Path) -> None:
     """predict.py straight from a saved source: labels from its config, attention pictures written."""
-    proc = cli("predict.py", str(folder), str(path), "--attention-dir", str(out), "--threads", "1")
+    proc = command("predict.py", str(folder), str(path), "--attention-dir", str(out), "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LABEL_" in proc.stdout and list(out.glob("*_attention.png"))
