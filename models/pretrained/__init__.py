@@ -9,7 +9,9 @@ preparation; `source.py` finds the files (timm:, hf:, a local folder or file) wi
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,26 +134,24 @@ def hf_labels(config: dict[str, Any]) -> list[str]:
     return [str(id2label.get(str(i), id2label.get(i, f"class {i}"))) for i in range(len(id2label))]
 
 
+def converters() -> list[str]:
+    """The converter modules of this package (one per source family; each says which sources it `accepts`)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "source")
+
+
 def family(src: Source) -> str:
-    """Which converter reads this source: "timm_vit" | "ast" | "videomae" | "timesformer" | "marian" | "bert"."""
-    if src.kind == "timm" or src.path.is_file():
-        return "timm_vit"
-    config = read_json(src.file("config.json"))
-    if "architecture" in config:
-        return "timm_vit"
-    model_type = config.get("model_type")
-    families = {"audio-spectrogram-transformer": "ast", "videomae": "videomae", "timesformer": "timesformer",
-                "marian": "marian", "bert": "bert"}
-    if model_type in families:
-        return families[model_type]
-    raise UserError(f"pretrained={src.spec!r}: cannot convert a {model_type or 'folder without a config.json'} "
-                    f"({src.path}); the zoo converts timm vit_* / deit_* ViTs and Hugging Face "
-                    f"{', '.join(families)} models")
+    """Which converter reads this source: the first module of this package whose `accepts(src, config)` is true
+    (a new family is a new file here, with no table to edit)."""
+    config = {} if src.path.is_file() else read_json(src.file("config.json"))
+    for name in converters():
+        if importlib.import_module(f"models.pretrained.{name}").accepts(src, config):
+            return name
+    what = config.get("model_type") or "folder without a config.json"
+    raise UserError(f"pretrained={src.spec!r}: cannot convert a {what} ({src.path}); the zoo converts: "
+                    f"{', '.join(converters())} (docs/pretrained.md)")
 
 
 def convert(spec: str) -> Converted:
     """Resolve a source offline and convert it (the reference library reads configs; nothing of it runs later)."""
-    import importlib
-
     src = resolve(spec)
     return importlib.import_module(f"models.pretrained.{family(src)}").convert(src)

@@ -14,6 +14,10 @@ from utils.errors import UserError
 PREFIX = "audio_spectrogram_transformer."
 
 
+def accepts(src: Source, config: dict[str, Any]) -> bool:
+    return config.get("model_type") == "audio-spectrogram-transformer"
+
+
 def net_config(config: dict[str, Any], fe: dict[str, Any], spec: str) -> dict[str, Any]:
     if fe.get("max_length", config["max_length"]) != config["max_length"]:
         raise UserError(f"pretrained={spec!r}: feature extractor max_length {fe['max_length']} != the model's "

@@ -21,6 +21,10 @@ from utils.errors import FileFormatError, MissingFileError
 ACTS = HF_ACTIVATIONS
 
 
+def accepts(src: Source, config: dict) -> bool:
+    return config.get("model_type") == "bert"
+
+
 def encoder_kwargs(config: dict) -> dict:
     """A BertConfig (as a dict) -> TextEncoder arguments; refuses what the zoo's encoder does not express."""
     if config.get("position_embedding_type", "absolute") != "absolute":

@@ -22,6 +22,10 @@ from utils.errors import FileFormatError, MissingFileError
 ACTS = HF_ACTIVATIONS
 
 
+def accepts(src: Source, config: dict[str, Any]) -> bool:
+    return config.get("model_type") == "marian"
+
+
 def translator_kwargs(config: dict) -> dict:
     """A MarianConfig (as a dict) -> Translator arguments; refuses what the Translator does not express."""
     for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):

@@ -20,6 +20,10 @@ TEMPORAL = {"temporal_layernorm": "norm_time", "temporal_dense": "temporal_proj"
             "attention.output.dense": "attn_space.proj", "layernorm_after": "norm_mlp"}
 
 
+def accepts(src: Source, config: dict[str, Any]) -> bool:
+    return config.get("model_type") == "timesformer"
+
+
 def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
     if config.get("attention_type", "divided_space_time") != "divided_space_time":
         raise UserError(f"pretrained={spec!r}: attention_type={config['attention_type']!r}; the zoo converts "

@@ -15,6 +15,11 @@ from utils.errors import UserError
 ACTIVATIONS = {"GELU": "gelu", "SiLU": "silu", "ReLU": "relu", "QuickGELU": None, "GELUTanh": "gelu_tanh"}
 
 
+def accepts(src: Source, config: dict[str, Any]) -> bool:
+    """timm: ids, a bare weights file, and folders whose config.json names a timm architecture."""
+    return src.kind == "timm" or src.path.is_file() or "architecture" in config
+
+
 def reference_model(src: Source) -> tuple[Any, dict[str, Any]]:
     """The timm model (meta tensors: no memory, no init) described by the source, and its config.json."""
     import timm

@@ -15,6 +15,10 @@ from utils.errors import UserError
 PREFIX = "videomae."
 
 
+def accepts(src: Source, config: dict[str, Any]) -> bool:
+    return config.get("model_type") == "videomae"
+
+
 def net_config(config: dict[str, Any], spec: str) -> dict[str, Any]:
     if not config.get("use_mean_pooling", True):
         raise UserError(f"pretrained={spec!r}: VideoMAE without mean pooling (it reads its first patch token) is "
