@@ -150,8 +150,9 @@ def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding,
     assert len(list((tmp_path / "pics").glob("*.png"))) == 2 and "error" not in proc.stderr.lower()
 
 
-def test_predict_on_a_marian_folder_translates_draws_and_checks_its_options(marian_decoding, tmp_path, capsys) -> None:
-    from predict import main
+def test_predict_on_a_marian_folder_translates_draws_and_checks_its_options(marian_decoding, tmp_path, capsys,
+                                                                          in_process) -> None:
+    from predict import main  # run in this test: in_process puts back whatever it changes process-wide
 
     folder = str(marian_decoding[0])
     assert main([folder, TEXT[0], "--attention-dir", str(tmp_path / "pics"), "--beam-size", "2"]) == 0
