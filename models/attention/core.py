@@ -64,11 +64,11 @@ class MultiHeadAttention(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        *,  # the four above stay positional while models/layers.py and spacetime.py pass them so
         fused: bool | None = None,
         window: int | None = None,
         num_global: int = 0,
