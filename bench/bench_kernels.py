@@ -2,7 +2,7 @@
 
 1. One attention layer, forward + backward, at key lengths 8 .. 512 (batch x length = 8,192 tokens, so
    every row does the same projection work): where the explicit formula stops being faster. This is
-   what `AUTO_EXPLICIT_MAX` (keys x head_dim) in models/attention.py, the "auto" kernel, is set from.
+   what `AUTO_EXPLICIT_MAX` (keys x head_dim) in models/attention/kernels.py, the "auto" kernel, is set from.
 2. A training step (forward, cross-entropy, backward, AdamW) of each default classifier (configs/model/
    vit|audio|video.yaml on its default data shape) with the kernel "fused", "explicit" and "auto".
 

@@ -14,8 +14,8 @@ loaded through models.pretrained, as `pretrained=<folder>` does):
                       depth 12, 8 frames of 224 px, divided attention) vs the zoo's VideoTransformer (divided)
 
 Contenders per pair and batch: ``zoo`` (its default kernel choice) vs ``ref`` (timm's fused path /
-transformers' default SDPA), and with maps: ``zoo_maps`` (the zoo's fused kernel, every layer's maps recorded
-beside it) vs ``ref_maps`` (transformers in eager mode with output_attentions=True; timm: its explicit path with
+transformers' default SDPA), and with maps: ``zoo_maps`` (the zoo recording every layer's maps: output and
+map from one explicit pass per layer) vs ``ref_maps`` (transformers in eager mode with output_attentions=True; timm: its explicit path with
 hooks that keep each layer's softmax). Ratios are ref time / zoo time (>= 1.0: the zoo is at least as fast),
 medians of within-round ratios (bench.common.round_robin).
 

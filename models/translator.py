@@ -35,7 +35,7 @@ class Translator(Network):
         tie_embeddings: one matrix for source embedding, target embedding and output layer.
         drop, attn_drop, drop_path: regularisation.
         attn_window, attn_global: sliding-window self-attention in the encoder and the decoder (whose
-            cache then rolls), and global source tokens; see models/attention.py. None = full attention.
+            cache then rolls), and global source tokens; see models/attention/window.py. None = full attention.
         norm_first, act, norm_eps, final_norm: the blocks' options (models/layers.py); Marian (OPUS-MT) is
             post-norm, SiLU, eps 1e-5, no final LayerNorm.
         sinusoid_layout: "interleaved" (sin, cos of each frequency side by side) or "split" (Marian's).

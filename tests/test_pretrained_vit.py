@@ -55,7 +55,7 @@ def test_logits_and_maps_equal_timm(variant: str, tmp_path: Path) -> None:
     assert conv.net["dist_token"] == (variant == "deit_distilled")
     for batch in (1, 3):
         x = torch.randn(batch, 3, 32, 32)
-        with torch.no_grad(), fused_attn(True):  # the zoo on its fused kernel, maps computed beside it
+        with torch.no_grad(), fused_attn(True):  # layers asked for maps run one explicit pass (output + map)
             out, maps = attention_maps(net, x)
             expected = ref(x)
         assert (out - expected).abs().max() <= 1e-4

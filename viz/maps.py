@@ -1,7 +1,7 @@
 """From raw attention weights to what a person wants to see, for each model of the zoo.
 
 Every map here is a per-head map of a Prediction (inference/predictor.py: recorded in the pass that made the
-prediction, beside the running kernel's output). This module only selects heads and combines them:
+prediction: each layer's output and map come from one explicit pass). This module only selects heads and combines them:
 
 * attention rollout (Abnar & Zuidema 2020): how much each input token flows into the pooled output,
   through all layers, counting the residual path (each layer as 0.5 * A + 0.5 * I);
