@@ -4,7 +4,7 @@
     python -m bench.fashion_sweep --jobs 12 --gpu --root DIR  # the same runs on a GPU machine (float32)
 
 Each named setting is `python train.py data=fashion_mnist <overrides>` (the recipe in
-configs/recipe/data/vit_fashion_mnist.yaml plus the overrides), seed 42, one thread. Epochs are given per
+configs/experiment/vit_fashion.yaml plus the overrides), seed 42, one thread. Epochs are given per
 setting so that each costs about the same CPU time (relative step costs measured on this 2-core machine).
 Settings are chosen on val/acc (6,000 images held out of the training set); the table prints test/acc
 too, but nothing is selected on it. On a GPU the runs are numerically float32 like the CPU runs, only
