@@ -455,11 +455,10 @@ def test_bad_values_of_the_other_models(model: str, override: str, message: str,
         check_model_config(compose_config("train", [f"model={model}", override], tmp_path))
 
 
-def test_a_clip_shorter_than_one_patch_names_clip_seconds_and_the_shortest_that_works(tmp_path: Path,
-                                                                                     capsys) -> None:
+def test_a_clip_shorter_than_one_patch_names_clip_seconds_and_the_shortest_that_works(tmp_path: Path) -> None:
     # The model's input width comes from data.clip_seconds: the message names that key, not the patch grid.
     run = f"hydra.run.dir={tmp_path / 'run'}"
-    assert command("train.py", "model=audio", "data.clip_seconds=0.01", run, capsys=capsys) == (
+    assert command("train.py", "model=audio", "data.clip_seconds=0.01", run) == (
         2, "", "error: model.net.clip_seconds=0.01 (from data.clip_seconds): 1 spectrogram frame(s) at "
                "hop_length=320, fewer than one patch (3 frames); expected clip_seconds >= 0.04 (640 samples at "
                "sample_rate=16000)\n")

@@ -60,12 +60,11 @@ def test_the_module_an_old_checkpoint_names_builds_and_takes_its_weights(family)
     assert_same_output(module.net, family)
 
 
-def test_evaluate_runs_on_an_old_run_directory(tmp_path, capsys):
+def test_evaluate_runs_on_an_old_run_directory(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copyfile(OLD / "vit.ckpt", run / "checkpoints" / "best.ckpt")
     code, out, err = command("evaluate.py", f"ckpt_path={run}", "threads=1",
-                             "trainer.limit_test_batches=1", f"hydra.run.dir={tmp_path / 'eval'}",
-                             capsys=capsys)
+                             "trainer.limit_test_batches=1", f"hydra.run.dir={tmp_path / 'eval'}")
     assert code == 0, err[-2000:]
     assert "test/acc" in out
