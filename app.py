@@ -45,7 +45,8 @@ class Demo:
             p = self.predictor.predict(x, maps=True)
             title = f"{name} -> {p.text}" if p.text is not None else name
             folder = Path(tempfile.mkdtemp(prefix="pictures-", dir=self.workdir))
-            pictures = draw(p, folder, slug(Path(name).stem if p.top else name))
+            # A text encoder's pictures follow one word (predict.py --word): its page shows every token.
+            pictures = [] if p.embedding is not None else draw(p, folder, slug(Path(name).stem if p.top else name))
             return "", shown(p), iframe(page(p, title)), [str(path) for path in pictures]
         except Exception as err:  # any bad input becomes a message; the app keeps serving
             return f"error: {err}", "", "", []

@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from inference.inputs import slug
+from inference.inputs import input_kind, slug
 from inference.load import from_run
 from inference.predictor import Predictor, test_examples
 from utils.build import build_trainer, output_dir, write_metrics
@@ -61,6 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]:
     """Attention pictures (PNG) and the explorer page (test<i>.html) of the first n test examples in out_dir,
     each drawn from one prediction; returns one printable line each."""
+    input_kind(predictor.modality, f"save_attention: this {type(predictor.net).__name__}")  # e.g. ListOps: none
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (x, label) in enumerate(test_examples(predictor, n)):

@@ -25,8 +25,8 @@ With --html out.html, an interactive explorer is written too: one self-contained
 (several inputs: out_000_<name>.html, ...), offline, every layer and head (docs/explorer.md).
 
 The model runs once per input (inference/): the printed prediction, the pictures and the page all
-come from that run; the maps are computed beside the model's kernel, so the prediction is the same
-with or without them. `python -m viz.samples DIR` writes test examples of the embedded data as files
+come from that run; with pictures asked for, each layer computes its output and its map in one explicit
+pass, so the prediction equals the fused kernel's within float rounding. `python -m viz.samples DIR` writes test examples of the embedded data as files
 to try this on.
 """
 

@@ -65,10 +65,11 @@ def from_run(run: Restored) -> Predictor:
 
 
 def class_names(dm: object, num_classes: int) -> list[str]:
-    """The class names a data module knows; numbers for a user folder moved since training."""
+    """The class names a data module knows; numbers for a user folder moved since training, or for
+    data that names no classes (ListOps)."""
     try:
-        return list(dm.class_names)  # type: ignore[attr-defined]
-    except (OSError, ValueError):
+        return list(getattr(dm, "class_names"))
+    except (AttributeError, OSError, ValueError):
         return [f"class {i}" for i in range(num_classes)]
 
 
@@ -91,13 +92,14 @@ def load_source(spec: str) -> Predictor:
 def _module(
     net: torch.nn.Module, settings: dict, tokenizer: object, num_classes: int
 ) -> torch.nn.Module | None:
-    """The LightningModule a source's network predicts through: a decoding one when the source has
-    decoding rules, none for a text encoder (it embeds), a classifier otherwise."""
-    if settings:
+    """The LightningModule a source's network predicts through, by the network's task (a new task,
+    not a new family, adds its module here): one that decodes with the source's decoding rules, none
+    for a network that embeds, a classifier otherwise."""
+    if net.task == "generate":
         module = Seq2SeqModule(net, optimizer=torch.optim.AdamW, **settings)
         module.tokenizer = tokenizer
         return module.eval()
-    if hasattr(net, "embed"):
+    if net.task == "embed":
         return None
     # no optimizer: it never trains here
     return ClassificationModule(net, max(2, num_classes), optimizer=None).eval()  # type: ignore

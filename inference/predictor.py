@@ -188,16 +188,14 @@ class Predictor:
 
     @property
     def task(self) -> str:
-        """ "generate" (a module that decodes), "embed" (a text encoder), or "classify"."""
-        if hasattr(self.module, "decode_ids"):
-            return "generate"
-        return "embed" if hasattr(self.net, "embed") else "classify"
+        """What the network says a prediction is: "classify", "generate" or "embed"."""
+        return str(self.net.task)
 
     @property
     def kind(self) -> str:
         """What it takes or does, for people and for the app's tab names: the modality of a
-        classifier, "translator" for a generating model, "encoder" for a text encoder."""
-        return {"generate": "translator", "embed": "encoder"}.get(self.task, self.modality)
+        classifier ("image"), the network's name otherwise ("translator", "text_encoder")."""
+        return self.modality if self.task == "classify" else str(self.net.name)
 
     def check_heads(self, heads: list[int] | None) -> None:
         """`heads` within the network's heads per layer (--heads)."""

@@ -30,11 +30,14 @@ class Network(nn.Module):
     name: the config group (configs/model/<name>.yaml) and the exported file's name.
     modality: the kind of input, as the data configs say it: image | audio | video | text | tokens.
     attention_layers: globs of the MultiHeadAttention modules the explorer and the maps show.
+    task: what a prediction is: "classify" (logits over classes), "generate" (decoded text), "embed"
+        (contextual vectors); it chooses the LightningModule a pretrained source predicts through.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str]
     attention_layers: ClassVar[tuple[str, ...]] = ("encoder.blocks.*.attn",)
+    task: ClassVar[str] = "classify"
 
     def onnx_spec(self) -> OnnxSpec:
         """Example inputs at the training shape, batch 2 (torch.export specialises axes of size 0 and 1),

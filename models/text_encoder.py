@@ -28,6 +28,7 @@ class TextEncoder(Network):
 
     name = "text_encoder"
     modality = "text"
+    task = "embed"
 
     def __init__(
         self,

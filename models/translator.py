@@ -47,6 +47,7 @@ class Translator(Network):
 
     name = "translator"
     modality = "text"
+    task = "generate"
     attention_layers = ("encoder.blocks.*.attn", "decoder.*.self_attn", "decoder.*.cross_attn")
 
     def __init__(

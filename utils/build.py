@@ -117,6 +117,8 @@ def _instantiate(node: DictConfig, name: str, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, (ValueError, MisconfigurationException, FileNotFoundError)):
             raise UserError(f"{name}: {cause}") from cause
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):  # e.g. an old `modality:`
+            raise UserError(f"{name}: {cause}; remove that key from the {name} config") from cause
         if isinstance(cause, (ImportError, AttributeError)) and str(err).startswith("Error locating target"):
             raise UserError(f"{name}: {str(err).splitlines()[0].split(', set env var')[0]} ({cause})") from cause
         raise

@@ -197,7 +197,7 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def load_safetensors(path: str | Path) -> nn.Module:
     """Rebuild the network of an `export_safetensors` file (eval mode). Nothing is unpickled: the
-    config is JSON and only the four zoo network classes can be built."""
+    config is JSON and only zoo networks (models.Network subclasses) can be built."""
     from safetensors.torch import load_file
 
     meta = read_safetensors_metadata(path)

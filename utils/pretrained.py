@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -45,10 +44,10 @@ def apply_pretrained(cfg: DictConfig) -> None:
     if cfg.get("preprocess") is not None or not isinstance(model, DictConfig):
         return
     conv = convert(str(spec))
-    takes = network_class(str(model.net._target_)).modality
-    if conv.modality != takes:
-        raise UserError(f"pretrained={spec!r} is an {conv.modality} model, but model={model.net._target_} takes "
-                        f"{takes} data; use the model= config of that modality")
+    ours, theirs = network_class(str(model.net._target_)), network_class(str(conv.net["_target_"]))
+    if ours is not theirs:
+        raise UserError(f"pretrained={spec!r} converts to a {theirs.__name__} ({theirs.modality} data), but "
+                        f"model={ours.name} builds a {ours.__name__}; use model={theirs.name}")
     net = dict(conv.net)
     params = inspect.signature(network_class(net["_target_"]).__init__).parameters
     old = model.get("net")
@@ -119,9 +118,3 @@ def _resized(reference: nn.Module, net: nn.Module, key: str) -> Tensor:
     size = getattr(new, "grid_size", None) or getattr(new, "num_frames")
     log.info(f"Pretrained {module} resized from {getattr(old, 'grid_size', None) or old.num_frames} to {size}")
     return old(size).reshape(new.weight.shape)
-
-
-def load_source(spec: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """A source as (network in eval mode, its net config, its preprocessing), for predict / export."""
-    conv = convert(spec)
-    return conv.build(), conv.net, conv.preprocess

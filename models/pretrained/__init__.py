@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.network import network_class
 from models.pretrained.source import Source, resolve
 from models.tokenizer import load_tokenizer
 from utils.errors import UserError
@@ -43,11 +44,8 @@ class Converted:
 
     def build(self) -> nn.Module:
         """The zoo network with the converted weights (strict: every tensor mapped, none left over)."""
-        import importlib
-
         kwargs = dict(self.net)
-        module, _, name = str(kwargs.pop("_target_")).rpartition(".")
-        net = getattr(importlib.import_module(module), name)(**kwargs)
+        net = network_class(str(kwargs.pop("_target_")))(**kwargs)
         net.load_state_dict(self.state, strict=True)
         return net.eval()
 
