@@ -150,13 +150,21 @@ def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding,
     assert len(list((tmp_path / "pics").glob("*.png"))) == 2 and "error" not in proc.stderr.lower()
 
 
-def test_predict_on_a_marian_folder_translates_draws_and_checks_its_options(marian_decoding, tmp_path, capsys,
-                                                                          in_process) -> None:
+def test_predict_on_a_marian_folder_translates_draws_writes_its_page_and_checks_options(
+        marian_decoding, tmp_path, capsys, in_process) -> None:
+    from helpers.pretrained import page_data
     from predict import main  # run in this test: in_process puts back whatever it changes process-wide
 
-    folder = str(marian_decoding[0])
-    assert main([folder, TEXT[0], "--attention-dir", str(tmp_path / "pics"), "--beam-size", "2"]) == 0
+    folder, page = str(marian_decoding[0]), tmp_path / "page.html"
+    assert main([folder, TEXT[0], "--attention-dir", str(tmp_path / "pics"), "--beam-size", "2", "--html",
+                 str(page)]) == 0
     assert len(list((tmp_path / "pics").glob("*.png"))) == 2  # cross-attention and encoder self-attention
+    text = page.read_text(encoding="utf-8")
+    assert '"kind":"text"' in text and '"key":"cross"' in text and 'src="http' not in text
+    groups = {g["key"]: g for g in page_data(page)["groups"]}
+    assert set(groups) == {"encoder", "decoder", "cross"}
+    cross = groups["cross"]  # (layers, heads, target tokens, source tokens)
+    assert cross["maps"]["shape"] == [2, 4, len(cross["rows"]), len(cross["cols"])] and cross["rows"]
     assert main([folder, TEXT[0], "--layer", "2"]) == 2
     assert "--layer 2: this model has 2 layers there" in capsys.readouterr().err
 

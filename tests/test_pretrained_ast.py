@@ -70,10 +70,11 @@ def test_converted_ast_exports_to_onnx(converted, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # a command line (in process: about 1 s)
-def test_predict_from_the_folder_names_its_labels(converted, tmp_path: Path) -> None:
+def test_predict_from_the_folder_names_its_labels_and_writes_its_page(converted, tmp_path: Path) -> None:
     folder = converted[3]
     wav = write_wav(tmp_path / "tone.wav", 0.5, 250.0)
-    assert_predicts_from_source(folder, wav, tmp_path / "out")
+    data = assert_predicts_from_source(folder, wav, tmp_path / "out", "audio")
+    assert data["audio"].startswith("data:audio/wav;base64,") and data["image"].startswith("data:image/png")
 
 
 @pytest.mark.slow

@@ -107,10 +107,22 @@ def write_video(path: Path, frames: int, size: int = 32, seed: int = 0) -> Path:
 
 
 @pytest.mark.slow  # a command line (in process: about 1 s)
-def test_predict_from_the_folder(converted, tmp_path: Path) -> None:
-    folder = converted[3]
+def test_predict_from_the_folder_draws_and_writes_its_page(converted, tmp_path: Path) -> None:
+    from viz.explorer import unpack
+
+    family, folder = converted[0], converted[3]
     clip = write_video(tmp_path / "clip.mp4", 6)
-    assert_predicts_from_source(folder, clip, tmp_path / "out")
+    data = assert_predicts_from_source(folder, clip, tmp_path / "out", "video")
+    # the page draws one map per frame and patch: VideoMAE's tubelet tokens (2 frames each) spread over their
+    # frames, TimeSformer's spatial rows without the class token of each frame
+    F, (gh, gw) = len(data["frames"]), data["grid"]
+    N = gh * gw
+    assert (F, N) == (4, 16) and data["attention"] == ("joint" if family == "videomae" else "divided")
+    shapes = {"rollout": [F * N, F * N], "joint": [2, 2, F * N, F * N], "time": [2, 2, N, F, F],
+              "space": [2, 2, F, N, N]}
+    for key in ("rollout", "joint") if family == "videomae" else ("rollout", "time", "space"):
+        assert data[key]["shape"] == shapes[key], key
+        assert np.allclose(unpack(data[key]).sum(-1), 1, atol=1e-3), key  # every row a distribution
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from timm.models._hub import save_for_hf
 
 from helpers.cli import command
-from helpers.pretrained import cli, image_folder, randomize
+from helpers.pretrained import assert_predicts_from_source, cli, image_folder, randomize
 from models.attention import attention_maps, fused_attn
 from models.pretrained import convert
 
@@ -82,13 +82,12 @@ def test_preprocessing_travels_with_the_weights(tmp_path: Path) -> None:
     assert pre["interpolation"] == model.pretrained_cfg["interpolation"] and pre["crop_pct"] == model.pretrained_cfg["crop_pct"]
 
 
-def test_predict_runs_a_source_directly_and_draws(tmp_path: Path) -> None:
+def test_predict_runs_a_source_directly_draws_and_writes_its_page(tmp_path: Path) -> None:
     reference("cls", tmp_path / "src")
     image = next(image_folder(tmp_path / "images").rglob("*.png"))
-    proc = command("predict.py", str(tmp_path / "src"), str(image), "--attention-dir", str(tmp_path / "out"),
-                   "--threads", "1")
-    assert proc.returncode == 0, proc.stderr
-    assert "class 0" in proc.stdout and list((tmp_path / "out").glob("*_attention.png"))
+    data = assert_predicts_from_source(tmp_path / "src", image, tmp_path / "out", "image", label="class 0")
+    assert data["grid"] == [4, 4] and data["cls"] and data["image"].startswith("data:image/png;base64,")
+    assert data["maps"]["shape"] == [2, 2, 17, 17]  # layers, heads, class token + 4 x 4 patches
 
 
 def test_uncached_source_exits_2_naming_it_and_the_cache(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +66,25 @@ def audio_folder(root: Path, classes: int = 2, per_class: int = 6, seconds: floa
     return root
 
 
-def assert_predicts_from_source(folder: Path, path: Path, out: Path) -> None:
-    """predict.py straight from a saved source: labels from its config, attention pictures written."""
-    proc = command("predict.py", str(folder), str(path), "--attention-dir", str(out), "--threads", "1")
+def page_data(path: Path) -> dict:
+    """The payload of an explorer page (viz/explorer/page.py), read back from its JSON tag; the page must be
+    self-contained (nothing fetched over the network)."""
+    text = path.read_text(encoding="utf-8")
+    assert 'src="http' not in text and "src='http" not in text
+    found = re.search(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.S)
+    assert found, f"{path} holds no payload"
+    return json.loads(found.group(1).replace("<\\/", "</"))
+
+
+def assert_predicts_from_source(folder: Path, path: Path, out: Path, kind: str, label: str = "LABEL_") -> dict:
+    """predict.py straight from a saved source: labels from its config (`label` in them), attention pictures and
+    the explorer page written, the page self-contained and of `kind`. Returns the page's payload."""
+    page = out / "page.html"
+    proc = command("predict.py", str(folder), str(path), "--attention-dir", str(out), "--html", str(page),
+                   "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "LABEL_" in proc.stdout and list(out.glob("*_attention.png"))
+    assert label in proc.stdout and list(out.glob("*_attention.png"))
+    assert f'"kind":"{kind}"' in page.read_text(encoding="utf-8")
+    data = page_data(page)
+    assert data["kind"] == kind and data["prediction"]["top"]
+    return data

@@ -308,21 +308,26 @@ def _grid_payload(p: Prediction, title: str) -> dict[str, Any]:
 
 def _video_payload(p: Prediction, title: str) -> dict[str, Any]:
     net, x, maps = p.net, p.input, p.maps
-    T = x.shape[2]
+    tubelet = getattr(net.patch_embed, "tubelet", 1)  # VideoMAE: a token spans 2 frames
+    T = x.shape[2] // tubelet  # time steps of tokens
     depth = len(net.blocks)
     mean = {k: v.mean(dim=1) for k, v in maps.items()}
     per_layer, _ = video_token_maps(net, mean, 1, T)
+    grid = net.patch_embed.grid_for(tuple(x.shape[-2:]))
+    if net.attention == "divided":  # TimeSformer's class token in every frame: the patches' share
+        n = grid[0] * grid[1]
+        maps = {k: _patches_only(v, n) if k.endswith("attn_space") else v for k, v in maps.items()}
     payload: dict[str, Any] = {
         "kind": "video",
         "title": title,
         "notes": [],
         "prediction": {"top": p.top},
-        "grid": list(net.patch_embed.grid_for(tuple(x.shape[-2:]))),
+        "grid": list(grid),
         "frames": [png_data_url(f) for f in p.shown],
         "attention": net.attention,
         "layers": [f"block {i}" for i in range(depth)],
         "heads": [str(h) for h in range(next(iter(maps.values())).shape[1])],
-        "rollout": pack(rollout(per_layer)[0]),
+        "rollout": pack(_per_frame(rollout(per_layer)[0], T, tubelet)),
     }
     if (
         net.attention == "divided"
@@ -344,5 +349,27 @@ def _video_payload(p: Prediction, title: str) -> dict[str, Any]:
             )
         )
     else:
-        payload["joint"] = pack(torch.stack([maps[f"blocks.{i}.attn"][0] for i in range(depth)]))
+        joint = torch.stack([maps[f"blocks.{i}.attn"][0] for i in range(depth)])
+        payload["joint"] = pack(_per_frame(joint, T, tubelet))
     return payload
+
+
+def _patches_only(space: Tensor, n: int) -> Tensor:
+    """(..., 1 + n, 1 + n) spatial maps with a class token -> (..., n, n): the patches' rows and
+    their share of each row (as viz.maps.video_token_maps counts them); (..., n, n) as it is."""
+    if space.shape[-1] == n:
+        return space
+    patches = space[..., 1:, 1:]
+    return patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def _per_frame(m: Tensor, steps: int, tubelet: int) -> Tensor:
+    """(..., steps*N, steps*N) token matrices -> (..., frames*N, frames*N), frames = steps * tubelet:
+    each frame of a token's tubelet reads that token's row, and a column's weight is split evenly
+    between the frames of its tubelet (rows still sum to 1). The page draws one map per frame."""
+    if tubelet == 1:
+        return m
+    n = m.shape[-1] // steps
+    m = m.unflatten(-1, (steps, n)).unflatten(-3, (steps, n))  # (..., t, n, s, m)
+    m = m.repeat_interleave(tubelet, dim=-4).repeat_interleave(tubelet, dim=-2) / tubelet
+    return m.flatten(-2).flatten(-3, -2)
