@@ -9,28 +9,27 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import predictors
+from helpers.predictors import sentence
+from inference.predictor import Prediction
 from models.attention import attention_maps
 from models.audio import AudioSpectrogramTransformer
 from models.tokenizer import BOS_ID
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
-from viz.explorer import MAX_TOKENS, classifier_payload, pack, render, text_payload, unpack
-from viz.maps import classifier_maps
+from viz.explorer import MAX_TOKENS, pack, payload, render, unpack
+from viz.maps import classifier_views
 
 # docs/explorer_<name>.png taken here (tiny models); image, audio and video are of trained default runs,
 # made by viz/explorer_screens.py (docs/explorer.md#screenshots), so the tests leave them alone
 SAVED_SCREENSHOTS = ("text", "video_joint")
 TOL = 2e-5  # uint16 storage: |error| <= 0.5 / 65535, plus the 6-decimal data attributes
-NAMES = [f"class {i}" for i in range(5)]
 
 
-class Tok:
-    id_to_token = staticmethod(lambda i: f"t{i}")
-
-
-def _pages() -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
-    """Tiny random models, one input each, and the explorer payload of that input."""
+def _pages() -> dict[str, tuple[torch.nn.Module, tuple, dict, Prediction]]:
+    """Tiny random models, one input each, the explorer payload of that input and the Prediction it
+    is of (made as predict.py makes it: Predictor.predict(x, maps=True))."""
     torch.manual_seed(0)
     vit = VisionTransformer(img_size=16, patch_size=4, dim=32, depth=2, num_heads=4, num_classes=5).eval()
     audio = AudioSpectrogramTransformer(num_classes=5, n_mels=16, n_fft=256, hop_length=160, patch_size=[16, 3],
@@ -41,15 +40,19 @@ def _pages() -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
     tr = Translator(vocab_size=20, dim=32, encoder_depth=2, decoder_depth=2, num_heads=4, max_len=16, drop=0.0).eval()
     img, wave, clip = torch.randn(1, 1, 16, 16), torch.randn(1, 8000) * 0.1, torch.randn(1, 1, 4, 16, 16)
     src, out = torch.tensor([[5, 6, 7, 8, 9]]), [11, 12, 13, 3]
-    return {
-        "text": (tr, (src, out), text_payload(tr, src, out, Tok(), "t11 t12 t13", "t5 t6 t7 t8 t9")),
-        "image": (vit, (img,), classifier_payload(vit, img, img[0].sigmoid(), NAMES, "image", "x.png")),
-        "audio": (audio, (wave,), classifier_payload(audio, wave, audio.frontend(wave)[0, 0], NAMES, "audio", "x.wav")),
-        "video": (divided, (clip,), classifier_payload(divided, clip, clip[0].sigmoid().permute(1, 0, 2, 3), NAMES,
-                                                       "video", "x.mp4")),
-        "video_joint": (joint, (clip,), classifier_payload(joint, clip, clip[0].sigmoid().permute(1, 0, 2, 3), NAMES,
-                                                           "video", "x.mp4")),
-    }
+    pages = {}
+    text = predictors.translator(tr, out).predict(sentence(src[0]), maps=True)
+    pages["text"] = (tr, (src, out), payload(text, "t5 t6 t7 t8 t9 -> t11 t12 t13"), text)
+    for name, net, x, file in (("image", vit, img, "x.png"), ("audio", audio, wave, "x.wav"),
+                               ("video", divided, clip, "x.mp4"), ("video_joint", joint, clip, "x.mp4")):
+        p = predictors.classifier(net).predict(x, maps=True)
+        pages[name] = (net, (x,), payload(p, file), p)
+    return pages
+
+
+def _views(p: Prediction, time_layer: int = -1):
+    """viz.maps' views of a classifier's Prediction (what its PNG pictures draw)."""
+    return classifier_views(p.net, p.input, p.logits[None], p.maps, p.heads, time_layer)
 
 
 PAGES = _pages()
@@ -68,9 +71,9 @@ def browser():
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("explorer")
     out = {}
-    for name, (_, _, payload) in PAGES.items():
+    for name, (_, _, data, _) in PAGES.items():
         out[name] = folder / f"{name}.html"
-        out[name].write_text(render(payload), encoding="utf-8")
+        out[name].write_text(render(data), encoding="utf-8")
     return out
 
 
@@ -106,7 +109,7 @@ def test_pack_round_trips_to_uint16_precision() -> None:
 
 
 def test_text_page_head_view_shows_the_attention_maps_of_each_layer_head_and_kind(browser, files) -> None:
-    net, (src, out), _ = PAGES["text"]
+    net, (src, out), _, _ = PAGES["text"]
     tgt_in = torch.tensor([[BOS_ID] + out[:-1]])
     _, maps = attention_maps(net, src, tgt_in)
     page = _open(browser, files["text"])
@@ -153,18 +156,18 @@ def _hover_patch(page, selector: str, r: int, c: int, gh: int, gw: int, flip: bo
 
 @pytest.mark.parametrize("name", ["image", "audio"])
 def test_image_and_audio_pages_show_each_patch_row_per_layer_head_and_the_rollout(browser, files, name: str) -> None:
-    net, (x,), payload = PAGES[name]
+    net, (x,), data, p = PAGES[name]
     _, maps = attention_maps(net, x)
-    gh, gw = payload["grid"]
+    gh, gw = data["grid"]
     page = _open(browser, files[name])
-    # default: the rollout from the class token = viz.maps.classifier_maps, up to its normalisation
+    # default: the rollout from the class token = viz.maps' view of the Prediction, up to its normalisation
     w = np.array(_weights(page))
-    np.testing.assert_allclose(w / w.sum(), classifier_maps(net, x).tokens[0].flatten().numpy(), atol=1e-4)
+    np.testing.assert_allclose(w / w.sum(), _views(p).tokens[0].flatten().numpy(), atol=1e-4)
     r, c = gh - 1, gw // 2
     page.select_option("#layer", "1")
     page.select_option("#head", "2")
-    _hover_patch(page, "#overlay", r, c, gh, gw, payload.get("flip_rows", False))
-    q, k = r * gw + c, 1 if payload["cls"] else 0  # the patch and the class token's offset
+    _hover_patch(page, "#overlay", r, c, gh, gw, data.get("flip_rows", False))
+    q, k = r * gw + c, 1 if data["cls"] else 0  # the patch and the class token's offset
     assert page.get_attribute("#readout", "data-query") == str(q)
     np.testing.assert_allclose(_weights(page), maps["encoder.blocks.1.attn"][0, 2, k + q, k:].numpy(), atol=TOL)
     if k:
@@ -184,9 +187,9 @@ def test_image_and_audio_pages_show_each_patch_row_per_layer_head_and_the_rollou
 
 @pytest.mark.parametrize("name", ["video", "video_joint"])
 def test_video_page_shows_where_a_patch_looks_across_frames(browser, files, name: str) -> None:
-    net, (x,), payload = PAGES[name]
+    net, (x,), data, p = PAGES[name]
     _, maps = attention_maps(net, x)
-    gh, gw = payload["grid"]
+    gh, gw = data["grid"]
     N = gh * gw
     page = _open(browser, files[name])
     page.select_option("#layer", "1")
@@ -198,13 +201,13 @@ def test_video_page_shows_where_a_patch_looks_across_frames(browser, files, name
         np.testing.assert_allclose(_weights(page, "space"), maps["blocks.1.attn_space"][f, 3, n].numpy(), atol=TOL)
     else:
         np.testing.assert_allclose(_weights(page), maps["blocks.1.attn"][0, 3, f * N + n].numpy(), atol=TOL)
-    # the frame-to-frame matrix of the block, mean of heads, equals viz.maps.classifier_maps(time_layer)
+    # the frame-to-frame matrix of the block, mean of heads, equals viz.maps' view (time_layer) of the Prediction
     page.select_option("#head", "mean")
     matrix = json.loads(page.get_attribute("#framematrix", "data-matrix"))
-    np.testing.assert_allclose(matrix, classifier_maps(net, x, time_layer=1).time[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(matrix, _views(p, time_layer=1).time[0].numpy(), atol=1e-4)
     page.select_option("#layer", "0")
     matrix = json.loads(page.get_attribute("#framematrix", "data-matrix"))
-    np.testing.assert_allclose(matrix, classifier_maps(net, x, time_layer=0).time[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(matrix, _views(p, time_layer=0).time[0].numpy(), atol=1e-4)
     _finish(browser, page, name)
 
 
@@ -213,10 +216,10 @@ def test_long_text_is_capped_at_max_tokens_and_the_page_says_so(browser, tmp_pat
     torch.manual_seed(0)
     net = Translator(vocab_size=40, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, max_len=600, drop=0.0).eval()
     src = torch.randint(4, 40, (1, 600))
-    payload = text_payload(net, src, [5, 6, 3], Tok(), "t5 t6", "long")
-    assert payload["groups"][0]["maps"]["shape"] == [1, 2, MAX_TOKENS, MAX_TOKENS]
+    data = payload(predictors.translator(net, [5, 6, 3]).predict(sentence(src[0]), maps=True), "long")
+    assert data["groups"][0]["maps"]["shape"] == [1, 2, MAX_TOKENS, MAX_TOKENS]
     path = tmp_path / "long.html"
-    path.write_text(render(payload), encoding="utf-8")
+    path.write_text(render(data), encoding="utf-8")
     assert path.stat().st_size < 5_000_000
     page = _open(browser, path)
     assert "first 512" in page.inner_text("#notes")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import predictors
 from helpers.runs import sample_file
 from models.attention import AttentionRecorder, attention_maps, fused_attn
 from models.audio import AudioSpectrogramTransformer
@@ -16,7 +16,7 @@ from models.tokenizer import EOS_ID, PAD_ID
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
-from viz.maps import classifier_maps, divided_as_joint, rollout, translation_maps
+from viz.maps import ClassifierMaps, classifier_views, divided_as_joint, rollout, translation_views
 
 torch.manual_seed(0)
 
@@ -143,11 +143,16 @@ def test_divided_attention_as_token_matrices_matches_a_loop() -> None:
 
 
 @pytest.mark.parametrize("name", ["vit_cls", "vit_mean", "audio", "video_divided", "video_joint"])
-def test_classifier_maps_have_the_grid_shape_and_sum_to_one(name: str) -> None:
+def test_classifier_views_of_a_prediction_have_the_grid_shape_and_sum_to_one(name: str) -> None:
     net, (x,) = _nets()[name]
-    net.eval()
-    maps = classifier_maps(net, x)
-    assert torch.equal(maps.logits, net(x))  # the prediction shown is the model's own
+    predictor = predictors.classifier(net)
+    views = []
+    for i in range(len(x)):  # as predict.py makes them: one input, one Prediction, its views
+        p = predictor.predict(x[i : i + 1], maps=True)
+        views.append(classifier_views(net, p.input, p.logits[None], p.maps))
+        assert torch.equal(views[-1].logits, net(x[i : i + 1]))  # the prediction shown is the model's own
+    maps = ClassifierMaps(torch.cat([v.logits for v in views]), torch.cat([v.tokens for v in views]),
+                          None if views[0].time is None else torch.cat([v.time for v in views]))
     if name.startswith("vit"):
         assert maps.tokens.shape == (2, 4, 4)
     elif name == "audio":
@@ -160,7 +165,7 @@ def test_classifier_maps_have_the_grid_shape_and_sum_to_one(name: str) -> None:
     assert (maps.tokens >= 0).all()
 
 
-def test_translation_maps_are_those_of_the_cached_decoding() -> None:
+def test_translation_views_of_a_prediction_are_those_of_the_cached_decoding() -> None:
     net, (src, _) = _nets()["translator"]
     net.eval()
     one = src[:1]
@@ -169,10 +174,9 @@ def test_translation_maps_are_those_of_the_cached_decoding() -> None:
     last_step = rec.maps["decoder.1.cross_attn"][0, -1]  # the cached step that produced the last token
     out = out[: out.index(EOS_ID) + 1] if EOS_ID in out else out
 
-    class Tok:
-        id_to_token = staticmethod(lambda i: f"t{i}")
-
-    maps = translation_maps(net, one, out, Tok(), cross_layer=-1, encoder_layer=0)
+    p = predictors.translator(net, out).predict(predictors.sentence(one[0]), maps=True)  # predict.py's path
+    assert torch.equal(p.source_ids, one) and p.ids == out
+    maps = translation_views(p.source_tokens, p.target_tokens, p.maps, cross_layer=-1, encoder_layer=0)
     assert maps.cross.shape == (len(out), one.shape[1]) and maps.encoder.shape == (5, 5)
     assert maps.target_tokens == [f"t{i}" for i in out] and maps.cross_layer == "decoder.1.cross_attn"
     torch.testing.assert_close(maps.cross[-1], last_step, atol=1e-5, rtol=1e-4)

@@ -21,8 +21,6 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from inference.predictor import record, teacher_forced
-
 
 def rollout(maps: list[Tensor], residual: float = 0.5) -> Tensor:
     """Attention rollout: maps is one (B, L, L) head-averaged matrix per layer, first layer first.
@@ -75,14 +73,6 @@ def in_layer_order(names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: [int(p) if p.isdigit() else -1 for p in n.split(".")])
 
 
-@torch.no_grad()
-def classifier_maps(net: nn.Module, x: Tensor, heads: list[int] | None = None, time_layer: int = -1) -> ClassifierMaps:
-    """Run a classifier once on x and view its maps (classifier_views); for tests and notebooks: predict.py
-    and app.py view a Prediction's maps instead."""
-    logits, maps = record(net, x)
-    return classifier_views(net, x, logits, maps, heads, time_layer)
-
-
 def classifier_views(net: nn.Module, x: Tensor, logits: Tensor, maps: dict[str, Tensor],
                      heads: list[int] | None = None, time_layer: int = -1) -> ClassifierMaps:
     """What an image / audio / video classifier attended to, from the per-head maps of its forward pass on x."""
@@ -122,7 +112,7 @@ def divided_as_joint(time: Tensor, space: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def video_token_maps(net: nn.Module, maps: dict[str, Tensor], B: int, T: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Head-averaged maps of a VideoTransformer (attention_maps names) -> the (B, T*N, T*N) token matrices
+    """Head-averaged maps of a VideoTransformer (named by layer) -> the (B, T*N, T*N) token matrices
     in the order the blocks apply them (rollout's input), and each block's (B, T, T) frame-to-frame attention."""
     per_layer, time_maps = [], []
     for i in range(len(net.blocks)):
@@ -168,22 +158,6 @@ class TranslationMaps:
     encoder: Tensor
     cross_layer: str
     encoder_layer: str
-
-
-@torch.no_grad()
-def translation_maps(net: nn.Module, src: Tensor, out: list[int], tokenizer: object, cross_layer: int = -1,
-                     encoder_layer: int = -1, heads: list[int] | None = None) -> TranslationMaps:
-    """Maps for one sentence: src (1, S) ids, out = the generated ids (EOS included, no BOS); the decoder
-    re-run with teacher forcing (inference.predictor.teacher_forced). For tests and notebooks: predict.py
-    and app.py view a Prediction's maps (translation_views)."""
-    if src.dim() != 2 or src.shape[0] != 1:
-        raise ValueError(f"src must be one sentence of ids, shape (1, S), got {tuple(src.shape)}")
-    if not out:
-        raise ValueError("the translation is empty: nothing to align")
-    _, maps = teacher_forced(net, src, out)
-    token = tokenizer.id_to_token  # type: ignore[attr-defined]
-    return translation_views([token(int(i)) for i in src[0]], [token(int(i)) for i in out], maps, cross_layer,
-                             encoder_layer, heads)
 
 
 def translation_views(source_tokens: list[str], target_tokens: list[str], maps: dict[str, Tensor],

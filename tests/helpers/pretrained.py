@@ -71,7 +71,7 @@ def page_data(path: Path) -> dict:
     self-contained (nothing fetched over the network)."""
     text = path.read_text(encoding="utf-8")
     assert 'src="http' not in text and "src='http" not in text
-    found = re.search(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.S)
+    found = re.search(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.DOTALL)
     assert found, f"{path} holds no payload"
     return json.loads(found.group(1).replace("<\\/", "</"))
 

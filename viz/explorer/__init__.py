@@ -6,26 +6,22 @@ The page is built in page.py from template.html (its script and styles)."""
 
 from viz.explorer.page import (
     MAX_TOKENS,
-    classifier_payload,
     iframe,
     pack,
     page,
     payload,
     png_data_url,
     render,
-    text_payload,
     unpack,
 )
 
 __all__ = [
     "MAX_TOKENS",
-    "classifier_payload",
     "iframe",
     "pack",
     "page",
     "payload",
     "png_data_url",
     "render",
-    "text_payload",
     "unpack",
 ]

@@ -6,7 +6,7 @@ shows maps.
 
 The page holds its data as JSON in a <script type="application/json"> tag and its plain JS / CSS
 inline (template.html beside this file): no request leaves the file. Attention weights are the
-per-head maps of `models.attention.attention_maps` (rollout and video token matrices from
+per-head maps of the Prediction (rollout and video token matrices from
 viz/maps.py), stored as uint16 (w * 65535, base64): 1.5e-5 precision at 2 bytes a weight."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from inference.predictor import Prediction, record, teacher_forced, top_classes
+from inference.predictor import Prediction
 from viz.maps import _grid, in_layer_order, rollout, video_token_maps
 
 TEMPLATE = Path(__file__).with_name("template.html")
@@ -99,30 +99,6 @@ def _budget(maps: Tensor, notes: list[str]) -> tuple[Tensor, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------- text
-
-
-@torch.no_grad()
-def text_payload(
-    net: torch.nn.Module, src: Tensor, out: list[int], tokenizer: Any, translation: str, source: str
-) -> dict[str, Any]:
-    """The page data of a translation of src (1, S) into `out` (EOS included), the decoder re-run
-    with teacher forcing; for tests and notebooks: predict.py and app.py give `payload` a
-    Prediction."""
-    tgt_in, maps = teacher_forced(net, src, out)
-    token = tokenizer.id_to_token
-    p = Prediction(
-        net,
-        "text",
-        source,
-        text=translation,
-        source_ids=src,
-        source_tokens=[token(int(i)) for i in src[0]],
-        ids=list(out),
-        target_tokens=[token(int(i)) for i in out],
-        input_tokens=[token(int(i)) for i in tgt_in],
-        maps=maps,
-    )
-    return payload(p, f"{source} -> {translation}")
 
 
 # Groups of a text page: key, label, which layers, and the tokens of rows and columns (Prediction fields).
@@ -225,31 +201,6 @@ def wav_data_url(wave: Tensor, sample_rate: int) -> str:
         buf, wave.detach().float().clamp(-1, 1).numpy(), sample_rate, format="WAV", subtype="PCM_16"
     )
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-@torch.no_grad()
-def classifier_payload(
-    net: torch.nn.Module,
-    x: Tensor,
-    shown: Tensor,
-    class_names: list[str],
-    kind: str,
-    title: str,
-    top_k: int = 5,
-) -> dict[str, Any]:
-    """The page data of a classifier run once on x (batch of 1), shown as `shown`; for tests and
-    notebooks: predict.py and app.py give `payload` a Prediction."""
-    logits, maps = record(net, x)
-    p = Prediction(
-        net,
-        kind,
-        x,
-        shown,
-        logits=logits[0],
-        top=top_classes(logits[0], class_names, top_k),
-        maps=maps,
-    )
-    return payload(p, title)
 
 
 def payload(p: Prediction, title: str) -> dict[str, Any]:
