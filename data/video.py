@@ -29,7 +29,9 @@ from data.moving_digits import CLASS_NAMES, check_geometry, make_moving_digits
 from utils.errors import FileFormatError, MissingFileError
 
 DATASETS = ("moving_digits", "video_folder")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")  # .m4v: an MPEG-4 file by another name
+# .m4v: an MPEG-4 file by another name; .gif: an animated GIF is a clip (PyAV decodes its frames; a still one
+# is refused for having too few)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".gif")
 VIDEO_FOLDER_LAYOUT = "root/<class>/<video>.mp4 (one sub-folder per class, videos inside)"
 
 

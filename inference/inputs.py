@@ -167,7 +167,7 @@ INPUT_KINDS = {
     ),
     "video": InputKind(
         VIDEO_EXTENSIONS,
-        "videos (.mp4, .avi, .webm, .mkv, .mov)",
+        "videos (.mp4, .avi, .webm, .mkv, .mov, animated .gif)",
         "a video",
         _read_video,
         _show_video,
@@ -194,7 +194,8 @@ def input_kind(modality: str, what: str = "this model") -> InputKind:
 
 
 def file_modality(path: Path) -> str | None:
-    """The modality whose files have this extension ("image" | "audio" | "video"), or None."""
+    """The first modality whose files have this extension ("image" | "audio" | "video"), or None
+    (.gif is an image's and a video's: `read` takes it as the model's own kind)."""
     suffix = path.suffix.lower()
     return next(
         (m for m, kind in INPUT_KINDS.items() if kind.read and suffix in kind.extensions), None
@@ -265,9 +266,8 @@ def read(predictor: PredictorLike, item: str, notes: list[str] | None = None) ->
         raise MissingFileError(
             f"input {item!r} is {what}; this {name} takes a file path ({kind.description})"
         )
-    found = file_modality(path)
-    if found == "image" and predictor.modality == "video" and path.suffix.lower() == ".gif":
-        found = "video"  # an animated GIF is a clip too
+    # an extension two kinds share (.gif: an image, or an animated clip) is the model's own kind's
+    found = predictor.modality if path.suffix.lower() in kind.extensions else file_modality(path)
     if found is not None and found != predictor.modality:
         article = "an" if found[0] in "aeiou" else "a"
         raise FileFormatError(

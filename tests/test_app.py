@@ -114,3 +114,24 @@ def _browse(url: str, image: Path) -> None:
         assert all(u.startswith((url, "data:", "blob:", "about:")) for u in browser.requests), browser.requests
     finally:
         browser.close()
+
+
+def test_an_animated_gif_is_a_clip_to_the_app_and_to_predict_alike(runs, tmp_path) -> None:
+    """.gif is a video kind's extension (INPUT_KINDS, the one table): the app's extension check lets it through
+    and answers what predict.py prints for it."""
+    import numpy as np
+    from PIL import Image
+
+    from app import Demo
+    from inference.inputs import INPUT_KINDS
+    from inference.load import load
+
+    assert ".gif" in INPUT_KINDS["video"].extensions and ".gif" in INPUT_KINDS["image"].extensions
+    g = np.random.default_rng(0)
+    frames = [Image.fromarray(g.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(10)]
+    gif = tmp_path / "clip.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    folder = runs["video"][0]
+    printed = run("predict.py", str(folder), str(gif), "--threads", "1").stdout.strip().splitlines()[0]
+    message, prediction, explorer, pictures = Demo(load(folder), tmp_path, 1.0).answer(str(gif))
+    assert message == "" and prediction == printed.split(": ", 1)[1] and explorer.startswith("<iframe")
