@@ -359,9 +359,9 @@ BAD_FILES = [
     ("audio", "notes.dat", "error: cannot read audio file {path}: LibsndfileError: Error opening '{path}': Format not "
                            "recognised.; this AudioSpectrogramTransformer takes audio files (.wav, .flac, .ogg)\n"),
     ("video", "x.wav", "error: {path} is an audio file, but this VideoTransformer ({ckpt}) takes videos (.mp4, .avi, "
-                       ".webm, .mkv, .mov)\n"),
+                       ".webm, .mkv, .mov, animated .gif)\n"),
     ("video", "x.png", "error: {path} is an image file, but this VideoTransformer ({ckpt}) takes videos (.mp4, .avi, "
-                       ".webm, .mkv, .mov)\n"),
+                       ".webm, .mkv, .mov, animated .gif)\n"),
     ("video", "sound.mp4", "error: {path} has no video stream (it holds audio only)\n"),
     ("video", "one_frame.mp4", "error: {path} has 1 decodable frame(s), fewer than num_frames=8 (the clip length the "
                                "model takes; data.num_frames when training)\n"),
