@@ -121,7 +121,6 @@ def test_predict_settings_follow_generation_config(marian_decoding) -> None:
     assert text == ref_tok.decode(expected, skip_special_tokens=True)
 
 
-@pytest.mark.slow  # three command lines (in process: about 3 s)
 def test_fine_tune_evaluate_and_predict_a_pretrained_translator(marian_decoding, tmp_path) -> None:
     import json
 

@@ -69,7 +69,6 @@ def test_converted_ast_exports_to_onnx(converted, tmp_path: Path) -> None:
     assert verify_onnx(net, tmp_path / "audio.onnx", spec) <= 1e-4
 
 
-@pytest.mark.slow  # a command line (in process: about 1 s)
 def test_predict_from_the_folder_names_its_labels_and_writes_its_page(converted, tmp_path: Path) -> None:
     folder = converted[3]
     wav = write_wav(tmp_path / "tone.wav", 0.5, 250.0)
@@ -77,7 +76,6 @@ def test_predict_from_the_folder_names_its_labels_and_writes_its_page(converted,
     assert data["audio"].startswith("data:audio/wav;base64,") and data["image"].startswith("data:image/png")
 
 
-@pytest.mark.slow
 def test_finetune_replaces_the_head_and_trains(converted, tmp_path: Path) -> None:
     from utils.checkpoint import load_checkpoint
 

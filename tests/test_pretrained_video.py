@@ -106,7 +106,6 @@ def write_video(path: Path, frames: int, size: int = 32, seed: int = 0) -> Path:
     return path
 
 
-@pytest.mark.slow  # a command line (in process: about 1 s)
 def test_predict_from_the_folder_draws_and_writes_its_page(converted, tmp_path: Path) -> None:
     from viz.explorer import unpack
 
@@ -125,7 +124,6 @@ def test_predict_from_the_folder_draws_and_writes_its_page(converted, tmp_path: 
         assert np.allclose(unpack(data[key]).sum(-1), 1, atol=1e-3), key  # every row a distribution
 
 
-@pytest.mark.slow
 def test_finetune_replaces_the_head_resizes_tables_and_trains(converted, tmp_path: Path) -> None:
     from utils.checkpoint import load_checkpoint
 

@@ -99,7 +99,6 @@ def test_uncached_source_exits_2_naming_it_and_the_cache(tmp_path: Path) -> None
     assert "huggingface-cli download" in proc.stderr
 
 
-@pytest.mark.slow
 def test_finetune_replaces_the_head_resizes_positions_and_trains(tmp_path: Path) -> None:
     from utils.checkpoint import load_checkpoint
 
