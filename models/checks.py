@@ -51,6 +51,13 @@ def require_int(
     raise refuse(name, value, _or_null(f"expected an integer >= {at_least}{note}", optional))
 
 
+def require_token_id(name: str, value: Any, vocab_size: int) -> int:
+    """A special token's id (pad, bos, eos): an integer inside the vocabulary."""
+    if is_int(value) and 0 <= value < vocab_size:
+        return value
+    raise refuse(name, value, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+
+
 def require_number(
     name: str,
     value: Any,

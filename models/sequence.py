@@ -14,7 +14,7 @@ from torch.export import Dim
 from timm.layers import trunc_normal_
 
 from models.embeddings import sinusoidal_table
-from models.checks import refuse, require_int
+from models.checks import require_int, require_token_id
 from models.layers import Encoder, check_block_options
 from models.network import Network, OnnxSpec
 
@@ -57,9 +57,7 @@ class SequenceClassifier(Network):
         require_int("vocab_size", vocab_size)
         require_int("num_classes", num_classes, at_least=2, note=" (classes to tell apart)")
         require_int("max_len", max_len)
-        require_int("pad_id", pad_id, at_least=0)
-        if pad_id >= vocab_size:
-            raise refuse("pad_id", pad_id, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+        require_token_id("pad_id", pad_id, vocab_size)
         self.dim = dim
         self.max_len = max_len
         self.pad_id = pad_id

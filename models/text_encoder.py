@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.export import Dim
 
-from models.checks import refuse, require_int
+from models.checks import require_int, require_token_id
 from models.layers import Activation, Encoder, LayerNorm, check_block_options
 from models.network import Network, OnnxSpec
 
@@ -55,9 +55,7 @@ class TextEncoder(Network):
         require_int("vocab_size", vocab_size)
         require_int("max_len", max_len)
         require_int("type_vocab_size", type_vocab_size)
-        require_int("pad_id", pad_id, at_least=0)
-        if pad_id >= vocab_size:
-            raise refuse("pad_id", pad_id, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+        require_token_id("pad_id", pad_id, vocab_size)
         self.dim = dim
         self.max_len = max_len
         self.pad_id = pad_id

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from models.attention import KVCache
-from models.checks import is_int, refuse, require_bool, require_choice, require_int
+from models.checks import require_bool, require_choice, require_int, require_token_id
 from models.embeddings import sinusoidal_table
 from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
 from models.network import Network, OnnxSpec
@@ -96,8 +96,7 @@ class Translator(Network):
                             ("scale_embeddings", scale_embeddings), ("logits_bias", logits_bias)):
             require_bool(name, value)
         for name, token in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
-            if not is_int(token) or not 0 <= token < vocab_size:
-                raise refuse(name, token, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
+            require_token_id(name, token, vocab_size)
         self.vocab_size = vocab_size
         self.dim = dim
         self.max_len = max_len
