@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.cli import command, run_cli
+from helpers.cli import run_cli
 from models.attention import fused_attn
 from utils.errors import MissingDataError
 

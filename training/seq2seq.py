@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from models.tokenizer import PAD_ID, decode, encode
+from models.tokenizer import decode, encode
 from training.schedules import optimizer_with_schedule
 from models.translator import Translator
 from training.switches import apply_switches

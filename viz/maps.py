@@ -135,7 +135,6 @@ def _video_maps(net: nn.Module, x: Tensor, logits: Tensor, maps: dict[str, Tenso
     B, _, T, H, W = x.shape
     T //= getattr(net.patch_embed, "tubelet", 1)  # time steps of tokens (VideoMAE: one per 2 frames)
     gh, gw = net.patch_embed.grid_for((H, W))
-    N = gh * gw
     depth = len(net.blocks)
     if not -depth <= time_layer < depth:
         raise ValueError(f"time_layer={time_layer} out of range for a video model with {depth} blocks")
