@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from training.schedules import optimizer_with_schedule
+from models.checks import require_bool, require_int
+from training.schedules import check_schedule, optimizer_with_schedule
 from training.switches import apply_switches
 
 
@@ -46,8 +47,10 @@ class ClassificationModule(L.LightningModule):
         tta_flip: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        require_int("num_classes", num_classes, at_least=2, note=" (classes to tell apart)")
+        check_schedule(warmup_fraction, min_lr_ratio, label_smoothing)
+        for name, value in (("compile", compile), ("grad_checkpointing", grad_checkpointing), ("tta_flip", tta_flip)):
+            require_bool(name, value)
         apply_switches(net, compile, grad_checkpointing)
         self.net = net
         self.optimizer_factory = optimizer

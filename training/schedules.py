@@ -9,6 +9,15 @@ import lightning as L
 import torch
 from torch import nn
 
+from models.checks import require_fraction, require_number
+
+
+def check_schedule(warmup_fraction: float, min_lr_ratio: float, label_smoothing: float) -> None:
+    """The schedule and loss settings every LightningModule takes (ValueError naming the key)."""
+    require_fraction("warmup_fraction", warmup_fraction)
+    require_number("min_lr_ratio", min_lr_ratio, low=0, high=1)
+    require_fraction("label_smoothing", label_smoothing)
+
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_lr_ratio`."""

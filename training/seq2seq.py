@@ -12,7 +12,8 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from models.tokenizer import decode, encode
-from training.schedules import optimizer_with_schedule
+from models.checks import require_bool, require_choice, require_int, require_number
+from training.schedules import check_schedule, optimizer_with_schedule
 from models.translator import Translator
 from training.switches import apply_switches
 
@@ -57,8 +58,13 @@ class Seq2SeqModule(L.LightningModule):
         early_stopping: bool = False,
     ) -> None:
         super().__init__()
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        check_schedule(warmup_fraction, min_lr_ratio, label_smoothing)
+        require_int("beam_size", beam_size)
+        require_number("length_penalty", length_penalty, low=0)
+        require_int("max_new_tokens", max_new_tokens)
+        require_choice("length_norm", length_norm, ("gnmt", "hf"))
+        for name, value in (("compile", compile), ("grad_checkpointing", grad_checkpointing)):
+            require_bool(name, value)
         apply_switches(net, compile, grad_checkpointing)
         self.net = net
         self.compiled = compile

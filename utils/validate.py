@@ -68,19 +68,7 @@ def optional(rule: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
     return opt
 
 
-# The LightningModule around the network (model.*), and the optimizer (model.optimizer.*).
-MODULE_RULES: dict[str, Callable[[Any], str | None]] = {
-    "warmup_fraction": number_in(0, 1),
-    "min_lr_ratio": number_in(0, 1, high_open=False),
-    "label_smoothing": number_in(0, 1),
-    "beam_size": int_at_least(1),
-    "length_penalty": non_negative_number,
-    "max_new_tokens": int_at_least(1),
-    "compile": boolean,
-    "grad_checkpointing": boolean,
-    "tta_flip": boolean,
-    "num_classes": int_at_least(2, " (classes to tell apart)"),
-}
+# The optimizer (model.optimizer.*); the LightningModule (model.*) and the network check their own arguments.
 OPTIMIZER_RULES: dict[str, Callable[[Any], str | None]] = {
     "lr": non_negative_number,
     "weight_decay": non_negative_number,
@@ -226,7 +214,6 @@ def check_model_config(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if not isinstance(model, DictConfig):
         return
-    _check(model, "model.", MODULE_RULES)
     optimizer = model.get("optimizer")
     if isinstance(optimizer, DictConfig):
         _check(optimizer, "model.optimizer.", OPTIMIZER_RULES)
@@ -239,16 +226,41 @@ def check_model_config(cfg: DictConfig) -> None:
 
 
 def check_network(cfg: DictConfig) -> None:
-    """Build cfg.model.net once on the meta device (no memory, no weights, milliseconds): its constructor's
-    checks fire now, before any data is read, as `UserError("model.net.<key>=<value>: ...")`."""
+    """Build cfg.model.net, then the LightningModule around it, once on the meta device (no memory, no
+    weights, milliseconds): their constructors' checks fire now, before any data is read, as
+    `UserError("model.net.<key>=<value>: ...")` / `UserError("model.<key>=<value>: ...")`."""
     model = cfg.get("model")
     net = model.get("net") if isinstance(model, DictConfig) else None
     if isinstance(net, DictConfig):
-        check_net_config(net, "model.net.")
+        built = check_net_config(net, "model.net.")
+        if built is not None:
+            check_module_config(model, built)
 
 
-def check_net_config(net: DictConfig, prefix: str = "model.net.") -> None:
-    """Every key a parameter of the `_target_` class, then the class built on the meta device."""
+def check_module_config(model: DictConfig, net: torch.nn.Module) -> None:
+    """The LightningModule of `model` (its keys but `net`, `optimizer`) built around a meta `net`."""
+    cls = _locate(model._target_, "model._target_") if isinstance(model.get("_target_"), str) else None
+    if cls is None:
+        return
+    try:
+        kwargs = OmegaConf.to_container(model, resolve=True)
+    except (MissingMandatoryValue, InterpolationResolutionError):
+        return  # a key points at what is not known yet: the real build names it later
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("_target_", "net", "optimizer")}
+    for fact, placeholder in PLACEHOLDERS.items():
+        if fact in kwargs and kwargs[fact] is None:
+            kwargs[fact] = placeholder
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        with torch.device("meta"):
+            cls(net=net, optimizer=None, **{k: v for k, v in kwargs.items() if k in params})
+    except ValueError as err:
+        raise UserError("model." + _with_source(str(err), model, kwargs)) from None
+
+
+def check_net_config(net: DictConfig, prefix: str = "model.net.") -> torch.nn.Module | None:
+    """Every key a parameter of the `_target_` class, then the class built on the meta device (returned;
+    None when a value is not known yet)."""
     cls = _network_class(net, prefix)
     if cls is None:
         return
@@ -268,7 +280,7 @@ def check_net_config(net: DictConfig, prefix: str = "model.net.") -> None:
             kwargs[fact] = placeholder
     try:
         with torch.device("meta"):
-            hydra.utils.instantiate(kwargs)
+            return hydra.utils.instantiate(kwargs)
     except InstantiationException as err:
         if not isinstance(err.__cause__, ValueError):
             raise
