@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.export import Dim
 from timm.layers import trunc_normal_
 
-from models.checks import (refuse, require_bool, require_choice, require_int, require_number, require_range,
+from models.checks import (check_prefix_tokens, refuse, require_bool, require_choice, require_int, require_number, require_range,
                            require_size)
 from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, _pair, prepend_tokens
 from models.layers import Activation, Encoder, LayerNorm, check_block_options
@@ -297,12 +297,7 @@ class AudioSpectrogramTransformer(Network):
         require_choice("pool", pool, ("cls", "mean"))
         require_choice("frontend", frontend, ("logmel", "kaldi_fbank"))
         require_choice("stem", stem, ("patch", "conv"))
-        class_token = pool == "cls" if class_token is None else require_bool("class_token", class_token)
-        if pool == "cls" and not class_token:
-            raise refuse("class_token", class_token, "pool='cls' reads the class token (class_token=false goes "
-                         "with pool='mean')")
-        if require_bool("dist_token", dist_token) and not class_token:
-            raise refuse("dist_token", dist_token, "a distillation token needs a class token beside it")
+        class_token = check_prefix_tokens(pool, class_token, dist_token)
         for name, value in (("token_pos", token_pos), ("fc_norm", fc_norm), ("final_norm", final_norm)):
             require_bool(name, value)
         self.sample_rate = sample_rate

@@ -58,6 +58,18 @@ def require_token_id(name: str, value: Any, vocab_size: int) -> int:
     raise refuse(name, value, f"expected a token id inside the vocabulary (0..{vocab_size - 1})")
 
 
+def check_prefix_tokens(pool: str, class_token: bool | None, dist_token: bool) -> bool:
+    """Whether a ViT-style model has a class token (None: it has one when pooling from it), checked
+    against the pooling and a DeiT / AST distillation token, which sits beside a class token."""
+    class_token = pool == "cls" if class_token is None else require_bool("class_token", class_token)
+    if pool == "cls" and not class_token:
+        raise refuse("class_token", class_token, "pool='cls' reads the class token (class_token=false goes "
+                     "with pool='mean')")
+    if require_bool("dist_token", dist_token) and not class_token:
+        raise refuse("dist_token", dist_token, "a distillation token needs a class token beside it")
+    return class_token
+
+
 def require_number(
     name: str,
     value: Any,

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.export import Dim
 from timm.layers import trunc_normal_
 
-from models.checks import refuse, require_bool, require_choice, require_int, require_size
+from models.checks import check_prefix_tokens, require_bool, require_choice, require_int, require_size
 from models.embeddings import ConvStem, PatchEmbed, PosEmbed2D, check_patch_fits, prepend_tokens
 from models.layers import Activation, Encoder, LayerNorm, check_block_options
 from models.network import Network, OnnxSpec
@@ -76,12 +76,7 @@ class VisionTransformer(Network):
         require_size("patch_size", patch_size)
         require_size("patch_stride", patch_stride, optional=True)
         check_patch_fits(patch_size, img_size)
-        class_token = pool == "cls" if class_token is None else require_bool("class_token", class_token)
-        if pool == "cls" and not class_token:
-            raise refuse("class_token", class_token, "pool='cls' reads the class token (class_token=false goes "
-                         "with pool='mean')")
-        if require_bool("dist_token", dist_token) and not class_token:
-            raise refuse("dist_token", dist_token, "a DeiT distillation token needs a class token beside it")
+        class_token = check_prefix_tokens(pool, class_token, dist_token)
         require_bool("token_pos", token_pos)
         require_bool("fc_norm", fc_norm)
         self.pool = pool
