@@ -11,6 +11,7 @@ to keep in sync between data and model, and SpecAugment follows `model.train()` 
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -80,6 +81,7 @@ class LogMel(nn.Module):
         self.norm_mean = norm_mean
         self.norm_std = norm_std
         self._warped: dict[tuple[int, torch.device], Tensor] = {}  # not a buffer: checkpoints stay as they were
+        self._banks: dict[tuple[int, int, torch.device], Tensor] = {}  # warp steps stacked, per device
 
     def warped_filters(self, factor: float, device: torch.device) -> Tensor:
         """(n_fft // 2 + 1, n_mels) mel filters warped by `factor` (rounded to 1 / WARP_STEPS): the usual
@@ -105,19 +107,29 @@ class LogMel(nn.Module):
                 spec = self.mel.mel_scale(power)  # (B, n_mels, frames)
         return ((spec + 1e-6).log() - self.norm_mean).div(self.norm_std).unsqueeze(1)
 
+    def warp_bank(self, first: int, last: int, device: torch.device) -> Tensor:
+        """(last - first + 1, freqs, n_mels): the warped filters of steps first..last, stacked (cached)."""
+        key = (first, last, device)
+        if key not in self._banks:
+            self._banks[key] = torch.stack([self.warped_filters(s / WARP_STEPS, device)
+                                            for s in range(first, last + 1)])
+        return self._banks[key]
+
     def warp(self, power: Tensor, factors: Tensor | None = None) -> Tensor:
         """(B, freqs, frames) power -> (B, n_mels, frames) through per-clip warped mel filters (VTLP);
-        `factors` (B,) default to uniform draws from `warp_range`."""
+        `factors` (B,) default to uniform draws from `warp_range`. The draws and the filter choice stay
+        on power's device, and one batched matmul applies them: no host round trip per batch."""
         if factors is None:
             low, high = self.warp_range or (1.0, 1.0)
-            factors = low + (high - low) * torch.rand(power.shape[0])
+            factors = low + (high - low) * torch.rand(power.shape[0], device=power.device)
+            first, last = math.floor(low * WARP_STEPS) - 1, math.ceil(high * WARP_STEPS) + 1
+        else:  # any factors (analysis, tests): a bank spanning them, read from the host once
+            factors = factors.to(power.device)
+            steps = torch.round(factors * WARP_STEPS).long()
+            first, last = int(steps.min()), int(steps.max())
         steps = torch.round(factors * WARP_STEPS).long()
-        out = power.new_empty(power.shape[0], self.mel.mel_scale.n_mels, power.shape[-1])
-        for step in steps.unique().tolist():
-            idx = (steps == step).nonzero()[:, 0].to(power.device)
-            fb = self.warped_filters(step / WARP_STEPS, power.device)
-            out[idx] = (power[idx].transpose(1, 2) @ fb).transpose(1, 2)
-        return out
+        banks = self.warp_bank(first, last, power.device)[steps - first]  # (B, freqs, n_mels)
+        return torch.bmm(power.transpose(1, 2), banks).transpose(1, 2).contiguous()
 
 
 class KaldiFbank(nn.Module):
@@ -166,7 +178,7 @@ class KaldiFbank(nn.Module):
             previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi's replicate-padded shift
             frames = (frames - self.PREEMPHASIS * previous) * self.window
             power = torch.fft.rfft(F.pad(frames, (0, self.padded - self.n_fft))).abs().pow(2.0)
-            feats = torch.max(power @ self.banks, torch.tensor(torch.finfo(torch.float32).eps)).log()
+            feats = (power @ self.banks).clamp_min(torch.finfo(torch.float32).eps).log()
         missing = self.max_frames - feats.shape[1]
         feats = F.pad(feats, (0, 0, 0, missing)) if missing > 0 else feats[:, : self.max_frames]
         return ((feats - self.norm_mean) / self.norm_std).transpose(1, 2).unsqueeze(1)  # (B, 1, n_mels, frames)

@@ -72,9 +72,10 @@ class SequenceClassifier(Network):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, ids: Tensor, always_mask: bool = False) -> Tensor:
-        """(B, L) ids -> (B, num_classes). The padding mask is skipped when nothing is padded, unless
-        `always_mask` (no branch on tensor values, for graph export; an all-False mask changes nothing)."""
+    def forward(self, ids: Tensor, always_mask: bool = True) -> Tensor:
+        """(B, L) ids -> (B, num_classes). The padding mask is built on the ids' device even when nothing
+        is padded (an all-False mask changes nothing): no host read of the ids, no branch on their values.
+        `always_mask=False` skips it when nothing is padded, at the cost of that read (a GPU sync)."""
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(f"expected (batch, length) int64 token ids, got {tuple(ids.shape)} {ids.dtype}")
         if ids.shape[1] > self.max_len:

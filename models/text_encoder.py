@@ -67,9 +67,10 @@ class TextEncoder(Network):
         self.encoder = Encoder(dim=dim, depth=depth, final_norm=False, **block_options)
 
     def forward(self, ids: Tensor, pad_mask: Tensor | None = None, token_types: Tensor | None = None,
-                always_mask: bool = False) -> Tensor:
+                always_mask: bool = True) -> Tensor:
         """ids (B, L); pad_mask (B, L) True = padding (default: ids == pad_id); token_types (B, L) or zeros.
-        `always_mask` applies the mask even when nothing is padded (no branch on values, for graph export)."""
+        The mask applies even when nothing is padded (no host read of it, no branch on values);
+        `always_mask=False` skips it then, at the cost of that read (a GPU sync)."""
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(f"expected (batch, length) int64 token ids, got {tuple(ids.shape)} {ids.dtype}")
         L = ids.shape[1]

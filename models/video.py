@@ -136,6 +136,13 @@ class VideoTransformer(Network):
             self.pos_embed = PosEmbed2D(self.patch_embed.grid_size, dim)
             self.time_embed = TimePosEmbed(num_frames, dim)
         self.pos = pos
+        self.pos_table: Tensor | None
+        if pos != "sincos_fixed":
+            self.pos_table = None
+        else:  # made once, not per forward (derived: checkpoints stay as they were)
+            frames = num_frames // tubelet_size if stem == "tubelet" else num_frames
+            grid = self.patch_embed.grid_size
+            self.register_buffer("pos_table", sinusoidal_table(frames * grid[0] * grid[1], dim), persistent=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.prefix_pos = nn.Parameter(torch.zeros(1, 1, dim)) if class_token and token_pos else None
         self.pos_drop = nn.Dropout(drop)
@@ -196,7 +203,9 @@ class VideoTransformer(Network):
         if self.pos == "learned":
             x = x + self.pos_embed(grid).unsqueeze(1) + self.time_embed(T)  # (1, 1, N, d) + (1, T, 1, d)
         else:  # VideoMAE: fixed sin/cos over the flattened (time, patch) order
-            x = x + sinusoidal_table(x.shape[1] * x.shape[2], x.shape[3]).to(x).view(1, *x.shape[1:])
+            n = x.shape[1] * x.shape[2]  # a table's first n rows are the table of n positions
+            table = self.pos_table[:n] if n <= len(self.pos_table) else sinusoidal_table(n, x.shape[3])
+            x = x + table.to(x).view(1, *x.shape[1:])
         cls = None
         if self.cls_token is not None:
             cls = self.cls_token if self.prefix_pos is None else self.cls_token + self.prefix_pos
