@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.checks import require_bool, require_int
@@ -57,6 +58,7 @@ class ClassificationModule(L.LightningModule):
         self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
         self.label_smoothing = label_smoothing
         self.tta_flip = tta_flip
+        self.train_loss = MeanMetric(nan_strategy="disable")  # NaN checks would read the loss on the host
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -72,11 +74,14 @@ class ClassificationModule(L.LightningModule):
         smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         metric(logits, y)
-        on_step = stage == "train"
-        # sync_dist: under DDP the epoch loss is averaged over all processes, as one process would see it
-        # (the accuracy metric syncs itself); a no-op on one device.
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y),
-                 sync_dist=True)
+        # Under DDP the epoch loss is averaged over all processes, as one process would see it (the metrics
+        # sync themselves at the epoch's end; sync_dist for the evaluation loss); a no-op on one device. The
+        # training step's value is this process's own: `self.log(sync_dist=True)` would all-reduce every step.
+        if stage == "train":
+            self.train_loss(loss.detach(), torch.full_like(loss.detach(), len(y)))
+            self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

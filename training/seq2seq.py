@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from models.tokenizer import decode, encode
 from models.checks import require_bool, require_choice, require_int, require_number
@@ -73,6 +74,7 @@ class Seq2SeqModule(L.LightningModule):
         self.beam_size, self.length_penalty, self.max_new_tokens = beam_size, length_penalty, max_new_tokens
         self.length_norm, self.banned_tokens, self.forced_eos = length_norm, tuple(banned_tokens or ()), forced_eos
         self.renormalize_logits, self.early_stopping = renormalize_logits, early_stopping
+        self.train_loss = MeanMetric(nan_strategy="disable")  # NaN checks would read the loss on the host
         self.tokenizer: Tokenizer | None = None
         self._outputs: dict[str, list[tuple[int, str]]] = {}
 
@@ -99,10 +101,14 @@ class Seq2SeqModule(L.LightningModule):
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=pad_id, label_smoothing=smoothing)
         real = labels.ne(pad_id)
         acc = (logits.argmax(-1).eq(labels) & real).sum() / real.sum()
-        n = int(real.sum())
-        # sync_dist: under DDP, means over the tokens of all processes (a no-op on one device)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=n,
-                 sync_dist=True)
+        n = real.sum()  # a tensor: weighting by it needs no host read (a GPU sync) per step
+        # Epoch means over the tokens of all processes under DDP (a no-op on one device); the training step's
+        # value is this process's own (training/classification.py says why).
+        if stage == "train":
+            self.train_loss(loss.detach(), n.expand_as(loss))
+            self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n,
                  sync_dist=True)  # token accuracy
         return loss

@@ -18,31 +18,88 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteGuard(L.Callback):
-    """Stops training at the first NaN / inf training loss, before its backward pass and update, and
-    refuses to write a checkpoint whose weights are not finite. The best / last checkpoints on disk
-    therefore stay the last good ones, ready for `python train.py ckpt_path=<run dir>`."""
+    """Stops training at a NaN / inf training loss and refuses to write a checkpoint whose weights are not
+    finite. The best / last checkpoints on disk therefore stay the last good ones, ready for
+    `python train.py ckpt_path=<run dir>`.
+
+    Each step's check stays on the device (a flag per step, no host read): the flags are read every
+    `check_every_n_steps` steps, at each epoch's end, before validation and before any checkpoint is
+    written, so training stops at the first of these after a bad loss, naming the step that had it. A bad
+    step's update and the few steps after it may have run by then (1 = stop before the bad update, at the
+    cost of a host sync per step); whatever they did to the weights in memory, no checkpoint holds it.
+    Under DDP the decision is all-reduced at those points only, so all processes stop together.
+
+    Args:
+        check_every_n_steps: read the flags after this many training steps (>= 1).
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be an int >= 1, got {check_every_n_steps!r}")
+        self.check_every_n_steps = check_every_n_steps
+        self._flags: list[torch.Tensor] = []  # per step since the last read: (bad, loss) on the device
+        self._where: list[tuple[int, int, int]] = []  # (epoch, global step, batch) of each
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss).all())  # one scalar sync per step: noise next to the step itself
-        # Under DDP every process must stop together: one raising alone leaves the others waiting in the
-        # gradient all-reduce until the collective times out.
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {trainer.current_epoch}, global step {trainer.global_step} "
-                f"(batch {trainer.fit_loop.epoch_loop.batch_idx} of the epoch); stopped before the update. "
-                f"{_kept(trainer)}. Usual causes: too high a learning rate (model.optimizer.lr), no gradient "
-                f"clipping (trainer.gradient_clip_val), NaN in the data"
-            )
+        loss = loss.detach().float().reshape(-1)
+        self._flags.append(torch.cat([(~torch.isfinite(loss).all()).float()[None], loss[:1]]))
+        self._where.append((trainer.current_epoch, trainer.global_step, trainer.fit_loop.epoch_loop.batch_idx))
+        if self.check_every_n_steps == 1:
+            self._check(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if len(self._flags) >= self.check_every_n_steps:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training or trainer.state.fn == "fit":  # validation on weights a bad step may have touched
+            self._check(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        for name, value in checkpoint["state_dict"].items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        self._check(trainer)
+        weights = [(name, value) for name, value in checkpoint["state_dict"].items() if value.is_floating_point()]
+        if not weights:
+            return
+        finite = torch.stack([torch.isfinite(v).all().to(weights[0][1].device) for _, v in weights]).tolist()
+        for (name, _), ok in zip(weights, finite):  # one host read for all of them
+            if not ok:
                 raise NonFiniteLossError(
                     f"weight {name!r} holds NaN / inf at epoch {trainer.current_epoch}, global step "
                     f"{trainer.global_step}; not writing this checkpoint. {_kept(trainer)}"
                 )
+
+    def _check(self, trainer: L.Trainer) -> None:
+        """Read the flags gathered since the last read (one host sync; under DDP one all-reduce) and raise
+        at the first bad loss of any process."""
+        if trainer.world_size == 1 and not self._flags:
+            return
+        flags, where = self._flags, self._where
+        self._flags, self._where = [], []
+        device = flags[0].device if flags else trainer.strategy.root_device
+        stacked = torch.stack(flags) if flags else torch.zeros(0, 2, device=device)  # (steps, [bad, loss])
+        anywhere = stacked[:, 0].sum()
+        # Under DDP every process must stop together: one raising alone leaves the others waiting in the
+        # next collective until it times out.
+        if trainer.world_size > 1:
+            anywhere = trainer.strategy.reduce(anywhere, reduce_op="sum")
+        host = torch.cat([anywhere.reshape(1), stacked.flatten()]).tolist()
+        if not host[0]:
+            return
+        rows = [host[1 + 2 * i: 3 + 2 * i] for i in range(len(where))]
+        first = next((i for i, (bad, _) in enumerate(rows) if bad), None)
+        if first is None:
+            raise NonFiniteLossError(f"another process's training loss is NaN / inf (before global step "
+                                     f"{trainer.global_step}); stopped. {_kept(trainer)}")
+        epoch, step, batch = where[first]
+        raise NonFiniteLossError(
+            f"training loss is {rows[first][1]} at epoch {epoch}, global step {step} (batch {batch} of the epoch); "
+            f"stopped {len(rows) - 1 - first} step(s) later, before any checkpoint with it was written. "
+            f"{_kept(trainer)}. Usual causes: too high a learning rate (model.optimizer.lr), no gradient "
+            f"clipping (trainer.gradient_clip_val), NaN in the data"
+        )
 
 
 def _kept(trainer: L.Trainer) -> str:
