@@ -422,6 +422,9 @@ BAD_VALUES = [
                                                   "function (AttributeError: module 'torch.optim' has no attribute "
                                                   "'Nope')"),
     ("attention_kernel=fast", "attention kernel 'fast': expected one of fused, explicit, auto"),
+    ("matmul_precision=fast", "matmul_precision='fast': expected one of highest, high, medium, or null"),
+    ("sdpa_backends=[flash,fast]", "sdpa_backends=['flash', 'fast']: expected a list of the SDPA backends allowed to "
+                                   "run, from flash, efficient, cudnn, math, or null"),
 ]
 
 

@@ -132,3 +132,15 @@ def test_a_trainer_step_with_the_nan_guard_syncs_only_when_it_reads_its_flags(tm
     per_step = [c.count for c in counter.counts]
     # the first step builds the optimizer state; then one read of the guard's flags every third step
     assert per_step[1:] == [0, 1, 0, 0, 1, 0], counter.counts
+
+
+def test_matmul_precision_and_sdpa_backends_are_applied_and_reset_by_the_next_run(tmp_path, in_process):
+    from utils.build import setup_runtime
+
+    setup_runtime(compose_config("train", ["matmul_precision=high", "sdpa_backends=[efficient,math]"], tmp_path))
+    assert torch.get_float32_matmul_precision() == "high"
+    assert not torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    setup_runtime(compose_config("train", [], tmp_path))  # null: today's defaults again
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.cudnn_sdp_enabled()

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from models.attention import DEFAULT_KERNEL, set_attention_kernel
+from models.attention import DEFAULT_KERNEL, set_attention_kernel, set_sdpa_backends
 from utils.checkpoint import AtomicCheckpointIO
 from utils.errors import UserError
 from utils.pretrained import apply_pretrained, load_pretrained, pretrained_tokenizer
@@ -34,6 +34,10 @@ def setup_runtime(cfg: DictConfig) -> None:
         set_attention_kernel(DEFAULT_KERNEL if kernel is None else kernel)
     except ValueError as err:  # names the value and the choices
         raise UserError(str(err)) from None
+    # null: today's defaults (full fp32 matmuls, every SDPA backend), also after a run that set others
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision") or "highest")
+    backends = cfg.get("sdpa_backends")
+    set_sdpa_backends(None if backends is None else list(backends))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
         log.info(f"Seed set to {int(cfg.seed)}")

@@ -20,6 +20,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from models.attention import SDPA_BACKENDS
 from models.checks import is_int as _is_int
 from models.checks import is_number as _is_number
 from models.checks import show as _show
@@ -78,9 +79,17 @@ OPTIMIZER_RULES: dict[str, Callable[[Any], str | None]] = {
         _is_number(b) and 0 <= b < 1 for b in v) else "expected [beta1, beta2], each in [0, 1)",
 }
 
+def sdpa_backends(v: Any) -> str | None:
+    good = (isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and len(set(v)) == len(v)
+            and all(b in SDPA_BACKENDS for b in v))
+    return None if good else f"expected a list of the SDPA backends allowed to run, from {', '.join(SDPA_BACKENDS)}"
+
+
 # Top-level keys of train.yaml / evaluate.yaml / export.yaml, and the trainer's most used ones.
 RUN_RULES: dict[str, Callable[[Any], str | None]] = {
     "threads": optional(int_at_least(1)),
+    "matmul_precision": optional(one_of("highest", "high", "medium")),
+    "sdpa_backends": optional(sdpa_backends),
     "seed": optional(lambda v: None if _is_int(v) else "expected an integer"),
     "keep_epoch_checkpoints": int_at_least(0),
     "average_last": optional(int_at_least(1)),

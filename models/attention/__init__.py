@@ -40,7 +40,9 @@ from models.attention.kernels import (
     open_empty_rows,
     parse_kernel,
     repeat_kv,
+    SDPA_BACKENDS,
     set_attention_kernel,
+    set_sdpa_backends,
     use_fused_attn,
 )
 from models.attention.maps import AttentionRecorder, attention_maps, select_attention_layers
@@ -52,6 +54,7 @@ __all__ = [
     "AUTO_EXPLICIT_MAX",
     "DEFAULT_KERNEL",
     "KERNELS",
+    "SDPA_BACKENDS",
     "AttentionRecorder",
     "KVCache",
     "MultiHeadAttention",
@@ -69,6 +72,7 @@ __all__ = [
     "repeat_kv",
     "select_attention_layers",
     "set_attention_kernel",
+    "set_sdpa_backends",
     "use_fused_attn",
     "windowed_attention",
 ]

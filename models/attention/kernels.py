@@ -80,6 +80,27 @@ def fused_attn(enabled: bool | str) -> Iterator[None]:
         set_attention_kernel(previous)
 
 
+# The SDPA backends a run may allow on CUDA (config key `sdpa_backends`); PyTorch picks among those
+# allowed, in its own order of preference, the first that supports the call (masks, dtype, head_dim).
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def set_sdpa_backends(allowed: list[str] | tuple[str, ...] | None) -> None:
+    """Allow only these SDPA backends on CUDA (None = all of them, PyTorch's default); process-wide.
+
+    Raises:
+        ValueError: a name not in SDPA_BACKENDS, or an empty list.
+    """
+    names = SDPA_BACKENDS if allowed is None else tuple(allowed)
+    unknown = [n for n in names if n not in SDPA_BACKENDS]
+    if unknown or not names:
+        raise ValueError(f"SDPA backends {list(names)}: expected some of {', '.join(SDPA_BACKENDS)}")
+    torch.backends.cuda.enable_flash_sdp("flash" in names)
+    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in names)
+    torch.backends.cuda.enable_cudnn_sdp("cudnn" in names)
+    torch.backends.cuda.enable_math_sdp("math" in names)
+
+
 def repeat_kv(t: Tensor, rep: int) -> Tensor:
     """(B, Hkv, S, hd) -> (B, Hkv * rep, S, hd): each key/value head serves `rep` query heads."""
     return t if rep == 1 else t.repeat_interleave(rep, dim=1)
