@@ -129,3 +129,17 @@ def test_blocked_maps_come_from_the_blocked_pass(causal: bool, num_global: int) 
         fused_win.load_state_dict(win.state_dict())
         torch.testing.assert_close(fused_win(x, key_padding_mask=pad, causal=causal), out,
                                    atol=2e-5, rtol=1e-4)
+
+
+def test_the_explicit_kernel_does_not_overflow_in_float16_and_gives_float32_weights():
+    """q.k of 1e5 is inf in float16; scaled first and taken in float32 it is the exact softmax."""
+    from models.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, 4, 64, generator=g).half() * 100 for _ in range(2))
+    v = torch.randn(1, 2, 4, 64, generator=g).half()
+    assert not torch.isfinite(q @ k.transpose(-2, -1)).all()  # the product as the kernel used to take it
+    out, weights = attend(q, k, v, fused=False, need_weights=True)
+    exact = torch.softmax(q.double() @ k.double().transpose(-2, -1) / 8, dim=-1)
+    assert out.dtype == torch.float16 and weights.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(weights.double(), exact, rtol=0, atol=1e-3)

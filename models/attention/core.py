@@ -154,7 +154,7 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, self.q_size)  # (B, T, dim)
         out = self.proj_drop(self.proj(out))
         if self.store_weights:
-            self.last_weights = weights.detach()
+            self.last_weights = weights.detach().float()  # maps in float32 whatever the precision
         return (out, weights) if need_weights else out
 
     def _check_inputs(self, x: Tensor, context: Tensor | None, attn_mask: Tensor | None,

@@ -118,14 +118,22 @@ def open_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
     return mask | empty, empty
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """softmax(Q K^T * scale) with masked keys at exactly 0 and rows with no visible key all 0.
 
     q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S)
     """
-    # In place on the fresh (B, H, T, S) scores: the same numbers with one (T, S) buffer less to
-    # allocate and stream through (neither op's backward needs the scores).
-    scores = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, H, T, S)
+    if q.dtype in LOW_PRECISION:
+        # Scaled before the product, then float32: fp16 logits of large q.k would overflow to inf (a row
+        # of NaN, later zeroed); the weights come out float32 (maps too), cast back for weights @ v.
+        scores = ((q * scale) @ k.transpose(-2, -1)).float()  # (B, H, T, S)
+    else:
+        # In place on the fresh (B, H, T, S) scores: the same numbers with one (T, S) buffer less to
+        # allocate and stream through (neither op's backward needs the scores).
+        scores = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, H, T, S)
     if mask is None:
         return scores.softmax(dim=-1)
     mask, empty = open_empty_rows(mask)
@@ -149,6 +157,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, fused
         empty = None
         if mask is not None:
             mask, empty = open_empty_rows(mask)
+        if rep > 1 and q.device.type != "cpu" and (mask is not None or q.dtype not in LOW_PRECISION):
+            # On CUDA only flash takes GQA (enable_gqa), and flash takes no mask and no float32: any
+            # other call with enable_gqa falls to the quadratic math kernel. Expanded K/V let the
+            # mem-efficient / cuDNN kernels run. (CPU kernels handle GQA themselves: same numbers.)
+            k, v, rep = repeat_kv(k, rep), repeat_kv(v, rep), 1
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                              is_causal=is_causal, scale=scale, enable_gqa=rep > 1)
         return (out if empty is None else out.masked_fill(empty, 0.0)), None
@@ -157,4 +170,4 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, fused
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     weights = attention_weights(q, repeat_kv(k, rep), mask, scale)  # (B, H, T, S)
     attn = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-    return attn @ repeat_kv(v, rep), weights  # (B, H, T, hd)
+    return attn.to(v.dtype) @ repeat_kv(v, rep), weights  # (B, H, T, hd)
