@@ -197,14 +197,14 @@ class Translator(Network):
             return self.decode(ys[:, -1:], memory, pad, caches)[:, -1]
         return self.decode(ys, memory, pad)[:, -1]  # no cache: recompute the whole prefix
 
-    def _mask_step(self, logits: Tensor, t: int, max_new_tokens: int, min_new_tokens: int, banned: tuple[int, ...],
+    def _mask_step(self, logits: Tensor, t: int, max_new_tokens: int, min_new_tokens: int, banned: Tensor | None,
                    forced_eos: bool) -> Tensor:
         """Tokens not allowed at step t: EOS before min_new_tokens, `banned` ids (HF's bad_words_ids: Marian never
         generates its pad), and every token but EOS on the last step when `forced_eos` (HF's forced_eos_token_id)."""
         if t < min_new_tokens:
             logits[..., self.eos_id] = float("-inf")
-        if banned:
-            logits[..., list(banned)] = float("-inf")
+        if banned is not None:  # a device index made once per call: a Python list is copied over every step
+            logits[..., banned] = float("-inf")
         if forced_eos and t == max_new_tokens - 1:
             logits.fill_(float("-inf"))
             logits[..., self.eos_id] = 0.0
@@ -222,6 +222,7 @@ class Translator(Network):
         done = torch.zeros(B, dtype=torch.bool, device=src.device)
         caches = self.new_caches() if use_cache else None
         steps = min(max_new_tokens, self.max_len - 1)
+        banned = torch.tensor(banned, device=src.device) if banned else None
         for t in range(steps):
             logits = self._mask_step(self._next_logits(ys, memory, pad, caches), t, steps, min_new_tokens, banned,
                                      forced_eos)
@@ -266,12 +267,13 @@ class Translator(Network):
         caches = self.new_caches() if use_cache else None
         lp = lambda n: ((5.0 + n) / 6.0) ** length_penalty  # noqa: E731
         steps = min(max_new_tokens, self.max_len - 1)
+        banned = torch.tensor(banned, device=dev) if banned else None
+        # A finished beam has exactly one continuation (PAD) that changes nothing.
+        frozen = torch.full((V,), float("-inf"), device=dev)
+        frozen[self.pad_id] = 0.0
         for t in range(steps):
             step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1).view(B, K, V)
             step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
-            # A finished beam has exactly one continuation (PAD) that changes nothing.
-            frozen = torch.full((V,), float("-inf"), device=dev)
-            frozen[self.pad_id] = 0.0
             step = torch.where(done[..., None], frozen, step)
             cand_logp = logp[..., None] + step  # (B, K, V)
             cand_len = torch.where(done, lengths, lengths + 1)[..., None].expand(B, K, V)
@@ -316,6 +318,7 @@ class Translator(Network):
         top_k_mask = torch.arange(2 * K, device=dev) < K
         caches = self.new_caches() if use_cache else None
         offsets = torch.arange(B, device=dev)[:, None] * K
+        banned = torch.tensor(banned, device=dev) if banned else None
         for t in range(steps):
             step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1)
             step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
