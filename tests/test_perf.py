@@ -204,11 +204,12 @@ def test_compiled_translator_compiles_once_for_all_lengths(fast_compile) -> None
 
 
 def test_plain_compile_of_the_translator_would_recompile(fast_compile) -> None:
-    """Why Seq2SeqModule marks lengths dynamic: without it, new lengths and padding branches recompile."""
+    """Why Seq2SeqModule marks lengths dynamic: without it, a new length recompiles (padding masks are
+    always built, so there is no branch on padding left to recompile for)."""
     net = perf.compile_net(tiny_translator(drop=0.0), backend="eager")  # counting graphs needs no backend
     for i, (S, T) in enumerate([(5, 7), (9, 12), (13, 4)]):
         net(*text_batch(4, S, T, seed=i))
-    assert counters["stats"]["unique_graphs"] > 2
+    assert counters["stats"]["unique_graphs"] >= 2
 
 
 @pytest.mark.slow
