@@ -39,7 +39,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
 
     # Two processes ran (the child logs under its own job name) and wrote into ONE run directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
-    assert (ddp_dir / "train_ddp_process_1.log").is_file()
+    assert (ddp_dir / "train_node0_rank1.log").is_file()
     # Rank-0-only writing: the launch config once (children get hydra.output_subdir=null), metrics.json
     # once (the child's train() skips it), rank 0's CSV log only (as many rows as the single run's),
     # two checkpoints that load.
