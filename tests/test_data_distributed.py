@@ -88,3 +88,36 @@ def test_pinned_memory_only_for_a_gpu_and_workers_kept_alive() -> None:
     assert loader_options(4, cuda) == {"num_workers": 4, "persistent_workers": True, "pin_memory": True}
     assert loader_options(0, cpu) == {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
     assert loader_options(0, None)["pin_memory"] is False
+
+
+def _epoch_seed_draws(rank: int, epoch: int = 3) -> tuple[float, list[int], float]:
+    """(global RNG draw, sampler draw, augmentation draw) of DDP process `rank` at `epoch` under EpochSeed."""
+    from data.audio import AudioBatch
+    from utils.faults import EpochSeed
+
+    data = TensorDataset(torch.arange(50))
+    loader = DataLoader(data, batch_size=5, collate_fn=AudioBatch(2, torch.Generator()),
+                        sampler=EpochSubsetSampler(data, num_samples=10, num_replicas=2, rank=rank,
+                                                   generator=torch.Generator()),
+                        generator=torch.Generator())  # as EpochSeed's loader has: generators 0, 1, 2
+    callback = EpochSeed(seed=42)
+    callback.trainer = SimpleNamespace(global_rank=rank)
+    callback._seed_loader(loader, epoch)
+    callback.on_train_epoch_start(SimpleNamespace(global_rank=rank, current_epoch=epoch), None)
+    return torch.rand(1).item(), list(loader.sampler), torch.rand(1, generator=loader.collate_fn.generator).item()
+
+
+def test_ranks_draw_their_own_augmentation_but_share_the_epoch_subset() -> None:
+    import numpy as np
+
+    def one_process_seed(*keys: int) -> int:  # the seed a 1-process run has always used, written out
+        return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+    (rand0, share0, aug0), (rand1, share1, aug1) = _epoch_seed_draws(0), _epoch_seed_draws(1)
+    # rank 0 is exactly the single-process run: global RNG from (seed, epoch), augmentation from (seed, epoch, i)
+    torch.manual_seed(one_process_seed(42, 3) % 2**31)
+    assert rand0 == torch.rand(1).item()
+    assert aug0 == torch.rand(1, generator=torch.Generator().manual_seed(one_process_seed(42, 3, 2))).item()
+    assert rand1 != rand0 and aug1 != aug0  # dropout / augmentation differ on rank 1
+    assert len(share0) == len(share1) == 5 and not set(share0) & set(share1)  # one subset, split: same draw
+    assert _epoch_seed_draws(1) == (rand1, share1, aug1)  # and each rank is reproducible

@@ -35,6 +35,8 @@ def setup_runtime(cfg: DictConfig) -> None:
     except ValueError as err:  # names the value and the choices
         raise UserError(str(err)) from None
     if cfg.get("seed") is not None:
+        # The same on every DDP process: it draws the initial weights, which FSDP does not broadcast from rank 0.
+        # Training randomness is per rank from the first epoch on (utils.faults.EpochSeed mixes the rank in).
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
         log.info(f"Seed set to {int(cfg.seed)}")
 
