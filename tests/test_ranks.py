@@ -83,3 +83,16 @@ def test_the_launching_process_keeps_the_config_and_the_other_processes_logs(
     cfg = _guarded(tmp_path, monkeypatch, {"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"})
     assert cfg.hydra.output_subdir == ".hydra" and "rank" not in cfg.hydra.job.name
     assert sorted(p.name for p in run.iterdir()) == ["train_node0_rank1.log"]
+
+
+def test_gpu_ddp_preset_builds_an_nccl_ddp_strategy_and_num_nodes_is_a_key(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from helpers.config import compose_config
+
+    cfg = compose_config("train", ["trainer=ddp_gpu", "trainer.num_nodes=2"], tmp_path)
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, DDPStrategy) and strategy._process_group_backend == "nccl"
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision) == ("gpu", -1, "bf16-mixed")
+    assert cfg.trainer.num_nodes == 2 and compose_config("train", [], tmp_path).trainer.num_nodes == 1
