@@ -91,3 +91,17 @@ def test_translator_under_ddp_scores_the_whole_test_set(tmp_path: Path) -> None:
     for key, tol in (("test/bleu", 1.0), ("test/chrf", 1.0), ("test/exact", 100 / n_test)):
         assert math.isclose(trained[key], evaluated[key], abs_tol=tol), (key, trained[key], evaluated[key])
     assert trained["test/chrf"] > 0  # a score over real output, not an empty corpus
+
+
+def test_ddp_test_accuracy_counts_each_image_once(tmp_path: Path) -> None:
+    """500 test images on 3 processes: Lightning's DistributedSampler would score 501 (one repeat); the data
+    module's unrepeated shares (167, 167, 166) score each image once, so the DDP test metrics equal one
+    process evaluating the same checkpoint."""
+    ddp_dir = tmp_path / "ddp"
+    run_cli("train.py", *TINY, "trainer=ddp", "trainer.devices=3", "trainer.max_epochs=1", "data.batch_size=16",
+            "trainer.limit_test_batches=1.0", f"hydra.run.dir={ddp_dir}")
+    run("evaluate.py", f"ckpt_path={ddp_dir}", "threads=1", f"hydra.run.dir={tmp_path / 'ev'}")
+    trained = json.loads((ddp_dir / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert abs(trained["test/acc"] - evaluated["test/acc"]) < 1e-6, (trained["test/acc"], evaluated["test/acc"])
+    assert abs(trained["test/loss"] - evaluated["test/loss"]) < 1e-5

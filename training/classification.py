@@ -74,8 +74,10 @@ class ClassificationModule(L.LightningModule):
         metric(logits, y)
         on_step = stage == "train"
         # sync_dist: under DDP the epoch loss is averaged over all processes, as one process would see it
-        # (the accuracy metric syncs itself); a no-op on one device.
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y),
+        # (the accuracy metric syncs itself); a no-op on one device. A float batch size: Lightning syncs the
+        # sample count as a mean over processes, which an integer count truncates when the evaluation shares
+        # differ by one (data/distributed.eval_sampler).
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=float(len(y)),
                  sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
