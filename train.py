@@ -7,18 +7,19 @@ The run directory (Hydra's output dir) receives the composed config, checkpoints
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from utils.build import (build_datamodule, build_module, build_trainer, datamodule_state,
                          output_dir, recipe_lines, setup_runtime, write_metrics)
 from utils.checkpoint import CONFIG_KEY, ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
 from utils.errors import run_hydra, user_errors
+from utils.ranks import worker_rank
 from utils.validate import check_weights_fit
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks=[ConfigInCheckpoint(cfg)])
     log.info(f"Run directory: {run_dir}")
     # Under DDP every process runs this function (Lightning re-launches the script with the same run
-    # directory); only rank 0 writes files, Lightning's checkpoints and loggers included.
-    if hasattr(datamodule, "save_artifacts") and rank_zero_only.rank == 0:  # e.g. tokenizer.json
+    # directory); only rank 0 writes files, Lightning's checkpoints and loggers included. Ranks are not set
+    # yet (the Trainer sets them in fit): the launcher's variables say which process launched the run.
+    if hasattr(datamodule, "save_artifacts") and worker_rank(os.environ) is None:  # e.g. tokenizer.json
         datamodule.save_artifacts(run_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)

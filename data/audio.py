@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from data.distributed import eval_sampler, loader_options
 from data.folders import ClassFolders
 from data.images import stratified_split
 from data.keywords import CLASSES, KEYWORDS, SILENCE, UNKNOWN, KeywordSpec, load_keywords
@@ -245,6 +246,12 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         self.test_dataset: Dataset | None = None
         self.test_voices: list[str] | None = None  # keywords: who speaks each test clip
 
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node before setup() runs on every process: under DDP the
+        # keyword clips are synthesised once (per node), not once per GPU; setup() then reads the cache.
+        if self.dataset == "keywords" and self.root:
+            load_keywords(self.root, self.spec, log=log.info)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:  # Lightning calls setup once per stage; the data never changes
             return
@@ -275,9 +282,11 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+        trainer = getattr(self, "trainer", None)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
+                          sampler=None if shuffle else eval_sampler(dataset, trainer),  # DDP: each clip once
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+                          **loader_options(self.num_workers, trainer))
 
     # -- audio_folder
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,7 +97,8 @@ def load_bible(root: str | Path, books: tuple[str, ...] = BOOKS) -> list[tuple[s
     if not rows:
         raise RuntimeError(f"no verse is present in both {MODULES['en']} and {MODULES['es']}; reinstall: {INSTALL}")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    # Every DDP process (on every node) may export at once: a temp name of its own, then an atomic replace.
+    tmp = cache.with_suffix(f".{secrets.token_hex(4)}.tmp")
     tmp.write_text("".join(f"{k}\t{en}\t{es}\n" for k, en, es in rows), encoding="utf-8")
     tmp.replace(cache)  # never leave a half-written cache behind
     return rows

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
+from data.distributed import eval_sampler, loader_options
 from data.folders import ClassFolders
 from utils.errors import FileFormatError, MissingDataError, MissingFileError, UserError
 
@@ -484,30 +485,30 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
             # (Lightning keeps a DistributedSampler it is handed.)
             sampler = DistributedSampler(loader.dataset, trainer.world_size, trainer.global_rank, shuffle=False)
             loader = DataLoader(loader.dataset, batch_size=self.batch_size, sampler=sampler,
-                                num_workers=self.num_workers, collate_fn=loader.collate_fn,
-                                persistent_workers=self.num_workers > 0)
+                                collate_fn=loader.collate_fn, **loader_options(self.num_workers, trainer))
         return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, ImageBatch(self.mean, self.std), shuffle=False)
+        return self._loader(self.val_dataset, ImageBatch(self.mean, self.std), shuffle=False, evaluate=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, ImageBatch(self.mean, self.std), shuffle=False)
+        return self._loader(self.test_dataset, ImageBatch(self.mean, self.std), shuffle=False, evaluate=True)
 
     # -- internals
 
-    def _loader(self, dataset: Dataset | None, collate: ImageBatch, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, collate: ImageBatch, shuffle: bool, evaluate: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        trainer = getattr(self, "trainer", None)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
+            sampler=eval_sampler(dataset, trainer) if evaluate else None,  # under DDP: each sample once
             collate_fn=collate,
-            persistent_workers=self.num_workers > 0,  # do not re-fork workers every epoch
             # own generator: the shuffle order depends on `seed` only, not on how much RNG the model used
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            **loader_options(self.num_workers, trainer),  # persistent workers, pinned memory on GPU
         )
 
     def _fit(self, images: Tensor) -> Tensor:

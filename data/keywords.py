@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import json
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -323,9 +324,11 @@ def load_keywords(root: str | os.PathLike, spec: KeywordSpec, log=print) -> dict
         log(f"Generating the synthetic keyword set (espeak-ng) into {folder} ...")
         arrays = render(spec)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"keywords.{os.getpid()}.tmp.npz"
+        tmp = folder / f"keywords.{secrets.token_hex(4)}.tmp.npz"  # unique on every node sharing the folder
         np.savez(tmp, **arrays)
-        (folder / "spec.json").write_text(json.dumps({"version": VERSION, **asdict(spec)}, indent=2) + "\n")
+        spec_tmp = tmp.with_suffix(".json")
+        spec_tmp.write_text(json.dumps({"version": VERSION, **asdict(spec)}, indent=2) + "\n")
+        os.replace(spec_tmp, folder / "spec.json")
         os.replace(tmp, path)  # atomic: a crashed run never leaves a half-written cache behind
         log(f"Generated {sum(len(arrays[f'{s}_labels']) for s in SPLITS)} clips in {time.perf_counter() - start:.1f} s")
     with np.load(path) as data:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
 
+from data.distributed import loader_options
 from data.text import BucketBatchSampler
 
 VERSION = 1
@@ -129,10 +131,13 @@ def load_listops(root: str | os.PathLike, spec: ListOpsSpec) -> dict[str, np.nda
             return dict(f)
     arrays = generate(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    # prepare_data runs once per node: nodes sharing a filesystem each need a temp name of their own
+    tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp.npz")
     np.savez_compressed(tmp, **arrays)
+    spec_tmp = tmp.with_suffix(".json")
+    spec_tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    os.replace(spec_tmp, path.parent / "spec.json")
     os.replace(tmp, path)  # a killed generation leaves no half-written cache
-    (path.parent / "spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return arrays
 
 
@@ -194,7 +199,8 @@ class ListOpsDataModule(L.LightningDataModule):
         # Batches of similar lengths (less padding), the translator's sampler; seeded per (seed, epoch).
         sampler = BucketBatchSampler(SequentialSampler(data), batch_size, drop_last=False,
                                      lengths=np.diff(data.offsets).tolist(), seed=self.seed, shuffle=shuffle)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=pad_batch, num_workers=self.num_workers)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=pad_batch,
+                          **loader_options(self.num_workers, getattr(self, "trainer", None)))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

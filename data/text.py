@@ -18,6 +18,7 @@ from functools import partial
 
 import hashlib
 import random
+import secrets
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from data.bible import load_bible
+from data.distributed import loader_options
 from data.phrases import generate_phrases
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode, load_tokenizer, train_tokenizer
 from utils.errors import FileFormatError, MissingFileError, UserError
@@ -95,7 +97,7 @@ def load_phrases(root: str | Path, target_lang: str, num_pairs: int, seed: int) 
     if not cache.is_file():
         pairs = generate_phrases(target_lang, num_pairs, seed)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{random.getrandbits(32)}.tmp")
+        tmp = cache.with_suffix(f".{secrets.token_hex(4)}.tmp")
         tmp.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
         tmp.replace(cache)  # atomic: a concurrent or interrupted run never reads half a file
     return read_tsv(cache)
@@ -308,4 +310,4 @@ class TranslationDataModule(L.LightningDataModule):
                                      seed=self.seed, shuffle=shuffle)
         pad_id = getattr(self.tokenizer, "pad_id", PAD_ID)  # a pretrained family's own (Marian's)
         return DataLoader(data, batch_sampler=batches, collate_fn=partial(collate, pad_id=pad_id),
-                          num_workers=self.num_workers)
+                          **loader_options(self.num_workers, getattr(self, "trainer", None)))

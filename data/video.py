@@ -21,8 +21,9 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
+from data.distributed import EpochSubsetSampler, eval_sampler, loader_options
 from data.folders import ClassFolders
 from data.images import load_mnist_5k, refuse_bad_files, stratified_split
 from data.moving_digits import CLASS_NAMES, check_geometry, make_moving_digits
@@ -273,30 +274,33 @@ class VideoDataModule(ClassFolders, L.LightningDataModule):
             return self._loader(self.train_dataset, shuffle=True)
         if self.train_dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        # Each epoch a fresh random subset of epoch_clips distinct clips (seeded: the same run twice is the same).
-        sampler = RandomSampler(self.train_dataset, num_samples=self.epoch_clips,
-                                generator=torch.Generator().manual_seed(self.seed))
+        # Each epoch a fresh random subset of epoch_clips distinct clips (seeded: the same run twice is the same),
+        # under DDP shared among the processes (Lightning would otherwise draw the whole split every epoch).
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSubsetSampler(self.train_dataset, num_samples=self.epoch_clips, num_replicas=world, rank=rank,
+                                     generator=torch.Generator().manual_seed(self.seed))
         return self._loader(self.train_dataset, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+        return self._loader(self.val_dataset, shuffle=False, evaluate=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False)
+        return self._loader(self.test_dataset, shuffle=False, evaluate=True)
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool, sampler: RandomSampler | None = None) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, sampler: Sampler | None = None,
+                evaluate: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        trainer = getattr(self, "trainer", None)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            sampler=sampler,
-            num_workers=self.num_workers,
+            sampler=eval_sampler(dataset, trainer) if evaluate else sampler,
             collate_fn=VideoBatch(self.mean, self.std),
-            persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            **loader_options(self.num_workers, trainer),
         )
-
 
 __all__ = ["FrameControl", "VideoBatch", "VideoDataModule", "VideoFiles", "read_video"]

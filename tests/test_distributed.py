@@ -39,7 +39,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
 
     # Two processes ran (the child logs under its own job name) and wrote into ONE run directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
-    assert (ddp_dir / "train_ddp_process_1.log").is_file()
+    assert (ddp_dir / "train_node0_rank1.log").is_file()
     # Rank-0-only writing: the launch config once (children get hydra.output_subdir=null), metrics.json
     # once (the child's train() skips it), rank 0's CSV log only (as many rows as the single run's),
     # two checkpoints that load.
@@ -91,3 +91,17 @@ def test_translator_under_ddp_scores_the_whole_test_set(tmp_path: Path) -> None:
     for key, tol in (("test/bleu", 1.0), ("test/chrf", 1.0), ("test/exact", 100 / n_test)):
         assert math.isclose(trained[key], evaluated[key], abs_tol=tol), (key, trained[key], evaluated[key])
     assert trained["test/chrf"] > 0  # a score over real output, not an empty corpus
+
+
+def test_ddp_test_accuracy_counts_each_image_once(tmp_path: Path) -> None:
+    """500 test images on 3 processes: Lightning's DistributedSampler would score 501 (one repeat); the data
+    module's unrepeated shares (167, 167, 166) score each image once, so the DDP test metrics equal one
+    process evaluating the same checkpoint."""
+    ddp_dir = tmp_path / "ddp"
+    run_cli("train.py", *TINY, "trainer=ddp", "trainer.devices=3", "trainer.max_epochs=1", "data.batch_size=16",
+            "trainer.limit_test_batches=1.0", f"hydra.run.dir={ddp_dir}")
+    run("evaluate.py", f"ckpt_path={ddp_dir}", "threads=1", f"hydra.run.dir={tmp_path / 'ev'}")
+    trained = json.loads((ddp_dir / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert abs(trained["test/acc"] - evaluated["test/acc"]) < 1e-6, (trained["test/acc"], evaluated["test/acc"])
+    assert abs(trained["test/loss"] - evaluated["test/loss"]) < 1e-5

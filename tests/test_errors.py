@@ -413,6 +413,8 @@ BAD_VALUES = [
     ("trainer.max_epochs=abc", "trainer.max_epochs='abc': expected an integer >= -1 (-1 = no limit), or null"),
     ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5: expected a number of batches (an integer "
                                         ">= 0) or a fraction in [0.0, 1.0]"),
+    ("trainer.num_nodes=0", "trainer.num_nodes=0: expected an integer >= 1 (machines, each running trainer.devices "
+                            "processes)"),
     ("threads=0", "threads=0: expected an integer >= 1, or null"),
     ("data.batch_size=0", "data.batch_size=0: expected an integer >= 1"),
     ("model.net.in_chans=3", "model.net.in_chans=3 but data.in_chans=1: the model must take what the data gives; set "

@@ -81,7 +81,9 @@ class ClassificationModule(L.LightningModule):
             self.train_loss(loss.detach(), torch.full_like(loss.detach(), len(y)))
             self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         else:
-            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+            # A float batch size: Lightning syncs the sample count as a mean over processes, which an integer
+            # count truncates when the evaluation shares differ by one (data/distributed.eval_sampler).
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=float(len(y)), sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

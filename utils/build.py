@@ -39,6 +39,8 @@ def setup_runtime(cfg: DictConfig) -> None:
     backends = cfg.get("sdpa_backends")
     set_sdpa_backends(None if backends is None else list(backends))
     if cfg.get("seed") is not None:
+        # The same on every DDP process: it draws the initial weights, which FSDP does not broadcast from rank 0.
+        # Training randomness is per rank from the first epoch on (utils.faults.EpochSeed mixes the rank in).
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # Lightning's notice would go to stderr
         log.info(f"Seed set to {int(cfg.seed)}")
 

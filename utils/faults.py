@@ -153,7 +153,8 @@ class EpochSeed(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.seed is not None:
-            seed_everything(_mix(self.seed, trainer.current_epoch) % 2**31, workers=True, verbose=False)
+            seed = _rank_mix(trainer.global_rank, self.seed, trainer.current_epoch)
+            seed_everything(seed % 2**31, workers=True, verbose=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.seed is not None:
@@ -172,8 +173,12 @@ class EpochSeed(L.Callback):
         self.resume_epoch = state_dict.get("next_epoch")
 
     def _seed_loader(self, loader: Any, epoch: int) -> None:
+        # A sampler's draw must agree across DDP processes (each takes its share of one permutation); an
+        # augmentation generator (held by the collate function) must not.
+        augmenting = {id(g) for g in _held(getattr(loader, "collate_fn", None))}
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         for i, gen in enumerate(_generators(loader)):
-            gen.manual_seed(_mix(self.seed, epoch, i))
+            gen.manual_seed(_rank_mix(rank, self.seed, epoch, i) if id(gen) in augmenting else _mix(self.seed, epoch, i))
         for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
             if hasattr(sampler, "set_epoch"):  # e.g. the translator's bucketing batch sampler
                 sampler.set_epoch(epoch)
@@ -182,6 +187,19 @@ class EpochSeed(L.Callback):
 def _mix(*keys: int) -> int:
     """A well-spread 63-bit seed from several integers (nearby keys give unrelated streams)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _rank_mix(rank: int, *keys: int) -> int:
+    """The seed of `keys` for DDP process `rank`: rank 0 keeps the one-process seed (a run on one device is the
+    same run as before), every other rank gets an unrelated stream (its own augmentation and dropout)."""
+    return _mix(*keys) if rank == 0 else _mix(*keys, _RANK_KEY, rank)
+
+
+_RANK_KEY = 0x52414E4B  # marks a rank-mixed seed apart from _mix(seed, epoch, i) of the loader's i-th generator
+
+
+def _held(obj: Any) -> list[torch.Generator]:
+    return [v for v in vars(obj).values() if isinstance(v, torch.Generator)] if hasattr(obj, "__dict__") else []
 
 
 def _generators(loader: Any) -> Iterator[torch.Generator]:

@@ -10,12 +10,15 @@
   `out=`, predict's `--attention-dir`), and read that run's config from the checkpoint itself.
 
 Hydra writes .hydra/config.yaml into the run directory before the task function runs, so the check is a
-Hydra callback (configs/hydra/default.yaml) that runs first.
+Hydra callback (configs/hydra/default.yaml) that runs first. Under several processes (DDP with Lightning's
+launcher, torchrun, SLURM) only the launching process (utils/ranks.py) checks and writes the config; every
+other process writes only its own log, <task>_node<k>_rank<r>.log, into the same (shared) directory.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from utils.errors import UserError, fail
+from utils.ranks import worker_rank
 
 # What a training run writes into its directory (the Hydra log is <job name>.log).
 RUN_OUTPUTS = (".hydra", "checkpoints", "csv", "tensorboard", "attention", "metrics.json", "tokenizer.json")
@@ -65,11 +69,16 @@ def _listing(path: Path, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _worker_log(path: Path) -> bool:
+    """Another process's log (RunDirGuard names it): it may be this very launch's, started a moment earlier."""
+    return re.search(r"_node\d+_rank\d+\.log$", path.name) is not None
+
+
 def clear_run_outputs(path: Path) -> list[str]:
     """Delete what a training run wrote into `path` (not other files); returns the names deleted."""
     gone = []
     for entry in sorted(path.iterdir()):
-        if entry.name in RUN_OUTPUTS or (entry.is_file() and entry.suffix == ".log"):
+        if entry.name in RUN_OUTPUTS or (entry.is_file() and entry.suffix == ".log" and not _worker_log(entry)):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             gone.append(entry.name)
     return gone
@@ -125,7 +134,11 @@ class RunDirGuard(Callback):
             fail(str(err))
 
     def _check_run(self, config: DictConfig) -> None:
-        if _is_worker():
+        rank = worker_rank(os.environ)
+        if rank is not None:  # the launching process checks; Lightning's launcher already did the same for its own
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = None
+                config.hydra.job.name = f"{config.get('task_name', 'train')}_{rank.tag}"
             return
         HydraConfig.instance().set_config(config)  # so ${hydra:...} in the directory resolves
         run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).expanduser().resolve()
@@ -138,7 +151,7 @@ class RunDirGuard(Callback):
                 config.hydra.output_subdir = subdir
 
     def _check_sweep(self, config: DictConfig) -> None:
-        if _is_worker():
+        if worker_rank(os.environ) is not None:
             return
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).expanduser().resolve()
@@ -159,7 +172,3 @@ def _refuse_inside_read_run(target: Path, ckpt_path: str, what: str) -> None:
     except FileNotFoundError:  # a missing checkpoint is reported by the command itself, with its message
         pass
 
-
-def _is_worker() -> bool:
-    """A process that Lightning (DDP) or torchrun started beside rank 0: rank 0 has already checked."""
-    return any(os.environ.get(v, "0") != "0" for v in ("LOCAL_RANK", "RANK"))

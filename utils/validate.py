@@ -152,6 +152,7 @@ TRAINER_RULES: dict[str, Callable[[Any], str | None]] = {
     "check_val_every_n_epoch": optional(int_at_least(1)),
     "log_every_n_steps": int_at_least(1),
     "accumulate_grad_batches": int_at_least(1),
+    "num_nodes": int_at_least(1, " (machines, each running trainer.devices processes)"),
     "gradient_clip_val": optional(non_negative_number),
     "fast_dev_run": lambda v: None if isinstance(v, bool) or _is_int(v) and v >= 0 else "expected true, false or "
                                                                                         "a number of batches >= 0",
