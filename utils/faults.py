@@ -47,12 +47,13 @@ class NonFiniteGuard(L.Callback):
         if self.check_every_n_steps == 1:
             self._check(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if len(self._flags) >= self.check_every_n_steps:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # The epoch's last batch stands for the epoch's end: `on_train_epoch_end` is no place for a collective,
+        # since there rank 0's progress bar alone computes (and syncs) the epoch metrics first, and two
+        # processes entering different collectives wait for each other forever.
+        if len(self._flags) >= self.check_every_n_steps or batch_idx + 1 >= trainer.num_training_batches:
             self._check(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.training or trainer.state.fn == "fit":  # validation on weights a bad step may have touched
@@ -74,12 +75,11 @@ class NonFiniteGuard(L.Callback):
     def _check(self, trainer: L.Trainer) -> None:
         """Read the flags gathered since the last read (one host sync; under DDP one all-reduce) and raise
         at the first bad loss of any process."""
-        if trainer.world_size == 1 and not self._flags:
+        if not self._flags:  # every process has as many (DDP steps in lockstep), so all skip the collective
             return
         flags, where = self._flags, self._where
         self._flags, self._where = [], []
-        device = flags[0].device if flags else trainer.strategy.root_device
-        stacked = torch.stack(flags) if flags else torch.zeros(0, 2, device=device)  # (steps, [bad, loss])
+        stacked = torch.stack(flags)  # (steps, [bad, loss])
         anywhere = stacked[:, 0].sum()
         # Under DDP every process must stop together: one raising alone leaves the others waiting in the
         # next collective until it times out.
