@@ -2,8 +2,9 @@
 
 Encoder: self-attention blocks over the source. Decoder: causal self-attention, cross-attention to
 the encoder output, MLP (models/layers.py), all on the shared attention core. Decoding keeps a
-key/value cache per layer: self-attention keys grow by one step at a time, cross-attention keys
-are projected from the source once per sentence (`KVCache(static=True)`).
+key/value cache per layer: self-attention keys are written one step at a time into buffers allocated
+once (`KVCache(capacity=steps)`), cross-attention keys are projected from the source once per sentence
+(`KVCache(static=True)`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_bl
 from models.network import Network, OnnxSpec
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+CHECK_EVERY = 8  # greedy / beam search read `done` back (a host sync on a GPU) every this many steps
 
 
 class Translator(Network):
@@ -189,8 +192,11 @@ class Translator(Network):
         memory, pad = self.encode(src, always_mask)
         return self.decode(tgt_in, memory, pad, always_mask=always_mask)
 
-    def new_caches(self) -> list[tuple[KVCache, KVCache]]:
-        return [(KVCache(), KVCache(static=True)) for _ in self.decoder]
+    def new_caches(self, capacity: int | None = None) -> list[tuple[KVCache, KVCache]]:
+        """One (self-attention, cross-attention) cache pair per decoder layer. `capacity`: the most
+        positions decoded; the self-attention keys then go into buffers allocated once, in place
+        (no copy of the whole cache per step). None: they grow by concatenation."""
+        return [(KVCache(capacity=capacity), KVCache(static=True)) for _ in self.decoder]
 
     def _next_logits(self, ys: Tensor, memory: Tensor, pad: Tensor | None, caches: list | None) -> Tensor:
         if caches is not None:
@@ -210,6 +216,16 @@ class Translator(Network):
             logits[..., self.eos_id] = 0.0
         return logits
 
+    @staticmethod
+    def _finished(alive: Tensor, t: int, steps: int) -> int | None:
+        """After step t: the steps a check after every step would have run (`alive` + 1, counting the one
+        that finished every row) once every row is done, else None. Reads `alive` back (a host sync on a
+        GPU) only every CHECK_EVERY steps and on the last step, where it returns the steps run at most."""
+        if (t + 1) % CHECK_EVERY and t < steps - 1:
+            return None
+        ran = int(alive) + 1
+        return min(ran, t + 1) if ran <= t + 1 or t == steps - 1 else None
+
     @torch.no_grad()
     def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0,
                banned: tuple[int, ...] = (), forced_eos: bool = False) -> Tensor:
@@ -220,9 +236,12 @@ class Translator(Network):
         B = src.shape[0]
         ys = torch.full((B, 1), self.bos_id, dtype=torch.long, device=src.device)
         done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        caches = self.new_caches() if use_cache else None
         steps = min(max_new_tokens, self.max_len - 1)
+        caches = self.new_caches(max(steps, 1)) if use_cache else None
         banned = torch.tensor(banned, device=src.device) if banned else None
+        # Steps after which some row is still running. `done` is read back only every CHECK_EVERY steps;
+        # the steps run past the one that finished every row add only pad, and are cut off at the end.
+        alive = torch.zeros((), dtype=torch.long, device=src.device)
         for t in range(steps):
             logits = self._mask_step(self._next_logits(ys, memory, pad, caches), t, steps, min_new_tokens, banned,
                                      forced_eos)
@@ -230,9 +249,10 @@ class Translator(Network):
             nxt = nxt.masked_fill(done, self.pad_id)
             ys = torch.cat([ys, nxt[:, None]], dim=1)
             done |= nxt.eq(self.eos_id)
-            if bool(done.all()):
-                break
-        return ys[:, 1:]
+            alive += ~done.all()
+            if (n := self._finished(alive, t, steps)) is not None:
+                return ys[:, 1:1 + n]
+        return ys[:, 1:]  # steps == 0
 
     @torch.no_grad()
     def beam_search(self, src: Tensor, beam_size: int = 4, max_new_tokens: int = 64, length_penalty: float = 0.6,
@@ -264,13 +284,17 @@ class Translator(Network):
         logp[:, 1:] = float("-inf")  # all beams start identical: keep one, or the top-K would be K copies
         lengths = torch.zeros(B, K, device=dev)
         done = torch.zeros(B, K, dtype=torch.bool, device=dev)
-        caches = self.new_caches() if use_cache else None
         lp = lambda n: ((5.0 + n) / 6.0) ** length_penalty  # noqa: E731
         steps = min(max_new_tokens, self.max_len - 1)
+        caches = self.new_caches(max(steps, 1)) if use_cache else None
         banned = torch.tensor(banned, device=dev) if banned else None
         # A finished beam has exactly one continuation (PAD) that changes nothing.
         frozen = torch.full((V,), float("-inf"), device=dev)
         frozen[self.pad_id] = 0.0
+        # Once every beam is done, beam k picks (k, PAD): the step changes nothing (a new top-k could
+        # swap beams of equal score), so `done` need only be read back every CHECK_EVERY steps.
+        stay = (torch.arange(K, device=dev) * V + self.pad_id).expand(B, K)
+        alive = torch.zeros((), dtype=torch.long, device=dev)  # steps after which some beam runs
         for t in range(steps):
             step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1).view(B, K, V)
             step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
@@ -278,7 +302,7 @@ class Translator(Network):
             cand_logp = logp[..., None] + step  # (B, K, V)
             cand_len = torch.where(done, lengths, lengths + 1)[..., None].expand(B, K, V)
             score = (cand_logp / lp(cand_len)).view(B, K * V)
-            top = score.topk(K, dim=-1).indices  # (B, K)
+            top = torch.where(done.all(), stay, score.topk(K, dim=-1).indices)  # (B, K)
             beam, token = top // V, top % V
             logp = cand_logp.view(B, K * V).gather(1, top)
             lengths = cand_len.reshape(B, K * V).gather(1, top)
@@ -288,10 +312,13 @@ class Translator(Network):
             if caches is not None:
                 for self_cache, _ in caches:  # cross-attention keys are identical across a sentence's beams
                     self_cache.reorder(rows)
-            if bool(done.all()):
+            alive += ~done.all()
+            if (n := self._finished(alive, t, steps)) is not None:
                 break
+        else:
+            n = 0  # steps == 0
         best = (logp / lp(lengths)).argmax(-1)  # (B,)
-        return ys.view(B, K, -1)[torch.arange(B, device=dev), best, 1:]
+        return ys.view(B, K, -1)[torch.arange(B, device=dev), best, 1:1 + n]
 
     def _beam_search_hf(self, src: Tensor, K: int, max_new_tokens: int, length_penalty: float, use_cache: bool,
                         min_new_tokens: int, banned: tuple[int, ...], forced_eos: bool, early_stopping: bool,
@@ -316,7 +343,7 @@ class Translator(Network):
         fin_full = torch.zeros(B, K, dtype=torch.bool, device=dev)
         open_ = torch.ones(B, 1, dtype=torch.bool, device=dev)  # HF's is_early_stop_heuristic_unsatisfied
         top_k_mask = torch.arange(2 * K, device=dev) < K
-        caches = self.new_caches() if use_cache else None
+        caches = self.new_caches(max(steps, 1)) if use_cache else None
         offsets = torch.arange(B, device=dev)[:, None] * K
         banned = torch.tensor(banned, device=dev) if banned else None
         for t in range(steps):
@@ -351,7 +378,12 @@ class Translator(Network):
             best_running = run_logp[:, :1] / float(t + 1) ** length_penalty
             worst = torch.where(fin_full, fin_score.min(-1, keepdim=True).values, torch.full_like(fin_score, -1e9))
             open_ = open_ & (best_running > worst).any(-1, keepdim=True)
-            if not bool(open_.any()) or (early_stopping and bool(fin_full.all())) or bool(ends.all()):
+            # One read back per step. `ends.all()` (the old third test) holds only on the last step: each
+            # beam has one EOS candidate, so at most K of the 2K end before it.
+            stop = ~open_.any()
+            if early_stopping:
+                stop = stop | fin_full.all()
+            if bool(stop):
                 break
         best = fin_seq[:, 0]  # (B, steps): sorted, the first is the best
         length = int(best.ne(self.pad_id).sum(-1).max())

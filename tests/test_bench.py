@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench import bench_compile, bench_kernels, bench_peak, bench_vit_timm
+from bench import bench_compile, bench_kernels, bench_kv_cache, bench_peak, bench_vit_timm
 from bench.common import attention_flops, counted_flops, paired_ratio, round_robin
 from models.attention import MultiHeadAttention, attention_kernel
 
@@ -69,3 +69,9 @@ def test_pretrained_bench_pairs_give_the_same_logits() -> None:
     for family in report["results"].values():
         r = family["batch1"]
         assert r["max_abs_logit_diff"] < 1e-5 and r["speed_ratio"] > 0 and r["maps_speed_ratio"] > 0
+
+
+def test_kv_cache_bench_decodes_the_same_outputs_both_ways() -> None:
+    report = bench_kv_cache.main(["--steps", "12", "--tail", "4", "--batch", "1", "--dim", "16", "--heads", "2",
+                                  "--kv-heads", "1", "--repeats", "2"])
+    assert report["identical_outputs"] and report["growing_over_preallocated"] > 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 
@@ -15,12 +16,30 @@ class KVCache:
     them once from the source and reuses them for every later step. A windowed layer drops the
     oldest keys (`roll`) and counts them in `offset`, so `position` stays the absolute position
     of the next step (what rotary embeddings and the causal band need).
+
+    `capacity` preallocates: the first write allocates (B, num_kv_heads, capacity, head_dim)
+    buffers, each step copies its keys/values into them in place, and `k` / `v` are views of the
+    keys held now (`buf[:, :, start:end]`). Without it every step concatenates, which copies the
+    whole cache (O(T^2) bytes over T steps) and gives new storage each step. A windowed layer's
+    roll then only moves `start` (no copy); when the buffer's end is reached, the kept keys are
+    moved to its front, so any capacity >= window - 1 + the longest write works. A write that
+    still does not fit raises. The in-place writes are for inference: under autograd, a step
+    would overwrite storage an earlier step saved for backward.
     """
 
     static: bool = False
     k: Tensor | None = None
     v: Tensor | None = None
     offset: int = 0  # keys a windowed layer dropped from the front (rolling cache)
+    capacity: int | None = None  # keys the preallocated buffers hold; None = grow by concatenation
+    _k_buf: Tensor | None = field(default=None, repr=False, compare=False)
+    _v_buf: Tensor | None = field(default=None, repr=False, compare=False)
+    _start: int = field(default=0, repr=False, compare=False)  # where k begins in the buffers
+
+    def __post_init__(self) -> None:
+        if self.capacity is not None and (isinstance(self.capacity, bool) or not isinstance(self.capacity, int)
+                                          or self.capacity < 1):
+            raise ValueError(f"capacity must be a positive number of keys or None, got {self.capacity!r}")
 
     @property
     def length(self) -> int:
@@ -32,15 +51,68 @@ class KVCache:
         """Keys seen so far: the absolute position of the next step."""
         return self.offset + self.length
 
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add a step's (B, Hkv, T, hd) keys/values; returns all the keys/values held now."""
+        if self.capacity is None:
+            if self.k is not None:
+                k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+            self.k, self.v = k, v
+            return k, v
+        T, held = k.shape[2], self.length
+        if self._k_buf is None or self._k_buf.shape[0] != k.shape[0]:
+            self._allocate(k, v)
+        end = self._start + held
+        if end + T > self.capacity:  # a rolling window reached the end: its kept keys to the front
+            if held + T > self.capacity:
+                raise ValueError(f"KVCache capacity {self.capacity} exceeded: {held} keys held and {T} new; "
+                                 f"build the cache with a larger capacity")
+            for buf in (self._k_buf, self._v_buf):  # a clone when the two ranges overlap
+                kept = buf[:, :, self._start:end]
+                buf[:, :, :held].copy_(kept.clone() if self._start < held else kept)
+            self._start, end = 0, held
+        self._k_buf[:, :, end:end + T].copy_(k)
+        self._v_buf[:, :, end:end + T].copy_(v)
+        self._set_views(self._start, end + T)
+        return self.k, self.v
+
+    def _allocate(self, k: Tensor, v: Tensor) -> None:
+        """Buffers for k's batch (on the first write, or after a reorder changed the batch size)."""
+        B, H, _, D = k.shape
+        k_buf = k.new_empty(B, H, self.capacity, D)
+        v_buf = v.new_empty(B, v.shape[1], self.capacity, v.shape[3])
+        held = self.length
+        if held:  # keys from before a batch-size change (reorder already selected their rows)
+            k_buf[:, :, :held].copy_(self.k)
+            v_buf[:, :, :held].copy_(self.v)
+        self._k_buf, self._v_buf, self._start = k_buf, v_buf, 0
+        if held:
+            self._set_views(0, held)
+
+    def _set_views(self, start: int, end: int) -> None:
+        self._start = start
+        self.k, self.v = self._k_buf[:, :, start:end], self._v_buf[:, :, start:end]
+
     def reorder(self, index: Tensor) -> None:
-        """Select batch rows (beam search keeps the surviving hypotheses)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        """Select batch rows (beam search keeps the surviving hypotheses).
+
+        A preallocated cache reorders the keys held in place in its buffers when the batch size
+        stays (beam search); a new batch size gets new buffers on the next write."""
+        if self.k is None:
+            return
+        if self.capacity is not None and not self.static and index.shape[0] == self.k.shape[0]:
+            self.k.copy_(self.k.index_select(0, index))
+            self.v.copy_(self.v.index_select(0, index))
+            return
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
 
     def roll(self, keep: int) -> None:
         """Keep only the last `keep` keys: all that the next query of a window can see."""
         drop = self.length - keep
-        if drop > 0:  # a copy: a view would keep a long prefill's keys alive
+        if drop <= 0:
+            return
+        self.offset += drop
+        if self.capacity is not None and not self.static:
+            self._set_views(self._start + drop, self._start + drop + keep)  # no copy: the view moves
+        else:  # a copy: a view would keep a long prefill's keys alive
             self.k, self.v = self.k[:, :, drop:].clone(), self.v[:, :, drop:].clone()
-            self.offset += drop

@@ -191,9 +191,10 @@ class MultiHeadAttention(nn.Module):
             positions = torch.arange(past, past + x.shape[1], device=x.device)
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
-            if not cache.static and cache.k is not None:
-                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            cache.k, cache.v = k, v
+            if cache.static:
+                cache.k, cache.v = k, v
+            else:  # concatenated, or written in place into preallocated buffers (cache.capacity)
+                k, v = cache.append(k, v)
             if self.window is not None:
                 cache.roll(self.window - 1)  # all that the next query can see
         return q, k, v, past, k_offset
