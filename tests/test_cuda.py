@@ -25,7 +25,7 @@ def _ctx(tmp_path: Path):
 @pytest.mark.parametrize("name", ["fused_equals_explicit", "fully_masked_rows", "kv_cache_and_beam"])
 def test_gpu_check_case(name: str, tmp_path: Path) -> None:
     """Each case checks everything it covers before failing, so the assertion lists every broken combination."""
-    import bench.gpu.check as check
+    from bench.gpu import check
 
     ctx = _ctx(tmp_path)
     getattr(check, name)(ctx)
