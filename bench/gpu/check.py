@@ -59,6 +59,7 @@ class Ctx:
     log: Callable[[str], None]
     deadline: float = 0.0  # this case's end (time.monotonic()), for subprocesses to stay inside it
     failures: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)  # this case's CLI runs, killed when it ends
 
     def check(self, ok: bool, what: str) -> bool:
         """A soft assertion: the case goes on (to record every figure) and ends as fail."""
@@ -67,7 +68,8 @@ class Ctx:
         return ok
 
     def left(self) -> float:
-        return max(1.0, self.deadline - time.monotonic())
+        """Seconds a subprocess may still take: 5 s before the case's alarm, so the wait ends first."""
+        return max(1.0, self.deadline - time.monotonic() - 5.0)
 
 
 CASES: list[tuple[int, str, float, Callable[[Ctx], dict[str, Any]]]] = []
@@ -133,6 +135,11 @@ def run_case(number: int, name: str, limit: float, fn: Callable[[Ctx], dict[str,
         ctx.log(traceback.format_exc())
         figures.setdefault("failures_before", ctx.failures[:6])
     finally:
+        for proc in ctx.procs:  # their own sessions (for DDP's children): nothing would end them otherwise
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        ctx.procs = []
         if torch.cuda.is_available():
             try:
                 torch.cuda.synchronize()
@@ -384,6 +391,7 @@ def run_cli(ctx: Ctx, name: str, args: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     proc.name, proc.log_path, proc.started = name, logs / f"{name}.log", time.monotonic()  # type: ignore[attr-defined]
+    ctx.procs.append(proc)
     ctx.log(f"  started {name}: python {' '.join(args)}")
     return proc
 
