@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from torch import nn
 from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, MixedPrecision, StateDictType
+from torch.distributed.tensor import DTensor
 
 from training.switches import CHECKPOINTED_BLOCKS
 
@@ -86,7 +87,7 @@ def load_full_state_dict(trainer: L.Trainer, module: L.LightningModule, state_di
                                                       FullStateDictConfig(rank0_only=False)):
             root.load_state_dict(state_dict)
         return
-    if any(isinstance(p, torch.distributed.tensor.DTensor) for p in module.parameters()):
+    if any(isinstance(p, DTensor) for p in module.parameters()):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         set_model_state_dict(module, state_dict, options=StateDictOptions(full_state_dict=True))

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from utils.errors import MissingFileError, UserError
 
 CONFIG_KEY = "zoo_config"  # the training config, stored in every checkpoint as plain data
+# Turns a sharded checkpoint directory into one file (<dir>.consolidated) that load_checkpoint reads.
+CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -87,7 +89,7 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def _carry_over(self, state: dict[str, Any], old_dir: Path) -> dict[str, Any]:
         old_best = {Path(p): s for p, s in (state.get("best_k_models") or {}).items()}
-        if not all(p.is_file() for p in old_best):  # the old run is gone: nothing to carry, Lightning's default
+        if not all(p.exists() for p in old_best):  # the old run is gone: nothing to carry, Lightning's default
             return state
         new_dir = Path(self.dirpath)
         new_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,12 @@ class ResumableCheckpoint(ModelCheckpoint):
             new = new_dir / old.name
             if rank_zero_only.rank == 0:  # under DDP every process restores this state; one copies the files
                 tmp = new.with_name(f".{new.name}.copy.tmp")
-                shutil.copyfile(old, tmp)
+                if old.is_dir():  # a sharded checkpoint (FSDP): a directory of per-process shards
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    shutil.copytree(old, tmp)
+                    shutil.rmtree(new, ignore_errors=True)
+                else:
+                    shutil.copyfile(old, tmp)
                 os.replace(tmp, new)
             moved[str(new)] = score
         rename = lambda p: str(new_dir / Path(p).name) if p else p  # noqa: E731
@@ -106,18 +113,25 @@ class ResumableCheckpoint(ModelCheckpoint):
                 "last_model_path": rename(state.get("last_model_path"))}
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A torch.distributed.checkpoint directory (FSDP `state_dict_type: sharded`, ModelParallelStrategy's
+    `save_distributed_checkpoint`): one shard file per process and a `.metadata` index."""
+    return Path(path).is_dir() and (Path(path) / ".metadata").is_file()
+
+
 def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
-    """A checkpoint file, or a run directory (-> the first of `prefer` in its checkpoints/)."""
+    """A checkpoint (a file or a sharded directory), or a run directory (-> the first of `prefer` in its
+    checkpoints/)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise MissingFileError(f"ckpt_path {str(p)!r} does not exist: give a .ckpt file or a run directory")
-    if p.is_file():
+    if p.is_file() or is_sharded_checkpoint(p):
         return p
     folder = p if p.name == "checkpoints" else p / "checkpoints"  # a run directory, or its checkpoints/
     for name in prefer:
-        if (folder / name).is_file():
+        if (folder / name).is_file() or is_sharded_checkpoint(folder / name):
             return folder / name
-    found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    found = sorted(f for f in folder.glob("*.ckpt") if f.is_file() or is_sharded_checkpoint(f))
     if found:
         return found[-1]
     raise MissingFileError(f"run directory {str(p)!r} has no checkpoints/*.ckpt (expected checkpoints/best.ckpt)")
@@ -125,8 +139,15 @@ def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt",
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`: tensors and plain containers only, so a
-    file handed to us cannot run code while it is unpickled."""
+    file handed to us cannot run code while it is unpickled.
+
+    A sharded checkpoint is refused: torch.distributed.checkpoint reads its `.metadata` index with plain
+    pickle, which can run code. Lightning's consolidation (the user's explicit step) makes one file of it.
+    """
     p = Path(path)
+    if is_sharded_checkpoint(p):
+        raise UserError(f"{str(p)!r} is a sharded checkpoint (a directory of per-process shards); make one file of "
+                        f"it first: {CONSOLIDATE} {p} (writes {p}.consolidated), then pass that file")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, or a pickle that wants to run code

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import seed_everything
+from torch.distributed.tensor import DTensor
 
 
 class NonFiniteLossError(RuntimeError):
@@ -37,12 +38,26 @@ class NonFiniteGuard(L.Callback):
             )
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        for name, value in checkpoint["state_dict"].items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise NonFiniteLossError(
-                    f"weight {name!r} holds NaN / inf at epoch {trainer.current_epoch}, global step "
-                    f"{trainer.global_step}; not writing this checkpoint. {_kept(trainer)}"
-                )
+        bad = next((name for name, value in checkpoint["state_dict"].items()
+                    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _local(value))), None)
+        # Sharded checkpoints (FSDP): each process sees its own shards, and under a full one rank 0 alone holds
+        # the weights: every process must stop together, or the others wait in the save's collectives.
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
+            bad = bad or "(on another process)"
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"weight {bad!r} holds NaN / inf at epoch {trainer.current_epoch}, global step "
+                f"{trainer.global_step}; not writing this checkpoint. {_kept(trainer)}"
+            )
+
+
+def _local(value: Any) -> list[torch.Tensor]:
+    """The tensors this process holds of a state-dict entry: a DTensor's or a ShardedTensor's local shards."""
+    if isinstance(value, DTensor):
+        return [value.to_local()]
+    if hasattr(value, "local_shards"):  # FSDP1's sharded state dict (ShardedTensor)
+        return [shard.tensor for shard in value.local_shards()]
+    return [value]
 
 
 def _kept(trainer: L.Trainer) -> str:
