@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from utils.errors import MissingFileError, UserError
 
 CONFIG_KEY = "zoo_config"  # the training config, stored in every checkpoint as plain data
-# Turns a sharded checkpoint directory into one file (<dir>.consolidated) that load_checkpoint reads.
-CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
+# Turn a sharded checkpoint directory into one file (<dir>.consolidated) that load_checkpoint reads: the
+# Trainer's FSDPStrategy stores the weights under "model", ModelParallelStrategy under "state_dict" (Fabric's).
+CONSOLIDATE = {"FSDPStrategy": "python -m lightning.pytorch.utilities.consolidate_checkpoint",
+               "ModelParallelStrategy": "python -m lightning.fabric.utilities.consolidate_checkpoint"}
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -119,6 +121,17 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / ".metadata").is_file()
 
 
+def consolidate_command(folder: Path) -> str:
+    """The command that consolidates a sharded checkpoint, by the strategy its run used (its config is in
+    meta.pt, a plain torch.save file that Lightning writes beside the shards)."""
+    try:
+        meta = torch.load(folder / "meta.pt", map_location="cpu", weights_only=True)
+        strategy = str(meta[CONFIG_KEY]["trainer"]["strategy"]["_target_"])
+    except Exception:  # no readable meta.pt or config: the Trainer's own FSDP format is the common case
+        strategy = "FSDPStrategy"
+    return CONSOLIDATE["ModelParallelStrategy" if strategy.endswith("ModelParallelStrategy") else "FSDPStrategy"]
+
+
 def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
     """A checkpoint (a file or a sharded directory), or a run directory (-> the first of `prefer` in its
     checkpoints/)."""
@@ -147,7 +160,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if is_sharded_checkpoint(p):
         raise UserError(f"{str(p)!r} is a sharded checkpoint (a directory of per-process shards); make one file of "
-                        f"it first: {CONSOLIDATE} {p} (writes {p}.consolidated), then pass that file")
+                        f"it first: {consolidate_command(p)} {p} (writes {p}.consolidated), then pass that file")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, or a pickle that wants to run code
