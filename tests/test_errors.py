@@ -539,8 +539,8 @@ def test_a_sharded_checkpoint_is_refused_with_the_command_that_consolidates_it(t
         folder.mkdir(parents=True)
         (folder / ".metadata").write_bytes(b"never unpickled")
         (folder / "__0_0.distcp").write_bytes(b"")
-    torch.save({CONFIG_KEY: {"trainer": {"strategy": {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"}}}},
-               fsdp2 / "meta.pt")
+    strategy = {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"}
+    torch.save({CONFIG_KEY: {"trainer": {"strategy": strategy}}}, fsdp2 / "meta.pt")  # what Lightning writes, cut
     expected = ("error: '{0}' is a sharded checkpoint (a directory of per-process shards); make one file of it first: "
                 "python -m lightning.{1}.utilities.consolidate_checkpoint {0} (writes {0}.consolidated), then pass "
                 "that file\n")
