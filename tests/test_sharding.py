@@ -155,3 +155,24 @@ def test_fsdp_preset_keeps_buffers_float32_and_the_audio_front_ends_run(tmp_path
             assert net.pos.dtype == dtype  # the sinusoidal position table
     finally:
         dist.destroy_process_group()
+
+
+def test_a_resumed_run_carries_sharded_best_checkpoints_over(tmp_path: Path) -> None:
+    """ResumableCheckpoint copies the old run's best checkpoints into the new run directory: directories of
+    shards too, replacing a stale one of the same name."""
+    from utils.checkpoint import ResumableCheckpoint
+
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    (old / "best.ckpt").mkdir(parents=True)
+    for name, data in ((".metadata", b"index"), ("__0_0.distcp", b"shard 0"), ("__1_0.distcp", b"shard 1")):
+        (old / "best.ckpt" / name).write_bytes(data)
+    (new / "best.ckpt").mkdir(parents=True)
+    (new / "best.ckpt" / "stale").write_bytes(b"")
+    callback = ResumableCheckpoint(dirpath=str(new), monitor="val/acc", mode="max")
+    best = str(old / "best.ckpt")
+    callback.load_state_dict({"dirpath": str(old), "best_k_models": {best: torch.tensor(0.5)}, "best_model_path": best,
+                              "best_model_score": torch.tensor(0.5), "kth_best_model_path": best,
+                              "last_model_path": ""})
+    assert callback.best_model_path == str(new / "best.ckpt")
+    assert sorted(p.name for p in (new / "best.ckpt").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert (new / "best.ckpt" / "__1_0.distcp").read_bytes() == b"shard 1"
