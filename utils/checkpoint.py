@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from utils.errors import MissingFileError, UserError
@@ -66,6 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote storage: leave it to fsspec
             return super().save_checkpoint(checkpoint, path, storage_options)
+        if is_sharded_checkpoint(path):  # a sharded best.ckpt carried over from a sharded run (as FSDP does)
+            shutil.rmtree(path)
         atomic_save(checkpoint, path)
 
 
@@ -83,6 +86,12 @@ class ResumableCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:  # the plain ModelCheckpoint key: older checkpoints restore into this class
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    reads_shards = True  # whether this run's strategy reads sharded checkpoints (setup says)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.reads_shards = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old_dir = state_dict.get("dirpath")
         if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
@@ -93,6 +102,9 @@ class ResumableCheckpoint(ModelCheckpoint):
         old_best = {Path(p): s for p, s in (state.get("best_k_models") or {}).items()}
         if not all(p.exists() for p in old_best):  # the old run is gone: nothing to carry, Lightning's default
             return state
+        if not self.reads_shards and any(p.is_dir() for p in old_best):  # a sharded run resumed on another
+            # strategy (from its consolidated file): its best cannot be tested here; this run's own best is
+            return {"dirpath": state.get("dirpath"), "best_model_path": ""}
         new_dir = Path(self.dirpath)
         new_dir.mkdir(parents=True, exist_ok=True)
         moved = {}
