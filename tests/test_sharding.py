@@ -176,3 +176,21 @@ def test_a_resumed_run_carries_sharded_best_checkpoints_over(tmp_path: Path) -> 
     assert callback.best_model_path == str(new / "best.ckpt")
     assert sorted(p.name for p in (new / "best.ckpt").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert (new / "best.ckpt" / "__1_0.distcp").read_bytes() == b"shard 1"
+
+
+def test_decay_groups_are_decided_by_name_on_the_plain_network() -> None:
+    """2-D weights decay; biases, norms and what the net lists (class token, position table) do not. Wrapper
+    names (FSDP1 units, Lightning's activation checkpointing, compile) map back to the plain names."""
+    from models.vit import VisionTransformer
+    from training.schedules import decay_by_name, plain_name
+
+    net = VisionTransformer(img_size=16, patch_size=4, dim=32, depth=1, num_heads=2, stem="patch")
+    decays = decay_by_name(net)
+    block = "encoder.blocks.0."
+    assert sorted(n for n, d in decays.items() if d) == [
+        f"{block}attn.proj.weight", f"{block}attn.qkv.weight", f"{block}mlp.fc1.weight", f"{block}mlp.fc2.weight",
+        "head.weight", "patch_embed.proj.weight"]
+    assert {"cls_token", "pos_embed.weight", f"{block}norm1.weight", "head.bias"} <= {n for n, d in decays.items()
+                                                                                      if not d}
+    assert plain_name(f"{block}_fsdp_wrapped_module._checkpoint_wrapped_module.attn._orig_mod.qkv.weight") == (
+        f"{block}attn.qkv.weight")
