@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -139,7 +140,8 @@ def consolidate_command(folder: Path) -> str:
     try:
         meta = torch.load(folder / "meta.pt", map_location="cpu", weights_only=True)
         strategy = str(meta[CONFIG_KEY]["trainer"]["strategy"]["_target_"])
-    except Exception:  # no readable meta.pt or config: the Trainer's own FSDP format is the common case
+    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError):  # no meta.pt or config in it:
+        # the Trainer's own FSDP format is the common case
         strategy = "FSDPStrategy"
     return CONSOLIDATE["ModelParallelStrategy" if strategy.endswith("ModelParallelStrategy") else "FSDPStrategy"]
 
