@@ -84,12 +84,15 @@ def test_fsdp_trains_resumes_and_evaluates_as_one_process(one_process: Path, tmp
     assert all(torch.isfinite(torch.tensor(v)) for v in trained.values())
 
 
-def test_fsdp2_with_sharded_checkpoints_trains_as_one_process(one_process: Path, tmp_path: Path) -> None:
-    """ModelParallelStrategy + configure_model (fully_shard per block), checkpoints as directories of shards:
-    the post-fit reload reads them through the strategy; the other commands refuse them until consolidated."""
+def test_fsdp2_compiled_with_sharded_checkpoints_trains_as_one_process(one_process: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """ModelParallelStrategy + configure_model (fully_shard per block), the network compiled (traced at its first
+    forward, after sharding; aot_eager: no code generation), checkpoints as directories of shards: the post-fit
+    reload reads them through the strategy; the other commands refuse them until consolidated."""
     run_dir = tmp_path / "fsdp2"
+    monkeypatch.setenv("ZOO_COMPILE_BACKEND", "aot_eager")
     run_cli("train.py", *TINY, *TWO, "trainer=fsdp2", "trainer.strategy.save_distributed_checkpoint=true",
-            f"hydra.run.dir={run_dir}")
+            "model.compile=true", f"hydra.run.dir={run_dir}")
     sharded = run_dir / "checkpoints" / "epoch001.ckpt"
     assert sorted(p.name for p in sharded.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     refused = run_cli("evaluate.py", f"ckpt_path={run_dir}", "threads=1", f"hydra.run.dir={tmp_path / 'ev'}",
