@@ -552,6 +552,18 @@ def test_a_sharded_checkpoint_is_refused_with_the_command_that_consolidates_it(t
     assert (code, err) == (2, expected.format(fsdp2, "fabric"))
 
 
+@pytest.mark.parametrize("devices", ["-1", "auto"])
+def test_fsdp2_needs_a_number_of_devices(devices: str, tmp_path: Path) -> None:
+    from utils.build import setup_runtime
+
+    cfg = compose_config("train", ["trainer=fsdp2", f"trainer.devices={devices}"], tmp_path)
+    shown = -1 if devices == "-1" else repr(devices)
+    with pytest.raises(UserError, match=rf"^trainer.strategy.data_parallel_size={shown} \(from trainer.devices\): "
+                                        r"expected a number of processes >= 1 \(trainer=fsdp2 sizes its mesh from "
+                                        r"trainer.devices: give trainer.devices as a number\)$"):
+        setup_runtime(cfg)
+
+
 def test_a_non_utf8_tsv_names_the_file_and_line(tmp_path: Path) -> None:
     from data.text import read_tsv
 
