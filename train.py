@@ -15,9 +15,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from training.sharding import load_full_state_dict
 from utils.build import (build_datamodule, build_module, build_trainer, datamodule_state,
                          output_dir, recipe_lines, setup_runtime, write_metrics)
-from utils.checkpoint import CONFIG_KEY, ConfigInCheckpoint, load_checkpoint, resolve_checkpoint
+from utils.checkpoint import (CONFIG_KEY, ConfigInCheckpoint, is_sharded_checkpoint, load_checkpoint,
+                              resolve_checkpoint)
 from utils.errors import run_hydra, user_errors
 from utils.ranks import worker_rank
 from utils.validate import check_weights_fit
@@ -54,8 +56,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:  # empty under fast_dev_run, which saves no checkpoint
-            # Our own loader (weights_only) rather than Lightning's, so no checkpoint is ever unpickled freely.
-            module.load_state_dict(load_checkpoint(best)["state_dict"])
+            if is_sharded_checkpoint(best):  # shards these processes wrote during this fit: the strategy reads them
+                trainer.strategy.load_checkpoint(best)
+            else:  # our own loader (weights_only), so no file is unpickled freely; through the strategy, which
+                # under FSDP holds the module's parameters as shards
+                load_full_state_dict(trainer, module, load_checkpoint(best)["state_dict"])
             log.info(f"Testing best checkpoint {best}")
         trainer.test(module, datamodule=datamodule)
         metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})

@@ -537,6 +537,38 @@ def test_checkpoint_with_nan_weights_is_refused_at_load(runs, tmp_path: Path) ->
         load_trained(run)
 
 
+def test_a_sharded_checkpoint_is_refused_with_the_command_that_consolidates_it(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fsdp, fsdp2 = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
+    for folder in (fsdp, fsdp2):  # the layout torch.distributed.checkpoint and Lightning write
+        folder.mkdir(parents=True)
+        (folder / ".metadata").write_bytes(b"never unpickled")
+        (folder / "__0_0.distcp").write_bytes(b"")
+    strategy = {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"}
+    torch.save({CONFIG_KEY: {"trainer": {"strategy": strategy}}}, fsdp2 / "meta.pt")  # what Lightning writes, cut
+    expected = ("error: '{0}' is a sharded checkpoint (a directory of per-process shards); make one file of it first: "
+                "python -m lightning.{1}.utilities.consolidate_checkpoint {0} (writes {0}.consolidated), then pass "
+                "that file\n")
+    assert command("evaluate.py", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'ev'}") == (
+        2, "", expected.format(fsdp, "pytorch"))
+    assert command("export.py", str(fsdp2), f"hydra.run.dir={tmp_path / 'ex'}") == (
+        2, "", expected.format(fsdp2, "fabric"))
+    code, _, err = command("train.py", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'tr'}")  # resume: last first
+    assert (code, err) == (2, expected.format(fsdp2, "fabric"))
+
+
+@pytest.mark.parametrize("devices", ["-1", "auto"])
+def test_fsdp2_needs_a_number_of_devices(devices: str, tmp_path: Path) -> None:
+    from utils.build import setup_runtime
+
+    cfg = compose_config("train", ["trainer=fsdp2", f"trainer.devices={devices}"], tmp_path)
+    shown = -1 if devices == "-1" else repr(devices)
+    with pytest.raises(UserError, match=rf"^trainer.strategy.data_parallel_size={shown} \(from trainer.devices\): "
+                                        r"expected a number of processes >= 1 \(trainer=fsdp2 sizes its mesh from "
+                                        r"trainer.devices: give trainer.devices as a number\)$"):
+        setup_runtime(cfg)
+
+
 def test_a_non_utf8_tsv_names_the_file_and_line(tmp_path: Path) -> None:
     from data.text import read_tsv
 

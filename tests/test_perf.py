@@ -267,7 +267,7 @@ def test_bf16_mixed_training_step_close_to_fp32_translator() -> None:
 
 def test_trainer_configs_build_the_switches(compose_train) -> None:
     from lightning.pytorch.plugins.precision import MixedPrecision
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
     from hydra.utils import instantiate
 
     from utils.build import build_trainer
@@ -278,11 +278,15 @@ def test_trainer_configs_build_the_switches(compose_train) -> None:
 
     cfg = compose_train("trainer=ddp")
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.accelerator) == ("ddp", 2, "cpu")
-    # FSDP needs GPUs: only check that the config builds the strategy with our block classes
+    # the GPU presets (tests/test_sharding.py runs both on 2 CPU processes)
     cfg = compose_train("trainer=fsdp")
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy) and not isinstance(strategy, DDPStrategy)
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    cfg = compose_train("trainer=fsdp2", "trainer.devices=4")
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (4, 1)
 
     cfg = compose_train("model=translator", "model.compile=true", "model.grad_checkpointing=true")
     assert cfg.model.compile is True and cfg.model.grad_checkpointing is True

@@ -12,7 +12,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.checks import require_bool, require_int
-from training.schedules import check_schedule, optimizer_with_schedule
+from training.schedules import check_schedule, decay_by_name, optimizer_with_schedule
+from training.sharding import clip_gradients, shard_blocks
 from training.switches import apply_switches
 
 
@@ -54,6 +55,7 @@ class ClassificationModule(L.LightningModule):
             require_bool(name, value)
         apply_switches(net, compile, grad_checkpointing)
         self.net = net
+        self.decays = decay_by_name(net)  # before any wrapping (training/schedules.py)
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
         self.label_smoothing = label_smoothing
@@ -98,3 +100,10 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optimizer_with_schedule(self, self.net)
+
+    def configure_model(self) -> None:
+        shard_blocks(self, self.net)  # FSDP2 (trainer=fsdp2) only; a no-op under other strategies
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # also under FSDP1

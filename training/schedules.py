@@ -31,17 +31,40 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> C
     return factor
 
 
-def optimizer_with_schedule(module: L.LightningModule, net: nn.Module) -> dict[str, Any]:
-    """AdamW-style param groups and a per-step warm-up + cosine schedule, for any of our modules.
+# Names the wrappers insert into parameter names (FSDP1 units, Lightning's activation checkpointing,
+# torch.compile of a submodule); the plain network has none of them.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
-    No weight decay on biases, norms, and what the net lists (position tables, tokens): the
-    standard ViT recipe, timm's `no_weight_decay()` convention. Reads `optimizer_factory`,
-    `warmup_fraction` and `min_lr_ratio` from the module.
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the unwrapped network."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def decay_by_name(net: nn.Module) -> dict[str, bool]:
+    """Whether each parameter of the plain network gets weight decay, decided by its name and shape.
+
+    No weight decay on biases, norms, and what the net lists (position tables, tokens): the standard ViT
+    recipe, timm's `no_weight_decay()` convention. Called at construction, before DDP / FSDP wrap the
+    network: FSDP1 replaces every parameter by a flat 1-D view of its shard, so a shape test made in
+    `configure_optimizers` would put every weight in the no-decay group.
     """
     skip = set(getattr(net, "no_weight_decay", lambda: set())())
-    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
-    no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
+    return {n: p.dim() >= 2 and n not in skip for n, p in net.named_parameters()}
+
+
+def optimizer_with_schedule(module: L.LightningModule, net: nn.Module) -> dict[str, Any]:
+    """AdamW-style param groups (the module's `decays`, from `decay_by_name`) and a per-step warm-up +
+    cosine schedule, for any of our modules. Reads `optimizer_factory`, `decays`, `warmup_fraction` and
+    `min_lr_ratio` from the module."""
+    params = [(plain_name(n), p) for n, p in net.named_parameters() if p.requires_grad]
+    unknown = [n for n, _ in params if n not in module.decays]
+    if unknown:  # a parameter added after construction: its group was never decided
+        raise RuntimeError(f"parameters {unknown[:3]} were not in the network at construction")
+    decay = [p for n, p in params if module.decays[n]]
+    no_decay = [p for n, p in params if not module.decays[n]]
     optimizer = module.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
     total = int(module.trainer.estimated_stepping_batches)
     warmup = max(1, int(module.warmup_fraction * total))

@@ -12,10 +12,11 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from models.tokenizer import decode, encode
 from models.checks import require_bool, require_choice, require_int, require_number
-from training.schedules import check_schedule, optimizer_with_schedule
+from models.tokenizer import decode, encode
 from models.translator import Translator
+from training.schedules import check_schedule, decay_by_name, optimizer_with_schedule
+from training.sharding import clip_gradients, shard_blocks
 from training.switches import apply_switches
 
 
@@ -68,6 +69,7 @@ class Seq2SeqModule(L.LightningModule):
             require_bool(name, value)
         apply_switches(net, compile, grad_checkpointing)
         self.net = net
+        self.decays = decay_by_name(net)  # before any wrapping (training/schedules.py)
         self.compiled = compile
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.min_lr_ratio, self.label_smoothing = warmup_fraction, min_lr_ratio, label_smoothing
@@ -189,6 +191,13 @@ class Seq2SeqModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optimizer_with_schedule(self, self.net)
+
+    def configure_model(self) -> None:
+        shard_blocks(self, self.net)  # FSDP2 (trainer=fsdp2) only; a no-op under other strategies
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # also under FSDP1
 
 
 def text_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:

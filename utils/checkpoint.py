@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,11 +14,16 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from utils.errors import MissingFileError, UserError
 
 CONFIG_KEY = "zoo_config"  # the training config, stored in every checkpoint as plain data
+# Turn a sharded checkpoint directory into one file (<dir>.consolidated) that load_checkpoint reads: the
+# Trainer's FSDPStrategy stores the weights under "model", ModelParallelStrategy under "state_dict" (Fabric's).
+CONSOLIDATE = {"FSDPStrategy": "python -m lightning.pytorch.utilities.consolidate_checkpoint",
+               "ModelParallelStrategy": "python -m lightning.fabric.utilities.consolidate_checkpoint"}
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -62,6 +68,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote storage: leave it to fsspec
             return super().save_checkpoint(checkpoint, path, storage_options)
+        if is_sharded_checkpoint(path):  # a sharded best.ckpt carried over from a sharded run (as FSDP does)
+            shutil.rmtree(path)
         atomic_save(checkpoint, path)
 
 
@@ -79,6 +87,12 @@ class ResumableCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:  # the plain ModelCheckpoint key: older checkpoints restore into this class
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    reads_shards = True  # whether this run's strategy reads sharded checkpoints (setup says)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.reads_shards = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old_dir = state_dict.get("dirpath")
         if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
@@ -87,8 +101,11 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def _carry_over(self, state: dict[str, Any], old_dir: Path) -> dict[str, Any]:
         old_best = {Path(p): s for p, s in (state.get("best_k_models") or {}).items()}
-        if not all(p.is_file() for p in old_best):  # the old run is gone: nothing to carry, Lightning's default
+        if not all(p.exists() for p in old_best):  # the old run is gone: nothing to carry, Lightning's default
             return state
+        if not self.reads_shards and any(p.is_dir() for p in old_best):  # a sharded run resumed on another
+            # strategy (from its consolidated file): its best cannot be tested here; this run's own best is
+            return {"dirpath": state.get("dirpath"), "best_model_path": ""}
         new_dir = Path(self.dirpath)
         new_dir.mkdir(parents=True, exist_ok=True)
         moved = {}
@@ -96,7 +113,12 @@ class ResumableCheckpoint(ModelCheckpoint):
             new = new_dir / old.name
             if rank_zero_only.rank == 0:  # under DDP every process restores this state; one copies the files
                 tmp = new.with_name(f".{new.name}.copy.tmp")
-                shutil.copyfile(old, tmp)
+                if old.is_dir():  # a sharded checkpoint (FSDP): a directory of per-process shards
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    shutil.copytree(old, tmp)
+                    shutil.rmtree(new, ignore_errors=True)
+                else:
+                    shutil.copyfile(old, tmp)
                 os.replace(tmp, new)
             moved[str(new)] = score
         rename = lambda p: str(new_dir / Path(p).name) if p else p  # noqa: E731
@@ -106,18 +128,37 @@ class ResumableCheckpoint(ModelCheckpoint):
                 "last_model_path": rename(state.get("last_model_path"))}
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A torch.distributed.checkpoint directory (FSDP `state_dict_type: sharded`, ModelParallelStrategy's
+    `save_distributed_checkpoint`): one shard file per process and a `.metadata` index."""
+    return Path(path).is_dir() and (Path(path) / ".metadata").is_file()
+
+
+def consolidate_command(folder: Path) -> str:
+    """The command that consolidates a sharded checkpoint, by the strategy its run used (its config is in
+    meta.pt, a plain torch.save file that Lightning writes beside the shards)."""
+    try:
+        meta = torch.load(folder / "meta.pt", map_location="cpu", weights_only=True)
+        strategy = str(meta[CONFIG_KEY]["trainer"]["strategy"]["_target_"])
+    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError):  # no meta.pt or config in it:
+        # the Trainer's own FSDP format is the common case
+        strategy = "FSDPStrategy"
+    return CONSOLIDATE["ModelParallelStrategy" if strategy.endswith("ModelParallelStrategy") else "FSDPStrategy"]
+
+
 def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
-    """A checkpoint file, or a run directory (-> the first of `prefer` in its checkpoints/)."""
+    """A checkpoint (a file or a sharded directory), or a run directory (-> the first of `prefer` in its
+    checkpoints/)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise MissingFileError(f"ckpt_path {str(p)!r} does not exist: give a .ckpt file or a run directory")
-    if p.is_file():
+    if p.is_file() or is_sharded_checkpoint(p):
         return p
     folder = p if p.name == "checkpoints" else p / "checkpoints"  # a run directory, or its checkpoints/
     for name in prefer:
-        if (folder / name).is_file():
+        if (folder / name).is_file() or is_sharded_checkpoint(folder / name):
             return folder / name
-    found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    found = sorted(f for f in folder.glob("*.ckpt") if f.is_file() or is_sharded_checkpoint(f))
     if found:
         return found[-1]
     raise MissingFileError(f"run directory {str(p)!r} has no checkpoints/*.ckpt (expected checkpoints/best.ckpt)")
@@ -125,8 +166,15 @@ def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt",
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`: tensors and plain containers only, so a
-    file handed to us cannot run code while it is unpickled."""
+    file handed to us cannot run code while it is unpickled.
+
+    A sharded checkpoint is refused: torch.distributed.checkpoint reads its `.metadata` index with plain
+    pickle, which can run code. Lightning's consolidation (the user's explicit step) makes one file of it.
+    """
     p = Path(path)
+    if is_sharded_checkpoint(p):
+        raise UserError(f"{str(p)!r} is a sharded checkpoint (a directory of per-process shards); make one file of "
+                        f"it first: {consolidate_command(p)} {p} (writes {p}.consolidated), then pass that file")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, or a pickle that wants to run code

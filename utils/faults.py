@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import seed_everything
+from torch.distributed.tensor import DTensor
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,16 +62,20 @@ class NonFiniteGuard(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._check(trainer)
-        weights = [(name, value) for name, value in checkpoint["state_dict"].items() if value.is_floating_point()]
-        if not weights:
-            return
-        finite = torch.stack([torch.isfinite(v).all().to(weights[0][1].device) for _, v in weights]).tolist()
-        for (name, _), ok in zip(weights, finite):  # one host read for all of them
-            if not ok:
-                raise NonFiniteLossError(
-                    f"weight {name!r} holds NaN / inf at epoch {trainer.current_epoch}, global step "
-                    f"{trainer.global_step}; not writing this checkpoint. {_kept(trainer)}"
-                )
+        weights = [(name, t) for name, value in checkpoint["state_dict"].items() for t in _local(value)
+                   if t.is_floating_point() and t.numel()]
+        device = weights[0][1].device if weights else None
+        finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in weights]).tolist() if weights else []
+        bad = next((name for (name, _), ok in zip(weights, finite) if not ok), None)  # one host read for all
+        # Sharded checkpoints (FSDP): each process sees its own shards, and under a full one rank 0 alone holds
+        # the weights: every process must stop together, or the others wait in the save's collectives.
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
+            bad = bad or "(on another process)"
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"weight {bad!r} holds NaN / inf at epoch {trainer.current_epoch}, global step "
+                f"{trainer.global_step}; not writing this checkpoint. {_kept(trainer)}"
+            )
 
     def _check(self, trainer: L.Trainer) -> None:
         """Read the flags gathered since the last read (one host sync; under DDP one all-reduce) and raise
@@ -212,3 +217,12 @@ def _generators(loader: Any) -> Iterator[torch.Generator]:
             if isinstance(value, torch.Generator) and id(value) not in seen:
                 seen.add(id(value))
                 yield value
+
+
+def _local(value: Any) -> list[torch.Tensor]:
+    """The tensors this process holds of a state-dict entry: a DTensor's or a ShardedTensor's local shards."""
+    if isinstance(value, DTensor):
+        return [value.to_local()]
+    if hasattr(value, "local_shards"):  # FSDP1's sharded state dict (ShardedTensor)
+        return [shard.tensor for shard in value.local_shards()]
+    return [value]

@@ -159,6 +159,16 @@ TRAINER_RULES: dict[str, Callable[[Any], str | None]] = {
     **{k: _batches for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")},
 }
 
+# ModelParallelStrategy's mesh. trainer=fsdp2 sizes it from trainer.devices, which may also be -1 or "auto"
+# (Lightning's "auto" here means one data-parallel rank per node: nothing sharded); the LightningModules'
+# configure_model shards over the data-parallel dimension only, so there is no tensor parallelism to size.
+STRATEGY_RULES: dict[str, Callable[[Any], str | None]] = {
+    "data_parallel_size": lambda v: None if _is_int(v) and v >= 1 else (
+        "expected a number of processes >= 1 (trainer=fsdp2 sizes its mesh from trainer.devices: give "
+        "trainer.devices as a number)"),
+    "tensor_parallel_size": lambda v: None if v == 1 else "expected 1 (the zoo shards data-parallel only)",
+}
+
 
 # --- reading values --------------------------------------------------------------------------------
 
@@ -215,6 +225,8 @@ def check_run_config(cfg: DictConfig) -> None:
     _check(cfg, "", RUN_RULES)
     if isinstance(cfg.get("trainer"), DictConfig):
         _check(cfg.trainer, "trainer.", TRAINER_RULES)
+        if isinstance(cfg.trainer.get("strategy"), DictConfig):
+            _check(cfg.trainer.strategy, "trainer.strategy.", STRATEGY_RULES)
 
 
 def check_model_config(cfg: DictConfig) -> None:
