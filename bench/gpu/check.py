@@ -1229,7 +1229,7 @@ def fsdp_one_gpu(ctx: Ctx) -> dict[str, Any]:
                                                     f"hydra.run.dir={runs / 'fsdp_eval'}"]))
         f["fsdp_evaluate"] = ev
     f["note"] = "1 GPU: FSDP runs NO_SHARD; sharding bugs (P0-2, P0-3) need >= 2 GPUs. Recorded, not asserted " \
-                "(FSDP is being fixed on another branch)."
+                "(every run must exit 0 and write metrics.json)."
     f["summary"] = "; ".join(f"{k}: rc {v['rc']}" + (f" ({v['last_error'][:120]})" if v.get("last_error") else "")
                              for k, v in f.items() if isinstance(v, dict))
     return f

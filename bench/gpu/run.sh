@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+rm -rf "$WORK"  # a fresh work folder each time: the CLI runs refuse a run directory that holds an old run
 mkdir -p "$OUTDIR" "$WORK"
 OUTDIR=$(realpath "$OUTDIR")
 LOG="$OUTDIR/gpu_log.txt"
