@@ -17,6 +17,7 @@ from models.embeddings import sinusoidal_table
 from training.seq2seq import text_metrics
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode, encode, train_tokenizer
 from models.translator import Translator
+from helpers.beam import reference_beam
 from utils.checkpoint import average_checkpoints
 
 
@@ -78,29 +79,6 @@ def test_cached_decoding_gives_the_uncached_logits_and_tokens() -> None:
 def test_beam_of_one_is_greedy() -> None:
     model, src = tiny(), random_src()
     assert torch.equal(model.beam_search(src, 1, 15, length_penalty=0.0), model.greedy(src, 15))
-
-
-def reference_beam(model: Translator, src: torch.Tensor, k: int, steps: int, alpha: float) -> list[int]:
-    """Plain beam search for one sentence: python lists, no cache, no batching."""
-    memory, pad = model.encode(src[None])
-    lp = lambda n: ((5 + n) / 6) ** alpha  # noqa: E731
-    beams = [([BOS_ID], 0.0, False)]
-    for _ in range(steps):
-        cands = []
-        for ys, logp, done in beams:
-            if done:
-                cands.append((ys + [PAD_ID], logp, True))
-                continue
-            step = F.log_softmax(model.decode(torch.tensor([ys]), memory, pad)[0, -1].float(), -1)
-            for tok in range(model.vocab_size):
-                cands.append((ys + [tok], logp + step[tok].item(), tok == EOS_ID))
-        length = lambda c: sum(1 for t in c[0][1:] if t != PAD_ID)  # noqa: E731
-        cands.sort(key=lambda c: c[1] / lp(length(c)), reverse=True)
-        beams = cands[:k]
-        if all(d for _, _, d in beams):
-            break
-    best = max(beams, key=lambda c: c[1] / lp(sum(1 for t in c[0][1:] if t != PAD_ID)))
-    return best[0][1:]
 
 
 def test_batched_beam_search_matches_a_plain_reference() -> None:

@@ -1067,35 +1067,11 @@ def marian_vs_hf(ctx: Ctx) -> dict[str, Any]:
     return f
 
 
-def plain_beam(model, src, k: int, steps: int, alpha: float) -> list[int]:
-    """Plain beam search for one sentence: python lists, no cache, no batching (tests/test_translator.py's)."""
-    from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-    memory, pad = model.encode(src[None])
-    lp = lambda n: ((5 + n) / 6) ** alpha
-    beams = [([BOS_ID], 0.0, False)]
-    for _ in range(steps):
-        cands = []
-        for ys, logp, done in beams:
-            if done:
-                cands.append((ys + [PAD_ID], logp, True))
-                continue
-            step = F.log_softmax(model.decode(torch.tensor([ys], device=src.device), memory, pad)[0, -1].float(), -1)
-            for tok in range(model.vocab_size):
-                cands.append((ys + [tok], logp + step[tok].item(), tok == EOS_ID))
-        length = lambda c: sum(1 for t in c[0][1:] if t != PAD_ID)
-        cands.sort(key=lambda c: c[1] / lp(length(c)), reverse=True)
-        beams = cands[:k]
-        if all(d for _, _, d in beams):
-            break
-    best = max(beams, key=lambda c: c[1] / lp(sum(1 for t in c[0][1:] if t != PAD_ID)))
-    return best[0][1:]
-
-
 @case(10, "KV cache and beam search on device", 45)
 def kv_cache_and_beam(ctx: Ctx) -> dict[str, Any]:
     from models.attention import KVCache, MultiHeadAttention, fused_attn
     from models.tokenizer import EOS_ID, PAD_ID
+    from helpers.beam import reference_beam
 
     dev = ctx.device
     f: dict[str, Any] = {}
@@ -1150,7 +1126,7 @@ def kv_cache_and_beam(ctx: Ctx) -> dict[str, Any]:
         got = small.beam_search(src11, beam_size=3, max_new_tokens=7, length_penalty=0.6)
         agree = 0
         for b in range(3):
-            ref = plain_beam(small, src11[b][src11[b] != PAD_ID], k=3, steps=7, alpha=0.6)
+            ref = reference_beam(small, src11[b][src11[b] != PAD_ID], k=3, steps=7, alpha=0.6)
             row = got[b].tolist()
             agree += row[: len(ref)] == ref[: len(row)] and all(t == PAD_ID for t in row[len(ref):])
         f["beam_vs_plain_reference"] = f"{agree}/3"
