@@ -113,3 +113,21 @@ def test_bad_dinov2_options_are_refused_naming_the_key(bad: dict, message: str) 
 
     with pytest.raises(ValueError, match=message):
         VisionTransformer(**bad)
+
+
+def test_finetune_from_a_backbone_adds_a_head_and_resizes_positions(tmp_path: Path) -> None:
+    from helpers.cli import command
+    from helpers.pretrained import image_folder
+    from utils.checkpoint import load_checkpoint
+
+    reference("registers", tmp_path / "src")
+    folder = image_folder(tmp_path / "data", classes=3, per_class=6)
+    run = tmp_path / "run"
+    proc = command("train.py", "experiment=finetune_vit", f"pretrained={tmp_path / 'src'}", f"data.root={folder}",
+                   "data.image_size=42", "data.batch_size=6", "trainer.max_epochs=1", "threads=1", "logger=csv",
+                   f"hydra.run.dir={run}", "data.num_workers=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert state["net.head.weight"].shape == (3, 32)  # a fresh head: the backbone had none
+    assert state["net.pos_embed.weight"].shape == (1, 9, 32)  # 3 x 3 patches at 42 px, from the source's 4 x 4
+    assert state["net.reg_token"].shape == (1, 3, 32)
