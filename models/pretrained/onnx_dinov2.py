@@ -21,10 +21,11 @@ CLS = "embeddings.cls_token"
 
 
 def onnx_file(src: Source) -> Path | None:
-    """The source's ONNX file: the path itself, or the one .onnx file in its folder (subfolders included)."""
+    """The source's ONNX file: the path itself, or the one .onnx file in its folder or a folder in it (not deeper:
+    a folder given by mistake is not searched through)."""
     if src.path.is_file():
         return src.path if src.path.suffix == ".onnx" else None
-    found = sorted(src.path.rglob("*.onnx"))
+    found = sorted([*src.path.glob("*.onnx"), *src.path.glob("*/*.onnx")])
     return found[0] if len(found) == 1 else None
 
 
