@@ -16,10 +16,11 @@ from models.pretrained import convert
 
 transformers = pytest.importorskip("transformers")
 
-# The position table is built for 56 px (4 x 4 patches of 14): 28 and 42 px shrink it, 70 px grows it.
+# The position table is built for 56 px (4 x 4 patches of 14): 28 and 42 px shrink it, 70 px grows it, 45 x 31 px
+# (not multiples of 14: the last pixels are dropped, as by the reference's convolution) makes it 3 x 2.
 TINY = {"image_size": 56, "patch_size": 14, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "mlp_ratio": 2, "layerscale_value": 0.5}
-SIZES = (28, 42, 70)
+SIZES = ((28, 28), (42, 42), (70, 70), (45, 31))
 VARIANTS = {  # transformers class, config class, extra config
     "model": ("Dinov2Model", "Dinov2Config", {}),
     "classifier": ("Dinov2ForImageClassification", "Dinov2Config", {"num_labels": 5}),
@@ -48,8 +49,8 @@ def test_outputs_and_maps_equal_transformers(variant: str, tmp_path: Path) -> No
     classifier = "classifier" in variant
     base = ref.base_model if classifier else ref
     assert net.num_prefix == 1 + base.config.to_dict().get("num_register_tokens", 0)
-    for size, batch in zip(SIZES, (1, 3, 2)):
-        x = torch.randn(batch, 3, size, size)
+    for size, batch in zip(SIZES, (1, 3, 2, 2)):
+        x = torch.randn(batch, 3, *size)
         with torch.no_grad():
             theirs = base(x, output_attentions=True)
             logits = ref(x).logits if classifier else None
