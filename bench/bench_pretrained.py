@@ -12,6 +12,9 @@ loaded through models.pretrained, as `pretrained=<folder>` does):
                       224 px: 1568 tokens) vs the zoo's VideoTransformer (joint blocks)
 * ``timesformer``  -- transformers TimesformerForVideoClassification at its reference config (base: dim 768,
                       depth 12, 8 frames of 224 px, divided attention) vs the zoo's VideoTransformer (divided)
+* ``dinov2``, ``dinov2_518`` -- transformers Dinov2Model at facebook/dinov2-small's config (ViT-S/14, position
+                      table for 518 px) at 224 px (257 tokens, the table resized) and 518 px (1370 tokens) vs the
+                      zoo's VisionTransformer without head; both return the pooler output
 
 Contenders per pair and batch: ``zoo`` (its default kernel choice) vs ``ref`` (timm's fused path /
 transformers' default SDPA), and with maps: ``zoo_maps`` (the zoo recording every layer's maps: output and
@@ -39,7 +42,7 @@ from bench.common import load, paired_ratio, parse_bench_args, round_robin, writ
 from models.attention import AttentionRecorder, fused_attn
 from models.pretrained import convert
 
-FAMILIES = ("vit", "ast", "videomae", "timesformer")
+FAMILIES = ("vit", "ast", "videomae", "timesformer", "dinov2", "dinov2_518")
 
 
 def _random(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,6 +73,16 @@ def build(family: str, folder: Path, tiny: bool) -> tuple[Any, torch.nn.Module, 
         net = convert(str(folder)).build()
         # Both take the same features: the zoo's network from its patch embedding on (see forward_features).
         return ref, net, lambda b: (f := torch.randn(b, 128, 128), f.transpose(1, 2).unsqueeze(1))
+    if family.startswith("dinov2"):
+        from transformers import Dinov2Config, Dinov2Model
+
+        kw = {"hidden_size": 384, "num_attention_heads": 6, "image_size": 518}  # facebook/dinov2-small
+        if tiny:
+            kw = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "image_size": 56}
+        ref = _random(Dinov2Model(Dinov2Config(**kw)))
+        ref.save_pretrained(folder)
+        size = (56 if tiny else 518) if family == "dinov2_518" else (28 if tiny else 224)
+        return ref, convert(str(folder)).build(), lambda b: (x := torch.randn(b, 3, size, size), x)
     from transformers import (TimesformerConfig, TimesformerForVideoClassification, VideoMAEConfig,
                               VideoMAEForVideoClassification)
 
@@ -111,6 +124,8 @@ def contenders(family: str, ref: Any, net: torch.nn.Module, x_ref: torch.Tensor,
     hf = family != "vit"
 
     def run_ref() -> Any:
+        if family.startswith("dinov2"):
+            return ref(x_ref).pooler_output
         return ref(x_ref) if not hf else ref(x_ref).logits
 
     def run_ref_maps() -> Any:

@@ -64,7 +64,7 @@ def test_compile_bench_compiles_each_contender_once_and_reports_speedups() -> No
 def test_pretrained_bench_pairs_give_the_same_logits() -> None:
     from bench import bench_pretrained
 
-    report = bench_pretrained.main(["--tiny", "--families", "vit", "ast", "--batches", "1", "--repeats", "1",
+    report = bench_pretrained.main(["--tiny", "--families", "vit", "ast", "dinov2", "--batches", "1", "--repeats", "1",
                                     "--warmup", "0", "--threads", "1"])
     for family in report["results"].values():
         r = family["batch1"]
