@@ -16,7 +16,10 @@ what --word attends to in each layer. With --attention-dir, PNG pictures of the 
 written there:
 
 * translator: cross-attention alignment (target x source tokens) and encoder self-attention;
-* image: attention rollout from the class token overlaid on the image;
+* image: attention rollout from the class token overlaid on the image; a ViT with a class token
+  (a backbone without classifier head too) also DINO's pictures: the class token's last-layer
+  attention per head, raw and as the smallest patch set holding 60 % of it (_cls_heads.png), and
+  the first 3 principal components of its patch features as colours (_pca.png);
 * audio: rollout over the (mel x time) patches beside the log-mel spectrogram;
 * video: spatial rollout per frame and the frame-to-frame temporal attention;
 * text encoder: --word's attention in every layer and head, and each layer's mean map.
@@ -182,6 +185,8 @@ def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
         return [f"{item}\t{p.text}" if count > 1 else p.text]
     if p.embedding is not None:
         return [item] + word_lines(p, word)
+    if p.features is not None:  # a backbone: no classes; its pictures say what it sees
+        return [f"{item}: a backbone without a classifier head: {p.features.numel()} features"]
     return [f"{item}: " + ", ".join(f"{name} {q:.1%}" for name, q in p.top)]
 
 
