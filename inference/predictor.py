@@ -207,6 +207,7 @@ class Predictor:
     preprocess: dict[str, Any] | None = None
     class_names: list[str] = field(default_factory=list)
     tokenizer: Any = None
+    image_size: int | tuple[int, int] | str | None = None  # images: None = as the model was trained
 
     @property
     def modality(self) -> str:
