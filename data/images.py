@@ -496,6 +496,12 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, ImageBatch(self.mean, self.std), shuffle=False, evaluate=True)
 
+    def split_dataloader(self, split: str) -> DataLoader:
+        """One split ("train", "val" or "test") in a fixed order and without augmentation, as the model sees
+        it at test time (frozen-feature probes read the training split so)."""
+        datasets = {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}
+        return self._loader(datasets[split], ImageBatch(self.mean, self.std), shuffle=False, evaluate=True)
+
     # -- internals
 
     def _loader(self, dataset: Dataset | None, collate: ImageBatch, shuffle: bool, evaluate: bool = False) -> DataLoader:
