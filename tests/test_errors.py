@@ -669,8 +669,8 @@ def test_an_image_too_large_for_the_patch_limit_is_refused_naming_sizes(rgb_vit,
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
     assert predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "1000x600") == (
-        2, "", "error: --image-size 1000x600 makes 125x75 = 9375 patches; predict.py takes at most 4096 (e.g. "
-               "512x512 at patch 8x8); the position table holds 4x4\n")
+        2, "", ("error: --image-size 1000x600 makes 125x75 = 9375 patches; predict.py takes at most 4096 "
+                "(e.g. 512x512 at patch 8x8); the position table holds 4x4\n"))
     with pytest.raises(SystemExit):  # argparse: exit 2, naming the forms it takes
         predict.parser().parse_args([str(rgb_vit), str(photo), "--image-size", "big"])
     assert "--image-size 'big': expected a size in pixels (224), WxH (320x224) or native" in capsys.readouterr().err

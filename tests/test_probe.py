@@ -9,6 +9,7 @@ from pathlib import Path
 
 import timm
 import torch
+from omegaconf import OmegaConf
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -20,7 +21,6 @@ from helpers.pretrained import image_folder, randomize
 from helpers.runs import train_in_process
 from inference.probe import pooled_features, source_with_data
 from utils.restore import restore
-from omegaconf import OmegaConf
 
 
 def tiny_timm(folder: Path) -> torch.nn.Module:
