@@ -90,7 +90,9 @@ def image_shape(net: nn.Module, wanted: int | tuple[int, int] | str, path: Path,
     are said as width x height, grids as columns x rows."""
     from PIL import Image
 
+    what = "--image-size"
     if wanted == "native":
+        what = "the photo's own size"
         try:
             with Image.open(path) as im:
                 w, h = im.size
@@ -102,7 +104,7 @@ def image_shape(net: nn.Module, wanted: int | tuple[int, int] | str, path: Path,
     ph, pw = embed.patch_size
     shape = (max(ph, round(hw[0] / ph) * ph), max(pw, round(hw[1] / pw) * pw))
     if shape != hw and notes is not None:
-        notes.append(f"--image-size {hw[1]}x{hw[0]} is no multiple of the patch ({pw}x{ph}): "
+        notes.append(f"{what} {hw[1]}x{hw[0]} is no multiple of the patch ({pw}x{ph}): "
                      f"{shape[1]}x{shape[0]} used")
     grid = embed.grid_for(shape)
     if grid[0] * grid[1] > MAX_PATCHES:

@@ -660,7 +660,7 @@ def test_an_image_size_no_multiple_of_the_patch_is_rounded_and_said(rgb_vit, tmp
     assert err == (f"note: {photo}: --image-size 70x45 is no multiple of the patch (8x8): 72x48 used; position "
                    f"table of 4x4 patches resized to 9x6; resized from 70x50 to 72x48\n")
     code, out, err = predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "native")
-    assert code == 0 and "--image-size 70x50 is no multiple of the patch (8x8): 72x48 used" in err
+    assert code == 0 and "the photo's own size 70x50 is no multiple of the patch (8x8): 72x48 used" in err
     code, out, err = predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "32")
     assert code == 0 and err == f"note: {photo}: resized from 70x50 to 32x32\n"  # the table's own grid
 

@@ -176,7 +176,7 @@ def plot_pca(image: Tensor, colours: Tensor, title: str, path: str | Path) -> Pa
     axes[0].set_title("input")
     axes[1].imshow(colours.clamp(0, 1), interpolation="nearest")
     axes[1].set_title(f"patch features: principal components 1-3 as RGB "
-                      f"({colours.shape[0]}x{colours.shape[1]} patches)", fontsize=9)
+                      f"({colours.shape[1]}x{colours.shape[0]} patches)", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title)
