@@ -75,15 +75,18 @@ class PatchEmbed(_PlaneEmbed):
 
 
 class PosEmbed2D(nn.Module):
-    """Learned position table over a (gh, gw) grid, bicubically resized for other grids.
+    """Learned position table over a (gh, gw) grid, bicubically resized for other grids (to the grid's size,
+    corners not aligned, in float32 whatever the table's precision: transformers' DINOv2 does the same).
 
     Resizing lets a model trained at one resolution (or clip length) run at another, as in ViT
-    fine-tuning at higher resolution.
+    fine-tuning at higher resolution. `antialias` low-pass filters when shrinking the table (transformers'
+    Dinov2WithRegisters does; its Dinov2 and timm do not).
     """
 
-    def __init__(self, grid_size: tuple[int, int], dim: int) -> None:
+    def __init__(self, grid_size: tuple[int, int], dim: int, *, antialias: bool = False) -> None:
         super().__init__()
         self.grid_size = tuple(grid_size)
+        self.antialias = antialias
         self.weight = nn.Parameter(torch.zeros(1, grid_size[0] * grid_size[1], dim))
         trunc_normal_(self.weight, std=0.02)
 
@@ -93,8 +96,9 @@ class PosEmbed2D(nn.Module):
             return self.weight
         gh, gw = self.grid_size
         table = self.weight.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)  # (1, dim, gh, gw)
-        table = F.interpolate(table, size=tuple(grid_size), mode="bicubic", align_corners=False)
-        return table.permute(0, 2, 3, 1).flatten(1, 2)
+        resized = F.interpolate(table.float(), size=tuple(grid_size), mode="bicubic", align_corners=False,
+                                antialias=self.antialias).to(table.dtype)
+        return resized.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 class ConvStem(_PlaneEmbed):

@@ -1,16 +1,17 @@
 """Transformer blocks built on the shared attention core.
 
 Today's models use the defaults: pre-norm, GELU, LayerNorm eps 1e-6, a final LayerNorm. Pretrained families
-that differ (BERT / Marian post-norm, SiLU, eps 1e-12 or 1e-5, no final norm) set the typed options below;
-the defaults keep the zoo's own models bit for bit.
+that differ (BERT / Marian post-norm, SiLU, eps 1e-12 or 1e-5, no final norm; DINOv2's layer scale and SwiGLU
+feed-forward) set the typed options below; the defaults keep the zoo's own models bit for bit.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
-from timm.layers import DropPath
+from timm.layers import DropPath, LayerScale
 
 from models.attention import KVCache, MultiHeadAttention
 from models.checks import (refuse, require_bool, require_choice, require_fraction, require_int,
@@ -18,6 +19,8 @@ from models.checks import (refuse, require_bool, require_choice, require_fractio
 
 Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
+FeedForward = Literal["mlp", "swiglu"]
+FEED_FORWARDS = ("mlp", "swiglu")
 
 
 def LayerNorm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
@@ -53,6 +56,8 @@ def check_block_options(
     norm_eps: float = 1e-6,
     norm_first: bool = True,
     act: str = "gelu",
+    layer_scale: float | None = None,
+    ffn: str = "mlp",
 ) -> None:
     """The rules of the options every block shares. The blocks call it, and so do the networks
     before they build anything (a bad `dim` would otherwise fail first inside a stem, under another
@@ -85,6 +90,8 @@ def check_block_options(
     require_number("norm_eps", norm_eps, low=0, low_open=True)
     require_bool("norm_first", norm_first)
     require_choice("act", act, ACTIVATIONS)
+    require_number("layer_scale", layer_scale, low=0, low_open=True, optional=True)
+    require_choice("ffn", ffn, FEED_FORWARDS)
 
 
 class MLP(nn.Module):
@@ -102,10 +109,36 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class SwiGLU(nn.Module):
+    """SiLU-gated feed-forward (Shazeer 2020), DINOv2's for its giant sizes: fc1 gives the gate and the value
+    halves (in that order), fc2 maps silu(gate) * value back. Its width is DINOv2's rule: 2/3 of `hidden_dim`,
+    rounded up to a multiple of 8 (the gated form then costs about what an MLP of `hidden_dim` does)."""
+
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
+        super().__init__()
+        hidden = (int(hidden_dim * 2 / 3) + 7) // 8 * 8
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.fc1(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.drop(self.fc2(self.drop(F.silu(gate) * value)))
+
+
+def feed_forward(kind: str, dim: int, hidden_dim: int, drop: float, act: Activation) -> nn.Module:
+    """The block's feed-forward: "mlp" (Linear -> act -> Linear) or "swiglu" (gated; `act` unused)."""
+    if kind == "swiglu":
+        return SwiGLU(dim, hidden_dim, drop=drop)
+    return MLP(dim, hidden_dim, drop=drop, act=act)
+
+
 class EncoderBlock(nn.Module):
     """Pre-norm (default): x + Attn(LN(x)), then x + MLP(LN(x)): the ViT / encoder block (pre-norm trains
     stably without warm-up tricks, which matters for minutes-long CPU runs).
-    Post-norm (norm_first=False, BERT / Marian): x = LN(x + Attn(x)), then x = LN(x + MLP(x))."""
+    Post-norm (norm_first=False, BERT / Marian): x = LN(x + Attn(x)), then x = LN(x + MLP(x)).
+    `layer_scale` (CaiT / DINOv2): each branch times a learned per-channel gamma (`ls1`, `ls2`) that starts at
+    this value, before the residual sum; None: no gamma. `ffn`: "mlp" or DINOv2's gated "swiglu"."""
 
     def __init__(
         self,
@@ -123,28 +156,34 @@ class EncoderBlock(nn.Module):
         norm_eps: float = 1e-6,
         norm_first: bool = True,
         act: Activation = "gelu",
+        layer_scale: float | None = None,
+        ffn: FeedForward = "mlp",
     ) -> None:
         super().__init__()
         check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
                             num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
                             attn_drop=attn_drop, drop_path=drop_path,
                             attn_window=attn_window, attn_global=attn_global, norm_eps=norm_eps,
-                            norm_first=norm_first, act=act)
+                            norm_first=norm_first, act=act, layer_scale=layer_scale, ffn=ffn)
         self.norm_first = norm_first
         self.norm1 = LayerNorm(dim, norm_eps)
         self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
                                        attn_drop=attn_drop, proj_drop=drop, window=attn_window,
                                        num_global=attn_global)
+        self.ls1 = nn.Identity() if layer_scale is None else LayerScale(dim, layer_scale)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim, norm_eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop=drop, act=act)
+        self.mlp = feed_forward(ffn, dim, int(dim * mlp_ratio), drop, act)
+        self.ls2 = nn.Identity() if layer_scale is None else LayerScale(dim, layer_scale)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         if not self.norm_first:
-            x = self.norm1(x + self.drop_path(self.attn(x, key_padding_mask=key_padding_mask, causal=causal)))
-            return self.norm2(x + self.drop_path(self.mlp(x)))
-        x = x + self.drop_path(self.attn(self.norm1(x), key_padding_mask=key_padding_mask, causal=causal))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            h = self.ls1(self.attn(x, key_padding_mask=key_padding_mask, causal=causal))
+            x = self.norm1(x + self.drop_path(h))
+            return self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
+        h = self.ls1(self.attn(self.norm1(x), key_padding_mask=key_padding_mask, causal=causal))
+        x = x + self.drop_path(h)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class DecoderBlock(nn.Module):
@@ -229,6 +268,8 @@ class Encoder(nn.Module):
         norm_eps: float = 1e-6,
         norm_first: bool = True,
         act: Activation = "gelu",
+        layer_scale: float | None = None,
+        ffn: FeedForward = "mlp",
         final_norm: bool = True,
     ) -> None:
         super().__init__()
@@ -237,7 +278,7 @@ class Encoder(nn.Module):
         block_options = dict(mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
                              drop=drop, attn_drop=attn_drop, attn_window=attn_window,
                              attn_global=attn_global, norm_eps=norm_eps, norm_first=norm_first,
-                             act=act)
+                             act=act, layer_scale=layer_scale, ffn=ffn)
         check_block_options(dim=dim, num_heads=num_heads, drop_path=drop_path, **block_options)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(

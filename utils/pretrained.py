@@ -103,6 +103,8 @@ def fit_state(conv: Converted, net: nn.Module) -> dict[str, Tensor]:
         else:
             raise UserError(f"pretrained weight {key} {tuple(value.shape)} does not fit {type(net).__name__}'s "
                             f"{tuple(own[key].shape)}")
+    # A backbone without head (num_classes=0): the run's classes get a fresh one.
+    fresh += [k for k in own if k.startswith(("head.", "head_dist.")) and k not in conv.state]
     missing = [k for k in own if k not in state and k not in fresh]
     if missing:
         raise UserError(f"pretrained weights lack {len(missing)} tensor(s) of {type(net).__name__} (first: {missing[0]})")
