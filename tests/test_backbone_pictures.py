@@ -142,3 +142,17 @@ def test_predict_with_a_backbone_prints_no_classes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == f"{PHOTO}: a backbone without a classifier head: 32 features"
     assert (out / "grace_hopper_cls_heads.png").is_file() and (out / "grace_hopper_pca.png").is_file()
+
+
+def test_register_tokens_are_left_out_of_the_patch_grid(tmp_path: Path) -> None:
+    try:
+        net = tiny_vit(num_registers=2)
+    except TypeError:
+        pytest.skip("models/vit.py has no register tokens yet (num_registers)")
+    x = torch.randn(1, 3, 32, 48)  # 4 x 6 patches after the class token and 2 registers
+    p = classifier(net).predict(x, maps=True)
+    assert p.tokens.shape == (1, 3 + 24, 32)
+    views = backbone_views(net, x, p.maps, p.tokens)
+    assert torch.equal(views.heads.flatten(1), p.maps["encoder.blocks.1.attn"][0, :, 0, 3:])
+    assert torch.allclose(views.colours, pca_colours(p.tokens[0, 3:], (4, 6)))
+    assert page_data(_write(tmp_path / "p.html", page(p, "x")))["prefix"] == 3
