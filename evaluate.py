@@ -27,7 +27,7 @@ from inference.predictor import Predictor, test_examples
 from inference.probe import probe_accuracy, source_with_data, split_features
 from utils.build import build_trainer, output_dir, write_metrics
 from utils.checkpoint import average_checkpoints, resolve_checkpoint
-from utils.errors import note, run_hydra, user_errors
+from utils.errors import UserError, note, run_hydra, user_errors
 from utils.restore import restore
 from utils.validate import check_run_config
 from viz.explorer import page
@@ -40,6 +40,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
     if cfg.get("probe") is not None:
         return probe(cfg)
+    for key in ("pretrained", "data"):
+        if cfg.get(key):
+            raise UserError(f"{key}= is read by probes only (probe=knn | linear); a run is evaluated on its own "
+                            "data: evaluate.py ckpt_path=<run>")
     # Evaluation-time choices (trainer, loggers, paths, seed, threads, kernel) come from evaluate.yaml; what the
     # model is and which data it was trained on come from the training run.
     runtime = {key: cfg.get(key) for key in ("trainer", "logger", "paths", "seed", "threads", "attention_kernel")}

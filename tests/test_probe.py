@@ -78,6 +78,10 @@ def test_a_probe_without_data_or_with_a_bad_k_is_one_line(tmp_path: Path) -> Non
     proc = command("evaluate.py", f"pretrained={tmp_path / 'vit'}", "probe=knn", "probe.k=0", "data=image_folder",
                    f"data.root={root}", f"hydra.run.dir={tmp_path / 'b'}")
     assert proc.returncode == 2 and proc.stderr == "error: probe.k=0: expected an integer >= 1 (neighbours that vote)\n"
+    proc = command("evaluate.py", f"pretrained={tmp_path / 'vit'}", f"hydra.run.dir={tmp_path / 'c'}")
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: pretrained= is read by probes only (probe=knn | linear); a run is evaluated on its own data: "
+        "evaluate.py ckpt_path=<run>\n")
 
 
 def test_knn_probe_of_a_trained_run_on_its_own_data(tmp_path: Path) -> None:
