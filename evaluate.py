@@ -4,6 +4,10 @@
 (the same pictures as `predict.py --attention-dir`). `average_last=N` evaluates the average of the weights of the run's last N epoch checkpoints
 (checkpoints/epoch*.ckpt, kept by `keep_epoch_checkpoints` at training time).
 
+`probe=knn` (or `linear`) measures frozen features instead: fitted on the train split, scored on the test
+split, `test/knn_acc` in metrics.json; of a run on its own data, or of a pretrained source on `data=`:
+`python evaluate.py pretrained=<source> probe=knn data=image_folder data.root=<folder>` (docs/probe.md).
+
 The model and data are rebuilt from the training config stored in the checkpoint (no overrides to
 re-type); metrics are printed and written to metrics.json in this evaluation's own run directory, never
 into the run being evaluated (utils/rundir.py).
@@ -20,9 +24,10 @@ from omegaconf import DictConfig
 from inference.inputs import input_kind, slug
 from inference.load import from_run
 from inference.predictor import Predictor, test_examples
+from inference.probe import probe_accuracy, source_with_data, split_features
 from utils.build import build_trainer, output_dir, write_metrics
 from utils.checkpoint import average_checkpoints, resolve_checkpoint
-from utils.errors import run_hydra, user_errors
+from utils.errors import UserError, note, run_hydra, user_errors
 from utils.restore import restore
 from utils.validate import check_run_config
 from viz.explorer import page
@@ -33,6 +38,12 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
+    if cfg.get("probe") is not None:
+        return probe(cfg)
+    for key in ("pretrained", "data"):
+        if cfg.get(key):
+            raise UserError(f"{key}= is read by probes only (probe=knn | linear); a run is evaluated on its own "
+                            "data: evaluate.py ckpt_path=<run>")
     # Evaluation-time choices (trainer, loggers, paths, seed, threads, kernel) come from evaluate.yaml; what the
     # model is and which data it was trained on come from the training run.
     runtime = {key: cfg.get(key) for key in ("trainer", "logger", "paths", "seed", "threads", "attention_kernel")}
@@ -55,6 +66,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("save_attention"):
         lines = save_test_pictures(from_run(run), int(cfg.save_attention), run_dir / "attention")
         print("Attention pictures of the first test examples:\n" + "\n".join(lines))
+    return clean
+
+
+def probe(cfg: DictConfig) -> dict[str, float]:
+    """`probe=knn | linear`: fit the probe on the frozen pooled features of the train split of a run's own
+    data (ckpt_path=) or of `data=` (pretrained=), score it on the test split: test/<name>_acc."""
+    spec = cfg.get("pretrained")
+    notes: list[str] = []
+    if spec:
+        net, dm = source_with_data(str(spec), cfg.get("data"), cfg.get("paths"), notes)
+        what = f"pretrained={spec}"
+    else:
+        runtime = {key: cfg.get(key) for key in ("trainer", "logger", "paths", "seed", "threads")}
+        run = restore(cfg.ckpt_path, runtime={**runtime, "callbacks": None})
+        net, dm, what = run.module.net.eval(), run.datamodule, str(run.ckpt_file)
+    for line in notes:
+        note(line)
+    train, test = split_features(net, dm, "train"), split_features(net, dm, "test")
+    name = str(cfg.probe.name)
+    acc = probe_accuracy(cfg.probe, train, test)
+    run_dir = output_dir()
+    clean = write_metrics(run_dir / "metrics.json", {f"test/{name}_acc": acc})
+    print(f"{what}: {name} probe on {train[0].shape[1]} frozen features, {len(train[1])} train / "
+          f"{len(test[1])} test examples\nMetrics: {clean}\nWritten to {run_dir / 'metrics.json'}")
     return clean
 
 

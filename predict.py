@@ -16,7 +16,12 @@ what --word attends to in each layer. With --attention-dir, PNG pictures of the 
 written there:
 
 * translator: cross-attention alignment (target x source tokens) and encoder self-attention;
-* image: attention rollout from the class token overlaid on the image;
+* image: attention rollout from the class token overlaid on the image; a ViT with a class token
+  (a backbone without classifier head too) also DINO's pictures: the class token's last-layer
+  attention per head, raw and as the smallest patch set holding 60 % of it (_cls_heads.png), and
+  the first 3 principal components of its patch features as colours (_pca.png). --image-size runs
+  it at another size (N, WxH, or native: the photo's own), each side rounded to a multiple of the
+  patch (said), the position table resized;
 * audio: rollout over the (mel x time) patches beside the log-mel spectrogram;
 * video: spatial rollout per frame and the frame-to-frame temporal attention;
 * text encoder: --word's attention in every layer and head, and each layer's mean map.
@@ -39,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from inference.inputs import gather, read, slug
+from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load
 from inference.predictor import Prediction, Predictor, shown_layers
 from utils.errors import UserError, note
@@ -57,6 +62,13 @@ def parse_heads(text: str | None) -> list[int] | None:
         raise argparse.ArgumentTypeError(
             f"--heads {text!r}: expected comma-separated head indices, e.g. 0,2"
         )
+
+
+def image_size(text: str) -> int | tuple[int, int] | str:
+    try:
+        return parse_image_size(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def at_least_one(text: str) -> int:
@@ -160,6 +172,13 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top-k", type=at_least_one, default=5, help="classifiers: how many classes to print"
     )
+    parser.add_argument(
+        "--image-size",
+        type=image_size,
+        default=None,
+        help="images: run at this size, N, WxH or native (the photo's own), each side rounded to a "
+        "multiple of the patch; default: the model's own size",
+    )
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
     parser.add_argument(
         "--word", default="it", help="pretrained text encoder: the word whose attention is printed"
@@ -182,6 +201,8 @@ def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
         return [f"{item}\t{p.text}" if count > 1 else p.text]
     if p.embedding is not None:
         return [item] + word_lines(p, word)
+    if p.features is not None:  # a backbone: no classes; its pictures say what it sees
+        return [f"{item}: a backbone without a classifier head: {p.features.numel()} features"]
     return [f"{item}: " + ", ".join(f"{name} {q:.1%}" for name, q in p.top)]
 
 
@@ -239,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         check_folders(args)
         predictor = load(args.ckpt_path)
         check_picture_options(predictor, args.heads, args.layer, args.encoder_layer)
+        if args.image_size is not None and predictor.modality != "image":
+            raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
+        predictor.image_size = args.image_size
         notes: list[str] = []
         items = gather(predictor, args.inputs, notes)  # a text file: its sentences
         for line in notes:

@@ -292,9 +292,10 @@ def _to_8bit(im: Any, path: str, notes: list[str] | None) -> Any:
     return Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8), "L")
 
 
-def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str] | None = None,
+def load_image(path: str | Path, image_size: int | tuple[int, int], in_chans: int, notes: list[str] | None = None,
                crop_pct: float | None = None, interpolation: str = "bilinear") -> Tensor:
-    """uint8 (in_chans, image_size, image_size) from an image file, squashed to a square rather than cropped
+    """uint8 (in_chans, image_size, image_size) from an image file (image_size (height, width): that
+    rectangle, no crop), squashed to a square rather than cropped
     (nothing of the object is cut off); with `crop_pct` (a pretrained model's evaluation transform, as timm's)
     the shorter side is resized to image_size / crop_pct with `interpolation`, then the centre cropped. Any bit depth and channel layout PIL reads; what was converted is
     appended to `notes` when given. A file that is no readable image raises FileFormatError naming it."""
@@ -322,9 +323,10 @@ def load_image(path: str | Path, image_size: int, in_chans: int, notes: list[str
                     notes.append(f"resized from {size[0]}x{size[1]} (shorter side {scaled}), centre {image_size}x"
                                  f"{image_size} cropped")
                 return TF.pil_to_tensor(TF.center_crop(im, [image_size, image_size]))
-            im = im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-            if notes is not None and size != (image_size, image_size):
-                notes.append(f"resized from {size[0]}x{size[1]} to {image_size}x{image_size}")
+            h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+            im = im.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
+            if notes is not None and size != (w, h):
+                notes.append(f"resized from {size[0]}x{size[1]} to {w}x{h}")
             return TF.pil_to_tensor(im)
     except FileFormatError:
         raise
@@ -493,6 +495,12 @@ class ImageDataModule(ClassFolders, L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, ImageBatch(self.mean, self.std), shuffle=False, evaluate=True)
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        """One split ("train", "val" or "test") in a fixed order and without augmentation, as the model sees
+        it at test time (frozen-feature probes read the training split so)."""
+        datasets = {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}
+        return self._loader(datasets[split], ImageBatch(self.mean, self.std), shuffle=False, evaluate=True)
 
     # -- internals
 

@@ -68,8 +68,68 @@ def _stats(predictor: PredictorLike, dims: int) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
+MAX_PATCHES = 4096  # an image's patches at most (64 x 64): maps hold heads x patches^2 weights a layer
+
+
+def parse_image_size(text: str) -> int | tuple[int, int] | str:
+    """predict.py --image-size: N (a square), WxH (width x height, as image sizes are written) or
+    "native" (the photo's own size) -> N, (height, width) or "native"; a UserError otherwise."""
+    if text == "native":
+        return text
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]) if len(parts) == 1 else (int(parts[1]), int(parts[0]))
+    raise UserError(f"--image-size {text!r}: expected a size in pixels (224), WxH (320x224) or native")
+
+
+def image_shape(net: nn.Module, wanted: int | tuple[int, int] | str, path: Path,
+                notes: list[str] | None) -> tuple[int, int]:
+    """(height, width) an image is resized to for --image-size `wanted`: each side rounded to a
+    multiple of the network's patch (said in `notes`). More than MAX_PATCHES patches raise a UserError
+    naming the sizes; a grid other than the position table's is said (the table is resized). Sizes
+    are said as width x height, grids as columns x rows."""
+    from PIL import Image
+
+    what = "--image-size"
+    if wanted == "native":
+        what = "the photo's own size"
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (OSError, SyntaxError, ValueError) as err:
+            raise FileFormatError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from None
+        wanted = (h, w)
+    hw = (wanted, wanted) if isinstance(wanted, int) else tuple(wanted)
+    embed = net.patch_embed
+    ph, pw = embed.patch_size
+    shape = (max(ph, round(hw[0] / ph) * ph), max(pw, round(hw[1] / pw) * pw))
+    if shape != hw and notes is not None:
+        notes.append(f"{what} {hw[1]}x{hw[0]} is no multiple of the patch ({pw}x{ph}): "
+                     f"{shape[1]}x{shape[0]} used")
+    grid = embed.grid_for(shape)
+    if grid[0] * grid[1] > MAX_PATCHES:
+        side = int(MAX_PATCHES**0.5)
+        raise UserError(
+            f"--image-size {shape[1]}x{shape[0]} makes {grid[1]}x{grid[0]} = {grid[0] * grid[1]} "
+            f"patches; predict.py takes at most {MAX_PATCHES} (e.g. {side * pw}x{side * ph} at patch "
+            f"{pw}x{ph}); the position table holds {embed.grid_size[1]}x{embed.grid_size[0]}"
+        )
+    table = getattr(getattr(net, "pos_embed", None), "grid_size", None)
+    if table is not None and tuple(table) != tuple(grid) and notes is not None:
+        notes.append(f"position table of {table[1]}x{table[0]} patches resized to {grid[1]}x{grid[0]}")
+    return shape
+
+
 def _read_image(predictor: PredictorLike, path: Path, notes: list[str] | None) -> Tensor:
     dm, pre = predictor.datamodule, predictor.preprocess
+    wanted = getattr(predictor, "image_size", None)
+    if wanted is not None:  # predict.py --image-size: resized to it, not cropped
+        in_chans = dm.in_chans if dm is not None else int(pre["in_chans"])
+        image = load_image(path, image_shape(predictor.net, wanted, path, notes), in_chans, notes)
+        if dm is not None:
+            return dm.normalize(image)[None]
+        mean, std = _stats(predictor, 2)
+        return ((image.float() / 255 - mean) / std)[None]
     if dm is not None:
         return dm.normalize(load_image(path, dm.image_size, dm.in_chans, notes))[None]
     image = load_image(

@@ -37,7 +37,8 @@ class Prediction:
     adds its text, the generated ids (up to EOS) and their tokens, and the decoder's input tokens; a
     text encoder its embedding (dim,). maps: per layer, per head attention (1, H, T, S) when asked
     for; heads: the heads pictures average (None: all). net: the network that made it (its geometry:
-    patch grid, frontend)."""
+    patch grid, frontend). A backbone (no classifier head) has no logits or top but its pooled
+    features (dim,); tokens: the encoder's output (1, T, dim) of the pass that recorded the maps."""
 
     net: nn.Module
     modality: str
@@ -54,6 +55,8 @@ class Prediction:
     embedding: Tensor | None = None
     maps: dict[str, Tensor] = field(default_factory=dict)
     heads: list[int] | None = None
+    features: Tensor | None = None
+    tokens: Tensor | None = None
 
 
 def shown_layers(net: nn.Module) -> list[str]:
@@ -88,6 +91,29 @@ def encoder_maps(net: nn.Module, ids: Tensor, pad: Tensor | None = None) -> Tens
     with torch.no_grad():
         _, maps = attention_maps(net, ids, pad, layers=shown_layers(net))
     return torch.stack(list(maps.values()))
+
+
+def has_head(net: nn.Module) -> bool:
+    """Whether a classifier network ends in a classifier head; a backbone's head is nn.Identity
+    (num_classes=0) and its output is its pooled features."""
+    return not isinstance(getattr(net, "head", None), nn.Identity)
+
+
+def record_tokens(net: nn.Module, *inputs: Any) -> tuple[Any, dict[str, Tensor], Tensor | None]:
+    """`record`, plus the output (B, T, dim) of the network's `encoder` module in that same pass
+    (None for a network without one)."""
+    encoder = getattr(net, "encoder", None)
+    kept: list[Tensor] = []
+    hook = None
+    if isinstance(encoder, nn.Module):
+        hook = encoder.register_forward_hook(lambda m, args, out: kept.append(out))
+    try:
+        out, maps = record(net, *inputs)
+    finally:
+        if hook is not None:
+            hook.remove()
+    tokens = kept[-1] if kept and isinstance(kept[-1], Tensor) else None
+    return out, maps, tokens
 
 
 def top_classes(logits: Tensor, names: list[str], k: int = 5) -> list[tuple[str, float]]:
@@ -181,6 +207,7 @@ class Predictor:
     preprocess: dict[str, Any] | None = None
     class_names: list[str] = field(default_factory=list)
     tokenizer: Any = None
+    image_size: int | tuple[int, int] | str | None = None  # images: None = as the model was trained
 
     @property
     def modality(self) -> str:
@@ -246,17 +273,15 @@ class Predictor:
 
     @torch.no_grad()
     def _classify(self, x: Tensor, maps: bool, top_k: int) -> Prediction:
-        logits, recorded = record(self.net, x) if maps else (self.net(x), {})
+        out, recorded, tokens = record_tokens(self.net, x) if maps else (self.net(x), {}, None)
         shown = input_kind(self.modality).show(self, x[0])
-        return Prediction(
-            self.net,
-            self.modality,
-            x,
-            shown,
-            logits=logits[0],
-            top=top_classes(logits[0], self.class_names, top_k),
-            maps=recorded,
-        )
+        p = Prediction(self.net, self.modality, x, shown, maps=recorded, tokens=tokens)
+        if has_head(self.net):
+            p.logits = out[0]
+            p.top = top_classes(out[0], self.class_names, top_k)
+        else:  # a backbone: its output is its pooled features, no classes to rank
+            p.features = out[0]
+        return p
 
     @torch.no_grad()
     def _generate(

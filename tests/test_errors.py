@@ -616,3 +616,61 @@ def test_the_docs_table_names_tests_that_exist() -> None:
     here = {name for name in globals() if name.startswith("test_")}
     assert names and names <= here, sorted(names - here)
     assert here - {"test_the_docs_table_names_tests_that_exist"} <= names, sorted(here - names)
+
+
+# --- photos of another layout or size, to a pretrained RGB ViT ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rgb_vit(tmp_path_factory) -> Path:
+    """A tiny timm ViT (RGB, 32 x 32 pixels, patch 8, random weights) saved as a hub folder."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    folder = tmp_path_factory.mktemp("rgb_vit")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                              depth=2, num_heads=2, num_classes=3)
+    save_for_hf(model.eval(), str(folder), safe_serialization=True)
+    return folder
+
+
+def test_a_grayscale_or_rgba_photo_is_converted_to_rgb_and_said(rgb_vit, tmp_path: Path, capsys) -> None:
+    g = np.random.default_rng(0)
+    rgb = g.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    gray, rgba = tmp_path / "gray.png", tmp_path / "rgba.png"
+    Image.fromarray(rgb[..., 0]).save(gray)
+    Image.fromarray(np.dstack([rgb, np.full((32, 32), 128, np.uint8)])).save(rgba)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([rgb[..., 0]] * 3)).save(tmp_path / "gray3.png")
+    code, out, err = predict_cli(capsys, str(rgb_vit), str(gray), str(rgba), str(tmp_path / "rgb.png"),
+                                 str(tmp_path / "gray3.png"), "--image-size", "32")  # no crop: notes of layout only
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4
+    assert lines[1].split(": ", 1)[1] == lines[2].split(": ", 1)[1]  # RGBA: its colour channels
+    assert lines[0].split(": ", 1)[1] == lines[3].split(": ", 1)[1]  # grayscale: copied to three channels
+    assert err.splitlines() == [f"note: {gray}: grayscale copied to RGB", f"note: {rgba}: transparency dropped"]
+
+
+def test_an_image_size_no_multiple_of_the_patch_is_rounded_and_said(rgb_vit, tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(photo)
+    code, out, err = predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "70x45")
+    assert code == 0 and out.startswith(f"{photo}: ")
+    assert err == (f"note: {photo}: --image-size 70x45 is no multiple of the patch (8x8): 72x48 used; position "
+                   f"table of 4x4 patches resized to 9x6; resized from 70x50 to 72x48\n")
+    code, out, err = predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "native")
+    assert code == 0 and "the photo's own size 70x50 is no multiple of the patch (8x8): 72x48 used" in err
+    code, out, err = predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "32")
+    assert code == 0 and err == f"note: {photo}: resized from 70x50 to 32x32\n"  # the table's own grid
+
+
+def test_an_image_too_large_for_the_patch_limit_is_refused_naming_sizes(rgb_vit, tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
+    assert predict_cli(capsys, str(rgb_vit), str(photo), "--image-size", "1000x600") == (
+        2, "", ("error: --image-size 1000x600 makes 125x75 = 9375 patches; predict.py takes at most 4096 "
+                "(e.g. 512x512 at patch 8x8); the position table holds 4x4\n"))
+    with pytest.raises(SystemExit):  # argparse: exit 2, naming the forms it takes
+        predict.parser().parse_args([str(rgb_vit), str(photo), "--image-size", "big"])
+    assert "--image-size 'big': expected a size in pixels (224), WxH (320x224) or native" in capsys.readouterr().err

@@ -173,3 +173,79 @@ def translation_views(source_tokens: list[str], target_tokens: list[str], maps: 
     mean = mean_of_heads({k: maps[k] for k in (cross_name, enc_name)}, heads)
     return TranslationMaps(source_tokens, target_tokens, mean[cross_name][0], mean[enc_name][0], cross_name,
                            enc_name)
+
+
+# ------------------------------------------------------------------ a backbone's class token and patches
+
+
+def patch_range(net: nn.Module) -> slice:
+    """Where the patches are among a ViT's tokens: after the class, distillation and register tokens
+    (`num_prefix` counts them all)."""
+    prefix = getattr(net, "num_prefix", int(getattr(net, "cls_token", None) is not None))
+    return slice(int(prefix), None)
+
+
+def cls_attention(last: Tensor, net: nn.Module, grid: tuple[int, int]) -> Tensor:
+    """(1, H, T, T) per-head attention of a layer -> (H, gh, gw): what the class token (token 0)
+    looks at among the patches, per head (DINO's figure), without the prefix tokens' share (so each
+    head's map sums to the share the patches get, not to 1)."""
+    gh, gw = grid
+    return last[0, :, 0, patch_range(net)].reshape(-1, gh, gw)
+
+
+def mass_mask(weights: Tensor, share: float = 0.6) -> Tensor:
+    """(..., gh, gw) non-negative maps -> boolean masks of the same shape: per map, the smallest set
+    of cells holding at least `share` of the map's mass (its largest cells; DINO's thresholded heads).
+    """
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share={share}: expected a fraction in (0, 1]")
+    flat = weights.flatten(-2).float()
+    flat = flat / flat.sum(-1, keepdim=True).clamp_min(1e-12)
+    values, order = flat.sort(-1, descending=True)
+    before = values.cumsum(-1) - values  # the mass of the larger cells
+    keep_sorted = before < share - 1e-6  # a cell is needed while the larger ones hold less than `share`
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return keep.reshape(weights.shape)
+
+
+def pca_colours(patches: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(N, dim) patch features -> (gh, gw, 3) colours in [0, 1]: their first three principal
+    components, each scaled from its minimum to its maximum (DINO / DINOv2's feature pictures)."""
+    from sklearn.decomposition import PCA
+
+    x = patches.detach().double().cpu().numpy()
+    n = min(3, *x.shape)
+    parts = torch.from_numpy(PCA(n_components=n, svd_solver="full").fit_transform(x)).float()
+    if n < 3:  # fewer patches or features than colours: the missing components are black
+        parts = torch.cat([parts, torch.zeros(len(parts), 3 - n)], dim=1)
+    low, high = parts.amin(0), parts.amax(0)
+    colours = (parts - low) / (high - low).clamp_min(1e-12)
+    return colours.reshape(*grid, 3)
+
+
+@dataclass
+class BackboneMaps:
+    """A ViT's class-token attention and patch features on one image.
+
+    heads: (H, gh, gw) last-layer attention of the class token over the patches (raw); masks: the same
+    shape, each head's smallest patch set holding `share` of its mass; colours: (gh, gw, 3) the first
+    principal components of the last layer's patch features; layer: the layer the heads come from."""
+
+    heads: Tensor
+    masks: Tensor
+    colours: Tensor | None
+    layer: str
+    share: float
+
+
+def backbone_views(net: nn.Module, x: Tensor, maps: dict[str, Tensor], tokens: Tensor | None,
+                   share: float = 0.6) -> BackboneMaps:
+    """DINO's pictures of one image (batch of 1) from the per-head maps and the encoder's output tokens
+    (1, T, dim) of the pass that made the prediction."""
+    if getattr(net, "cls_token", None) is None:
+        raise ValueError(f"{type(net).__name__} has no class token: no class-token attention to draw")
+    grid = _grid(net, x)
+    layer = in_layer_order(list(maps))[-1]
+    heads = cls_attention(maps[layer], net, grid)
+    colours = pca_colours(tokens[0, patch_range(net)], grid) if tokens is not None else None
+    return BackboneMaps(heads, mass_mask(heads, share), colours, layer, share)

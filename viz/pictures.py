@@ -3,6 +3,10 @@
     p = predictor.predict(x, maps=True)
     paths = draw(p, Path("pictures"), "digit")   # rollout; a translation's alignment; an encoder's word
 
+A ViT with a class token also gets DINO's pictures: the class token's last-layer attention per head
+(raw, and the smallest patch set holding 60 % of each head's mass) and its patch features' first
+principal components as colours.
+
 Everything is drawn from the maps the prediction recorded (viz/maps.py selects heads and combines
 them): the model is not run here."""
 
@@ -16,7 +20,7 @@ from torch import Tensor
 from inference.predictor import Prediction
 from utils.errors import UserError
 from viz import plots
-from viz.maps import classifier_views, in_layer_order, translation_views
+from viz.maps import backbone_views, classifier_views, in_layer_order, translation_views
 
 SPECIALS = ("[CLS]", "[SEP]", "[PAD]")
 
@@ -38,7 +42,32 @@ def draw(
         return draw_translation(p, out_dir, stem, layer, encoder_layer)
     if p.embedding is not None:
         return draw_word(p, word, out_dir, stem)
-    return draw_classifier(p, out_dir, stem, layer, label)
+    paths = draw_classifier(p, out_dir, stem, layer, label)
+    if p.modality == "image" and getattr(p.net, "cls_token", None) is not None and p.maps:
+        paths += draw_backbone(p, out_dir, stem)
+    return paths
+
+
+def what_it_says(p: Prediction) -> str:
+    """A classifier's top class, or what a backbone (no classifier head) gives."""
+    if p.top:
+        name, prob = p.top[0]
+        return f"prediction: {name} ({prob:.0%})"
+    return "backbone (no classifier head)"
+
+
+def draw_backbone(p: Prediction, out_dir: Path, stem: str, share: float = 0.6) -> list[Path]:
+    """DINO's pictures of an image: the class token's last-layer attention, every head raw and
+    thresholded to `share` of its mass (<stem>_cls_heads.png), and the patch features' first three
+    principal components as colours (<stem>_pca.png)."""
+    views = backbone_views(p.net, p.input, p.maps, p.tokens, share)  # type: ignore[arg-type]
+    title = f"{what_it_says(p)}; class token attention, {views.layer}"
+    paths = [plots.plot_cls_heads(p.shown, views.heads, views.masks, share, title,
+                                  Path(out_dir) / f"{stem}_cls_heads.png")]
+    if views.colours is not None:
+        paths.append(plots.plot_pca(p.shown, views.colours, what_it_says(p),
+                                    Path(out_dir) / f"{stem}_pca.png"))
+    return paths
 
 
 def _heads_text(heads: list[int] | None) -> str:
@@ -50,10 +79,9 @@ def draw_classifier(
 ) -> list[Path]:
     """The rollout picture of an image / audio / video prediction (and a video's frame-to-frame
     attention)."""
-    logits = p.logits[None]  # type: ignore[index]
-    maps = classifier_views(p.net, p.input, logits, p.maps, p.heads, time_layer)  # type: ignore
-    name, prob = p.top[0]
-    title = f"prediction: {name} ({prob:.0%})" + (f", label: {label}" if label is not None else "")
+    out = p.logits if p.logits is not None else p.features
+    maps = classifier_views(p.net, p.input, out[None], p.maps, p.heads, time_layer)  # type: ignore
+    title = what_it_says(p) + (f", label: {label}" if label is not None else "")
     path = Path(out_dir) / f"{stem}_attention.png"
     if p.modality == "image":
         return [plots.plot_image_attention(p.shown, maps.tokens[0], title, path)]

@@ -136,3 +136,48 @@ def plot_matrix(matrix: Tensor, rows: list[str], cols: list[str], title: str, pa
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="attention weight")
     return _save(fig, path)
+
+
+def plot_cls_heads(image: Tensor, heads: Tensor, masks: Tensor, share: float, title: str,
+                   path: str | Path) -> Path:
+    """DINO's figure: per head (columns), the class token's attention over the patches overlaid on the
+    image (top row) and the smallest patch set holding `share` of that head's mass (bottom row).
+    heads, masks: (H, gh, gw)."""
+    n = heads.shape[0]
+    H, W = image.shape[-2:]
+    fig, axes = plt.subplots(2, n + 1, figsize=(2.4 * (n + 1), 5.2), squeeze=False,
+                             layout="constrained")
+    for row in range(2):
+        _show_image(axes[row, 0], image)
+        axes[row, 0].set_title("input", fontsize=9)
+    for h in range(n):
+        ax = axes[0, h + 1]
+        _show_image(ax, image)
+        ax.imshow(_upsample(heads[h], (H, W)), cmap=CMAP, alpha=0.6)
+        ax.set_title(f"head {h}: {float(heads[h].sum()):.0%} on patches", fontsize=9)
+        ax = axes[1, h + 1]
+        _show_image(ax, image)
+        kept = F.interpolate(masks[h][None, None].float(), size=(H, W), mode="nearest")[0, 0]
+        shade = torch.zeros(H, W, 4)
+        shade[..., 3] = 0.75 * (1 - kept)  # the patches left out are darkened
+        ax.imshow(shade)
+        ax.set_title(f"{int(masks[h].sum())} patches: {share:.0%} of mass", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"{title}\nrow 1: attention of the class token per head; "
+                 f"row 2: smallest patch set holding {share:.0%} of it")
+    return _save(fig, path)
+
+
+def plot_pca(image: Tensor, colours: Tensor, title: str, path: str | Path) -> Path:
+    """The image beside its patch features' first three principal components as RGB (gh, gw, 3)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), layout="constrained")
+    _show_image(axes[0], image)
+    axes[0].set_title("input")
+    axes[1].imshow(colours.clamp(0, 1), interpolation="nearest")
+    axes[1].set_title(f"patch features: principal components 1-3 as RGB "
+                      f"({colours.shape[1]}x{colours.shape[0]} patches)", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)

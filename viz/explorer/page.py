@@ -7,7 +7,7 @@ shows maps.
 The page holds its data as JSON in a <script type="application/json"> tag and its plain JS / CSS
 inline (template.html beside this file): no request leaves the file. Attention weights are the
 per-head maps of the Prediction (rollout and video token matrices from
-viz/maps.py), stored as uint16 (w * 65535, base64): 1.5e-5 precision at 2 bytes a weight."""
+viz/maps.py; a ViT with a class token adds its patch features' principal components as colours), stored as uint16 (w * 65535, base64): 1.5e-5 precision at 2 bytes a weight."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import Tensor
 
 from inference.predictor import Prediction
-from viz.maps import _grid, in_layer_order, rollout, video_token_maps
+from viz.maps import _grid, in_layer_order, patch_range, pca_colours, rollout, video_token_maps
 
 TEMPLATE = Path(__file__).with_name("template.html")
 MAX_TOKENS = 512  # text: tokens kept per axis (the page says when it cut)
@@ -240,6 +240,10 @@ def _grid_payload(p: Prediction, title: str) -> dict[str, Any]:
     }
     if p.modality == "image":
         payload["image"] = png_data_url(p.shown)
+        payload["prefix"] = patch_range(net).start  # class, distillation and register tokens
+        if payload["cls"] and p.tokens is not None:
+            colours = pca_colours(p.tokens[0, patch_range(net)], tuple(payload["grid"]))
+            payload["pca"] = png_data_url(colours.permute(2, 0, 1))
         return payload
     spec = p.shown.float()  # (mels, frames) log-mel, low frequencies first
     spec = (spec - spec.min()) / (spec.max() - spec.min()).clamp_min(1e-6)

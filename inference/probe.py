@@ -1,0 +1,111 @@
+"""Probes on frozen features: what a network's head reads (its pooled features) for every example of
+a split, then k nearest neighbours or a logistic regression (scikit-learn) fitted on train, scored on test.
+
+    train = pooled_features(net, dm.split_dataloader("train"))   # (features (N, dim), labels (N,))
+    acc = probe_accuracy({"name": "knn", "k": 20, "metric": "cosine"}, train, test)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from inference.load import load_source
+from utils.build import build_datamodule
+from utils.errors import UserError
+
+PROBES = ("knn", "linear")
+
+
+def pooled_features(net: nn.Module, batches: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, dim), labels (N,)) over (inputs, labels) batches: the input of the network's `head`
+    (class token or mean of patches, after its norm), whatever the head is (a backbone's nn.Identity too)."""
+    head = getattr(net, "head", None)
+    if not isinstance(head, nn.Module):
+        raise UserError(f"probe: a {type(net).__name__} has no `head` whose input would be its features")
+    kept: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: kept.append(args[0].detach().float()))
+    labels = []
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                net(x)
+                labels.append(torch.as_tensor(y))
+    finally:
+        hook.remove()
+    if not kept:
+        raise UserError("probe: the split holds no examples")
+    return torch.cat(kept).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+def knn(k: int, metric: str = "cosine", weights: str = "uniform") -> Any:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=k, metric=metric, weights=weights, algorithm="brute")
+
+
+def probe_accuracy(settings: Mapping[str, Any], train: tuple[np.ndarray, np.ndarray],
+                   test: tuple[np.ndarray, np.ndarray]) -> float:
+    """Test accuracy of a probe fitted on the train features. settings: configs/probe/<name>.yaml
+    (knn: k, metric, weights; linear: C, max_iter); a bad value is a UserError naming its key."""
+    name = settings.get("name")
+    if name == "knn":
+        k = settings.get("k", 20)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UserError(f"probe.k={k!r}: expected an integer >= 1 (neighbours that vote)")
+        model = knn(min(k, len(train[1])), str(settings.get("metric", "cosine")),
+                    str(settings.get("weights", "uniform")))
+    elif name == "linear":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=float(settings.get("C", 1.0)),
+                                                                   max_iter=int(settings.get("max_iter", 1000))))
+    else:
+        raise UserError(f"probe.name={name!r}: expected one of {', '.join(PROBES)}")
+    try:
+        model.fit(*train)
+    except ValueError as err:  # e.g. an unknown metric, one class only
+        raise UserError(f"probe={name}: {err}") from None
+    return float((model.predict(test[0]) == test[1]).mean())
+
+
+def source_with_data(spec: str, data: DictConfig | None, paths: DictConfig | None,
+                     notes: list[str] | None = None) -> tuple[nn.Module, L.LightningDataModule]:
+    """A pretrained source's network (eval mode) and the data module of `data` (configs/data/<name>.yaml),
+    its images prepared as the source prepares its own: its channels, and its size, mean and std where
+    the data config leaves them null. A changed channel count is said in `notes`."""
+    if not isinstance(data, DictConfig):
+        raise UserError(f"probe with pretrained={spec!r} needs data to probe on: data=image_folder "
+                        "data.root=<folder of class sub-folders> or data=fashion_mnist")
+    predictor = load_source(spec)
+    if predictor.modality != "image":
+        raise UserError(f"probe: pretrained={spec!r} reads {predictor.modality}; probes read images")
+    pre = predictor.preprocess or {}
+    cfg = OmegaConf.merge(predictor.cfg, {"data": data, "paths": paths or {}})
+    with open_dict(cfg):
+        if "in_chans" in cfg.data and cfg.data.in_chans != pre["in_chans"]:
+            if notes is not None:
+                notes.append(f"data.in_chans={cfg.data.in_chans} -> {pre['in_chans']}: the images are converted "
+                             f"to what pretrained={spec} reads")
+            cfg.data.in_chans = pre["in_chans"]
+        for key in ("image_size", "mean", "std"):
+            if key in cfg.data and cfg.data[key] is None:
+                cfg.data[key] = pre[key]
+    return predictor.net.eval(), build_datamodule(cfg)
+
+
+def split_features(net: nn.Module, dm: L.LightningDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """pooled_features of one split of an image data module (its `split_dataloader`)."""
+    if not hasattr(dm, "split_dataloader"):
+        raise UserError(f"probe: {type(dm).__name__} gives no plain split loaders; probes read image data "
+                        "(data=image_folder, fashion_mnist, mnist, cifar10)")
+    dm.setup("fit")
+    return pooled_features(net, dm.split_dataloader(split))
