@@ -402,7 +402,7 @@ BAD_VALUES = [
     ("model.net.num_kv_heads=3", "model.net.num_kv_heads=3 must divide num_heads=4 (grouped-query attention "
                                  "shares each key/value head among num_heads / num_kv_heads query heads)"),
     ("model.net.drop=1.5", "model.net.drop=1.5: expected a number in [0, 1)"),
-    ("model.net.pool=max", "model.net.pool='max': expected one of cls, mean"),
+    ("model.net.pool=max", "model.net.pool='max': expected one of cls, mean, cls_mean"),
     ("model.net.patch_size=6", "model.net.patch_size=6: the conv stem (stem=conv) needs one power of 2 >= 2 "
                                "(2, 4, 8, 16, ...); or use stem=patch"),
     ("model.net.patch_size=64", "model.net.patch_size=64 is larger than the image (img_size=28): the model "
