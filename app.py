@@ -83,6 +83,8 @@ def shown(p: Prediction) -> str:
         return p.text
     if p.embedding is not None:
         return f"sentence embedding of {p.embedding.numel()} dimensions"
+    if p.features is not None:  # a backbone (DINOv2 without head): no classes; its pictures say what it sees
+        return f"a backbone without a classifier head: {p.features.numel()} features"
     return ", ".join(f"{name} {q:.1%}" for name, q in p.top)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
+from tqdm import tqdm
 
 from inference.load import load_source
 from utils.build import build_datamodule
@@ -23,9 +24,10 @@ from utils.errors import UserError
 PROBES = ("knn", "linear")
 
 
-def pooled_features(net: nn.Module, batches: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
+def pooled_features(net: nn.Module, batches: Iterable[Any], desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """(features (N, dim), labels (N,)) over (inputs, labels) batches: the input of the network's `head`
-    (class token or mean of patches, after its norm), whatever the head is (a backbone's nn.Identity too)."""
+    (class token or mean of patches, after its norm), whatever the head is (a backbone's nn.Identity too).
+    A progress bar (`desc`, on stderr) counts the batches: a large split takes minutes on a CPU."""
     head = getattr(net, "head", None)
     if not isinstance(head, nn.Module):
         raise UserError(f"probe: a {type(net).__name__} has no `head` whose input would be its features")
@@ -34,7 +36,7 @@ def pooled_features(net: nn.Module, batches: Iterable[Any]) -> tuple[np.ndarray,
     labels = []
     try:
         with torch.no_grad():
-            for x, y in batches:
+            for x, y in tqdm(batches, desc=desc, unit="batch", leave=False):
                 net(x)
                 labels.append(torch.as_tensor(y))
     finally:
@@ -108,4 +110,4 @@ def split_features(net: nn.Module, dm: L.LightningDataModule, split: str) -> tup
         raise UserError(f"probe: {type(dm).__name__} gives no plain split loaders; probes read image data "
                         "(data=image_folder, fashion_mnist, mnist, cifar10)")
     dm.setup("fit")
-    return pooled_features(net, dm.split_dataloader(split))
+    return pooled_features(net, dm.split_dataloader(split), desc=f"{split} features")

@@ -19,7 +19,8 @@ from helpers.predictors import classifier
 from helpers.pretrained import page_data, randomize
 from models.vit import VisionTransformer
 from viz.explorer import page
-from viz.maps import backbone_views, cls_attention, mass_mask, pca_colours
+from app import shown
+from viz.maps import backbone_views, classifier_views, cls_attention, mass_mask, pca_colours
 from viz.pictures import draw
 
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # 512 x 600, a real photo
@@ -91,6 +92,7 @@ def test_a_backbone_predicts_features_and_draws_dino_pictures_of_any_size(tmp_pa
     x = torch.randn(1, 3, 40, 56)  # not the table's 32 x 32: 5 x 7 patches
     p = classifier(net, []).predict(x, maps=True)
     assert p.top == [] and p.logits is None
+    assert shown(p) == "a backbone without a classifier head: 32 features"  # the app's answer box
     assert torch.allclose(p.features, net(x)[0], atol=1e-5)
     assert torch.allclose(p.tokens, net.forward_features(x), atol=1e-5)
     views = backbone_views(net, x, p.maps, p.tokens)
@@ -156,3 +158,18 @@ def test_register_tokens_are_left_out_of_the_patch_grid(tmp_path: Path) -> None:
     assert torch.equal(views.heads.flatten(1), p.maps["encoder.blocks.1.attn"][0, :, 0, 3:])
     assert torch.allclose(views.colours, pca_colours(p.tokens[0, 3:], (4, 6)))
     assert page_data(_write(tmp_path / "p.html", page(p, "x")))["prefix"] == 3
+
+
+def test_the_rollout_of_a_cls_mean_head_weighs_the_class_token_and_the_patch_mean_alike() -> None:
+    """DINOv2's classifier reads the class token beside the mean of the patches: its rollout picture is what
+    flows into both, half each (the flow written out here from the maps: 0.5 I + 0.5 A per layer, rows to 1)."""
+    net = tiny_vit(num_registers=2, pool="cls_mean")
+    x = torch.randn(1, 3, 32, 32)
+    p = classifier(net, ["a", "b", "c"]).predict(x, maps=True)
+    flow = torch.eye(p.maps["encoder.blocks.0.attn"].shape[-1])
+    for name in ("encoder.blocks.0.attn", "encoder.blocks.1.attn"):
+        a = 0.5 * torch.eye(flow.shape[0]) + 0.5 * p.maps[name][0].mean(0)
+        flow = (a / a.sum(-1, keepdim=True)) @ flow
+    both = flow[0, 3:] + flow[3:, 3:].mean(0)  # class token row + mean of the patch rows, over the patches
+    view = classifier_views(net, x, p.logits[None], p.maps).tokens[0]
+    torch.testing.assert_close(view.flatten(), both / both.sum(), atol=1e-6, rtol=0)

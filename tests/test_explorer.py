@@ -19,7 +19,7 @@ from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
 from viz.explorer import MAX_TOKENS, pack, payload, render, unpack
-from viz.maps import classifier_views
+from viz.maps import classifier_views, mass_mask
 
 # docs/explorer_<name>.png taken here (tiny models); image, audio and video are of trained default runs,
 # made by viz/explorer_screens.py (docs/explorer.md#screenshots), so the tests leave them alone
@@ -176,6 +176,14 @@ def test_image_and_audio_pages_show_each_patch_row_per_layer_head_and_the_rollou
     page.select_option("#layer", "0")  # switching layer changes what is shown, to that layer's row
     page.select_option("#head", "mean")
     np.testing.assert_allclose(_weights(page), maps["encoder.blocks.0.attn"][0, :, k + q, k:].mean(0).numpy(), atol=TOL)
+    # DINO's thresholding: the patches kept are viz.maps.mass_mask's for the row shown, the others darkened
+    page.select_option("#show", "mass")
+    shown = torch.tensor(_weights(page))
+    kept = json.loads(page.get_attribute("#readout", "data-kept"))
+    assert kept == mass_mask(shown.reshape(gh, gw), 0.6).flatten().nonzero().flatten().tolist()
+    assert 0 < len(kept) < gh * gw and float(shown[kept].sum() / shown.sum()) >= 0.6
+    page.select_option("#show", "raw")
+    assert page.get_attribute("#readout", "data-kept") == ""
     if name == "audio":
         assert page.get_attribute("#clip", "src").startswith("data:audio/wav;base64,")
         duration = page.evaluate("() => new Promise(ok => { const a = document.getElementById('clip');"

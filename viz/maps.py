@@ -82,9 +82,14 @@ def classifier_views(net: nn.Module, x: Tensor, logits: Tensor, maps: dict[str, 
     flow = rollout([mean[k] for k in in_layer_order(list(mean))])  # (B, L, L)
     # Tokens before the patches: a class token, and a DeiT / AST distillation token.
     prefix = getattr(net, "num_prefix", int(getattr(net, "cls_token", None) is not None))
-    # What the head(s) read: the class (and distillation: DeiT, AST) token rows, or the mean of the patch rows.
-    reads = slice(0, prefix) if getattr(net, "pool", "mean") == "cls" else slice(prefix, None)
-    received = flow[:, reads, prefix:].mean(dim=1)
+    # What the head(s) read: the class (and distillation: DeiT, AST) token rows, or the mean of the patch rows,
+    # or both halves alike (DINOv2's classifier reads the class token beside the patch mean: pool "cls_mean").
+    pool = getattr(net, "pool", "mean")
+    if pool == "cls_mean":
+        received = (flow[:, 0, prefix:] + flow[:, prefix:, prefix:].mean(dim=1)) / 2
+    else:
+        reads = slice(0, prefix) if pool == "cls" else slice(prefix, None)
+        received = flow[:, reads, prefix:].mean(dim=1)
     if prefix:  # the prefix tokens' share is not a place in the input
         received = received / received.sum(-1, keepdim=True)
     gh, gw = _grid(net, x)
