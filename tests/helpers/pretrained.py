@@ -25,6 +25,18 @@ def cli(script: str, *args: str, env: dict[str, str] | None = None) -> subproces
                           check=False, timeout=600)
 
 
+def fake_hub_cache(home, repo_id: str, files) -> None:
+    """A Hugging Face cache under `home` holding `files` as the snapshot of repo_id (what a download leaves)."""
+    commit = "0" * 40
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in files:
+        (snapshot / f.name).symlink_to(f)
+
+
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
     """Random weights far from any init (a zero or unit tensor would hide a mapping error)."""
     torch.manual_seed(seed)
