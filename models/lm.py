@@ -174,8 +174,9 @@ class CausalLM(Network):
         return generate(self, prompts, **options)
 
     def onnx_spec(self) -> OnnxSpec:
-        """ids (B, T) int64 -> logits (B, T, vocab_size); B and T dynamic, T up to block_size."""
-        ids = torch.randint(0, self.vocab_size, (2, self.block_size))
+        """ids (B, T) int64 -> logits (B, T, vocab_size); B and T dynamic, T up to block_size (the example is at
+        most 128 tokens: a converted Mistral's block_size is 131072)."""
+        ids = torch.randint(0, self.vocab_size, (2, min(self.block_size, 128)))
         length = Dim("length", min=2, max=self.block_size)
         return OnnxSpec(_PlainCausalLM(self).eval(), ["ids"], (ids,), ({0: Dim("batch", min=1), 1: length},),
                         {"ids": ["batch", "length"]})

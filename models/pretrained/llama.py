@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from models.lm import rotary_table
-from models.pretrained import Converted, hf_activation, hf_generation, hf_tokenizer, read_json, read_weights
+from models.pretrained import Converted, hf_generation, hf_tokenizer, read_json, read_weights
 from models.pretrained.source import Source
 from utils.errors import FileFormatError, MissingFileError
 
@@ -52,6 +52,9 @@ def lm_kwargs(config: dict[str, Any], spec: str) -> dict[str, Any]:
     if config.get("head_dim") not in (None, dim // heads):
         raise FileFormatError(f"pretrained={spec!r}: head_dim={config['head_dim']} is not hidden_size / "
                               f"num_attention_heads = {dim // heads} (the zoo's heads split the width)")
+    if config.get("hidden_act", "silu") not in ("silu", "swish"):
+        raise FileFormatError(f"pretrained={spec!r}: hidden_act={config['hidden_act']!r}: the gated feed-forward "
+                              f"is SiLU only")
     window = config.get("sliding_window")
     if config.get("model_type") == "qwen2":  # Qwen2 windows only when told, and only some layers
         if config.get("use_sliding_window"):
@@ -64,7 +67,7 @@ def lm_kwargs(config: dict[str, Any], spec: str) -> dict[str, Any]:
     return dict(vocab_size=int(config["vocab_size"]), block_size=int(config.get("max_position_embeddings", 2048)),
                 dim=dim, depth=int(config["num_hidden_layers"]), num_heads=heads,
                 num_kv_heads=int(config.get("num_key_value_heads") or heads),
-                ffn_dim=int(config["intermediate_size"]), ffn="swiglu", act=hf_activation(config, spec),
+                ffn_dim=int(config["intermediate_size"]), ffn="swiglu", act="silu",
                 norm="rmsnorm", norm_eps=float(config.get("rms_norm_eps", 1e-6)), positions="rotary",
                 rope_base=base, rope_scaling=scaling, bias=o_bias or mlp_bias, qkv_bias=attention_bias,
                 attn_window=None if window is None else int(window),
