@@ -43,11 +43,14 @@ def tiny_tokenizer(add_bos: bool) -> Tokenizer:
 
 
 def perturb(model: torch.nn.Module) -> None:
-    """Random norms and biases too (transformers starts them at 1 / 0, which would hide a swapped map)."""
+    """Random norms and biases too (transformers starts them at 1 / 0, which would hide a swapped map), and
+    weights 5x transformers' init: logits of order 1 and peaked attention, not near-uniform."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
                 p.copy_((1.0 if "norm" in name or "ln_" in name else 0.0) + 0.1 * torch.randn_like(p))
+            else:
+                p.mul_(5.0)
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
