@@ -161,7 +161,23 @@ def test_the_block_defaults_are_the_zoo_s_old_block() -> None:
     assert block.mlp.fc1.out_features == 128
 
 
-def test_onnx_spec_runs_its_example() -> None:
-    net = lm("rotary")
-    spec = net.onnx_spec()
-    assert spec.module(*spec.example).shape == (*spec.example[0].shape, V)
+def test_generation_past_the_learned_positions_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens=10: a prompt of 8 tokens"):
+        CausalLM(V, 16, **LEARNED).generate([[1] * 8], max_new_tokens=10)
+
+
+@pytest.mark.slow  # about 10 s on one core: the dynamo export
+def test_exports_to_onnx_with_dynamic_batch_and_length(tmp_path) -> None:
+    import onnxruntime as ort
+
+    spec = lm("rotary", block_size=16).onnx_spec()
+    with torch.no_grad():
+        program = torch.onnx.export(spec.module, spec.example, dynamo=True, input_names=spec.input_names,
+                                    output_names=["logits"], dynamic_shapes=spec.dynamic_shapes, verbose=False)
+    program.save(str(tmp_path / "lm.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "lm.onnx"), providers=["CPUExecutionProvider"])
+    for ids in (spec.example[0], torch.randint(0, V, (3, 7))):
+        with torch.no_grad():
+            expected = spec.module(ids)
+        got = torch.from_numpy(session.run(["logits"], {"ids": ids.numpy()})[0])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

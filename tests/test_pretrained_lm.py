@@ -143,3 +143,40 @@ def test_tokenizer_and_generation_settings_travel(pair) -> None:
     assert ids == ([5, 7] if name == "gpt2" else [BOS, 5, 7])  # Llama's BOS rule survives the round trip
     assert tok.encode("w5 w7", add_special_tokens=False).ids == [5, 7]
     assert conv.module["eos_ids"] == [EOS] and conv.module["pad_id"] == EOS and conv.module["temperature"] == 0.0
+
+
+def test_both_config_layouts_give_the_same_model() -> None:
+    """transformers 4 wrote rope_theta + rope_scaling (`type` in older files), transformers 5 rope_parameters."""
+    from models.pretrained.llama import lm_kwargs
+
+    base = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                intermediate_size=72)
+    new = lm_kwargs({**base, "rope_parameters": {"rope_theta": 500.0, **LLAMA3}}, "new")
+    old = lm_kwargs({**base, "rope_theta": 500.0, "rope_scaling": {**LLAMA3}}, "old")
+    assert new == old and new["rope_base"] == 500.0 and new["rope_scaling"]["rope_type"] == "llama3"
+    linear = lm_kwargs({**base, "rope_scaling": {"type": "linear", "factor": 2.0}}, "linear")
+    assert linear["rope_scaling"] == {"rope_type": "linear", "factor": 2.0} and linear["rope_base"] == 10000.0
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}}, "rope_type='yarn'"),
+    ({"head_dim": 16}, "head_dim=16 is not hidden_size / num_attention_heads = 8"),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=true"),
+])
+def test_what_the_model_cannot_express_is_refused(change: dict, message: str) -> None:
+    from models.pretrained.llama import lm_kwargs
+    from utils.errors import FileFormatError
+
+    config = {**dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, num_attention_heads=4,
+                     num_hidden_layers=2, intermediate_size=72), **change}
+    with pytest.raises(FileFormatError, match=message):
+        lm_kwargs(config, "x")
+
+
+def test_a_folder_without_tokenizer_json_says_so(tmp_path: Path) -> None:
+    from utils.errors import UserError
+
+    FAMILIES["gpt2"]().save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="has no tokenizer.json"):
+        convert(str(tmp_path))
