@@ -181,3 +181,13 @@ def test_exports_to_onnx_with_dynamic_batch_and_length(tmp_path) -> None:
             expected = spec.module(ids)
         got = torch.from_numpy(session.run(["logits"], {"ids": ids.numpy()})[0])
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_state_without_the_rotary_table_keeps_the_computed_one() -> None:
+    scaling = {"rope_type": "linear", "factor": 4.0}
+    net = CausalLM(V, 64, **LLAMA_LIKE, rope_scaling=scaling)
+    table = net.rope.inv_freq.clone()
+    state = {k: v for k, v in CausalLM(V, 64, **LLAMA_LIKE).state_dict().items() if "inv_freq" not in k}
+    net.load_state_dict(state, strict=True)
+    assert torch.equal(net.rope.inv_freq, table) and torch.equal(table, net.rope.inv_freq.new_tensor(
+        1.0 / 10000.0 ** (torch.arange(0, 8, 2).float() / 8)) / 4)

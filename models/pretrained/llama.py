@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.lm import rotary_table
 from models.pretrained import Converted, hf_generation, hf_tokenizer, read_json, read_weights
 from models.pretrained.source import Source
 from utils.errors import FileFormatError, MissingFileError
@@ -76,13 +75,12 @@ def lm_kwargs(config: dict[str, Any], spec: str) -> dict[str, Any]:
 
 def map_weights(ref: dict[str, Tensor], kwargs: dict[str, Any]) -> dict[str, Tensor]:
     """LlamaForCausalLM-layout state dict -> CausalLM state dict. With `bias` on, a bias the reference lacks
-    (Llama's attention_bias without mlp_bias, or the reverse) is zero: the same sum."""
+    (Llama's attention_bias without mlp_bias, or the reverse) is zero: the same sum. No rotary table: as in
+    transformers, CausalLM computes it from rope_base and rope_scaling."""
     ref = {k.removeprefix("model."): v for k, v in ref.items()}
-    head_dim = kwargs["dim"] // kwargs["num_heads"]
     embed = ref["embed_tokens.weight"]
     out = {"tok_embed.weight": embed, "norm.weight": ref["norm.weight"],
-           "head.weight": embed if kwargs["tie_embeddings"] else ref.get("lm_head.weight", embed),
-           "rope.inv_freq": rotary_table(head_dim, kwargs["rope_base"], kwargs["rope_scaling"])}
+           "head.weight": embed if kwargs["tie_embeddings"] else ref.get("lm_head.weight", embed)}
 
     def bias(key: str, width: int) -> Tensor:
         return ref.get(key, torch.zeros(width, dtype=embed.dtype))
