@@ -189,5 +189,5 @@ def test_a_state_without_the_rotary_table_keeps_the_computed_one() -> None:
     table = net.rope.inv_freq.clone()
     state = {k: v for k, v in CausalLM(V, 64, **LLAMA_LIKE).state_dict().items() if "inv_freq" not in k}
     net.load_state_dict(state, strict=True)
-    assert torch.equal(net.rope.inv_freq, table) and torch.equal(table, net.rope.inv_freq.new_tensor(
-        1.0 / 10000.0 ** (torch.arange(0, 8, 2).float() / 8)) / 4)
+    expected = 1.0 / 10000.0 ** (torch.arange(0, 8, 2).float() / 8) / 4  # head_dim 8, linear factor 4
+    assert torch.equal(net.rope.inv_freq, table) and torch.equal(table, expected)
