@@ -88,6 +88,7 @@ def test_rows_stop_at_eos_and_pad_after_it() -> None:
     eos = int(first[0, 1])
     out = net.generate([[1, 2, 3], [4, 5]], max_new_tokens=6, eos_ids=[eos], pad_id=V - 1)
     assert out[0, :2].tolist() == [int(first[0, 0]), eos] and (out[0, 2:] == V - 1).all()
+    assert net.generate([[1, 2, 3]], max_new_tokens=20, eos_ids=[eos]).tolist() == [first[0, :2].tolist()]
 
 
 def test_a_seeded_generator_repeats_its_draws() -> None:
