@@ -14,7 +14,10 @@ repository). Both trainings run one after the other with the same number of thre
 Then both final models are scored on the same held-out text, nanoGPT's validation part (the last 10 % of the
 characters), read as non-overlapping 64-character blocks: mean cross-entropy in nats per character. Also
 printed: nanoGPT's own last estimate (20 random batches) and the zoo's validation loss (its 5 % validation
-split), wall time of each process, and training tokens per second (iterations x batch x context / time).
+split), wall and CPU time of each process (the CPU time is the steadier figure on a machine shared with other
+work), and training tokens per second (iterations x batch x context / time; startup and evaluation included).
+`--zoo-args` runs another recipe (e.g. `model.net.positions=learned model.optimizer.lr=1e-3`: nanoGPT's own
+settings), `--reuse-nanogpt --zoo-name <folder>` beside an earlier nanoGPT run in the same `--work` folder.
 """
 
 from __future__ import annotations
