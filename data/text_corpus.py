@@ -2,7 +2,8 @@
 
 * Sources: `path` (one text file or a list of them, UTF-8, `.gz` / `.xz` read too), or null for the
   embedded Tiny Shakespeare (data/corpora/tinyshakespeare.txt.xz: char-rnn's `data/tinyshakespeare/
-  input.txt`, 1,115,394 characters, public domain, byte for byte).
+  input.txt`, 1,115,394 characters, public domain, byte for byte); `dataset=bible_text`: the English
+  side of data/bible.py (the World English Bible, one verse a line in canonical order).
 * Split by position within each file: the first 1 - val - test for training, then validation, then
   test (defaults 90 / 5 / 5). The training part is nanoGPT's shakespeare_char `train.bin` exactly; its
   `val.bin` (the last 10 %) is our validation + test.
@@ -28,6 +29,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from data.bible import load_bible
 from data.distributed import EpochSubsetSampler, eval_sampler, loader_options
 from models.checks import refuse, require_choice, require_int, require_number
 from utils.errors import FileFormatError, MissingFileError, UserError
@@ -36,6 +38,7 @@ TINY_SHAKESPEARE = Path(__file__).resolve().parent / "corpora" / "tinyshakespear
 TOKENIZERS = ("char", "bpe")
 UNK = "[UNK]"
 SPLITS = ("train", "val", "test")
+DATASETS = ("text_corpus", "bible_text")
 
 
 def read_corpus(path: str | Path) -> str:
@@ -139,11 +142,13 @@ class TextCorpusDataModule(L.LightningDataModule):
     """
 
     modality = "text"  # the kind of input it yields: a network of the same modality trains on it
+    task = "complete"  # plain text: for a network that continues it (utils.build.check_model_fits_data)
 
     def __init__(
         self,
         dataset: str = "text_corpus",
         path: str | list[str] | None = None,
+        root: str = "datasets",
         tokenizer: str = "char",
         bpe_vocab_size: int = 1024,
         vocab_size: int | None = None,
@@ -158,7 +163,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        require_choice("dataset", dataset, ("text_corpus",))
+        require_choice("dataset", dataset, DATASETS)
         require_choice("tokenizer", tokenizer, TOKENIZERS)
         require_int("bpe_vocab_size", bpe_vocab_size, at_least=257, note=" (the 256 bytes and merges)")
         for name, value in (("block_size", block_size), ("batch_size", batch_size),
@@ -174,7 +179,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         paths = [path] if isinstance(path, (str, Path)) else list(path) if path is not None else [TINY_SHAKESPEARE]
         if not paths:
             raise refuse("path", path, "expected a text file or a list of them")
-        self.dataset = dataset
+        self.dataset, self.root = dataset, root
         self.paths = [Path(p).expanduser() for p in paths]
         self.tokenizer_kind, self.bpe_vocab_size, self.expected_vocab = tokenizer, bpe_vocab_size, vocab_size
         self.block_size, self.batch_size, self.eval_batch_size = block_size, batch_size, eval_batch_size
@@ -190,7 +195,12 @@ class TextCorpusDataModule(L.LightningDataModule):
     def texts(self) -> dict[str, str]:
         """train / val / test text: each file split by position, the parts joined across files."""
         if self._texts is None:
-            parts = [split_text(read_corpus(p), self.val_fraction, self.test_fraction) for p in self.paths]
+            if self.dataset == "bible_text":  # the English verses of the translation corpus, in canonical order
+                self.paths = [Path(self.root) / "bible"]
+                corpora = ["".join(f"{english}\n" for _, english, _ in load_bible(self.root))]
+            else:
+                corpora = [read_corpus(p) for p in self.paths]
+            parts = [split_text(text, self.val_fraction, self.test_fraction) for text in corpora]
             texts = {name: "".join(part[name] for part in parts) for name in SPLITS}
             for name in SPLITS:  # a token is one character or more: refused here, before any tokenizer is trained
                 self._check_length(name, len(texts[name]), "characters")

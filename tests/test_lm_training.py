@@ -153,3 +153,14 @@ def test_train_then_evaluate_from_the_run_directory(corpus: Path, tmp_path: Path
     assert evaluated["test/perplexity"] == pytest.approx(math.exp(evaluated["test/loss"]), rel=1e-6)
     assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
     assert 1 < evaluated["test/perplexity"] < 66  # below the uniform guess over the vocabulary
+
+
+def test_bible_text_is_the_english_side_of_the_translation_corpus_in_order(tmp_path: Path) -> None:
+    cache = tmp_path / "bible" / "web-rv1909-66books.tsv"  # the cache data/bible.py writes after its export
+    cache.parent.mkdir()
+    verses = [(f"Genesis 1:{i}", f"In the beginning {i}, God created.", f"En el principio {i}.") for i in range(1, 41)]
+    cache.write_text("".join("\t".join(v) + "\n" for v in verses), encoding="utf-8")
+    dm = TextCorpusDataModule(dataset="bible_text", root=str(tmp_path), block_size=8)
+    text = "".join(dm.texts[s] for s in ("train", "val", "test"))
+    assert text == "".join(f"{english}\n" for _, english, _ in verses)
+    assert dm.texts["train"].startswith("In the beginning 1, God created.\nIn the beginning 2,")
