@@ -178,6 +178,7 @@ class TranslationDataModule(L.LightningDataModule):
     """
 
     modality = "text"  # the kind of input it yields: a network of the same modality trains on it
+    task = "generate"  # sentence pairs: for a network that generates the target (not a plain-text LM)
 
     def __init__(
         self,

@@ -250,6 +250,18 @@ def test_model_and_data_of_different_modalities_are_refused_before_training(mode
         build_datamodule(cfg)  # the first thing train() and evaluate() build
 
 
+@pytest.mark.parametrize("model, data, holds, does", [("lm", "phrases", "generate", "complete"),
+                                                      ("translator", "text_corpus", "complete", "generate")])
+def test_text_data_of_another_task_is_refused_before_training(model: str, data: str, holds: str, does: str,
+                                                              tmp_path) -> None:
+    # Sentence pairs and plain text are both text: the data module's task tells them apart.
+    cfg = compose_config("train", [f"model={model}", f"data={data}"], tmp_path)
+    expected = ", ".join(f"data={d}" for d in sorted(d for d in DATASETS if MODEL_FOR_DATA[d] == model))
+    with pytest.raises(ValueError, match=rf"^data={data} holds text data for the task '{holds}', but the model "
+                                         rf"\(.*\) does '{does}'; data configs that fit it: {expected}$"):
+        build_datamodule(cfg)
+
+
 def test_every_data_config_builds_data_of_its_models_modality(tmp_path) -> None:
     from utils.build import modality_of
 

@@ -130,26 +130,38 @@ def _instantiate(node: DictConfig, name: str, **kwargs: Any) -> Any:
         raise
 
 
-def modality_of(node: DictConfig) -> str | None:
+def modality_of(node: DictConfig, attribute: str = "modality") -> str | None:
     """The modality the class of a model / data config declares (a network's or a data module's `modality`
-    attribute), or None when it names none (a class from outside the zoo)."""
+    attribute), or None when it names none (a class from outside the zoo). `attribute="task"`: the task it
+    declares the same way (a network's `task`; a data module's, where one kind of input serves several tasks)."""
     target = node.get("net", node).get("_target_") if isinstance(node, DictConfig) else None
     try:
-        return getattr(hydra.utils.get_class(str(target)), "modality", None) if target else None
+        return getattr(hydra.utils.get_class(str(target)), attribute, None) if target else None
     except Exception:  # an unknown _target_ is reported where it is instantiated, with its config group
         return None
 
 
+def _fits(model: DictConfig, data: DictConfig) -> bool:
+    """Same modality, and the same task where the data module names one (text pairs translate, plain text is
+    completed); a side that declares nothing fits anything."""
+    kinds = [(modality_of(model, a), modality_of(data, a)) for a in ("modality", "task")]
+    return all(m is None or d is None or m == d for m, d in kinds)
+
+
 def check_model_fits_data(cfg: DictConfig) -> None:
-    """Refuse a model / data pairing of different modalities (`model=vit data=bible`) before anything is
-    built: otherwise it fails later, deep inside the data module or as a missing `${data....}` key."""
-    model, data = modality_of(cfg.model), modality_of(cfg.data)
-    if model is None or data is None or model == data:
+    """Refuse a model / data pairing of different modalities (`model=vit data=bible`) or tasks (`model=lm
+    data=phrases`) before anything is built: otherwise it fails later, deep inside the data module or as a
+    missing `${data....}` key."""
+    if _fits(cfg.model, cfg.data):
         return
-    fitting = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml") if modality_of(OmegaConf.load(p)) == model)
+    model, data = modality_of(cfg.model), modality_of(cfg.data)
+    fitting = sorted(p.stem for p in DATA_CONFIGS.glob("*.yaml") if _fits(cfg.model, OmegaConf.load(p)))
+    holds = f"{data} data" if model != data else f"{data} data for the task {modality_of(cfg.data, 'task')!r}"
+    takes = f"{model} data" if model != data else f"does {modality_of(cfg.model, 'task')!r}"
     raise UserError(
-        f"data={cfg.data.get('dataset', '?')} holds {data} data, but the model ({cfg.model.net._target_}) takes "
-        f"{model} data; data configs that fit it: {', '.join(f'data={d}' for d in fitting)}"
+        f"data={cfg.data.get('dataset', '?')} holds {holds}, but the model ({cfg.model.net._target_}) "
+        f"{'takes ' if model != data else ''}{takes}; data configs that fit it: "
+        f"{', '.join(f'data={d}' for d in fitting)}"
     )
 
 
