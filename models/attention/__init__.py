@@ -47,7 +47,7 @@ from models.attention.kernels import (
 )
 from models.attention.maps import AttentionRecorder, attention_maps, select_attention_layers
 from models.attention.masks import band_mask, build_mask
-from models.attention.rotary import RotaryEmbedding
+from models.attention.rotary import RotaryEmbedding, llama3_inv_freq
 from models.attention.window import check_window_inputs, windowed_attention
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "attention_maps",
     "attention_weights",
     "band_mask",
+    "llama3_inv_freq",
     "build_mask",
     "check_window_inputs",
     "fused_attn",
