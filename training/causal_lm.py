@@ -1,0 +1,122 @@
+"""LightningModule for causal language modelling: next-token cross-entropy, loss and perplexity per split."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, SumMetric
+
+from models.checks import require_bool
+from training.schedules import check_schedule, decay_by_name, optimizer_with_schedule
+from training.sharding import clip_gradients, shard_blocks
+from training.switches import apply_switches
+
+
+def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy (nats per token) of logits (B, T, V) against the next tokens (B, T)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class CausalLMModule(L.LightningModule):
+    """Trains any `net` mapping ids (B, T) to next-token logits (B, T, V) on batches (x, y) of a text corpus.
+
+    Logs `train/loss`, `val/loss`, `test/loss` (mean nats per token over the split) and `val/perplexity`,
+    `test/perplexity`: exp of that mean, so exactly exp(loss) of the same epoch, never a mean of per-batch
+    perplexities.
+
+    Args:
+        net: the plain nn.Module (models.lm.CausalLM).
+        optimizer: a partial optimizer (Hydra `_partial_: true`), called with the parameter groups
+            (no weight decay on biases, norms and what the net lists in `no_weight_decay()`).
+        warmup_fraction, min_lr_ratio: per-step linear warm-up, then cosine decay to min_lr_ratio x lr.
+        compile: `torch.compile` the network (training/switches.py); checkpoints stay interchangeable.
+        grad_checkpointing: recompute each block's activations in the backward pass (less memory).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        check_schedule(warmup_fraction, min_lr_ratio, 0.0)
+        for name, value in (("compile", compile), ("grad_checkpointing", grad_checkpointing)):
+            require_bool(name, value)
+        apply_switches(net, compile, grad_checkpointing)
+        self.net = net
+        # Before any wrapping (training/schedules.py); no decay on embedding tables either (minGPT's rule): a
+        # row of a rare token would otherwise shrink at every step although it is seldom read.
+        tables = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, nn.Embedding)}
+        self.decays = {n: decay and n not in tables for n, decay in decay_by_name(net).items()}
+        self.optimizer_factory = optimizer
+        self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
+        # Metrics sync themselves under DDP; NaN checks would read the loss on the host. Every training batch
+        # has batch_size x block_size tokens, so a mean over batches is the mean over tokens. The evaluation
+        # means are sums of token losses over token counts (torchmetrics 1.9's MeanMetric drops its weights
+        # when nan_strategy="disable"; a last, smaller batch must count for its tokens only).
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.eval_sums = nn.ModuleDict({f"{s}_{k}": SumMetric(nan_strategy="disable")
+                                        for s in ("val", "test") for k in ("loss", "tokens")})
+        self.tokenizer: Any = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "prepare_tokenizer"):
+            self.tokenizer = dm.prepare_tokenizer()  # for generation from a restored run
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.net(ids)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = next_token_loss(self(x), y)
+        # The step's value is this process's own; the epoch mean is over all processes' tokens.
+        self.train_loss(loss.detach())
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        loss = next_token_loss(self(x), y)
+        self.eval_sums[f"{stage}_loss"](loss * y.numel())
+        self.eval_sums[f"{stage}_tokens"](torch.full_like(loss, y.numel()))
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        total, tokens = self.eval_sums[f"{stage}_loss"], self.eval_sums[f"{stage}_tokens"]
+        if tokens.update_count == 0:  # e.g. limit_val_batches=0
+            return
+        loss = total.compute() / tokens.compute()  # the mean over every token of the split (all processes)
+        total.reset()
+        tokens.reset()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/perplexity", torch.exp(loss), prog_bar=stage == "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return optimizer_with_schedule(self, self.net)
+
+    def configure_model(self) -> None:
+        shard_blocks(self, self.net)  # FSDP2 (trainer=fsdp2) only; a no-op under other strategies
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # also under FSDP1
