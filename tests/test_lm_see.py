@@ -227,3 +227,53 @@ def test_the_explorer_page_loads_offline_and_shows_causal_rows(tiny, tmp_path: P
         assert all(u.startswith(("file:", "data:")) for u in browser.requests), browser.requests
     finally:
         browser.close()
+
+
+def test_predict_py_on_a_tiny_trained_run_prints_pictures_and_page(tmp_path: Path, in_process, capsys) -> None:
+    import predict
+    from helpers.runs import train_in_process
+    from inference.load import load
+
+    run_dir = tmp_path / "run"
+    train_in_process("lm", run_dir)
+    capsys.readouterr()
+    pictures, html = tmp_path / "pictures", tmp_path / "page.html"
+    argv = [str(run_dir), "ROMEO:", "--max-new-tokens", "20", "--temperature", "0.9", "--top-k", "10", "--seed", "7",
+            "--attention-dir", str(pictures), "--html", str(html), "--threads", "1"]
+    assert predict.main(argv) == 0
+    out = capsys.readouterr().out
+    p = load(run_dir).predict("ROMEO:", sampling=Sampling(max_new_tokens=20, temperature=0.9, top_k=10, seed=7))
+    assert out.startswith(f"ROMEO:{p.text}\n")  # the same seed, the same continuation
+    assert sorted(x.name for x in pictures.iterdir()) == ["000_ROMEO_causal_attention.png", "000_ROMEO_heads.png",
+                                                          "000_ROMEO_sink.png"]
+    assert '"key":"causal"' in html.read_text(encoding="utf-8")
+    # a stop string ends the continuation before it
+    assert predict.main([str(run_dir), "ROMEO:", "--max-new-tokens", "30", "--stop", "e", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "e" not in printed[len("ROMEO:"):]
+
+
+def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path) -> None:
+    import socket
+
+    from gradio_client import Client
+
+    from app import build_app
+
+    net, tok = tiny
+    predictor = Predictor(net, None, "test", tokenizer=tok)
+    demo = build_app([predictor], tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(tmp_path)])
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        message, shown, explorer, pictures = client.predict("  ", api_name="/lm")
+        assert message == "error: the prompt is empty; type a prompt" and not shown
+        message, shown, explorer, pictures = client.predict("ROMEO:", api_name="/lm")
+        assert message == "" and shown == "ROMEO:" + predictor.predict("ROMEO:").text
+        assert explorer.startswith("<iframe") and "causal self-attention" in explorer and len(pictures) == 3
+    finally:
+        demo.close()
