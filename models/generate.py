@@ -77,6 +77,9 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
     device = next(net.parameters()).device
     ids, pad, lengths = left_pad(prompts, pad_id, device)
     B, P = ids.shape
+    if net.pos_embed is not None and P + max_new_tokens > net.block_size:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: a prompt of {P} tokens plus these is longer than "
+                         f"block_size={net.block_size} (learned positions)")
     padded = bool(pad.any())  # from the prompt lengths: no read of device values
     keys = torch.cat([pad, pad.new_zeros(B, max_new_tokens)], dim=1) if padded else None  # (B, P + new)
     positions = ((~pad).long().cumsum(-1) - 1).clamp(min=0) if padded else None  # (B, P); pads: 0, unused

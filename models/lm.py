@@ -26,7 +26,7 @@ LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_po
 
 
 def rotary_table(head_dim: int, base: float, scaling: dict[str, Any] | None) -> Tensor:
-    """The rotary inv_freq a CausalLM with these options holds (converters store the same table)."""
+    """The rotary inv_freq of a CausalLM with these options: computed as transformers computes it."""
     inv_freq = RotaryEmbedding(head_dim, base=base).inv_freq
     if scaling is None:
         return inv_freq
@@ -125,7 +125,8 @@ class CausalLM(Network):
         self._init_weights()
         if tie_embeddings:
             self.head.weight = self.tok_embed.weight
-        # The rotary table is one buffer shared by every block: the state dict keeps it once, as rope.inv_freq.
+        # The rotary table is one buffer shared by every block: the state dict keeps it once, as rope.inv_freq
+        # (a state without it, a converter's, keeps the table computed here from rope_base and rope_scaling).
         self.register_state_dict_post_hook(_drop_shared_rotary)
         self.register_load_state_dict_pre_hook(_fill_shared_rotary)
 
@@ -174,8 +175,9 @@ class CausalLM(Network):
         return generate(self, prompts, **options)
 
     def onnx_spec(self) -> OnnxSpec:
-        """ids (B, T) int64 -> logits (B, T, vocab_size); B and T dynamic, T up to block_size."""
-        ids = torch.randint(0, self.vocab_size, (2, self.block_size))
+        """ids (B, T) int64 -> logits (B, T, vocab_size); B and T dynamic, T up to block_size (the example is at
+        most 128 tokens: a converted Mistral's block_size is 131072)."""
+        ids = torch.randint(0, self.vocab_size, (2, min(self.block_size, 128)))
         length = Dim("length", min=2, max=self.block_size)
         return OnnxSpec(_PlainCausalLM(self).eval(), ["ids"], (ids,), ({0: Dim("batch", min=1), 1: length},),
                         {"ids": ["batch", "length"]})
@@ -198,6 +200,10 @@ def _drop_shared_rotary(module: nn.Module, state: dict[str, Tensor], prefix: str
 
 
 def _fill_shared_rotary(module: nn.Module, state: dict[str, Tensor], prefix: str, *_: Any) -> None:
-    if prefix + "rope.inv_freq" in state:
-        for i in range(len(module.blocks)):  # type: ignore[arg-type]
-            state[f"{prefix}blocks.{i}.attn.rotary.inv_freq"] = state[prefix + "rope.inv_freq"]
+    rope = module.rope  # type: ignore[union-attr]
+    if rope is None:
+        return
+    # A converted checkpoint has no table (transformers computes it from the config, as __init__ did here).
+    table = state.setdefault(prefix + "rope.inv_freq", rope.inv_freq.clone())
+    for i in range(len(module.blocks)):  # type: ignore[arg-type]
+        state[f"{prefix}blocks.{i}.attn.rotary.inv_freq"] = table

@@ -145,7 +145,8 @@ class MultiHeadAttention(nn.Module):
         """
         self._check_inputs(x, context, attn_mask, cache)
         B, T, _ = x.shape
-        q, k, v, past, k_offset = self._qkv(x, context, cache, positions)  # (B, H, T, hd), (B, Hkv, S, hd) x 2
+        # (B, H, T, hd), (B, Hkv, S, hd) x 2
+        q, k, v, past, k_offset = self._qkv(x, context, cache, positions)
         plan = self._plan(q, k, past, k_offset, causal, key_padding_mask, attn_mask,
                           need_weights or self.store_weights)
         if plan.blocked:

@@ -110,8 +110,8 @@ class RotaryEmbedding(nn.Module):
         return rot if rest.shape[-1] == 0 else torch.cat([rot, rest], dim=-1)
 
 
-def llama3_inv_freq(inv_freq: Tensor, *, factor: float, low_freq_factor: float, high_freq_factor: float,
-                    original_max_position_embeddings: int) -> Tensor:
+def llama3_inv_freq(inv_freq: Tensor, *, factor: float, low_freq_factor: float,
+                    high_freq_factor: float, original_max_position_embeddings: int) -> Tensor:
     """Llama 3.1's frequency table for long contexts (Hugging Face rope_type "llama3"): wavelengths
     longer than original / low_freq_factor are slowed by `factor`, shorter than original /
     high_freq_factor kept, and those between interpolated smoothly. Written as Hugging Face writes
