@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = list(next(iter(rows.values())))
     print(f"{'':>18}" + "".join(f"{k:>16}" for k in keys))
     for name, row in rows.items():
-        print(f"{name:>18}" + "".join(f"{row[k]:>16.4f}" for k in keys))
+        print(f"{name:>18}" + "".join(f"{row[k]:>16.4g}" for k in keys))
     full = rows["full"]["perplexity"]
     print("perplexity past the window, relative to full attention: " +
           ", ".join(f"{name} {row['perplexity'] / full:.3f}x" for name, row in rows.items()))

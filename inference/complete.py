@@ -3,7 +3,7 @@ encoded as its tokenizer encodes it, the decoding options checked, stop strings,
 
     options = Sampling(max_new_tokens=200, temperature=0.8, top_k=40).resolved(model_defaults)
     ids = prompt_ids(tokenizer, "ROMEO:", context=256, notes=notes)
-    new = continue_ids(net, ids, options, context=256, notes=notes)
+    new = continue_ids(net, ids, options, eos_ids=eos_ids, notes=notes)
     kept, text, stopped = cut_at_stop(tokenizer, new, options.stop, eos_ids)
 
 The tokenizer is a Hugging Face `tokenizers.Tokenizer` (a trained run's char / BPE tokenizer, a pretrained
@@ -93,7 +93,8 @@ def unknown_token_id(tokenizer: Any) -> int | None:
 
 def prompt_ids(tokenizer: Any, prompt: str, context: int, notes: list[str] | None = None) -> list[int]:
     """Token ids of a prompt exactly as the tokenizer encodes it (special tokens as its post-processor adds
-    them), at most `context`: a longer prompt keeps its end (nanoGPT's crop) and says what was cut. An empty prompt and one that gives no token are refused; characters read as the unknown token,
+    them), at most context - 1 (a place left for the first new token): a longer prompt keeps its end
+    (nanoGPT's crop) and says what was cut. An empty prompt and one that gives no token are refused; characters read as the unknown token,
     or dropped by the tokenizer, are said."""
     if not prompt.strip():
         raise UserError("the prompt is empty; give text to continue (e.g. \"ROMEO:\")")
@@ -116,13 +117,14 @@ def prompt_ids(tokenizer: Any, prompt: str, context: int, notes: list[str] | Non
     if notes is not None and dropped:
         notes.append(f"{len(dropped)} character(s) of the prompt unknown to the tokenizer "
                      f"({''.join(dict.fromkeys(dropped))[:10]!r}) dropped")
-    if len(ids) > context:
+    limit = context - 1
+    if len(ids) > limit:
         lead = next((k for k, s in enumerate(special) if not s), 0)  # a BOS the post-processor added stays
-        cut = len(ids) - context
+        cut = len(ids) - limit
         start = next((a for (a, _), s in zip(offsets[lead + cut:], special[lead + cut:]) if not s), len(prompt))
         if notes is not None:
-            notes.append(f"the prompt is {len(ids)} tokens, more than the model's context ({context} "
-                         f"tokens): its first {cut} tokens were cut "
+            notes.append(f"the prompt is {len(ids)} tokens; the model's context of {context} tokens "
+                         f"leaves room for {limit}: its first {cut} tokens were cut "
                          f"({start} of {len(prompt)} characters, up to {_shorten(prompt[:start][-30:])!r}); "
                          f"it now starts {_shorten(prompt[start:], 30)!r}")
         ids = ids[:lead] + ids[lead + cut:]
@@ -139,7 +141,7 @@ def context_of(net: nn.Module) -> int:
 def continue_ids(net: nn.Module, ids: list[int], options: Sampling, *, eos_ids: Sequence[int] = (),
                  pad_id: int = 0, notes: list[str] | None = None) -> list[int]:
     """The new token ids after `ids` (cut after an EOS). Within the context: models.generate in one call
-    (one KV cache). Past it: nanoGPT's crop, each further token predicted from the last `context` tokens
+    (one KV cache). Past it: nanoGPT's crop, each further token predicted from the last context - 1 tokens
     (said in `notes`)."""
     context = context_of(net)
     device = next(net.parameters()).device
@@ -149,17 +151,17 @@ def continue_ids(net: nn.Module, ids: list[int], options: Sampling, *, eos_ids: 
     sample = dict(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                   generator=generator, eos_ids=list(eos_ids), pad_id=pad_id)
     total = options.max_new_tokens
-    first = min(total, context - len(ids) + 1)  # the last new token is never read
+    first = min(total, context - len(ids))
     out = generate(net, [ids], max_new_tokens=first, **sample)[0].tolist()
     ended = _eos_at(out, eos_ids)
     if ended is not None:
         return out[: ended + 1]
     if first < total and notes is not None:
         notes.append(f"prompt + {total} new tokens are more than the model's context ({context} tokens): "
-                     f"past it, each new token is predicted from the last {context} tokens")
+                     f"past it, each new token is predicted from the last {context - 1} tokens")
     seq = list(ids) + out
     while len(out) < total:
-        nxt = int(generate(net, [seq[-context:]], max_new_tokens=1, **sample)[0, 0])
+        nxt = int(generate(net, [seq[-(context - 1):]], max_new_tokens=1, **sample)[0, 0])
         out.append(nxt)
         seq.append(nxt)
         if nxt in eos_ids:

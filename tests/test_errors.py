@@ -343,9 +343,9 @@ def test_decoding_options_to_another_model_are_refused(runs, capsys) -> None:
 def test_a_long_prompt_or_unknown_characters_run_and_say_what_was_done(runs, capsys) -> None:
     code, out, err = predict_cli(capsys, str(runs["lm"]), "ROMEO: " * 10, "--max-new-tokens", "3")
     assert code == 0 and out.startswith("ROMEO: " * 10)
-    assert err.splitlines()[0] == ("note: the prompt is 70 tokens, more than the model's context (16 tokens): its "
-                                   "first 54 tokens were cut (54 of 70 characters, up to 'EO: ROMEO: ROMEO: ROMEO: "
-                                   "ROMEO'); it now starts ': ROMEO: ROMEO: '")
+    assert err.splitlines()[0] == ("note: the prompt is 70 tokens; the model's context of 16 tokens leaves room for "
+                                   "15: its first 55 tokens were cut (55 of 70 characters, up to 'O: ROMEO: ROMEO: "
+                                   "ROMEO: ROMEO:'); it now starts ' ROMEO: ROMEO: '")
     code, out, err = predict_cli(capsys, str(runs["lm"]), "ROMEO ζ and 日本", "--max-new-tokens", "3")
     assert code == 0 and err == ("note: 3 character(s) of the prompt unknown to the tokenizer ('ζ日本') read as "
                                  "[UNK]\n")

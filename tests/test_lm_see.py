@@ -118,16 +118,16 @@ def test_a_prompt_past_the_context_is_cut_from_the_left_and_generation_crops_lik
     notes: list[str] = []
     long = TEXT * 2
     ids = prompt_ids(tok, long, net.block_size, notes)
-    assert ids == tok.encode(long).ids[-32:]
+    assert ids == tok.encode(long).ids[-31:]  # a place left for the first new token
     assert "its first" in notes[0] and "it now starts" in notes[0]
     notes = []
     p = Predictor(net, None, "test", tokenizer=tok).predict("Ay", maps=True, notes=notes,
                                                            sampling=Sampling(max_new_tokens=40))
-    assert len(p.ids) == 40 and any("last 32 tokens" in n for n in notes)
-    # past the context, each token comes from the last 32: the 41st token of the sequence from tokens 9..40
+    assert len(p.ids) == 40 and any("last 31 tokens" in n for n in notes)
+    # past the context, each token comes from the 31 before it (nanoGPT's crop)
     seq = tok.encode("Ay").ids + p.ids
     k = 38
-    window = torch.tensor([seq[k - 32:k]])
+    window = torch.tensor([seq[k - 31:k]])
     assert int(net(window)[0, -1].argmax()) == seq[k]
     assert len(p.context_tokens) == 32  # the maps: the last 32 tokens (the longest pass the model takes)
 
@@ -139,7 +139,7 @@ def test_the_tokenizers_post_processor_decides_the_bos_and_a_cut_keeps_it() -> N
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     assert prompt_ids(tok, "Ay", 10) == [bos] + tok.encode("Ay", add_special_tokens=False).ids
     notes: list[str] = []
-    cut = prompt_ids(tok, "ROMEO: But soft", 6, notes)
+    cut = prompt_ids(tok, "ROMEO: But soft", 7, notes)
     assert cut == [bos] + tok.encode(" soft", add_special_tokens=False).ids and len(notes) == 1
 
 

@@ -189,9 +189,9 @@ def plot_causal_layers(maps: Tensor, tokens: list[str], boundary: int, layers: l
     the next token), column = earlier token looked at; the line after `boundary` tokens separates the
     prompt (before) from the continuation. Tokens are labelled when there are at most max_labels."""
     n, T = maps.shape[0], maps.shape[-1]
-    cols = min(n, 3)
+    cols = min(n, max(2, round(n**0.5)))
     rows = (n + cols - 1) // cols
-    side = max(3.2, min(9.0, 0.2 * T + 1.5))
+    side = max(3.2, min(6.5, 0.16 * T + 1.5))
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, side * rows + 0.8), squeeze=False,
                              layout="constrained")
     for k, ax in enumerate(axes.flat):
