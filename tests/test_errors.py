@@ -346,7 +346,7 @@ def test_a_long_prompt_or_unknown_characters_run_and_say_what_was_done(runs, cap
     assert err.splitlines()[0] == ("note: the prompt is 70 tokens; the model's context of 16 tokens leaves room for "
                                    "15: its first 55 tokens were cut (55 of 70 characters, up to 'O: ROMEO: ROMEO: "
                                    "ROMEO: ROMEO:'); it now starts ' ROMEO: ROMEO: '")
-    code, out, err = predict_cli(capsys, str(runs["lm"]), "ROMEO ζ and 日本", "--max-new-tokens", "3")
+    code, out, err = predict_cli(capsys, str(runs["lm"]), "ROMEO ζ 日本", "--max-new-tokens", "3")
     assert code == 0 and err == ("note: 3 character(s) of the prompt unknown to the tokenizer ('ζ日本') read as "
                                  "[UNK]\n")
 
