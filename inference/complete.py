@@ -173,20 +173,29 @@ def _eos_at(out: list[int], eos_ids: Sequence[int]) -> int | None:
     return next((i for i, t in enumerate(out) if t in eos_ids), None)
 
 
-def cut_at_stop(tokenizer: Any, new: list[int], stops: Sequence[str], eos_ids: Sequence[int] = ()
-                ) -> tuple[list[int], str, str | None]:
-    """(the new ids kept, the continuation text, the stop string met or None). The text ends before the
-    first stop string (or EOS); the ids kept run up to the token that completed the stop string (the maps
-    show what the model generated until it stopped)."""
+def continuation_text(tokenizer: Any, prompt: Sequence[int], new: Sequence[int]) -> str:
+    """The text `new` adds after `prompt`: decode(prompt + new) less decode(prompt), so a decoder that
+    strips a word's leading space when it starts the text (SentencePiece's Metaspace) still gives the
+    space between the prompt and the first new word."""
+    before = tokenizer.decode(list(prompt), skip_special_tokens=True)
+    whole = tokenizer.decode(list(prompt) + list(new), skip_special_tokens=True)
+    return whole[len(before):] if whole.startswith(before) else tokenizer.decode(list(new), skip_special_tokens=True)
+
+
+def cut_at_stop(tokenizer: Any, new: list[int], stops: Sequence[str], eos_ids: Sequence[int] = (),
+                prompt: Sequence[int] = ()) -> tuple[list[int], str, str | None]:
+    """(the new ids kept, the continuation text after `prompt`, the stop string met or None). The text ends
+    before the first stop string (or EOS); the ids kept run up to the token that completed the stop string
+    (the maps show what the model generated until it stopped)."""
     end = _eos_at(new, eos_ids)
     body = new if end is None else new[:end]
-    text = tokenizer.decode(body, skip_special_tokens=True)
+    text = continuation_text(tokenizer, prompt, body)
     found = [(text.find(s), s) for s in stops if s in text]
     if not found:
         return new if end is None else new[: end + 1], text, None
     at, stop = min(found)
     for k in range(1, len(body) + 1):  # the fewest tokens whose text holds that stop string
-        if tokenizer.decode(body[:k], skip_special_tokens=True).find(stop) == at:
+        if continuation_text(tokenizer, prompt, body[:k]).find(stop) == at:
             return body[:k], text[:at], stop
     return body, text[:at], stop
 

@@ -362,7 +362,7 @@ class Predictor:
         eos = list(settings.get("eos_ids") or [])
         new = continue_ids(net, ids, options, eos_ids=eos, pad_id=int(settings.get("pad_id") or 0),
                            notes=notes)
-        kept, text, stopped = cut_at_stop(tok, new, options.stop, eos)
+        kept, text, stopped = cut_at_stop(tok, new, options.stop, eos, prompt=ids)
         p = Prediction(net, self.modality, prompt, text=text, source_ids=torch.tensor([ids]),
                        source_tokens=token_texts(tok, ids), ids=kept, target_tokens=token_texts(tok, kept),
                        stopped=stopped)

@@ -158,6 +158,11 @@ def test_stop_strings_cut_the_text_and_keep_the_tokens_up_to_the_stop() -> None:
     assert (text, stop) == ("Ay me.", "\n\n") and tok.decode(kept) == "Ay me.\n\n"
     assert cut_at_stop(tok, new, ["xyz"]) == (new, "Ay me.\n\nJULIET:", None)
     assert cut_at_stop(tok, new, [], eos_ids=[new[2]])[:2] == (new[:3], "Ay")  # an EOS ends it too
+    # a Metaspace decoder drops the space of the text's first word: the continuation keeps it
+    from tokenizers import decoders, models, pre_tokenizers
+    sp = Tokenizer(models.WordLevel({"▁Ay": 0, "▁me": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    sp.pre_tokenizer, sp.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    assert sp.decode([1]) == "me" and cut_at_stop(sp, [1], [], prompt=[0])[1] == " me"
 
 
 @pytest.mark.parametrize("options, message", [
@@ -277,3 +282,32 @@ def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path)
         assert explorer.startswith("<iframe") and "causal self-attention" in explorer and len(pictures) == 3
     finally:
         demo.close()
+
+
+def test_a_pretrained_folder_continues_with_its_bos_and_eos_and_draws(tmp_path: Path, in_process, capsys) -> None:
+    """A tiny Llama saved by transformers: predict.py converts it, its tokenizer.json adds the BOS, decoding is
+    transformers' greedy generate, the induction run starts after the BOS."""
+    import predict
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.browser import Browser  # noqa: F401  (the page itself is tested above)
+    from inference.load import load
+    from test_pretrained_lm import SMALL, tiny_tokenizer
+
+    torch.manual_seed(0)
+    ref = LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    folder = tmp_path / "llama"
+    ref.save_pretrained(folder)
+    tiny_tokenizer(add_bos=True).save(str(folder / "tokenizer.json"))
+    p = load(folder).predict("w5 w7 w9", maps=True, sampling=Sampling(max_new_tokens=6))
+    assert p.source_ids.tolist() == [[1, 5, 7, 9]] and p.source_tokens[0] == "w1"
+    expected = ref.generate(torch.tensor([[1, 5, 7, 9]]), max_new_tokens=6, do_sample=False, eos_token_id=2,
+                            pad_token_id=2)[0, 4:].tolist()
+    assert p.ids == expected[: expected.index(2) + 1] if 2 in expected else p.ids == expected
+    assert p.repeat_start == 1 and p.prompt_length == 4
+    pictures = tmp_path / "pictures"
+    assert predict.main([str(folder), "w5 w7 w9", "--max-new-tokens", "6", "--attention-dir", str(pictures),
+                         "--threads", "1"]) == 0
+    assert len(list(pictures.glob("*.png"))) == 3
+    # the continuation is what decode(prompt + new) adds to decode(prompt): the space between them kept
+    assert capsys.readouterr().out.startswith("w5 w7 w9 " + " ".join(f"w{i}" for i in p.ids if i != 2))
