@@ -392,10 +392,15 @@ class Predictor:
 
 def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any]]:
     """The first n test examples as (input, label): sentences + references for a generating model,
-    (1, ...) model inputs + class names for classifiers."""
+    prompts + the text that followed them for a causal LM, (1, ...) model inputs + class names for
+    classifiers."""
     dm = predictor.datamodule
     dm.setup("test")
     if predictor.task == "generate":
         return list(zip(dm.sources("test"), dm.references("test")))[:n]
     xs, ys = next(iter(dm.test_dataloader()))
+    if predictor.task == "complete":  # a test block's first half as the prompt, its second half the reference
+        half = xs.shape[1] // 2
+        decode = predictor.tokenizer.decode
+        return [(decode(x[:half].tolist()), decode(x[half:].tolist())) for x in xs[:n]]
     return [(xs[i : i + 1], predictor.class_names[int(ys[i])]) for i in range(min(n, len(ys)))]

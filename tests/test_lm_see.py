@@ -256,6 +256,13 @@ def test_predict_py_on_a_tiny_trained_run_prints_pictures_and_page(tmp_path: Pat
     assert predict.main([str(run_dir), "ROMEO:", "--max-new-tokens", "30", "--stop", "e", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "e" not in printed[len("ROMEO:"):]
+    # evaluate.py save_attention=N: a test block's first half continued, beside the text that followed it
+    from helpers.cli import run
+
+    done = run("evaluate.py", f"ckpt_path={run_dir}", "save_attention=1", "threads=1",
+               f"hydra.run.dir={tmp_path / 'ev'}")
+    drawn = sorted(x.name for x in (tmp_path / "ev" / "attention").iterdir())
+    assert len(drawn) == 4 and drawn[0] == "test000.html" and "(reference: " in done.stdout
 
 
 def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path) -> None:
