@@ -191,8 +191,20 @@ class TextCorpusDataModule(L.LightningDataModule):
         """train / val / test text: each file split by position, the parts joined across files."""
         if self._texts is None:
             parts = [split_text(read_corpus(p), self.val_fraction, self.test_fraction) for p in self.paths]
-            self._texts = {name: "".join(part[name] for part in parts) for name in SPLITS}
+            texts = {name: "".join(part[name] for part in parts) for name in SPLITS}
+            for name in SPLITS:  # a token is one character or more: refused here, before any tokenizer is trained
+                self._check_length(name, len(texts[name]), "characters")
+            self._texts = texts
         return self._texts
+
+    def _check_length(self, split: str, count: int, unit: str) -> None:
+        if count > self.block_size:  # one block and its next-token target
+            return
+        share = {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
+                 "test": self.test_fraction}[split]
+        raise UserError(f"data=text_corpus: the {split} split ({share:.0%} of {', '.join(map(str, self.paths))}) "
+                        f"has {count} {unit}, not more than data.block_size={self.block_size}; give more text or a "
+                        f"smaller block_size")
 
     def prepare_tokenizer(self) -> Tokenizer:
         """The tokenizer: restored from a checkpoint if one was loaded, else trained on the training text."""
@@ -227,11 +239,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         for name in SPLITS:
             if name not in self.ids:
                 self.ids[name] = encode_text(tok, self.texts[name])
-                if len(self.ids[name]) <= self.block_size:
-                    where = ", ".join(str(p) for p in self.paths)
-                    raise UserError(f"data=text_corpus: the {name} split of {where} has {len(self.ids[name])} "
-                                    f"tokens, not more than block_size={self.block_size}; give more text or a "
-                                    f"smaller data.block_size")
+                self._check_length(name, len(self.ids[name]), "tokens")
 
     def train_dataloader(self) -> DataLoader:
         data = RandomBlocks(self.ids["train"], self.block_size)

@@ -491,6 +491,8 @@ def test_a_bad_config_value_is_named_before_anything_is_built(override: str, mes
                                             "special tokens and text)"),
     ("translator", "model.net.max_len=8", "model.net.max_len=8 is shorter than data.max_len=64: the data's sentences "
                                           "would not fit the model's position table"),
+    ("lm", "model.net.block_size=32", "model.net.block_size=32 is shorter than data.block_size=64: the model would "
+                                      "be trained on blocks longer than the context it takes"),
     ("audio", "model.net.sample_rate=8000", "model.net.sample_rate=8000 but data.sample_rate=16000: the model must "
                                             "take what the data gives; set data.sample_rate instead (by default "
                                             "model.net.sample_rate follows it)"),
@@ -619,6 +621,24 @@ def test_a_non_utf8_tsv_names_the_file_and_line(tmp_path: Path) -> None:
         read_tsv(path)
     path.write_bytes("Hello.\tHallo.\n".encode("utf-16"))  # with its byte-order mark: read
     assert [(p.source, p.target) for p in read_tsv(path)] == [("Hello.", "Hallo.")]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "data=text_corpus: file '{path}' does not exist; expected a UTF-8 text file (Tiny Shakespeare: "
+           "data/tinyshakespeare/input.txt of github.com/karpathy/char-rnn)"),
+    ("  \n\n", "data=text_corpus: {path} holds no text (it is empty or blank)"),
+    ("To be, or not to be, that is the question.\n" * 20,
+     "data=text_corpus: the val split (5% of {path}) has 43 characters, not more than data.block_size=64; give more "
+     "text or a smaller block_size"),
+], ids=["missing", "blank", "shorter_than_a_block"])
+def test_a_text_corpus_that_is_missing_blank_or_shorter_than_a_block_is_refused(content, message, tmp_path) -> None:
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    run = tmp_path / "run"
+    assert command("train.py", "model=lm", f"data.path={path}", "threads=1", f"hydra.run.dir={run}")[::2] == (
+        2, f"error: {message.format(path=path)}\n")
+    assert not (run / "checkpoints").exists()  # refused while the data module is built, before training
 
 
 def test_an_image_folder_with_a_corrupt_png_is_refused_before_training(tmp_path: Path) -> None:

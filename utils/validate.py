@@ -105,7 +105,7 @@ RUN_RULES: dict[str, Callable[[Any], str | None]] = {
 # Keys of any data config (the data modules check the rest when built; these are read lazily).
 DATA_RULES: dict[str, Callable[[Any], str | None]] = {
     **{k: int_at_least(1) for k in ("batch_size", "eval_batch_size", "image_size", "num_frames", "sample_rate",
-                                    "max_len")},
+                                    "max_len", "block_size", "batches_per_epoch")},
     "num_workers": int_at_least(0),
     "bpe_vocab_size": int_at_least(6, " (the tokenizer's 4 special tokens and text)"),
     "clip_seconds": positive_number,
@@ -137,6 +137,10 @@ def check_model_fits_data_sizes(cfg: DictConfig) -> None:
     if UNKNOWN not in (net_len, data_len) and _is_int(net_len) and _is_int(data_len) and net_len < data_len:
         raise UserError(f"model.net.max_len={net_len} is shorter than data.max_len={data_len}: the data's sentences "
                         f"would not fit the model's position table")
+    net_block, data_block = _select(cfg, "model.net.block_size"), _select(cfg, "data.block_size")
+    if UNKNOWN not in (net_block, data_block) and _is_int(net_block) and _is_int(data_block) and net_block < data_block:
+        raise UserError(f"model.net.block_size={net_block} is shorter than data.block_size={data_block}: the model "
+                        f"would be trained on blocks longer than the context it takes")
 
 
 def _batches(v: Any) -> str | None:

@@ -62,8 +62,7 @@ SMALL = {"vit": ["model.net.depth=1"], "audio": ["model.net.depth=1"], "video": 
                         "model.net.decoder_depth=1", "model.beam_size=1", "data.eval_batch_size=16"],
          "sequence": ["model.net.depth=1", "data.train_size=96", "data.val_size=16", "data.test_size=16",
                       "data.min_length=20", "data.max_length=120", "model.net.attn_window=8"],
-         "lm": ["model.net.depth=1", "data.block_size=16", "data.batch_size=4", "data.batches_per_epoch=3",
-                "data.eval_batch_size=8"]}
+         "lm": ["model.net.depth=1", "data.block_size=16", "data.batch_size=4", "data.eval_batch_size=16"]}
 
 
 def train_in_process(model: str, out: Path, *overrides: str) -> dict[str, float]:
