@@ -4,7 +4,7 @@ encoded as its tokenizer encodes it, the decoding options checked, stop strings,
     options = Sampling(max_new_tokens=200, temperature=0.8, top_k=40).resolved(model_defaults)
     ids = prompt_ids(tokenizer, "ROMEO:", context=256, notes=notes)
     new = continue_ids(net, ids, options, eos_ids=eos_ids, notes=notes)
-    kept, text, stopped = cut_at_stop(tokenizer, new, options.stop, eos_ids)
+    kept, text, stopped = cut_at_stop(tokenizer, new, options.stop, eos_ids, prompt=ids)
 
 The tokenizer is a Hugging Face `tokenizers.Tokenizer` (a trained run's char / BPE tokenizer, a pretrained
 source's tokenizer.json): its post-processor decides whether a BOS token starts the prompt. Every bad value
