@@ -1,7 +1,7 @@
 """Do the induction scores find an induction head where one is known to form? A check of viz/maps.py's
 numbers on a trained model, not only on hand-built maps.
 
-    python bench/induction_check.py [--steps 600] [--threads 1] [--out heads.png]
+    python -m bench.induction_check [--steps 600] [--threads 1] [--out heads.png]
 
 A 2-layer CausalLM (the zoo's own, random init) is trained on sequences of k random tokens repeated twice
 (k drawn per batch from n / 3 .. n, so that no fixed position offset solves it), the task a 2-layer transformer solves by forming an induction head (a previous-token head in layer 0, an
@@ -14,17 +14,14 @@ and one layer-1 head's induction score rises towards 1, with a layer-0 head's pr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from models.attention import attention_maps  # noqa: E402
-from models.lm import CausalLM  # noqa: E402
-from viz.maps import induction_scores, previous_token_scores, stacked_maps  # noqa: E402
+from models.attention import attention_maps
+from models.lm import CausalLM
+from viz.maps import induction_scores, previous_token_scores, stacked_maps
 
 
 def batch(vocab: int, n: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -51,7 +48,7 @@ def show(what: str, loss: float, prev: torch.Tensor, ind: torch.Tensor) -> None:
                                            for i, row in enumerate(s.tolist())))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--n", type=int, default=24, help="random tokens per copy")
@@ -85,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(plot_head_scores(prev, ind, n, f"2-layer CausalLM trained {args.steps} steps on repeated random "
                                "tokens", args.out))
-    return 0
+    return {"loss": loss, "previous": prev, "induction": ind}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

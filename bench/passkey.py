@@ -1,6 +1,6 @@
 """What a sliding window forgets and what attention sinks keep, measured on a trained causal LM.
 
-    python bench/passkey.py RUN_DIR [--window 16] [--sinks 4] [--blocks 200] [--threads 1]
+    python -m bench.passkey RUN_DIR [--window 16] [--sinks 4] [--blocks 200] [--threads 1]
 
 The run's own weights (trained with full causal attention, e.g. `python train.py model=lm`) are run three
 ways on fixed blocks of its test split (block_size tokens each), side by side in one process:
@@ -28,17 +28,13 @@ the script is for (bench/README: ratios measured side by side in one run, not ti
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from inference.load import load  # noqa: E402
-from models.attention import attention_maps  # noqa: E402
-from viz.maps import stacked_maps  # noqa: E402
+from inference.load import load
+from models.attention import attention_maps
+from viz.maps import stacked_maps
 
 
 def set_attention(net: torch.nn.Module, window: int | None, sinks: int) -> None:
@@ -73,7 +69,7 @@ def measure(net: torch.nn.Module, blocks: torch.Tensor, window: int, passkeys: l
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a trained causal LM run (model=lm) or checkpoint")
     parser.add_argument("--window", type=int, default=16)
@@ -107,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     full = rows["full"]["perplexity"]
     print("perplexity past the window, relative to full attention: " +
           ", ".join(f"{name} {row['perplexity'] / full:.3f}x" for name, row in rows.items()))
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -263,6 +263,13 @@ def test_predict_py_on_a_tiny_trained_run_prints_pictures_and_page(tmp_path: Pat
                f"hydra.run.dir={tmp_path / 'ev'}")
     drawn = sorted(x.name for x in (tmp_path / "ev" / "attention").iterdir())
     assert len(drawn) == 4 and drawn[0] == "test000.html" and "(reference: " in done.stdout
+    # bench/passkey.py: a window gives the passkey position no weight from the last query
+    from bench import passkey
+
+    rows = passkey.main([str(run_dir), "--window", "4", "--sinks", "2", "--blocks", "3"])
+    assert sorted(rows) == ["full", "window", "window + 2 sinks"]
+    assert rows["window"]["attn_passkey"] == rows["window"]["attn_first"] == 0 < rows["full"]["attn_first"]
+    assert rows["window + 2 sinks"]["attn_first"] > 0 and rows["window + 2 sinks"]["attn_passkey"] == 0
 
 
 def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path) -> None:
@@ -318,3 +325,10 @@ def test_a_pretrained_folder_continues_with_its_bos_and_eos_and_draws(tmp_path: 
     assert len(list(pictures.glob("*.png"))) == 3
     # the continuation is what decode(prompt + new) adds to decode(prompt): the space between them kept
     assert capsys.readouterr().out.startswith("w5 w7 w9 " + " ".join(f"w{i}" for i in p.ids if i != 2))
+
+
+def test_the_induction_check_bench_runs() -> None:
+    from bench import induction_check
+
+    report = induction_check.main(["--steps", "2", "--n", "6", "--threads", "1"])
+    assert report["induction"].shape == report["previous"].shape == (2, 4) and report["loss"] > 0
