@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--n", type=int, default=24, help="random tokens per copy")
     parser.add_argument("--vocab", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the layer x head picture here")
     args = parser.parse_args(argv)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     g = torch.Generator().manual_seed(0)
     test = batch(args.vocab, n, 1, torch.Generator().manual_seed(1))
     show("before training", *scores(net, test, n))
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     for step in range(args.steps):
         # n varies from batch to batch: a fixed offset would let one layer attend by position (i - n + 1)
         # instead of by content, which scores as induction but is no induction head
