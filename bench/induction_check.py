@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--n", type=int, default=24, help="random tokens per copy")
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--positions", default="rotary", help="rotary (relative: a previous-token head is easy) "
+                        "or learned")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the layer x head picture here")
     args = parser.parse_args(argv)
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n = args.n
-    net = CausalLM(args.vocab, 2 * n, dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
+    net = CausalLM(args.vocab, 2 * n, dim=64, depth=2, num_heads=4, mlp_ratio=2.0, positions=args.positions)
     g = torch.Generator().manual_seed(0)
     test = batch(args.vocab, n, 1, torch.Generator().manual_seed(1))
     show("before training", *scores(net, test, n))
