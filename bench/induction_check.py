@@ -1,14 +1,21 @@
 """Do the induction scores find an induction head where one is known to form? A check of viz/maps.py's
 numbers on a trained model, not only on hand-built maps.
 
-    python -m bench.induction_check [--steps 600] [--threads 1] [--out heads.png]
+    python -m bench.induction_check [--steps 2000] [--n 16] [--threads 1] [--out heads.png]
 
-A 2-layer CausalLM (the zoo's own, random init) is trained on sequences of k random tokens repeated twice
-(k drawn per batch from n / 3 .. n, so that no fixed position offset solves it), the task a 2-layer transformer solves by forming an induction head (a previous-token head in layer 0, an
-induction head in layer 1: Olsson et al. 2022). Before and after training it prints the loss on the second
-copy, and the per-head previous-token and induction scores (viz.maps) on fresh sequences; with --out, the
-layer x head picture predict.py draws. What to expect: after training, the second copy's loss falls towards 0
-and one layer-1 head's induction score rises towards 1, with a layer-0 head's previous-token score high.
+A 2-layer CausalLM (the zoo's own, random init, rotary positions) is trained on sequences of k random tokens
+repeated twice (k drawn per batch from n / 3 .. n, so that no fixed position offset solves it), the task a
+2-layer transformer solves by forming an induction head (a previous-token head in layer 0, an induction head
+in layer 1: Olsson et al. 2022). Before and after training it prints the loss on the second copy and the
+per-head previous-token and induction scores (viz.maps) on a fresh sequence of n tokens twice; with --out,
+the layer x head picture predict.py draws.
+
+Measured (2,000 steps, 1 CPU thread, ~90 s): loss 4.21 -> 0.009; previous-token scores of layer 0's heads
+0.14 0.57 0.22 0.64; induction scores of layer 1's heads 0.99 0.37 0.18 0.99 (layer 0's: <= 0.01). With
+learned positions and a fixed n the model copies by position instead (layer 0 attends to i - n + 1 directly:
+an induction score of 0.9 with no previous-token head): the score says where a head looks, not why; hence
+the varying k. With learned positions and varying k (4,000 steps, lr 1e-3) it solved the task (loss 0.006)
+with no head above 0.13 on either score: the copy spread over heads, not one circuit.
 """
 
 from __future__ import annotations
@@ -50,8 +57,8 @@ def show(what: str, loss: float, prev: torch.Tensor, ind: torch.Tensor) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--n", type=int, default=24, help="random tokens per copy")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=16, help="random tokens per copy (the test's; training: n/3..n)")
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--positions", default="rotary", help="rotary (relative: a previous-token head is easy) "
