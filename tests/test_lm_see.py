@@ -149,6 +149,10 @@ def test_unknown_characters_are_said_replaced_or_dropped() -> None:
     assert ids.count(0) == 1 and notes == ["1 character(s) of the prompt unknown to the tokenizer ('ζ') read as [UNK]"]
     notes = []
     assert prompt_ids(bpe_tokenizer(TEXT, 300), "Ay ζ me", 64, notes) and notes == []  # byte-level: none unknown
+    from tokenizers import models
+    bare = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, " ": 2}, merges=[]))  # no unknown token: it drops them
+    assert prompt_ids(bare, "ab zq", 10, notes) == [0, 1, 2]
+    assert notes == ["2 character(s) of the prompt unknown to the tokenizer ('zq') dropped"]
 
 
 def test_stop_strings_cut_the_text_and_keep_the_tokens_up_to_the_stop() -> None:
