@@ -94,8 +94,8 @@ def unknown_token_id(tokenizer: Any) -> int | None:
 def prompt_ids(tokenizer: Any, prompt: str, context: int, notes: list[str] | None = None) -> list[int]:
     """Token ids of a prompt exactly as the tokenizer encodes it (special tokens as its post-processor adds
     them), at most context - 1 (a place left for the first new token): a longer prompt keeps its end
-    (nanoGPT's crop) and says what was cut. An empty prompt and one that gives no token are refused; characters read as the unknown token,
-    or dropped by the tokenizer, are said."""
+    (nanoGPT's crop) and says what was cut. An empty prompt and one that gives no token are refused;
+    characters read as the unknown token, or dropped by the tokenizer, are said."""
     if not prompt.strip():
         raise UserError("the prompt is empty; give text to continue (e.g. \"ROMEO:\")")
     enc = tokenizer.encode(prompt, add_special_tokens=True)
