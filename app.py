@@ -5,9 +5,9 @@
 One tab per run (checkpoint file or run directory, as predict.py takes): upload an image, a wav or a
 video, or type a sentence (a language model: a prompt, continued as predict.py continues it), and get
 the prediction (the same as predict.py's), the interactive explorer (viz/explorer, in an iframe: the
-page runs its own scripts, offline) and the static pictures (predict.py --attention-dir). Bad input (wrong file type, empty sentence, a file too large,
-a corrupt file) is answered with a message and the app keeps serving. Listens on 127.0.0.1 unless
---host says otherwise; Gradio's analytics are off."""
+page runs its own scripts, offline) and the static pictures (predict.py --attention-dir). Bad input
+(wrong file type, empty sentence, a file too large, a corrupt file) is answered with a message and the
+app keeps serving. Listens on 127.0.0.1 unless --host says otherwise; Gradio's analytics are off."""
 
 from __future__ import annotations
 
