@@ -101,6 +101,23 @@ def test_the_maps_are_those_of_the_generated_sequence_in_one_pass(tiny) -> None:
     torch.testing.assert_close(p.repeat_maps["blocks.1.attn"], rep["blocks.1.attn"])
 
 
+def test_a_windowed_rotary_model_maps_its_band(tmp_path: Path) -> None:
+    """Mistral's options (rotary, a sliding window, grouped KV heads): the rolling-cache decoding's tokens, and
+    maps that are the band of the window."""
+    tok = char_tokenizer(TEXT)
+    torch.manual_seed(1)
+    net = CausalLM(tok.get_vocab_size(), 32, dim=32, depth=2, num_heads=4, num_kv_heads=2, positions="rotary",
+                   norm="rmsnorm", ffn="swiglu", bias=False, attn_window=4).eval()
+    p = Predictor(net, None, "test", tokenizer=tok).predict("ROMEO:", maps=True, sampling=Sampling(max_new_tokens=10))
+    prompt = tok.encode("ROMEO:").ids
+    assert p.ids == generate(net, [prompt], max_new_tokens=10, use_cache=False)[0].tolist()
+    _, expected = attention_maps(net, torch.tensor([prompt + p.ids]))
+    torch.testing.assert_close(p.maps["blocks.0.attn"], expected["blocks.0.attn"])
+    band = torch.tril(torch.ones(16, 16)) - torch.tril(torch.ones(16, 16), diagonal=-4)  # itself + 3 before
+    assert torch.equal(p.maps["blocks.1.attn"][0] > 0, band.bool().expand(4, 16, 16))
+    assert len(draw(p, tmp_path, "w")) == 3
+
+
 def test_sampling_with_a_seed_repeats_and_options_reach_generate(tiny) -> None:
     net, tok = tiny
     pred = Predictor(net, None, "test", tokenizer=tok)
