@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,15 +62,19 @@ def prepare_nanogpt(checkout: Path, text: str, work: Path) -> Path:
     return work
 
 
-def timed(cmd: list[str], cwd: Path, threads: int, log: Path) -> float:
+def timed(cmd: list[str], cwd: Path, threads: int, log: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of a command. On a machine shared with other work the CPU
+    time is the steadier of the two: waiting for a core counts in the wall time only."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 @torch.no_grad()
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--zoo-args", nargs="*", default=[], help="extra train.py overrides for the zoo's run")
+    parser.add_argument("--zoo-name", default="zoo", help="the zoo run's folder in --work (another for another recipe)")
     parser.add_argument("--reuse-nanogpt", action="store_true", help="keep a finished nanoGPT run in --work")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -128,21 +134,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     nano, nano_log, nano_time = work / "nanogpt", work / "nanogpt.log", work / "nanogpt_wall_s.txt"
     if args.reuse_nanogpt and nano_time.is_file():  # a finished nanoGPT run in this --work folder
-        nano_s = float(nano_time.read_text())
+        nano_s, nano_cpu = map(float, nano_time.read_text().split())
     else:
         prepare_nanogpt(args.nanogpt.resolve(), text, nano)
-        nano_s = timed([sys.executable, "train.py", "config/train_shakespeare_char.py", *CPU_FLAGS,
-                        "--always_save_checkpoint=True", f"--out_dir={nano / 'out'}"], nano, args.threads, nano_log)
-        nano_time.write_text(f"{nano_s}\n")
+        nano_s, nano_cpu = timed([sys.executable, "train.py", "config/train_shakespeare_char.py", *CPU_FLAGS,
+                                  "--always_save_checkpoint=True", f"--out_dir={nano / 'out'}"], nano, args.threads,
+                                 nano_log)
+        nano_time.write_text(f"{nano_s} {nano_cpu}\n")
     log = nano_log.read_text()
     nano_val = float(re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", log)[-1])
     nano_loop = sum(float(ms) for ms in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", log)) / 1000
 
-    zoo_dir = work / "zoo"
-    zoo_log = work / "zoo.log"
-    zoo_s = timed([sys.executable, "train.py", "model=lm", f"data.path={plain}", f"threads={args.threads}",
+    zoo_dir = work / args.zoo_name
+    zoo_log = work / f"{args.zoo_name}.log"
+    zoo_s, zoo_cpu = timed([sys.executable, "train.py", "model=lm", f"data.path={plain}", f"threads={args.threads}",
                    "test=false", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", f"hydra.run.dir={zoo_dir}", *args.zoo_args],
-                  ROOT, args.threads, zoo_log)
+                           ROOT, args.threads, zoo_log)
     metrics = json.loads((zoo_dir / "metrics.json").read_text())
 
     tokens = ITERS * BATCH * CONTEXT
@@ -150,20 +157,27 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "text": str(args.text),
         "zoo_args": args.zoo_args,
-        "nanogpt": {"wall_s": nano_s, "loop_s": nano_loop, "tokens_per_s": tokens / nano_s,
+        "nanogpt": {"wall_s": nano_s, "cpu_s": nano_cpu, "loop_s": nano_loop, "tokens_per_s": tokens / nano_s,
+                    "tokens_per_cpu_s": tokens / nano_cpu,
                     "own_val_loss_20_batches": nano_val,
                     "heldout_loss": nanogpt_heldout(args.nanogpt.resolve(), nano / "out", heldout)},
-        "zoo": {"wall_s": zoo_s, "fit_s": metrics["fit_seconds"], "tokens_per_s": tokens / zoo_s,
+        "zoo": {"wall_s": zoo_s, "cpu_s": zoo_cpu, "fit_s": metrics["fit_seconds"], "tokens_per_s": tokens / zoo_s,
+                "tokens_per_cpu_s": tokens / zoo_cpu,
                 "val_loss_5pct_split": metrics["val/loss"], "heldout_loss": zoo_heldout(zoo_dir, heldout)},
     }
     report["zoo_over_nanogpt_tokens_per_s"] = report["zoo"]["tokens_per_s"] / report["nanogpt"]["tokens_per_s"]
+    report["zoo_over_nanogpt_tokens_per_cpu_s"] = (report["zoo"]["tokens_per_cpu_s"]
+                                                   / report["nanogpt"]["tokens_per_cpu_s"])
     report["heldout_loss_zoo_minus_nanogpt"] = report["zoo"]["heldout_loss"] - report["nanogpt"]["heldout_loss"]
-    print(f"{'':10} {'wall s':>8} {'loop s':>8} {'tokens/s':>9} {'held-out loss':>14} {'own val':>8}")
+    print(f"{'':8} {'wall s':>7} {'cpu s':>7} {'loop s':>7} {'tokens/s':>9} {'tokens/cpu s':>12} {'held-out':>9} "
+          f"{'own val':>8}")
     for name, r in (("nanoGPT", report["nanogpt"]), ("zoo", report["zoo"])):
         own = r.get("own_val_loss_20_batches", r.get("val_loss_5pct_split"))
         loop = r.get("loop_s", r.get("fit_s"))
-        print(f"{name:10} {r['wall_s']:8.1f} {loop:8.1f} {r['tokens_per_s']:9.0f} {r['heldout_loss']:14.4f} {own:8.4f}")
-    print(f"zoo / nanoGPT tokens per second: {report['zoo_over_nanogpt_tokens_per_s']:.3f}; held-out loss "
+        print(f"{name:8} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {loop:7.1f} {r['tokens_per_s']:9.0f} "
+              f"{r['tokens_per_cpu_s']:12.0f} {r['heldout_loss']:9.4f} {own:8.4f}")
+    print(f"zoo / nanoGPT tokens per second: {report['zoo_over_nanogpt_tokens_per_s']:.3f} (wall), "
+          f"{report['zoo_over_nanogpt_tokens_per_cpu_s']:.3f} (CPU time); held-out loss "
           f"zoo - nanoGPT: {report['heldout_loss_zoo_minus_nanogpt']:+.4f} nats per character (threads={args.threads})")
     print(f"logs: {nano_log} {zoo_log}")
     if args.out:

@@ -236,7 +236,8 @@ class TextCorpusDataModule(L.LightningDataModule):
     # --- Lightning hooks ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         tok = self.prepare_tokenizer()
-        for name in SPLITS:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        for name in needed:  # evaluate.py encodes the test text only
             if name not in self.ids:
                 self.ids[name] = encode_text(tok, self.texts[name])
                 self._check_length(name, len(self.ids[name]), "tokens")
