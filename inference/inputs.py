@@ -277,6 +277,9 @@ def read_sentences(items: list[str], notes: list[str] | None = None) -> list[str
     translated as text."""
     sentences = []
     for item in items:
+        if not item.strip():  # an empty sentence, not the current folder: the model's reader refuses it
+            sentences.append(item)
+            continue
         path = Path(item).expanduser()
         looks_like_file = path.suffix.lower() in TEXT_EXTENSIONS and not any(
             c.isspace() for c in item

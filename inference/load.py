@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from inference.predictor import Predictor
 from models.pretrained import convert
+from training.causal_lm import CausalLMModule
 from training.classification import ClassificationModule
 from training.seq2seq import Seq2SeqModule
 from utils.errors import UserError
@@ -54,7 +55,7 @@ def from_run(run: Restored) -> Predictor:
     module, dm = run.module.eval(), run.datamodule
     tokenizer = getattr(module, "tokenizer", None) or getattr(dm, "tokenizer", None)
     predictor = Predictor(module.net, module, run.ckpt_file, run.cfg, dm, tokenizer=tokenizer)
-    if predictor.task == "generate" and tokenizer is None:
+    if predictor.task in ("generate", "complete") and tokenizer is None:
         raise UserError(
             f"{run.ckpt_file} carries no tokenizer (expected the data module state in the "
             f"checkpoint)"
@@ -83,6 +84,8 @@ def load_source(spec: str) -> Predictor:
     cfg = OmegaConf.create({"pretrained": spec, "preprocess": pre, "model": {"net": conv.net, **conv.module}})
     module = _module(net, conv.module, tokenizer, int(conv.net.get("num_classes", 2)))
     predictor = Predictor(net, module, spec, cfg, preprocess=pre, tokenizer=tokenizer)
+    if net.task == "complete":  # its decoding defaults (generation_config): EOS, pad, sampling
+        predictor.generation = dict(conv.module)
     if predictor.task == "classify":
         n = int(conv.net.get("num_classes", 0))
         predictor.class_names = list(pre.get("class_names") or [f"class {i}" for i in range(n)])
@@ -94,7 +97,12 @@ def _module(
 ) -> torch.nn.Module | None:
     """The LightningModule a source's network predicts through, by the network's task (a new task,
     not a new family, adds its module here): one that decodes with the source's decoding rules, none
-    for a network that embeds, a classifier otherwise."""
+    for a network that embeds, a classifier otherwise; a causal LM's decoding settings stay with the
+    Predictor (its module only trains)."""
+    if net.task == "complete":
+        module = CausalLMModule(net, optimizer=None)  # type: ignore[arg-type]
+        module.tokenizer = tokenizer
+        return module.eval()
     if net.task == "generate":
         module = Seq2SeqModule(net, optimizer=torch.optim.AdamW, **settings)
         module.tokenizer = tokenizer

@@ -21,10 +21,16 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from inference.complete import (Sampling, context_of, continue_ids, cut_at_stop, prompt_ids,
+                                repeated_random_tokens, token_texts)
 from inference.inputs import input_kind
 from models.attention import AttentionRecorder, attention_maps, select_attention_layers
 from models.tokenizer import UNK_ID, decode
 from utils.errors import UserError
+
+
+MAX_MAP_TOKENS = 512  # a causal LM's maps: the last tokens kept (heads x tokens^2 weights a layer)
+INDUCTION_LENGTH = 50  # random tokens repeated in the induction test (fewer when the context is short)
 
 
 @dataclass
@@ -38,7 +44,13 @@ class Prediction:
     text encoder its embedding (dim,). maps: per layer, per head attention (1, H, T, S) when asked
     for; heads: the heads pictures average (None: all). net: the network that made it (its geometry:
     patch grid, frontend). A backbone (no classifier head) has no logits or top but its pooled
-    features (dim,); tokens: the encoder's output (1, T, dim) of the pass that recorded the maps."""
+    features (dim,); tokens: the encoder's output (1, T, dim) of the pass that recorded the maps.
+
+    A causal LM (task "complete"): input the prompt, text its continuation (cut before a stop string:
+    `stopped`), source_ids (1, P) the prompt's ids (after a cut), ids the new ids (up to the stop / EOS
+    token); maps: its causal self-attention over context_tokens (prompt + new tokens; the last
+    MAX_MAP_TOKENS of them), prompt_length of those being the prompt's; repeat_maps: the maps of
+    `repeat_start` tokens then repeat_length random tokens twice (the induction test)."""
 
     net: nn.Module
     modality: str
@@ -57,6 +69,12 @@ class Prediction:
     heads: list[int] | None = None
     features: Tensor | None = None
     tokens: Tensor | None = None
+    context_tokens: list[str] = field(default_factory=list)
+    prompt_length: int = 0
+    stopped: str | None = None
+    repeat_maps: dict[str, Tensor] = field(default_factory=dict)
+    repeat_length: int = 0
+    repeat_start: int = 0
 
 
 def shown_layers(net: nn.Module) -> list[str]:
@@ -208,6 +226,7 @@ class Predictor:
     class_names: list[str] = field(default_factory=list)
     tokenizer: Any = None
     image_size: int | tuple[int, int] | str | None = None  # images: None = as the model was trained
+    generation: dict[str, Any] = field(default_factory=dict)  # a causal LM's decoding defaults
 
     @property
     def modality(self) -> str:
@@ -215,7 +234,7 @@ class Predictor:
 
     @property
     def task(self) -> str:
-        """What the network says a prediction is: "classify", "generate" or "embed"."""
+        """What the network says a prediction is: "classify", "generate", "embed" or "complete"."""
         return str(self.net.task)
 
     @property
@@ -256,13 +275,16 @@ class Predictor:
         beam_size: int | None = None,
         notes: list[str] | None = None,
         top_k: int = 5,
+        sampling: Sampling | None = None,
     ) -> Prediction:
         """The prediction for one input (inputs.read's tensor or sentence); maps: the per-head
         attention of that run too. notes: what was done to odd text input (truncated, unknown
-        characters)."""
+        characters). sampling: a causal LM's decoding options (None: the model's own)."""
         self.check_heads(heads)
         task = self.task
-        if task == "generate":
+        if task == "complete":
+            p = self._complete(str(x), maps, sampling or Sampling(), notes)
+        elif task == "generate":
             p = self._generate(str(x), maps, beam_size, notes)
         elif task == "embed":
             p = self._embed(str(x), notes)
@@ -329,16 +351,56 @@ class Predictor:
             maps=rec.maps,
         )
 
+    @torch.no_grad()
+    def _complete(self, prompt: str, maps: bool, sampling: Sampling, notes: list[str] | None) -> Prediction:
+        """Continue a prompt; with maps, one teacher-forced pass over prompt + continuation records the
+        causal self-attention the generation computed, and one pass over a repeated random sequence
+        the induction test's."""
+        net, tok, settings = self.net, self.tokenizer, self.generation
+        options = sampling.resolved(settings)
+        ids = prompt_ids(tok, prompt, context_of(net), notes)
+        eos = list(settings.get("eos_ids") or [])
+        new = continue_ids(net, ids, options, eos_ids=eos, pad_id=int(settings.get("pad_id") or 0),
+                           notes=notes)
+        kept, text, stopped = cut_at_stop(tok, new, options.stop, eos, prompt=ids)
+        p = Prediction(net, self.modality, prompt, text=text, source_ids=torch.tensor([ids]),
+                       source_tokens=token_texts(tok, ids), ids=kept, target_tokens=token_texts(tok, kept),
+                       stopped=stopped)
+        if maps:
+            seq = (ids + kept)[-min(MAX_MAP_TOKENS, context_of(net)):]
+            if len(seq) < len(ids) + len(kept) and notes is not None:
+                notes.append(f"the attention maps show the last {len(seq)} of the "
+                             f"{len(ids) + len(kept)} tokens")
+            device = next(net.parameters()).device
+            _, p.maps = record(net, torch.tensor([seq], device=device))
+            p.context_tokens = token_texts(tok, seq)
+            p.prompt_length = max(0, len(seq) - len(kept))
+            self._induction(p, ids[:1] if settings.get("bos_id") is not None and ids
+                            and ids[0] == settings.get("bos_id") else [])
+        return p
+
+    def _induction(self, p: Prediction, prefix: list[int], n: int = INDUCTION_LENGTH) -> None:
+        """The maps of `prefix` + n random tokens twice (n at most what the context holds)."""
+        n = max(1, min(n, (context_of(self.net) - len(prefix)) // 2))
+        seq = repeated_random_tokens(self.tokenizer, int(self.net.vocab_size), n, prefix)
+        _, p.repeat_maps = record(self.net, seq.to(next(self.net.parameters()).device))
+        p.repeat_length, p.repeat_start = n, len(prefix)
+
     def _tokens(self, ids: Tensor | list[int]) -> list[str]:
         return [self.tokenizer.id_to_token(int(i)) for i in ids]
 
 
 def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any]]:
     """The first n test examples as (input, label): sentences + references for a generating model,
-    (1, ...) model inputs + class names for classifiers."""
+    prompts + the text that followed them for a causal LM, (1, ...) model inputs + class names for
+    classifiers."""
     dm = predictor.datamodule
     dm.setup("test")
     if predictor.task == "generate":
         return list(zip(dm.sources("test"), dm.references("test")))[:n]
     xs, ys = next(iter(dm.test_dataloader()))
+    if predictor.task == "complete":  # a test block's first half as the prompt, its second half the reference
+        half = xs.shape[1] // 2
+        decode = predictor.tokenizer.decode
+        return [(decode(x[:half].tolist()), decode(x[half:].tolist())) for x in xs[:n]]
     return [(xs[i : i + 1], predictor.class_names[int(ys[i])]) for i in range(min(n, len(ys)))]

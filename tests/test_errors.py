@@ -311,6 +311,46 @@ def test_source_ids_count_unknown_characters_and_truncate() -> None:
         source_ids(tok, " \t ", 8)
 
 
+BAD_LM = [
+    ([""], "error: the prompt is empty; give text to continue (e.g. \"ROMEO:\")"),
+    (["ROMEO:", "--max-new-tokens", "0"], "error: --max-new-tokens 0: expected an integer >= 1 (how many tokens "
+                                          "to add to the prompt)"),
+    (["ROMEO:", "--max-new-tokens", "-3"], "error: --max-new-tokens -3: expected an integer >= 1 (how many tokens "
+                                           "to add to the prompt)"),
+    (["ROMEO:", "--temperature", "-1"], "error: --temperature -1.0: expected 0 (greedy) or a number > 0 (sampled; "
+                                        "1 = the model's own distribution)"),
+    (["ROMEO:", "--top-k", "5"], "error: --top-k is for sampled decoding, but decoding is greedy (temperature 0); "
+                                 "give --temperature > 0 (e.g. 0.8) to sample, or leave --top-k out"),
+    (["ROMEO:", "--top-p", "0.9"], "error: --top-p is for sampled decoding, but decoding is greedy (temperature 0); "
+                                   "give --temperature > 0 (e.g. 0.8) to sample, or leave --top-p out"),
+    (["ROMEO:", "--temperature", "0.8", "--top-p", "1.5"], "error: --top-p 1.5: expected a probability in (0, 1] "
+     "(sample among the most likely tokens holding that much probability)"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_LM, ids=["empty", "new-0", "new-negative", "temperature", "top-k",
+                                                       "top-p-greedy", "top-p-range"])
+def test_a_bad_prompt_or_decoding_option_is_one_line_naming_it(args, message, runs, capsys) -> None:
+    assert predict_cli(capsys, str(runs["lm"]), *args) == (2, "", message + "\n")
+
+
+def test_decoding_options_to_another_model_are_refused(runs, capsys) -> None:
+    code, out, err = predict_cli(capsys, str(runs["translator"]), "Thank you.", "--temperature", "0.8")
+    assert (code, out) == (2, "") and err == ("error: --temperature: for language models (that continue a "
+                                              "prompt); this translator model takes no decoding options\n")
+
+
+def test_a_long_prompt_or_unknown_characters_run_and_say_what_was_done(runs, capsys) -> None:
+    code, out, err = predict_cli(capsys, str(runs["lm"]), "ROMEO: " * 10, "--max-new-tokens", "3")
+    assert code == 0 and out.startswith("ROMEO: " * 10)
+    assert err.splitlines()[0] == ("note: the prompt is 70 tokens; the model's context of 16 tokens leaves room for "
+                                   "15: its first 55 tokens were cut (55 of 70 characters, up to 'O: ROMEO: ROMEO: "
+                                   "ROMEO: ROMEO:'); it now starts ' ROMEO: ROMEO: '")
+    code, out, err = predict_cli(capsys, str(runs["lm"]), "ROMEO ζ 日本", "--max-new-tokens", "3")
+    assert code == 0 and err == ("note: 3 character(s) of the prompt unknown to the tokenizer ('ζ日本') read as "
+                                 "[UNK]\n")
+
+
 # --- tracebacks turned into messages -----------------------------------------------------------------
 
 

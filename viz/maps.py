@@ -254,3 +254,65 @@ def backbone_views(net: nn.Module, x: Tensor, maps: dict[str, Tensor], tokens: T
     heads = cls_attention(maps[layer], net, grid)
     colours = pca_colours(tokens[0, patch_range(net)], grid) if tokens is not None else None
     return BackboneMaps(heads, mass_mask(heads, share), colours, layer, share)
+
+
+# ------------------------------------------------------------------------ a causal LM's heads
+
+
+def stacked_maps(maps: dict[str, Tensor]) -> Tensor:
+    """{layer: (1, H, T, T)} -> (layers, H, T, T), first layer first."""
+    return torch.stack([maps[k][0] for k in in_layer_order(list(maps))])
+
+
+def sink_share(maps: Tensor) -> Tensor:
+    """(layers, H, T, T) causal maps -> (layers,): the attention on the first token (the "attention sink",
+    Xiao et al. 2023), the mean over heads and over the queries 1..T-1 (query 0 can only look at itself)."""
+    if maps.shape[-1] < 2:
+        raise ValueError("sink_share needs at least two tokens")
+    return maps[..., 1:, 0].float().mean(dim=(-1, -2))
+
+
+def previous_token_scores(maps: Tensor, start: int = 0) -> Tensor:
+    """(layers, H, T, T) -> (layers, H): each head's mean attention from position i to i - 1, over the
+    positions after `start` (the tokens before the test sequence, e.g. a BOS, are left out)."""
+    i = torch.arange(start + 1, maps.shape[-1], device=maps.device)
+    if len(i) == 0:
+        raise ValueError(f"previous_token_scores: no position after start={start}")
+    return maps[..., i, i - 1].float().mean(-1)
+
+
+def induction_scores(maps: Tensor, n: int, start: int = 0) -> Tensor:
+    """(layers, H, T, T) maps of `start` tokens then n random tokens twice -> (layers, H): each head's
+    mean attention from every position i of the second copy to i - n + 1, the token that followed the
+    earlier occurrence of token i (Olsson et al. 2022: an induction head copies what came next)."""
+    if maps.shape[-1] < start + 2 * n or n < 1:
+        raise ValueError(f"induction_scores: {maps.shape[-1]} tokens, expected start + 2 n = {start + 2 * n}")
+    i = torch.arange(start + n, start + 2 * n, device=maps.device)
+    return maps[..., i, i - n + 1].float().mean(-1)
+
+
+@dataclass
+class CausalViews:
+    """What a causal LM's heads do. per_layer: (layers, T, T) head-mean maps of prompt + continuation;
+    sink: (layers,) attention on token 0; previous, induction: (layers, H) scores on the repeated random
+    sequence (None when it was not recorded)."""
+
+    layers: list[str]
+    per_layer: Tensor
+    sink: Tensor
+    previous: Tensor | None
+    induction: Tensor | None
+
+
+def causal_views(maps: dict[str, Tensor], repeat_maps: dict[str, Tensor] | None = None, n: int = 0,
+                 start: int = 0, heads: list[int] | None = None) -> CausalViews:
+    """The numbers of a causal LM's pictures, from the maps of the generated sequence and (for the
+    previous-token / induction scores) those of `start` tokens then n random tokens twice."""
+    layers = in_layer_order(list(maps))
+    stacked = stacked_maps(maps)
+    chosen = stacked if heads is None else stacked[:, list(heads)]
+    previous = induction = None
+    if repeat_maps:
+        rep = stacked_maps(repeat_maps)
+        previous, induction = previous_token_scores(rep, start), induction_scores(rep, n, start)
+    return CausalViews(layers, chosen.mean(1), sink_share(chosen), previous, induction)

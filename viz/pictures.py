@@ -20,7 +20,7 @@ from torch import Tensor
 from inference.predictor import Prediction
 from utils.errors import UserError
 from viz import plots
-from viz.maps import backbone_views, classifier_views, in_layer_order, translation_views
+from viz.maps import backbone_views, causal_views, classifier_views, in_layer_order, translation_views
 
 SPECIALS = ("[CLS]", "[SEP]", "[PAD]")
 
@@ -38,6 +38,8 @@ def draw(
     """The pictures of one prediction in out_dir, named <stem>_*.png. layer: a translation's
     cross-attention layer or a video's temporal block; encoder_layer: a translation's encoder layer;
     word: a text encoder's word; label: a classifier's true class, for the title."""
+    if p.net.task == "complete":
+        return draw_completion(p, out_dir, stem)
     if p.text is not None:
         return draw_translation(p, out_dir, stem, layer, encoder_layer)
     if p.embedding is not None:
@@ -123,6 +125,35 @@ def draw_translation(
             "token looking (query)",
         ),
     ]
+
+
+# ------------------------------------------------------------------------------------ causal LM
+
+
+def completion_title(p: Prediction, limit: int = 60) -> str:
+    """'prompt' -> 'continuation', each shortened, whitespace escaped (a picture's title line)."""
+    def short(text: str) -> str:
+        return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+    return f"{short(str(p.input))} -> {short(p.text or '')}"
+
+
+def draw_completion(p: Prediction, out_dir: Path, stem: str) -> list[Path]:
+    """A causal LM's pictures: every layer's attention over prompt + continuation (_causal_attention),
+    the attention on the first token per layer (_sink), and each head's previous-token and induction
+    scores on a repeated random sequence (_heads)."""
+    views = causal_views(p.maps, p.repeat_maps, p.repeat_length, p.repeat_start, p.heads)
+    title = f"{completion_title(p)} ({_heads_text(p.heads)})"
+    out = Path(out_dir)
+    paths = [
+        plots.plot_causal_layers(views.per_layer, p.context_tokens, p.prompt_length, views.layers, title,
+                                 out / f"{stem}_causal_attention.png"),
+        plots.plot_sink(views.sink, title, out / f"{stem}_sink.png"),
+    ]
+    if views.previous is not None:
+        paths.append(plots.plot_head_scores(views.previous, views.induction, p.repeat_length,
+                                            "previous-token and induction heads (every head)",
+                                            out / f"{stem}_heads.png"))
+    return paths
 
 
 # ----------------------------------------------------------------------------------- text encoder

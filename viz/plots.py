@@ -181,3 +181,72 @@ def plot_pca(image: Tensor, colours: Tensor, title: str, path: str | Path) -> Pa
         ax.axis("off")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_causal_layers(maps: Tensor, tokens: list[str], boundary: int, layers: list[str], title: str,
+                       path: str | Path, max_labels: int = 48) -> Path:
+    """A causal LM's attention per layer: maps (layers, T, T), row = token looking (its output predicts
+    the next token), column = earlier token looked at; the line after `boundary` tokens separates the
+    prompt (before) from the continuation. Tokens are labelled when there are at most max_labels."""
+    n, T = maps.shape[0], maps.shape[-1]
+    cols = min(n, max(2, round(n**0.5)))
+    rows = (n + cols - 1) // cols
+    side = max(3.2, min(6.5, 0.16 * T + 1.5))
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, side * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        m = maps[k].float()
+        im = ax.imshow(m, cmap=CMAP, vmin=0, vmax=max(float(m.max()), 1e-6), interpolation="nearest")
+        if 0 < boundary < T:
+            for line in (ax.axhline, ax.axvline):
+                line(boundary - 0.5, color="white", lw=1, ls="--")
+        if T <= max_labels:
+            ax.set_xticks(range(T), tokens, rotation=90, fontsize=7)
+            ax.set_yticks(range(T), tokens, fontsize=7)
+        ax.set_title(f"layer {k} ({layers[k]})", fontsize=9)
+        ax.set_xlabel("earlier token looked at (key)")
+        ax.set_ylabel("token looking (query)")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="attention weight")
+    fig.suptitle(f"{title}\ncausal self-attention, mean over heads; dashed: prompt | continuation")
+    return _save(fig, path)
+
+
+def plot_sink(sink: Tensor, title: str, path: str | Path) -> Path:
+    """One bar per layer: the mean attention on the first token (the attention sink)."""
+    n = len(sink)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.5 * n + 2), 3.6), layout="constrained")
+    ax.bar(range(n), sink.float(), color="tab:purple")
+    for k, v in enumerate(sink.tolist()):
+        ax.text(k, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(n))
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention on token 0\n(mean of heads and queries)")
+    ax.set_title(f"{title}\nattention sink: weight on the first token per layer")
+    return _save(fig, path)
+
+
+def plot_head_scores(previous: Tensor, induction: Tensor, n: int, title: str, path: str | Path) -> Path:
+    """Two layer x head grids: previous-token scores and induction scores on n random tokens repeated."""
+    L, H = previous.shape
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.2 * H * 2 + 3), max(3, 0.5 * L + 2)),
+                             layout="constrained")
+    for ax, scores, name, what in (
+            (axes[0], previous, "previous-token score", "mean attention from i to i - 1"),
+            (axes[1], induction, "induction score", f"second copy: mean attention from i to i - {n} + 1")):
+        im = ax.imshow(scores.float(), cmap=CMAP, vmin=0, vmax=1, aspect="auto")
+        if L * H <= 400:
+            for (l, h), v in zip(((l, h) for l in range(L) for h in range(H)), scores.flatten().tolist()):
+                ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > 0.6 else "white")
+        ax.set_xticks(range(H))
+        ax.set_yticks(range(L))
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{name}\n({what})", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="score")
+    fig.suptitle(f"{title}\non {n} random tokens repeated twice")
+    return _save(fig, path)

@@ -127,6 +127,25 @@ TEXT_GROUPS = (
 )
 
 
+def _causal_payload(p: Prediction, title: str) -> dict[str, Any]:
+    """A causal LM's head and model view: one group, its causal self-attention over prompt +
+    continuation (rows and columns the same tokens; a token attends to itself and earlier ones);
+    `boundary`: where the continuation starts among them."""
+    notes: list[str] = []
+    names = in_layer_order(list(p.maps))
+    tokens, stacked = p.context_tokens, _per_head(p.maps, names)
+    boundary = p.prompt_length
+    if len(tokens) > MAX_TOKENS:
+        notes.append(f"{len(tokens)} tokens, the last {MAX_TOKENS} are shown")
+        cut = len(tokens) - MAX_TOKENS
+        tokens, stacked, boundary = tokens[cut:], stacked[..., cut:, cut:], max(0, boundary - cut)
+    stacked, heads = _budget(stacked, notes)
+    group = {"key": "causal", "label": "causal self-attention", "rows": tokens, "cols": tokens,
+             "layers": names, "heads": heads, "maps": pack(stacked), "boundary": boundary}
+    shown = {"text": p.text, "source": p.input, "label": "continuation"}
+    return {"kind": "text", "title": title, "prediction": shown, "notes": notes, "groups": [group]}
+
+
 def _text_payload(p: Prediction, title: str) -> dict[str, Any]:
     """Head and model view data of a sentence: encoder self-attention, and for a translation decoder
     self- and cross-attention. Rows of decoder maps are the tokens being produced; columns of the
@@ -207,6 +226,8 @@ def payload(p: Prediction, title: str) -> dict[str, Any]:
     """The data of a Prediction's page (its maps recorded: predict(x, maps=True))."""
     if not p.maps:
         raise ValueError("this prediction holds no attention maps: predict(x, maps=True)")
+    if p.net.task == "complete":
+        return _causal_payload(p, title)
     if p.modality == "text":
         return _text_payload(p, title)
     if p.modality == "video":
