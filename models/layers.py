@@ -2,7 +2,8 @@
 
 Today's models use the defaults: pre-norm, GELU, LayerNorm eps 1e-6, a final LayerNorm. Pretrained families
 that differ (BERT / Marian post-norm, SiLU, eps 1e-12 or 1e-5, no final norm; DINOv2's layer scale and SwiGLU
-feed-forward) set the typed options below; the defaults keep the zoo's own models bit for bit.
+feed-forward; the decoder-only LMs' RMSNorm, missing biases, explicit feed-forward width and rotary positions)
+set the typed options below; the defaults keep the zoo's own models bit for bit.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers import DropPath, LayerScale
 
-from models.attention import KVCache, MultiHeadAttention
+from models.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from models.checks import (refuse, require_bool, require_choice, require_fraction, require_int,
                            require_number)
 
@@ -21,11 +22,20 @@ Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 FeedForward = Literal["mlp", "swiglu"]
 FEED_FORWARDS = ("mlp", "swiglu")
+Norm = Literal["layernorm", "rmsnorm"]
+NORMS = ("layernorm", "rmsnorm")
 
 
 def LayerNorm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
     """LayerNorm with the eps of the ViT / timm reference models (1e-6, not torch's 1e-5) unless told."""
     return nn.LayerNorm(dim, eps=eps)
+
+
+def norm_layer(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
+    """"layernorm" (centred, with a bias) or "rmsnorm" (scale only: Llama, Mistral, Qwen2)."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps)
+    return LayerNorm(dim, eps)
 
 
 def activation(name: str) -> nn.Module:
@@ -58,6 +68,9 @@ def check_block_options(
     act: str = "gelu",
     layer_scale: float | None = None,
     ffn: str = "mlp",
+    norm: str = "layernorm",
+    bias: bool = True,
+    ffn_dim: int | None = None,
 ) -> None:
     """The rules of the options every block shares. The blocks call it, and so do the networks
     before they build anything (a bad `dim` would otherwise fail first inside a stem, under another
@@ -92,17 +105,20 @@ def check_block_options(
     require_choice("act", act, ACTIVATIONS)
     require_number("layer_scale", layer_scale, low=0, low_open=True, optional=True)
     require_choice("ffn", ffn, FEED_FORWARDS)
+    require_choice("norm", norm, NORMS)
+    require_bool("bias", bias)
+    require_int("ffn_dim", ffn_dim, note=" (feed-forward hidden width)", optional=True)
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear -> activation -> Linear."""
 
     def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0,
-                 act: Activation = "gelu") -> None:
+                 act: Activation = "gelu", bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
         self.act = activation(act)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,13 +128,16 @@ class MLP(nn.Module):
 class SwiGLU(nn.Module):
     """SiLU-gated feed-forward (Shazeer 2020), DINOv2's for its giant sizes: fc1 gives the gate and the value
     halves (in that order), fc2 maps silu(gate) * value back. Its width is DINOv2's rule: 2/3 of `hidden_dim`,
-    rounded up to a multiple of 8 (the gated form then costs about what an MLP of `hidden_dim` does)."""
+    rounded up to a multiple of 8 (the gated form then costs about what an MLP of `hidden_dim` does).
+    `width`: the gated width itself (Llama's intermediate_size, its gate and up projections stacked in fc1);
+    None = DINOv2's rule."""
 
-    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0, bias: bool = True,
+                 width: int | None = None) -> None:
         super().__init__()
-        hidden = (int(hidden_dim * 2 / 3) + 7) // 8 * 8
-        self.fc1 = nn.Linear(dim, 2 * hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        hidden = (int(hidden_dim * 2 / 3) + 7) // 8 * 8 if width is None else width
+        self.fc1 = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -126,11 +145,13 @@ class SwiGLU(nn.Module):
         return self.drop(self.fc2(self.drop(F.silu(gate) * value)))
 
 
-def feed_forward(kind: str, dim: int, hidden_dim: int, drop: float, act: Activation) -> nn.Module:
-    """The block's feed-forward: "mlp" (Linear -> act -> Linear) or "swiglu" (gated; `act` unused)."""
+def feed_forward(kind: str, dim: int, hidden_dim: int, drop: float, act: Activation, bias: bool = True,
+                 ffn_dim: int | None = None) -> nn.Module:
+    """The block's feed-forward: "mlp" (Linear -> act -> Linear) or "swiglu" (gated; `act` unused).
+    `ffn_dim` (the hidden width as a checkpoint states it) overrides `hidden_dim` and SwiGLU's rule."""
     if kind == "swiglu":
-        return SwiGLU(dim, hidden_dim, drop=drop)
-    return MLP(dim, hidden_dim, drop=drop, act=act)
+        return SwiGLU(dim, hidden_dim, drop=drop, bias=bias, width=ffn_dim)
+    return MLP(dim, hidden_dim if ffn_dim is None else ffn_dim, drop=drop, act=act, bias=bias)
 
 
 class EncoderBlock(nn.Module):
@@ -138,7 +159,10 @@ class EncoderBlock(nn.Module):
     stably without warm-up tricks, which matters for minutes-long CPU runs).
     Post-norm (norm_first=False, BERT / Marian): x = LN(x + Attn(x)), then x = LN(x + MLP(x)).
     `layer_scale` (CaiT / DINOv2): each branch times a learned per-channel gamma (`ls1`, `ls2`) that starts at
-    this value, before the residual sum; None: no gamma. `ffn`: "mlp" or DINOv2's gated "swiglu"."""
+    this value, before the residual sum; None: no gamma. `ffn`: "mlp" or DINOv2's gated "swiglu".
+    Decoder-only LMs (models/lm.py) call it with causal=True and a cache, and set `norm` ("rmsnorm"),
+    `bias` (False: no bias in the attention output and feed-forward, Llama), `ffn_dim` (the feed-forward width
+    itself) and `rotary` (one RotaryEmbedding the model shares among its blocks)."""
 
     def __init__(
         self,
@@ -158,30 +182,37 @@ class EncoderBlock(nn.Module):
         act: Activation = "gelu",
         layer_scale: float | None = None,
         ffn: FeedForward = "mlp",
+        norm: Norm = "layernorm",
+        bias: bool = True,
+        ffn_dim: int | None = None,
+        rotary: RotaryEmbedding | None = None,
     ) -> None:
         super().__init__()
         check_block_options(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
                             num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, drop=drop,
                             attn_drop=attn_drop, drop_path=drop_path,
                             attn_window=attn_window, attn_global=attn_global, norm_eps=norm_eps,
-                            norm_first=norm_first, act=act, layer_scale=layer_scale, ffn=ffn)
+                            norm_first=norm_first, act=act, layer_scale=layer_scale, ffn=ffn,
+                            norm=norm, bias=bias, ffn_dim=ffn_dim)
         self.norm_first = norm_first
-        self.norm1 = LayerNorm(dim, norm_eps)
+        self.norm1 = norm_layer(norm, dim, norm_eps)
         self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias,
-                                       attn_drop=attn_drop, proj_drop=drop, window=attn_window,
-                                       num_global=attn_global)
+                                       out_bias=bias, attn_drop=attn_drop, proj_drop=drop,
+                                       window=attn_window, num_global=attn_global, rotary=rotary)
         self.ls1 = nn.Identity() if layer_scale is None else LayerScale(dim, layer_scale)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim, norm_eps)
-        self.mlp = feed_forward(ffn, dim, int(dim * mlp_ratio), drop, act)
+        self.norm2 = norm_layer(norm, dim, norm_eps)
+        self.mlp = feed_forward(ffn, dim, int(dim * mlp_ratio), drop, act, bias, ffn_dim)
         self.ls2 = nn.Identity() if layer_scale is None else LayerScale(dim, layer_scale)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False, *,
+                cache: KVCache | None = None, positions: Tensor | None = None) -> Tensor:
+        attend = dict(key_padding_mask=key_padding_mask, causal=causal, cache=cache, positions=positions)
         if not self.norm_first:
-            h = self.ls1(self.attn(x, key_padding_mask=key_padding_mask, causal=causal))
+            h = self.ls1(self.attn(x, **attend))
             x = self.norm1(x + self.drop_path(h))
             return self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
-        h = self.ls1(self.attn(self.norm1(x), key_padding_mask=key_padding_mask, causal=causal))
+        h = self.ls1(self.attn(self.norm1(x), **attend))
         x = x + self.drop_path(h)
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 

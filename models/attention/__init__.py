@@ -47,7 +47,7 @@ from models.attention.kernels import (
 )
 from models.attention.maps import AttentionRecorder, attention_maps, select_attention_layers
 from models.attention.masks import band_mask, build_mask
-from models.attention.rotary import RotaryEmbedding
+from models.attention.rotary import RotaryEmbedding, llama3_inv_freq
 from models.attention.window import check_window_inputs, windowed_attention
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "build_mask",
     "check_window_inputs",
     "fused_attn",
+    "llama3_inv_freq",
     "open_empty_rows",
     "parse_kernel",
     "repeat_kv",

@@ -38,6 +38,7 @@ class MultiHeadAttention(nn.Module):
         num_heads: query heads; `dim` must be divisible by it.
         num_kv_heads: key/value heads (GQA / MQA); defaults to `num_heads`, must divide it.
         qkv_bias: bias in the input projections.
+        out_bias: bias in the output projection (Llama and Qwen2 have none).
         attn_drop: dropout on attention weights, applied only in training.
         proj_drop: dropout after the output projection, applied only in training.
         fused: True/False pins the kernel; None follows the process-wide switch.
@@ -67,6 +68,7 @@ class MultiHeadAttention(nn.Module):
         *,
         num_kv_heads: int | None = None,
         qkv_bias: bool = True,
+        out_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         fused: bool | None = None,
@@ -105,7 +107,7 @@ class MultiHeadAttention(nn.Module):
         # One weight for q, k, v (nanoGPT / timm style): self-attention is a single matmul,
         # cross-attention multiplies slices of the same weight with the two sequences.
         self.qkv = nn.Linear(dim, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=out_bias)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         self.fused = fused
@@ -126,12 +128,15 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        positions: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, T, dim) queries; context: (B, S, dim) keys/values source (None = self-attention).
 
         key_padding_mask (B, S_total) marks padded keys with True; with a self-attention cache,
         S_total counts the cached keys too. Returns (B, T, dim), and the (B, H, T, S) weights
-        as a second value when need_weights=True.
+        as a second value when need_weights=True. positions (B, T): each row's own absolute
+        positions for rotary (left-padded batches start each row at 0); None = the cache's
+        position onwards, the same for every row.
 
         Raises:
             ValueError: x or context not (batch, length, dim), a static cache's first step without
@@ -140,7 +145,8 @@ class MultiHeadAttention(nn.Module):
         """
         self._check_inputs(x, context, attn_mask, cache)
         B, T, _ = x.shape
-        q, k, v, past, k_offset = self._qkv(x, context, cache)  # (B, H, T, hd), (B, Hkv, S, hd) x 2
+        # (B, H, T, hd), (B, Hkv, S, hd) x 2
+        q, k, v, past, k_offset = self._qkv(x, context, cache, positions)
         plan = self._plan(q, k, past, k_offset, causal, key_padding_mask, attn_mask,
                           need_weights or self.store_weights)
         if plan.blocked:
@@ -174,8 +180,8 @@ class MultiHeadAttention(nn.Module):
         if self.window is not None:
             check_window_inputs(self.window, self.num_global, x.shape[1], context, attn_mask, cache)
 
-    def _qkv(self, x: Tensor, context: Tensor | None, cache: KVCache | None
-             ) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    def _qkv(self, x: Tensor, context: Tensor | None, cache: KVCache | None,
+             positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, int, int]:
         """Project, split heads, rotate, pass the cache: (q, k, v, position of x[:, 0], of k[0])."""
         if cache is not None and cache.static and cache.k is not None:
             # Cross-attention while decoding: source keys/values were computed on the first step.
@@ -188,7 +194,10 @@ class MultiHeadAttention(nn.Module):
         past = 0 if cache is None or cache.static else cache.position
         k_offset = 0 if cache is None or cache.static else cache.offset  # before this step's roll
         if self.rotary is not None:  # before the cache, which holds keys rotated at their positions
-            positions = torch.arange(past, past + x.shape[1], device=x.device)
+            if positions is None:
+                positions = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
+            else:
+                positions = positions[:, None, :]  # (B, 1, T): one table per row, every head
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
             if cache.static:

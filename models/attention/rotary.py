@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -106,3 +108,18 @@ class RotaryEmbedding(nn.Module):
             turned = torch.stack([-b, a], dim=-1).flatten(-2)
         rot = rot * cos + turned * sin
         return rot if rest.shape[-1] == 0 else torch.cat([rot, rest], dim=-1)
+
+
+def llama3_inv_freq(inv_freq: Tensor, *, factor: float, low_freq_factor: float,
+                    high_freq_factor: float, original_max_position_embeddings: int) -> Tensor:
+    """Llama 3.1's frequency table for long contexts (Hugging Face rope_type "llama3"): wavelengths
+    longer than original / low_freq_factor are slowed by `factor`, shorter than original /
+    high_freq_factor kept, and those between interpolated smoothly. Written as Hugging Face writes
+    it, so the tables agree to the last bit."""
+    old = original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old / low_freq_factor, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high_freq_factor) * ~(wavelen > old / low_freq_factor)
+    return torch.where(medium, smoothed, scaled)

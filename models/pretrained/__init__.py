@@ -59,7 +59,14 @@ def read_json(path: Path | None) -> dict[str, Any]:
 
 
 def read_weights(src: Source) -> dict[str, Tensor]:
-    """The reference state_dict from a folder (model.safetensors / pytorch_model.bin) or a weights file."""
+    """The reference state_dict from a folder (model.safetensors / pytorch_model.bin, or the shards a
+    model.safetensors.index.json lists) or a weights file."""
+    index = src.file("model.safetensors.index.json")
+    if index is not None and src.file("model.safetensors") is None:
+        from safetensors.torch import load_file
+
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(src.path / shard)).items()}
     path = src.path if src.path.is_file() else next((src.file(n) for n in WEIGHT_FILES if src.file(n)), None)
     if path is None:
         raise UserError(f"pretrained={src.spec!r}: no weights in {src.path} (expected one of {', '.join(WEIGHT_FILES)})")
@@ -124,6 +131,38 @@ def hf_block(state: dict[str, Tensor], src: str, dst: str, names: dict[str, str]
             if f"{src}{hf}.{part}" in state:
                 out[f"{dst}{zoo}.{part}"] = state[f"{src}{hf}.{part}"]
     return out
+
+
+def hf_tokenizer(src: Source) -> str:
+    """A Hugging Face text model's tokenizer.json, serialised as checkpoints carry it. Its post-processor stays:
+    `encode(text)` adds what the reference adds (Llama's BOS), `add_special_tokens=False` nothing."""
+    path = src.file("tokenizer.json")
+    if path is None:
+        raise UserError(f"pretrained={src.spec!r}: {src.path} has no tokenizer.json (the zoo reads tokenizers "
+                        f"with the `tokenizers` library; a tokenizer.model alone is not read)")
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer.to_str()
+
+
+def hf_generation(src: Source, config: dict[str, Any]) -> dict[str, Any]:
+    """The decoding settings of generation_config.json (over config.json's ids), as models.generate takes
+    them: eos_ids, pad_id (the pad, else the first EOS, else 0, as HF pads ended rows), bos_id,
+    temperature (0 = greedy unless do_sample), top_k, top_p, max_new_tokens (None: the caller's)."""
+    gen = {**config, **read_json(src.file("generation_config.json"))}
+    eos = gen.get("eos_token_id")
+    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    pad = gen.get("pad_token_id")
+    sample = bool(gen.get("do_sample", False))
+    return {"bos_id": gen.get("bos_token_id"), "eos_ids": eos_ids,
+            "pad_id": int(pad if pad is not None else eos_ids[0] if eos_ids else 0),
+            "temperature": float(gen.get("temperature") or 1.0) if sample else 0.0,
+            "top_k": int(gen.get("top_k", 50) or 0) if sample else None,
+            "top_p": float(gen.get("top_p") or 1.0) if sample else None,
+            "max_new_tokens": gen.get("max_new_tokens")}
 
 
 def hf_labels(config: dict[str, Any]) -> list[str]:

@@ -1,0 +1,108 @@
+"""Decoding for decoder-only LMs: greedy or sampled, batched prompts of any lengths, a KV cache allocated once.
+
+Sampling follows Hugging Face's order (temperature, top-k, top-p, then one torch.multinomial draw per step), so
+with the same seed a zoo model and its reference draw the same tokens. Prompts of different lengths are padded
+on the left: every row's next token then sits in the last column, and each row keeps its own positions (a key
+padding mask hides the pads), so a batch gives what each prompt alone gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from models.checks import require_int, require_number
+
+
+def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> Tensor:
+    """(B, V) logits -> scaled logits with the tokens outside top-k / top-p at -inf (Hugging Face's warpers:
+    top-p keeps the smallest set whose probability reaches top_p, and always the most likely token)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]))[0][..., -1, None]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        drop = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # (B, V), ascending
+        drop[..., -1:] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+    """(B, V) logits -> (B,) ids: argmax when temperature == 0, else one draw from the filtered distribution."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+             ) -> tuple[Tensor, Tensor, Tensor]:
+    """Prompts -> ids (B, P) padded on the left, pad (B, P) True at pads, and each row's length (B,)."""
+    lengths = [len(p) for p in prompts]
+    if not prompts or min(lengths) < 1:
+        raise ValueError(f"prompts: expected one or more non-empty lists of token ids, got lengths {lengths}")
+    P = max(lengths)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+    pad = torch.arange(P)[None] < (P - torch.tensor(lengths))[:, None]
+    return ids.to(device), pad.to(device), torch.tensor(lengths, device=device)
+
+
+def cache_capacity(prompt_len: int, max_new_tokens: int, window: int | None) -> int:
+    """Keys a layer's cache holds at most: the whole sequence, or for a window its last window - 1 keys plus
+    the longest write (the prompt), so memory stays constant however long the generation runs."""
+    total = prompt_len + max_new_tokens
+    return total if window is None else min(total, window - 1 + prompt_len)
+
+
+@torch.no_grad()
+def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             eos_ids: Sequence[int] = (), pad_id: int = 0, use_cache: bool = True) -> Tensor:
+    """Continue every prompt by up to max_new_tokens: (B, n) new ids, a row's tokens after its EOS are pad_id,
+    n < max_new_tokens when every row has ended. `net`: a CausalLM (forward with key_padding_mask / positions /
+    caches, new_caches, attn_window). temperature 0: greedy; > 0: sampled (top_k, top_p, generator)."""
+    require_int("max_new_tokens", max_new_tokens)
+    require_number("temperature", temperature, low=0)
+    require_int("top_k", top_k, at_least=0, optional=True)
+    require_number("top_p", top_p, low=0, low_open=True, high=1, optional=True)
+    device = next(net.parameters()).device
+    ids, pad, lengths = left_pad(prompts, pad_id, device)
+    B, P = ids.shape
+    if net.pos_embed is not None and P + max_new_tokens > net.block_size:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: a prompt of {P} tokens plus these is longer than "
+                         f"block_size={net.block_size} (learned positions)")
+    padded = bool(pad.any())  # from the prompt lengths: no read of device values
+    keys = torch.cat([pad, pad.new_zeros(B, max_new_tokens)], dim=1) if padded else None  # (B, P + new)
+    positions = ((~pad).long().cumsum(-1) - 1).clamp(min=0) if padded else None  # (B, P); pads: 0, unused
+    caches = net.new_caches(cache_capacity(P, max_new_tokens, net.attn_window)) if use_cache else None
+    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    seq, out = ids, []
+    logits = net(ids, key_padding_mask=None if keys is None else keys[:, :P], positions=positions, caches=caches)
+    for t in range(max_new_tokens):
+        nxt = next_token(logits[:, -1].float(), **sample)  # (B,)
+        nxt = nxt.masked_fill(done, pad_id)
+        out.append(nxt)
+        done |= torch.isin(nxt, eos)
+        if t == max_new_tokens - 1 or (len(eos_ids) and bool(done.all())):
+            break
+        step = nxt[:, None]  # (B, 1)
+        if padded:
+            positions = lengths[:, None] + t if use_cache else torch.cat([positions, lengths[:, None] + t], 1)
+        mask = None if keys is None else keys[:, :P + t + 1]
+        if use_cache:
+            logits = net(step, key_padding_mask=mask, positions=positions, caches=caches)
+        else:  # the whole sequence again: the reference the cached path is tested against
+            seq = torch.cat([seq, step], dim=1)
+            logits = net(seq, key_padding_mask=mask, positions=positions)
+    return torch.stack(out, dim=1)
