@@ -15,8 +15,8 @@ EOT, SOT = 100, 101
 LANGUAGES = {"<|en|>": 102, "<|de|>": 103}
 TASKS = {"translate": 104, "transcribe": 105}
 NO_TIMESTAMPS = 109
-SUPPRESS = [1, 2, 7, 11, 106, 107, 108] + list(range(110, 120))  # some text tokens, the other specials, timestamps
-BEGIN_SUPPRESS = [3, EOT]  # Whisper's: the blank and EOT
+SUPPRESS = [1, 2, 7, 11, 37, 106, 107, 108] + list(range(110, 120))  # some text tokens, the other specials, timestamps
+BEGIN_SUPPRESS = [3, 75, EOT]  # Whisper's: the blank and EOT (75: a token these weights like first)
 ALIGNMENT_HEADS = [[1, 0], [1, 3]]
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
             "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"] + [
