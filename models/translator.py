@@ -25,6 +25,7 @@ from models.network import Network, OnnxSpec
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+Prompt = Sequence[int] | Sequence[Sequence[int]]  # one start for every sentence, or one each
 CHECK_EVERY = 8  # greedy / beam search read `done` back (a host sync on a GPU) every this many steps
 
 
@@ -43,12 +44,18 @@ class Seq2SeqSearch:
     vocab_size: int
     max_len: int
 
-    def _start(self, rows: int, device: torch.device, prompt: Sequence[int] | None) -> Tensor:
-        """(rows, P): the tokens every row starts from (the prompt, else bos_id)."""
-        start = [self.bos_id] if prompt is None else [int(i) for i in prompt]
-        if not start:
-            raise ValueError("prompt=[]: expected at least one token (the decoder start)")
-        return torch.tensor(start, dtype=torch.long, device=device).expand(rows, -1)
+    def _start(self, batch: int, device: torch.device, prompt: Prompt | None, beams: int = 1) -> Tensor:
+        """(batch * beams, P): the tokens each row starts from: bos_id, the prompt, or each sentence's own
+        prompt (a list of `batch` lists of one length; Whisper's detected languages differ per recording)."""
+        start = torch.tensor([self.bos_id] if prompt is None else prompt, dtype=torch.long, device=device)
+        if start.dim() == 2 and start.shape[0] != batch:
+            raise ValueError(f"prompt: {start.shape[0]} rows for a batch of {batch}: expected one list of ids, "
+                             f"or one per sentence")
+        if start.shape[-1] == 0 or start.dim() > 2:
+            raise ValueError("prompt: expected a list of token ids (at least the decoder start), or one per "
+                             "sentence")
+        start = start.expand(batch, -1) if start.dim() == 1 else start
+        return start.repeat_interleave(beams, 0)
 
     def _next_logits(self, ys: Tensor, memory: Tensor, pad: Tensor | None, caches: list | None) -> Tensor:
         if caches is not None:  # the positions not cached yet: the whole prompt first, then one token a step
@@ -84,7 +91,7 @@ class Seq2SeqSearch:
 
     @torch.no_grad()
     def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0,
-               banned: tuple[int, ...] = (), forced_eos: bool = False, prompt: Sequence[int] | None = None,
+               banned: tuple[int, ...] = (), forced_eos: bool = False, prompt: Prompt | None = None,
                begin_banned: tuple[int, ...] = ()) -> Tensor:
         """(B, <= max_new_tokens) generated ids; rows end with EOS then PAD. EOS is not allowed
         before `min_new_tokens` (benchmarks use it to decode a fixed length); `banned` ids are never
@@ -118,7 +125,7 @@ class Seq2SeqSearch:
     def beam_search(self, src: Tensor, beam_size: int = 4, max_new_tokens: int = 64, length_penalty: float = 0.6,
                     use_cache: bool = True, min_new_tokens: int = 0, length_norm: str = "gnmt",
                     banned: tuple[int, ...] = (), forced_eos: bool = False, early_stopping: bool = False,
-                    renormalize: bool = False, prompt: Sequence[int] | None = None,
+                    renormalize: bool = False, prompt: Prompt | None = None,
                     begin_banned: tuple[int, ...] = ()) -> Tensor:
         """Batched beam search: (B, <= max_new_tokens) ids of each sentence's best hypothesis.
 
@@ -140,7 +147,7 @@ class Seq2SeqSearch:
         memory = memory.repeat_interleave(K, 0)  # (B*K, S, dim)
         pad = None if pad is None else pad.repeat_interleave(K, 0)
         dev = src.device
-        ys = self._start(B * K, dev, prompt)
+        ys = self._start(B, dev, prompt, K)
         P = ys.shape[1]
         logp = torch.zeros(B, K, device=dev)
         logp[:, 1:] = float("-inf")  # all beams start identical: keep one, or the top-K would be K copies
@@ -185,7 +192,7 @@ class Seq2SeqSearch:
 
     def _beam_search_hf(self, src: Tensor, K: int, max_new_tokens: int, length_penalty: float, use_cache: bool,
                         min_new_tokens: int, banned: tuple[int, ...], forced_eos: bool, early_stopping: bool,
-                        renormalize: bool, prompt: Sequence[int] | None = None,
+                        renormalize: bool, prompt: Prompt | None = None,
                         begin_banned: tuple[int, ...] = ()) -> Tensor:
         """Hugging Face generate's beam search (transformers 5, `early_stopping` False or True). Each step takes the
         top 2K continuations of the K running beams by summed log-prob; those among the first K that end in EOS
@@ -195,7 +202,7 @@ class Seq2SeqSearch:
         worst finished one (with early_stopping=True: as soon as the slots are full). The answer is the best
         finished hypothesis; padded with pad after EOS."""
         B, V, dev = src.shape[0], self.vocab_size, src.device
-        ys = self._start(B * K, dev, prompt)
+        ys = self._start(B, dev, prompt, K)
         P = ys.shape[1]
         steps = min(max_new_tokens, self.max_len - P)
         memory, pad = self.encode(src)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention import KVCache, MultiHeadAttention
-from models.checks import require_int, require_int_list, require_token_id
+from models.checks import require_int, require_token_id
 from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
 from models.network import Network
 from models.translator import Seq2SeqSearch
@@ -172,17 +172,38 @@ class Whisper(Seq2SeqSearch, Network):
         return [(KVCache(capacity=capacity), KVCache(static=True)) for _ in self.decoder]
 
     @torch.no_grad()
+    def detect_language(self, mel: Tensor, language_ids: Sequence[int]) -> Tensor:
+        """(B,) each recording's most likely language token after <|startoftranscript|>, as Whisper (and
+        transformers' generate given no language) picks it: the argmax over the language tokens only."""
+        ids = torch.tensor(sorted(int(i) for i in language_ids), dtype=torch.long, device=mel.device)
+        if ids.numel() == 0:
+            raise ValueError("language_ids=[]: expected the model's language token ids (its lang_to_id)")
+        memory, _ = self.encode(mel)
+        start = torch.full((mel.shape[0], 1), self.bos_id, dtype=torch.long, device=mel.device)
+        logits = self.decode(start, memory)[:, -1]  # (B, vocab)
+        return ids[logits[:, ids].argmax(-1)]  # ties go to the lowest id, as an argmax over the vocabulary
+
+    @torch.no_grad()
     def transcribe(self, mel: Tensor, *, prompt: Sequence[int], max_new_tokens: int = 224, beam_size: int = 1,
                    suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
-                   length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:
+                   length_penalty: float = 1.0, detect_language: Sequence[int] = (),
+                   use_cache: bool = True) -> list[list[int]]:
         """Whisper's decoding: from `prompt` (<|startoftranscript|>, the language and task tokens of a
         multilingual model, <|notimestamps|>), `suppress_tokens` never, `begin_suppress_tokens` not first
-        (blank, EOS); greedy, or transformers' beam search with `beam_size` > 1. Returns each row's new tokens
-        up to, not including, EOS (`WhisperSettings` / the converter's `module` gives these arguments)."""
+        (blank, EOS); greedy, or transformers' beam search with `beam_size` > 1. `detect_language`: the
+        language token ids; when given, the prompt's language token (its second) becomes each recording's
+        detected language. Returns each row's new tokens up to, not including, EOS (the converter's `module`
+        holds the checkpoint's settings)."""
         require_int("max_new_tokens", max_new_tokens)
         require_int("beam_size", beam_size)
-        require_int_list("prompt", list(prompt))
-        options = dict(prompt=list(prompt), banned=tuple(suppress_tokens),
+        prompt = [require_token_id(f"prompt[{i}]", t, self.vocab_size) for i, t in enumerate(prompt)]
+        if detect_language:
+            if len(prompt) < 3:
+                raise ValueError(f"prompt={prompt}: detect_language needs a multilingual prompt "
+                                 f"[start, language, task, ...]")
+            found = self.detect_language(mel, detect_language).tolist()
+            prompt = [[prompt[0], lang, *prompt[2:]] for lang in found]
+        options = dict(prompt=prompt, banned=tuple(suppress_tokens),
                        begin_banned=tuple(begin_suppress_tokens), use_cache=use_cache)
         if beam_size == 1:
             ids = self.greedy(mel, max_new_tokens, **options)

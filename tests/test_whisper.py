@@ -109,6 +109,28 @@ def test_greedy_and_beam_tokens_equal_generate(whisper_decoding) -> None:
 
 
 @torch.no_grad()
+def test_detected_languages_equal_generate_without_a_language(whisper_decoding) -> None:
+    """A multilingual model given no language: each recording's own (argmax over the language tokens after
+    <|startoftranscript|>), then decoding from its prompt, as transformers' generate does. (It is told the task:
+    given none and a generation config without forced_decoder_ids, it leaves the task token out, which
+    OpenAI's decoding, and the converter's prompt, never do.)"""
+    conv, net, ref = whisper_decoding
+    settings = conv.module
+    if not settings["languages"]:
+        pytest.skip("an English-only model has no language token")
+    mel = _mel(8, seed=2)
+    found = net.detect_language(mel, settings["languages"].values())
+    torch.testing.assert_close(found, ref.detect_language(mel, num_segment_frames=FRAMES), rtol=0, atol=0)
+    assert len(set(found.tolist())) == 2  # both languages occur: the prompts differ per row
+    options = {k: settings[k] for k in ("prompt", "suppress_tokens", "begin_suppress_tokens")}
+    for beams in (1, 3):
+        expected = _strip(ref.generate(mel, max_new_tokens=8, num_beams=beams, task="transcribe"))
+        got = net.transcribe(mel, max_new_tokens=8, beam_size=beams, detect_language=settings["languages"].values(),
+                             **options)
+        assert got == expected, beams
+
+
+@torch.no_grad()
 def test_suppression_changes_what_is_decoded(whisper_decoding) -> None:
     """The settings are not idle: without them these weights start with a begin-suppressed or suppressed token."""
     conv, net, _ = whisper_decoding

@@ -46,7 +46,10 @@ def make_tiny_whisper(folder: Path, *, multilingual: bool = False, std: float = 
     torch.manual_seed(seed)
     model = randomize(WhisperForConditionalGeneration(config), seed=seed, std=std)
     with torch.no_grad():
-        model.model.decoder.embed_tokens.weight[EOT] += eos_bias * model.model.decoder.layer_norm.weight.sign()
+        tokens = model.model.decoder.embed_tokens.weight
+        tokens[EOT] += eos_bias * model.model.decoder.layer_norm.weight.sign()
+        # <|de|> a near copy of <|en|> (tied: input and output): the audio decides which language is detected
+        tokens[LANGUAGES["<|de|>"]] = tokens[LANGUAGES["<|en|>"]] + 0.05 * torch.randn(tokens.shape[1])
     model.save_pretrained(folder)
     gen = {"decoder_start_token_id": SOT, "eos_token_id": EOT, "pad_token_id": EOT, "bos_token_id": EOT,
            "no_timestamps_token_id": NO_TIMESTAMPS, "suppress_tokens": SUPPRESS,
