@@ -21,11 +21,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.export import Dim
 
 from models.attention import KVCache, MultiHeadAttention
 from models.checks import require_int, require_token_id
 from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
-from models.network import Network
+from models.network import Network, OnnxSpec
 from models.translator import Seq2SeqSearch
 from models.whisper_frontend import WhisperFrontEnd
 
@@ -65,8 +66,8 @@ class Whisper(Seq2SeqSearch, Network):
 
     def __init__(
         self,
-        vocab_size: int,
         *,
+        vocab_size: int,
         n_mels: int = 80,
         dim: int = 384,
         encoder_depth: int = 4,
@@ -129,6 +130,18 @@ class Whisper(Seq2SeqSearch, Network):
 
     def no_weight_decay(self) -> set[str]:
         return {"text_pos"}
+
+    def onnx_spec(self) -> OnnxSpec:
+        """mel (B, n_mels, 2 * audio_len) float, tgt_in (B, T) int64 -> logits (B, T, vocab): B and T
+        (1 .. max_len) dynamic, the frames fixed (Whisper pads every input to 30 s); the teacher-forced
+        forward, one graph (decoding steps with a cache are not exported)."""
+        batch = Dim("batch", min=1)
+        tgt_len = Dim("tgt_len", min=1, max=self.max_len)
+        mel = torch.randn(2, self.n_mels, 2 * self.audio_len)
+        tgt_in = torch.randint(0, self.vocab_size, (2, max(2, min(6, self.max_len))))
+        tgt_in[:, 0] = self.bos_id
+        return OnnxSpec(self, ["mel", "tgt_in"], (mel, tgt_in), ({0: batch}, {0: batch, 1: tgt_len}),
+                        {"mel": ["batch"], "tgt_in": ["batch", "tgt_len"]})
 
     def features(self, wave: Tensor) -> Tensor:
         """16 kHz waveform (B, samples) -> Whisper's (B, n_mels, 3000) log-mel features (models/whisper_frontend)."""

@@ -176,6 +176,15 @@ def test_key_bias_is_zero_and_changes_nothing(whisper) -> None:
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
 
 
+def test_exports_to_onnx_and_matches_onnxruntime(whisper, tmp_path: Path) -> None:
+    from utils.export import export_onnx, verify_onnx
+
+    _, net, _ = whisper
+    spec = export_onnx(net, tmp_path / "whisper.onnx")
+    assert spec.dynamic == {"mel": ["batch"], "tgt_in": ["batch", "tgt_len"]}
+    assert verify_onnx(net, tmp_path / "whisper.onnx", spec) <= 1e-4
+
+
 def test_too_long_input_and_bad_shapes_are_refused(whisper) -> None:
     _, net, _ = whisper
     with pytest.raises(ValueError, match="audio_len=16"):
