@@ -225,6 +225,10 @@ def test_front_end_equals_whisper_feature_extractor_on_fsdd() -> None:
     # A batch gives each recording's own features (each normalised by its own maximum).
     batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
     torch.testing.assert_close(front(batch)[1], front(waves[1])[0], atol=1e-5, rtol=0)
+    # large-v3's 128 bins
+    expected = extractor.__class__(feature_size=128)(waves[0].numpy(), sampling_rate=16000, return_tensors="np")
+    diff = (WhisperFrontEnd(n_mels=128)(waves[0]) - torch.from_numpy(expected["input_features"])).abs().max().item()
+    assert diff <= 1e-4, diff
 
 
 def test_front_end_pads_and_trims_to_thirty_seconds() -> None:
