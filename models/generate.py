@@ -15,6 +15,8 @@ from torch import Tensor
 
 from models.checks import require_int, require_number
 
+CHECK_EVERY = 8  # `done` is read back (a host sync on a GPU) every this many steps, not every step
+
 
 def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> Tensor:
@@ -87,6 +89,7 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    alive = torch.zeros((), dtype=torch.long, device=device)  # steps after which some row was still running
     seq, out = ids, []
     logits = net(ids, key_padding_mask=None if keys is None else keys[:, :P], positions=positions, caches=caches)
     for t in range(max_new_tokens):
@@ -94,8 +97,11 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
         nxt = nxt.masked_fill(done, pad_id)
         out.append(nxt)
         done |= torch.isin(nxt, eos)
-        if t == max_new_tokens - 1 or (len(eos_ids) and bool(done.all())):
+        alive += ~done.all()
+        if t == max_new_tokens - 1:
             break
+        if len(eos_ids) and (t + 1) % CHECK_EVERY == 0 and int(alive) < t + 1:
+            break  # every row has ended; the steps run since add only pad and are cut below
         step = nxt[:, None]  # (B, 1)
         if padded:
             positions = lengths[:, None] + t if use_cache else torch.cat([positions, lengths[:, None] + t], 1)
@@ -105,4 +111,4 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
         else:  # the whole sequence again: the reference the cached path is tested against
             seq = torch.cat([seq, step], dim=1)
             logits = net(seq, key_padding_mask=mask, positions=positions)
-    return torch.stack(out, dim=1)
+    return torch.stack(out, dim=1)[:, :int(alive) + 1]  # up to the step that ended the last row

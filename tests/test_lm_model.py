@@ -88,6 +88,7 @@ def test_rows_stop_at_eos_and_pad_after_it() -> None:
     eos = int(first[0, 1])
     out = net.generate([[1, 2, 3], [4, 5]], max_new_tokens=6, eos_ids=[eos], pad_id=V - 1)
     assert out[0, :2].tolist() == [int(first[0, 0]), eos] and (out[0, 2:] == V - 1).all()
+    assert net.generate([[1, 2, 3]], max_new_tokens=20, eos_ids=[eos]).tolist() == [first[0, :2].tolist()]
 
 
 def test_a_seeded_generator_repeats_its_draws() -> None:
@@ -191,3 +192,30 @@ def test_a_state_without_the_rotary_table_keeps_the_computed_one() -> None:
     net.load_state_dict(state, strict=True)
     expected = 1.0 / 10000.0 ** (torch.arange(0, 8, 2).float() / 8) / 4  # head_dim 8, linear factor 4
     assert torch.equal(net.rope.inv_freq, table) and torch.equal(table, expected)
+
+
+@pytest.mark.parametrize("kind", ["learned", "rotary"])
+def test_a_compiled_decode_step_traces_once_for_every_length(kind: str) -> None:
+    """The preallocated cache's keys are views that grow by one a step: with dynamic shapes the step is
+    traced once (the length is symbolic), not once per length, and gives the eager numbers."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    net, P, new = lm(kind), 5, 10
+    ids = torch.randint(0, V, (2, P + new))
+    # One slot spare, as generate() leaves it (its last token is never fed back): a view of the whole buffer
+    # would be contiguous, another trace.
+    caches = net.new_caches(capacity=P + new + 1)
+
+    def step(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return net(x, positions=positions, caches=caches)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, backend="eager", dynamic=True)
+    with torch.no_grad():
+        full = net(ids)
+        logits = [net(ids[:, :P], caches=caches)]
+        logits += [compiled(ids[:, t:t + 1].clone(), torch.full((2, 1), t)) for t in range(P, P + new)]
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(torch.cat(logits, dim=1), full, atol=1e-5, rtol=1e-5)

@@ -180,3 +180,14 @@ def test_a_folder_without_tokenizer_json_says_so(tmp_path: Path) -> None:
     FAMILIES["gpt2"]().save_pretrained(tmp_path)
     with pytest.raises(UserError, match="has no tokenizer.json"):
         convert(str(tmp_path))
+
+
+def test_safetensors_shards_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref = FAMILIES["llama"]().eval()
+    ref.save_pretrained(tmp_path, max_shard_size="40KB")
+    tiny_tokenizer(add_bos=True).save(str(tmp_path / "tokenizer.json"))
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    ids = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        assert (convert(str(tmp_path)).build()(ids) - ref(ids).logits).abs().max() <= 1e-4
