@@ -1,4 +1,5 @@
-"""Checkpoints trained before a refactor keep loading and computing the same numbers, bit for bit.
+"""Checkpoints trained before a refactor keep loading and computing the same numbers (bit for bit on the CPU
+that made them, within float32 rounding on another).
 
 tests/data/old_checkpoints/ holds one tiny trained checkpoint per family, made by make.py on commit
 c302640, with a seeded input and the network's output at that commit. Their stored configs name the
@@ -37,9 +38,11 @@ def assert_same_output(net: torch.nn.Module, family: str) -> None:
     saved = torch.load(OLD / f"{family}.pt", weights_only=True)
     with torch.no_grad(), fused_attn(saved["kernel"]):
         output = net.eval()(*saved["input"])
-    assert torch.equal(output, saved["output"]), (
-        f"{family}: an old checkpoint now computes other numbers "
-        f"(max abs difference {(output - saved['output']).abs().max().item():.3g})")
+    # Bit for bit on the CPU that made them; another CPU's matmul kernels (AVX-512 vs AVX2) round otherwise,
+    # by up to about 5e-7 here. A changed computation differs by far more than this bound.
+    diff = (output - saved["output"]).abs().max().item()
+    assert diff <= 1e-5 * max(1.0, saved["output"].abs().max().item()), (
+        f"{family}: an old checkpoint now computes other numbers (max abs difference {diff:.3g})")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
