@@ -10,6 +10,8 @@ Audio at another rate must be resampled to 16 kHz first (the model was trained o
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
@@ -37,8 +39,12 @@ class WhisperFrontEnd(nn.Module):
         self.n_mels = n_mels
         self.n_samples = chunk_seconds * SAMPLE_RATE
         self.frames = self.n_samples // HOP_LENGTH
-        fbank = AF.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE, norm="slaney",
-                                   mel_scale="slaney")  # (freqs, mels)
+        # torchaudio checks the bank for empty bands with real numbers: on the meta device (a build that only
+        # checks the arguments, utils/validate.py) the small bank is computed on the CPU instead.
+        meta = torch.get_default_device().type == "meta"
+        with torch.device("cpu") if meta else contextlib.nullcontext():
+            fbank = AF.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE, norm="slaney",
+                                       mel_scale="slaney")  # (freqs, mels)
         # Not in the state dict: computed from the options, as transformers computes its own.
         self.register_buffer("filters", fbank.T.contiguous(), persistent=False)  # (mels, freqs)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)

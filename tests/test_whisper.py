@@ -11,7 +11,7 @@ import torch
 
 from helpers.config import ROOT
 from helpers.whisper_tiny import (ALIGNMENT_HEADS, BEGIN_SUPPRESS, EOT, LANGUAGES, NO_TIMESTAMPS, SOT, SUPPRESS,
-                                  TASKS, make_tiny_whisper)
+                                  TASKS, VOCAB, make_tiny_whisper)
 from models.attention import attention_maps, fused_attn
 
 FSDD = ROOT.parent / "shared" / "datasets" / "fsdd" / "recordings"
@@ -191,6 +191,16 @@ def test_too_long_input_and_bad_shapes_are_refused(whisper) -> None:
         net.encode(torch.zeros(1, 80, FRAMES + 2))
     with pytest.raises(ValueError, match=r"\(batch, 80, frames\)"):
         net.encode(torch.zeros(1, 64, FRAMES))
+
+
+def test_builds_on_the_meta_device() -> None:
+    """The house checks a config by building the network on the meta device (utils/validate.py)."""
+    from models.whisper import Whisper
+
+    with torch.device("meta"):
+        net = Whisper(vocab_size=VOCAB, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2, audio_len=8,
+                      max_len=8, bos_id=SOT, eos_id=EOT, pad_id=EOT)
+    assert net.head.weight.is_meta and net.head.weight is net.tgt_embed.weight
 
 
 def _fsdd(names: list[str]) -> list[torch.Tensor]:
