@@ -159,6 +159,37 @@ def test_converter_reads_whisper_settings(whisper, whisper_decoding) -> None:
     assert net.task == "generate" and net.name == "whisper"
 
 
+def test_older_generation_configs_give_the_prompt_by_forced_decoder_ids(tmp_path: Path) -> None:
+    """Files written before no_timestamps_token_id existed force the prompt's later tokens instead."""
+    import json
+
+    from models.pretrained.source import resolve
+    from models.pretrained.whisper import decoding_settings
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({
+        "decoder_start_token_id": SOT, "forced_decoder_ids": [[2, TASKS["transcribe"]], [1, LANGUAGES["<|de|>"]],
+                                                              [3, NO_TIMESTAMPS]]}))
+    settings = decoding_settings(resolve(str(tmp_path)), {"max_target_positions": 40})
+    assert settings["prompt"] == [SOT, LANGUAGES["<|de|>"], TASKS["transcribe"], NO_TIMESTAMPS]
+    assert settings["max_new_tokens"] == 36 and settings["suppress_tokens"] == []
+
+
+def test_converter_refuses_what_the_zoo_whisper_does_not_express() -> None:
+    from models.pretrained.whisper import whisper_kwargs
+    from utils.errors import FileFormatError
+
+    config = {"d_model": 48, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+              "decoder_attention_heads": 4, "encoder_ffn_dim": 192, "decoder_ffn_dim": 192, "vocab_size": VOCAB,
+              "decoder_start_token_id": SOT, "eos_token_id": EOT}
+    assert whisper_kwargs(config, "x")["mlp_ratio"] == 4.0
+    for key, value, message in (("decoder_attention_heads", 8, "encoder_attention_heads=4 != "),
+                                ("decoder_ffn_dim", 96, "encoder_ffn_dim=192 != "),
+                                ("scale_embedding", True, "scale_embedding=true"),
+                                ("activation_function", "mish", "activation_function='mish'")):
+        with pytest.raises(FileFormatError, match=message):
+            whisper_kwargs({**config, key: value}, "x")
+
+
 @torch.no_grad()
 def test_key_bias_is_zero_and_changes_nothing(whisper) -> None:
     """Whisper's keys have no bias; the zoo's fused qkv keeps a zero one, and any value there is a no-op
@@ -191,6 +222,10 @@ def test_too_long_input_and_bad_shapes_are_refused(whisper) -> None:
         net.encode(torch.zeros(1, 80, FRAMES + 2))
     with pytest.raises(ValueError, match=r"\(batch, 80, frames\)"):
         net.encode(torch.zeros(1, 64, FRAMES))
+    with pytest.raises(ValueError, match=r"prompt\[1\]=500: expected a token id"):
+        net.transcribe(torch.zeros(1, 80, FRAMES), prompt=[SOT, 500])
+    with pytest.raises(ValueError, match="prompt: 2 rows for a batch of 3"):
+        net.greedy(torch.zeros(3, 80, FRAMES), 4, prompt=[[SOT], [SOT]])
 
 
 def test_builds_on_the_meta_device() -> None:
