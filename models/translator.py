@@ -10,6 +10,7 @@ once (`KVCache(capacity=steps)`), cross-attention keys are projected from the so
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +25,245 @@ from models.network import Network, OnnxSpec
 
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+Prompt = Sequence[int] | Sequence[Sequence[int]]  # one start for every sentence, or one each
 CHECK_EVERY = 8  # greedy / beam search read `done` back (a host sync on a GPU) every this many steps
 
 
-class Translator(Network):
+class Seq2SeqSearch:
+    """Cached greedy and batched beam search for an encoder-decoder network (the Translator, Whisper).
+
+    The network gives `encode(src) -> (memory, pad)`, `decode(tgt_in, memory, pad, caches) -> logits`,
+    `new_caches(capacity)` (one (self, cross) KVCache pair per decoder layer) and the ids `pad_id`, `bos_id`,
+    `eos_id`, with `vocab_size` and `max_len` (decoder positions). Decoding starts from `prompt` (None: the one
+    `bos_id`; Whisper: start of transcript, language, task, no-timestamps) and returns only the new tokens.
+    """
+
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    vocab_size: int
+    max_len: int
+
+    def _start(self, batch: int, device: torch.device, prompt: Prompt | None, beams: int = 1) -> Tensor:
+        """(batch * beams, P): the tokens each row starts from: bos_id, the prompt, or each sentence's own
+        prompt (a list of `batch` lists of one length; Whisper's detected languages differ per recording)."""
+        start = torch.tensor([self.bos_id] if prompt is None else prompt, dtype=torch.long, device=device)
+        if start.dim() == 2 and start.shape[0] != batch:
+            raise ValueError(f"prompt: {start.shape[0]} rows for a batch of {batch}: expected one list of ids, "
+                             f"or one per sentence")
+        if start.shape[-1] == 0 or start.dim() > 2:
+            raise ValueError("prompt: expected a list of token ids (at least the decoder start), or one per "
+                             "sentence")
+        start = start.expand(batch, -1) if start.dim() == 1 else start
+        return start.repeat_interleave(beams, 0)
+
+    def _next_logits(self, ys: Tensor, memory: Tensor, pad: Tensor | None, caches: list | None) -> Tensor:
+        if caches is not None:  # the positions not cached yet: the whole prompt first, then one token a step
+            return self.decode(ys[:, caches[0][0].position:], memory, pad, caches)[:, -1]
+        return self.decode(ys, memory, pad)[:, -1]  # no cache: recompute the whole prefix
+
+    def _mask_step(self, logits: Tensor, t: int, max_new_tokens: int, min_new_tokens: int, banned: Tensor | None,
+                   forced_eos: bool, begin_banned: Tensor | None = None) -> Tensor:
+        """Tokens not allowed at step t: EOS before min_new_tokens, `banned` ids (HF's bad_words_ids: Marian never
+        generates its pad; Whisper's suppress_tokens), `begin_banned` ids on the first step only (Whisper's
+        begin_suppress_tokens: no blank, no EOS first), and every token but EOS on the last step when
+        `forced_eos` (HF's forced_eos_token_id)."""
+        if begin_banned is not None and t == 0:
+            logits[..., begin_banned] = float("-inf")
+        if t < min_new_tokens:
+            logits[..., self.eos_id] = float("-inf")
+        if banned is not None:  # a device index made once per call: a Python list is copied over every step
+            logits[..., banned] = float("-inf")
+        if forced_eos and t == max_new_tokens - 1:
+            logits.fill_(float("-inf"))
+            logits[..., self.eos_id] = 0.0
+        return logits
+
+    @staticmethod
+    def _finished(alive: Tensor, t: int, steps: int) -> int | None:
+        """After step t: the steps a check after every step would have run (`alive` + 1, counting the one
+        that finished every row) once every row is done, else None. Reads `alive` back (a host sync on a
+        GPU) only every CHECK_EVERY steps and on the last step, where it returns the steps run at most."""
+        if (t + 1) % CHECK_EVERY and t < steps - 1:
+            return None
+        ran = int(alive) + 1
+        return min(ran, t + 1) if ran <= t + 1 or t == steps - 1 else None
+
+    @torch.no_grad()
+    def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0,
+               banned: tuple[int, ...] = (), forced_eos: bool = False, prompt: Prompt | None = None,
+               begin_banned: tuple[int, ...] = ()) -> Tensor:
+        """(B, <= max_new_tokens) generated ids; rows end with EOS then PAD. EOS is not allowed
+        before `min_new_tokens` (benchmarks use it to decode a fixed length); `banned` ids are never
+        generated and `forced_eos` ends every row by the last step (HF generate's bad_words_ids / forced_eos).
+        `prompt`: the tokens decoding starts from (None: bos_id); `begin_banned`: ids banned on the first step."""
+        memory, pad = self.encode(src)
+        B = src.shape[0]
+        ys = self._start(B, src.device, prompt)
+        P = ys.shape[1]
+        done = torch.zeros(B, dtype=torch.bool, device=src.device)
+        steps = min(max_new_tokens, self.max_len - P)
+        caches = self.new_caches(max(P + steps - 1, 1)) if use_cache else None
+        banned = torch.tensor(banned, device=src.device) if banned else None
+        begin_banned = torch.tensor(begin_banned, device=src.device) if begin_banned else None
+        # Steps after which some row is still running. `done` is read back only every CHECK_EVERY steps;
+        # the steps run past the one that finished every row add only pad, and are cut off at the end.
+        alive = torch.zeros((), dtype=torch.long, device=src.device)
+        for t in range(steps):
+            logits = self._mask_step(self._next_logits(ys, memory, pad, caches), t, steps, min_new_tokens, banned,
+                                     forced_eos, begin_banned)
+            nxt = logits.argmax(-1)
+            nxt = nxt.masked_fill(done, self.pad_id)
+            ys = torch.cat([ys, nxt[:, None]], dim=1)
+            done |= nxt.eq(self.eos_id)
+            alive += ~done.all()
+            if (n := self._finished(alive, t, steps)) is not None:
+                return ys[:, P:P + n]
+        return ys[:, P:]  # steps == 0
+
+    @torch.no_grad()
+    def beam_search(self, src: Tensor, beam_size: int = 4, max_new_tokens: int = 64, length_penalty: float = 0.6,
+                    use_cache: bool = True, min_new_tokens: int = 0, length_norm: str = "gnmt",
+                    banned: tuple[int, ...] = (), forced_eos: bool = False, early_stopping: bool = False,
+                    renormalize: bool = False, prompt: Prompt | None = None,
+                    begin_banned: tuple[int, ...] = ()) -> Tensor:
+        """Batched beam search: (B, <= max_new_tokens) ids of each sentence's best hypothesis.
+
+        length_norm="gnmt" (default): hypotheses are ranked by log p / lp(len), lp = ((5 + len) / 6) **
+        length_penalty (Wu et al. 2016), len counting the tokens up to and including EOS; a finished hypothesis
+        keeps its score. length_norm="hf": Hugging Face generate's beam search, token for token (finished
+        hypotheses kept apart, scored log p / len ** length_penalty; see `_beam_search_hf`); `renormalize` is HF's
+        renormalize_logits (log-softmax again after banning tokens). `prompt` and `begin_banned` as in greedy.
+        """
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if length_norm not in ("gnmt", "hf"):
+            raise ValueError(f"length_norm={length_norm!r}: expected 'gnmt' or 'hf'")
+        if length_norm == "hf":
+            return self._beam_search_hf(src, beam_size, max_new_tokens, length_penalty, use_cache, min_new_tokens,
+                                        banned, forced_eos, early_stopping, renormalize, prompt, begin_banned)
+        B, K, V = src.shape[0], beam_size, self.vocab_size
+        memory, pad = self.encode(src)
+        memory = memory.repeat_interleave(K, 0)  # (B*K, S, dim)
+        pad = None if pad is None else pad.repeat_interleave(K, 0)
+        dev = src.device
+        ys = self._start(B, dev, prompt, K)
+        P = ys.shape[1]
+        logp = torch.zeros(B, K, device=dev)
+        logp[:, 1:] = float("-inf")  # all beams start identical: keep one, or the top-K would be K copies
+        lengths = torch.zeros(B, K, device=dev)
+        done = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        lp = lambda n: ((5.0 + n) / 6.0) ** length_penalty  # noqa: E731
+        steps = min(max_new_tokens, self.max_len - P)
+        caches = self.new_caches(max(P + steps - 1, 1)) if use_cache else None
+        banned = torch.tensor(banned, device=dev) if banned else None
+        begin_banned = torch.tensor(begin_banned, device=dev) if begin_banned else None
+        # A finished beam has exactly one continuation (PAD) that changes nothing.
+        frozen = torch.full((V,), float("-inf"), device=dev)
+        frozen[self.pad_id] = 0.0
+        # Once every beam is done, beam k picks (k, PAD): the step changes nothing (a new top-k could
+        # swap beams of equal score), so `done` need only be read back every CHECK_EVERY steps.
+        stay = (torch.arange(K, device=dev) * V + self.pad_id).expand(B, K)
+        alive = torch.zeros((), dtype=torch.long, device=dev)  # steps after which some beam runs
+        for t in range(steps):
+            step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1).view(B, K, V)
+            step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos, begin_banned)
+            step = torch.where(done[..., None], frozen, step)
+            cand_logp = logp[..., None] + step  # (B, K, V)
+            cand_len = torch.where(done, lengths, lengths + 1)[..., None].expand(B, K, V)
+            score = (cand_logp / lp(cand_len)).view(B, K * V)
+            top = torch.where(done.all(), stay, score.topk(K, dim=-1).indices)  # (B, K)
+            beam, token = top // V, top % V
+            logp = cand_logp.view(B, K * V).gather(1, top)
+            lengths = cand_len.reshape(B, K * V).gather(1, top)
+            done = done.gather(1, beam) | token.eq(self.eos_id)
+            rows = (beam + torch.arange(B, device=dev)[:, None] * K).view(-1)
+            ys = torch.cat([ys.index_select(0, rows), token.view(-1, 1)], dim=1)
+            if caches is not None:
+                for self_cache, _ in caches:  # cross-attention keys are identical across a sentence's beams
+                    self_cache.reorder(rows)
+            alive += ~done.all()
+            if (n := self._finished(alive, t, steps)) is not None:
+                break
+        else:
+            n = 0  # steps == 0
+        best = (logp / lp(lengths)).argmax(-1)  # (B,)
+        return ys.view(B, K, -1)[torch.arange(B, device=dev), best, P:P + n]
+
+    def _beam_search_hf(self, src: Tensor, K: int, max_new_tokens: int, length_penalty: float, use_cache: bool,
+                        min_new_tokens: int, banned: tuple[int, ...], forced_eos: bool, early_stopping: bool,
+                        renormalize: bool, prompt: Prompt | None = None,
+                        begin_banned: tuple[int, ...] = ()) -> Tensor:
+        """Hugging Face generate's beam search (transformers 5, `early_stopping` False or True). Each step takes the
+        top 2K continuations of the K running beams by summed log-prob; those among the first K that end in EOS
+        join the sentence's K finished hypotheses (score: sum of log-probs / generated length ** length_penalty,
+        EOS counted) if they beat the worst one; the best K that do not end in EOS run on. A sentence stops when
+        its K finished slots are full and its best running beam, scored at the current length, cannot beat the
+        worst finished one (with early_stopping=True: as soon as the slots are full). The answer is the best
+        finished hypothesis; padded with pad after EOS."""
+        B, V, dev = src.shape[0], self.vocab_size, src.device
+        ys = self._start(B, dev, prompt, K)
+        P = ys.shape[1]
+        steps = min(max_new_tokens, self.max_len - P)
+        memory, pad = self.encode(src)
+        memory = memory.repeat_interleave(K, 0)
+        pad = None if pad is None else pad.repeat_interleave(K, 0)
+        run_logp = torch.zeros(B, K, device=dev)
+        run_logp[:, 1:] = -1e9
+        fin_seq = torch.full((B, K, steps), self.pad_id, dtype=torch.long, device=dev)
+        fin_score = torch.full((B, K), -1e9, device=dev)
+        fin_full = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        open_ = torch.ones(B, 1, dtype=torch.bool, device=dev)  # HF's is_early_stop_heuristic_unsatisfied
+        top_k_mask = torch.arange(2 * K, device=dev) < K
+        caches = self.new_caches(max(P + steps - 1, 1)) if use_cache else None
+        offsets = torch.arange(B, device=dev)[:, None] * K
+        banned = torch.tensor(banned, device=dev) if banned else None
+        begin_banned = torch.tensor(begin_banned, device=dev) if begin_banned else None
+        for t in range(steps):
+            step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1)
+            step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos, begin_banned)
+            step = (F.log_softmax(step, dim=-1) if renormalize else step).view(B, K, V)
+            cand = (step + run_logp[..., None]).view(B, K * V)
+            top_logp, top = cand.topk(2 * K, dim=-1)  # (B, 2K)
+            beam, token = top // V, top % V
+            rows = (beam + offsets).view(-1)
+            seqs = torch.cat([ys.index_select(0, rows), token.view(-1, 1)], dim=1).view(B, 2 * K, -1)
+            ends = token.eq(self.eos_id) | (t == steps - 1)  # EOS, or the length limit
+            # finished: the first K candidates that end, scored by length; merged with the kept ones
+            score = top_logp / float(t + 1) ** length_penalty
+            blocked = ~open_ | (fin_full.all(-1, keepdim=True) & early_stopping)
+            score = score + (blocked | ~(ends & top_k_mask)).float() * -1e9
+            padded = F.pad(seqs[..., P:], (0, steps - t - 1), value=self.pad_id)
+            merged_score = torch.cat([fin_score, score], dim=1)
+            keep = merged_score.topk(K, dim=-1).indices
+            fin_seq = torch.cat([fin_seq, padded], dim=1).gather(1, keep[..., None].expand(B, K, steps))
+            fin_score = merged_score.gather(1, keep)
+            fin_full = torch.cat([fin_full, (ends & top_k_mask).expand(B, -1)], 1).gather(1, keep)
+            # running: the best K candidates that do not end
+            run_cand = top_logp + ends.float() * -1e9
+            nxt = run_cand.topk(K, dim=-1).indices
+            run_logp = run_cand.gather(1, nxt)
+            pick = (beam.gather(1, nxt) + offsets).view(-1)
+            ys = seqs.gather(1, nxt[..., None].expand(B, K, seqs.shape[-1])).view(B * K, -1)
+            if caches is not None:
+                for self_cache, _ in caches:
+                    self_cache.reorder(pick)
+            best_running = run_logp[:, :1] / float(t + 1) ** length_penalty
+            worst = torch.where(fin_full, fin_score.min(-1, keepdim=True).values, torch.full_like(fin_score, -1e9))
+            open_ = open_ & (best_running > worst).any(-1, keepdim=True)
+            # One read back per step. `ends.all()` (the old third test) holds only on the last step: each
+            # beam has one EOS candidate, so at most K of the 2K end before it.
+            stop = ~open_.any()
+            if early_stopping:
+                stop = stop | fin_full.all()
+            if bool(stop):
+                break
+        best = fin_seq[:, 0]  # (B, steps): sorted, the first is the best
+        length = int(best.ne(self.pad_id).sum(-1).max())
+        return best[:, : max(length, 1)]
+
+
+class Translator(Seq2SeqSearch, Network):
     """Sequence-to-sequence transformer; `forward(src, tgt_in)` gives (B, T, vocab) logits.
 
     Args:
@@ -197,197 +433,6 @@ class Translator(Network):
         positions decoded; the self-attention keys then go into buffers allocated once, in place
         (no copy of the whole cache per step). None: they grow by concatenation."""
         return [(KVCache(capacity=capacity), KVCache(static=True)) for _ in self.decoder]
-
-    def _next_logits(self, ys: Tensor, memory: Tensor, pad: Tensor | None, caches: list | None) -> Tensor:
-        if caches is not None:
-            return self.decode(ys[:, -1:], memory, pad, caches)[:, -1]
-        return self.decode(ys, memory, pad)[:, -1]  # no cache: recompute the whole prefix
-
-    def _mask_step(self, logits: Tensor, t: int, max_new_tokens: int, min_new_tokens: int, banned: Tensor | None,
-                   forced_eos: bool) -> Tensor:
-        """Tokens not allowed at step t: EOS before min_new_tokens, `banned` ids (HF's bad_words_ids: Marian never
-        generates its pad), and every token but EOS on the last step when `forced_eos` (HF's forced_eos_token_id)."""
-        if t < min_new_tokens:
-            logits[..., self.eos_id] = float("-inf")
-        if banned is not None:  # a device index made once per call: a Python list is copied over every step
-            logits[..., banned] = float("-inf")
-        if forced_eos and t == max_new_tokens - 1:
-            logits.fill_(float("-inf"))
-            logits[..., self.eos_id] = 0.0
-        return logits
-
-    @staticmethod
-    def _finished(alive: Tensor, t: int, steps: int) -> int | None:
-        """After step t: the steps a check after every step would have run (`alive` + 1, counting the one
-        that finished every row) once every row is done, else None. Reads `alive` back (a host sync on a
-        GPU) only every CHECK_EVERY steps and on the last step, where it returns the steps run at most."""
-        if (t + 1) % CHECK_EVERY and t < steps - 1:
-            return None
-        ran = int(alive) + 1
-        return min(ran, t + 1) if ran <= t + 1 or t == steps - 1 else None
-
-    @torch.no_grad()
-    def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0,
-               banned: tuple[int, ...] = (), forced_eos: bool = False) -> Tensor:
-        """(B, <= max_new_tokens) generated ids; rows end with EOS then PAD. EOS is not allowed
-        before `min_new_tokens` (benchmarks use it to decode a fixed length); `banned` ids are never
-        generated and `forced_eos` ends every row by the last step (HF generate's bad_words_ids / forced_eos)."""
-        memory, pad = self.encode(src)
-        B = src.shape[0]
-        ys = torch.full((B, 1), self.bos_id, dtype=torch.long, device=src.device)
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        steps = min(max_new_tokens, self.max_len - 1)
-        caches = self.new_caches(max(steps, 1)) if use_cache else None
-        banned = torch.tensor(banned, device=src.device) if banned else None
-        # Steps after which some row is still running. `done` is read back only every CHECK_EVERY steps;
-        # the steps run past the one that finished every row add only pad, and are cut off at the end.
-        alive = torch.zeros((), dtype=torch.long, device=src.device)
-        for t in range(steps):
-            logits = self._mask_step(self._next_logits(ys, memory, pad, caches), t, steps, min_new_tokens, banned,
-                                     forced_eos)
-            nxt = logits.argmax(-1)
-            nxt = nxt.masked_fill(done, self.pad_id)
-            ys = torch.cat([ys, nxt[:, None]], dim=1)
-            done |= nxt.eq(self.eos_id)
-            alive += ~done.all()
-            if (n := self._finished(alive, t, steps)) is not None:
-                return ys[:, 1:1 + n]
-        return ys[:, 1:]  # steps == 0
-
-    @torch.no_grad()
-    def beam_search(self, src: Tensor, beam_size: int = 4, max_new_tokens: int = 64, length_penalty: float = 0.6,
-                    use_cache: bool = True, min_new_tokens: int = 0, length_norm: str = "gnmt",
-                    banned: tuple[int, ...] = (), forced_eos: bool = False, early_stopping: bool = False,
-                    renormalize: bool = False) -> Tensor:
-        """Batched beam search: (B, <= max_new_tokens) ids of each sentence's best hypothesis.
-
-        length_norm="gnmt" (default): hypotheses are ranked by log p / lp(len), lp = ((5 + len) / 6) **
-        length_penalty (Wu et al. 2016), len counting the tokens up to and including EOS; a finished hypothesis
-        keeps its score. length_norm="hf": Hugging Face generate's beam search, token for token (finished
-        hypotheses kept apart, scored log p / len ** length_penalty; see `_beam_search_hf`); `renormalize` is HF's
-        renormalize_logits (log-softmax again after banning tokens).
-        """
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        if length_norm not in ("gnmt", "hf"):
-            raise ValueError(f"length_norm={length_norm!r}: expected 'gnmt' or 'hf'")
-        if length_norm == "hf":
-            return self._beam_search_hf(src, beam_size, max_new_tokens, length_penalty, use_cache, min_new_tokens,
-                                        banned, forced_eos, early_stopping, renormalize)
-        B, K, V = src.shape[0], beam_size, self.vocab_size
-        memory, pad = self.encode(src)
-        memory = memory.repeat_interleave(K, 0)  # (B*K, S, dim)
-        pad = None if pad is None else pad.repeat_interleave(K, 0)
-        dev = src.device
-        ys = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
-        logp = torch.zeros(B, K, device=dev)
-        logp[:, 1:] = float("-inf")  # all beams start identical: keep one, or the top-K would be K copies
-        lengths = torch.zeros(B, K, device=dev)
-        done = torch.zeros(B, K, dtype=torch.bool, device=dev)
-        lp = lambda n: ((5.0 + n) / 6.0) ** length_penalty  # noqa: E731
-        steps = min(max_new_tokens, self.max_len - 1)
-        caches = self.new_caches(max(steps, 1)) if use_cache else None
-        banned = torch.tensor(banned, device=dev) if banned else None
-        # A finished beam has exactly one continuation (PAD) that changes nothing.
-        frozen = torch.full((V,), float("-inf"), device=dev)
-        frozen[self.pad_id] = 0.0
-        # Once every beam is done, beam k picks (k, PAD): the step changes nothing (a new top-k could
-        # swap beams of equal score), so `done` need only be read back every CHECK_EVERY steps.
-        stay = (torch.arange(K, device=dev) * V + self.pad_id).expand(B, K)
-        alive = torch.zeros((), dtype=torch.long, device=dev)  # steps after which some beam runs
-        for t in range(steps):
-            step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1).view(B, K, V)
-            step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
-            step = torch.where(done[..., None], frozen, step)
-            cand_logp = logp[..., None] + step  # (B, K, V)
-            cand_len = torch.where(done, lengths, lengths + 1)[..., None].expand(B, K, V)
-            score = (cand_logp / lp(cand_len)).view(B, K * V)
-            top = torch.where(done.all(), stay, score.topk(K, dim=-1).indices)  # (B, K)
-            beam, token = top // V, top % V
-            logp = cand_logp.view(B, K * V).gather(1, top)
-            lengths = cand_len.reshape(B, K * V).gather(1, top)
-            done = done.gather(1, beam) | token.eq(self.eos_id)
-            rows = (beam + torch.arange(B, device=dev)[:, None] * K).view(-1)
-            ys = torch.cat([ys.index_select(0, rows), token.view(-1, 1)], dim=1)
-            if caches is not None:
-                for self_cache, _ in caches:  # cross-attention keys are identical across a sentence's beams
-                    self_cache.reorder(rows)
-            alive += ~done.all()
-            if (n := self._finished(alive, t, steps)) is not None:
-                break
-        else:
-            n = 0  # steps == 0
-        best = (logp / lp(lengths)).argmax(-1)  # (B,)
-        return ys.view(B, K, -1)[torch.arange(B, device=dev), best, 1:1 + n]
-
-    def _beam_search_hf(self, src: Tensor, K: int, max_new_tokens: int, length_penalty: float, use_cache: bool,
-                        min_new_tokens: int, banned: tuple[int, ...], forced_eos: bool, early_stopping: bool,
-                        renormalize: bool) -> Tensor:
-        """Hugging Face generate's beam search (transformers 5, `early_stopping` False or True). Each step takes the
-        top 2K continuations of the K running beams by summed log-prob; those among the first K that end in EOS
-        join the sentence's K finished hypotheses (score: sum of log-probs / generated length ** length_penalty,
-        EOS counted) if they beat the worst one; the best K that do not end in EOS run on. A sentence stops when
-        its K finished slots are full and its best running beam, scored at the current length, cannot beat the
-        worst finished one (with early_stopping=True: as soon as the slots are full). The answer is the best
-        finished hypothesis; padded with pad after EOS."""
-        B, V, dev = src.shape[0], self.vocab_size, src.device
-        steps = min(max_new_tokens, self.max_len - 1)
-        memory, pad = self.encode(src)
-        memory = memory.repeat_interleave(K, 0)
-        pad = None if pad is None else pad.repeat_interleave(K, 0)
-        ys = torch.full((B * K, 1), self.bos_id, dtype=torch.long, device=dev)
-        run_logp = torch.zeros(B, K, device=dev)
-        run_logp[:, 1:] = -1e9
-        fin_seq = torch.full((B, K, steps), self.pad_id, dtype=torch.long, device=dev)
-        fin_score = torch.full((B, K), -1e9, device=dev)
-        fin_full = torch.zeros(B, K, dtype=torch.bool, device=dev)
-        open_ = torch.ones(B, 1, dtype=torch.bool, device=dev)  # HF's is_early_stop_heuristic_unsatisfied
-        top_k_mask = torch.arange(2 * K, device=dev) < K
-        caches = self.new_caches(max(steps, 1)) if use_cache else None
-        offsets = torch.arange(B, device=dev)[:, None] * K
-        banned = torch.tensor(banned, device=dev) if banned else None
-        for t in range(steps):
-            step = F.log_softmax(self._next_logits(ys, memory, pad, caches).float(), dim=-1)
-            step = self._mask_step(step, t, steps, min_new_tokens, banned, forced_eos)
-            step = (F.log_softmax(step, dim=-1) if renormalize else step).view(B, K, V)
-            cand = (step + run_logp[..., None]).view(B, K * V)
-            top_logp, top = cand.topk(2 * K, dim=-1)  # (B, 2K)
-            beam, token = top // V, top % V
-            rows = (beam + offsets).view(-1)
-            seqs = torch.cat([ys.index_select(0, rows), token.view(-1, 1)], dim=1).view(B, 2 * K, -1)
-            ends = token.eq(self.eos_id) | (t == steps - 1)  # EOS, or the length limit
-            # finished: the first K candidates that end, scored by length; merged with the kept ones
-            score = top_logp / float(t + 1) ** length_penalty
-            blocked = ~open_ | (fin_full.all(-1, keepdim=True) & early_stopping)
-            score = score + (blocked | ~(ends & top_k_mask)).float() * -1e9
-            padded = F.pad(seqs[..., 1:], (0, steps - t - 1), value=self.pad_id)
-            merged_score = torch.cat([fin_score, score], dim=1)
-            keep = merged_score.topk(K, dim=-1).indices
-            fin_seq = torch.cat([fin_seq, padded], dim=1).gather(1, keep[..., None].expand(B, K, steps))
-            fin_score = merged_score.gather(1, keep)
-            fin_full = torch.cat([fin_full, (ends & top_k_mask).expand(B, -1)], 1).gather(1, keep)
-            # running: the best K candidates that do not end
-            run_cand = top_logp + ends.float() * -1e9
-            nxt = run_cand.topk(K, dim=-1).indices
-            run_logp = run_cand.gather(1, nxt)
-            pick = (beam.gather(1, nxt) + offsets).view(-1)
-            ys = seqs.gather(1, nxt[..., None].expand(B, K, seqs.shape[-1])).view(B * K, -1)
-            if caches is not None:
-                for self_cache, _ in caches:
-                    self_cache.reorder(pick)
-            best_running = run_logp[:, :1] / float(t + 1) ** length_penalty
-            worst = torch.where(fin_full, fin_score.min(-1, keepdim=True).values, torch.full_like(fin_score, -1e9))
-            open_ = open_ & (best_running > worst).any(-1, keepdim=True)
-            # One read back per step. `ends.all()` (the old third test) holds only on the last step: each
-            # beam has one EOS candidate, so at most K of the 2K end before it.
-            stop = ~open_.any()
-            if early_stopping:
-                stop = stop | fin_full.all()
-            if bool(stop):
-                break
-        best = fin_seq[:, 0]  # (B, steps): sorted, the first is the best
-        length = int(best.ne(self.pad_id).sum(-1).max())
-        return best[:, : max(length, 1)]
 
 
 class TeacherForcedTranslator(nn.Module):

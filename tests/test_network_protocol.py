@@ -22,6 +22,7 @@ from models.text_encoder import TextEncoder
 from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
+from models.whisper import Whisper
 
 MODALITIES = ("image", "audio", "video", "text", "tokens")
 
@@ -51,6 +52,10 @@ SMALL = {
         12, 3, 40, dim=16, depth=2, num_heads=2, attn_window=4, attn_global=1
     ),
     "text_encoder": lambda: TextEncoder(30, dim=16, depth=2, num_heads=2, max_len=32),
+    "whisper": lambda: Whisper(
+        vocab_size=20, n_mels=8, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, audio_len=4,
+        max_len=8, bos_id=1, eos_id=2, pad_id=2
+    ),
 }
 
 
