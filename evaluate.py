@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from inference.inputs import input_kind, slug
 from inference.load import from_run
 from inference.predictor import Predictor, test_examples
-from inference.probe import probe_accuracy, source_with_data, split_features
+from inference.probe import check_probe, probe_accuracy, source_with_data, split_features
 from utils.build import build_trainer, output_dir, write_metrics
 from utils.checkpoint import average_checkpoints, resolve_checkpoint
 from utils.errors import UserError, note, run_hydra, user_errors
@@ -72,6 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def probe(cfg: DictConfig) -> dict[str, float]:
     """`probe=knn | linear`: fit the probe on the frozen pooled features of the train split of a run's own
     data (ckpt_path=) or of `data=` (pretrained=), score it on the test split: test/<name>_acc."""
+    check_probe(cfg.probe)
     spec = cfg.get("pretrained")
     notes: list[str] = []
     if spec:

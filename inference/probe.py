@@ -52,26 +52,33 @@ def knn(k: int, metric: str = "cosine", weights: str = "uniform") -> Any:
     return KNeighborsClassifier(n_neighbors=k, metric=metric, weights=weights, algorithm="brute")
 
 
+def check_probe(settings: Mapping[str, Any]) -> None:
+    """The probe's settings checked before any feature is computed (that can take an hour): a UserError naming
+    the key for a bad one."""
+    name = settings.get("name")
+    if name not in PROBES:
+        raise UserError(f"probe.name={name!r}: expected one of {', '.join(PROBES)}")
+    k = settings.get("k", 20)
+    if name == "knn" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise UserError(f"probe.k={k!r}: expected an integer >= 1 (neighbours that vote)")
+
+
 def probe_accuracy(settings: Mapping[str, Any], train: tuple[np.ndarray, np.ndarray],
                    test: tuple[np.ndarray, np.ndarray]) -> float:
     """Test accuracy of a probe fitted on the train features. settings: configs/probe/<name>.yaml
     (knn: k, metric, weights; linear: C, max_iter); a bad value is a UserError naming its key."""
+    check_probe(settings)
     name = settings.get("name")
     if name == "knn":
-        k = settings.get("k", 20)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise UserError(f"probe.k={k!r}: expected an integer >= 1 (neighbours that vote)")
-        model = knn(min(k, len(train[1])), str(settings.get("metric", "cosine")),
+        model = knn(min(int(settings.get("k", 20)), len(train[1])), str(settings.get("metric", "cosine")),
                     str(settings.get("weights", "uniform")))
-    elif name == "linear":
+    else:  # linear
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
         model = make_pipeline(StandardScaler(), LogisticRegression(C=float(settings.get("C", 1.0)),
                                                                    max_iter=int(settings.get("max_iter", 1000))))
-    else:
-        raise UserError(f"probe.name={name!r}: expected one of {', '.join(PROBES)}")
     try:
         model.fit(*train)
     except ValueError as err:  # e.g. an unknown metric, one class only
