@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from models.checks import require_bool
-from training.schedules import check_schedule, decay_by_name, optimizer_with_schedule
-from training.sharding import clip_gradients, shard_blocks
+from training.base import ZooModule
+from training.schedules import check_schedule, decay_by_name
 from training.switches import apply_switches
 
 
@@ -21,7 +20,7 @@ def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-class CausalLMModule(L.LightningModule):
+class CausalLMModule(ZooModule):
     """Trains any `net` mapping ids (B, T) to next-token logits (B, T, V) on batches (x, y) of a text corpus.
 
     Logs `train/loss`, `val/loss`, `test/loss` (mean nats per token over the split) and `val/perplexity`,
@@ -111,12 +110,3 @@ class CausalLMModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizer_with_schedule(self, self.net)
-
-    def configure_model(self) -> None:
-        shard_blocks(self, self.net)  # FSDP2 (trainer=fsdp2) only; a no-op under other strategies
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # also under FSDP1

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,12 +11,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.checks import require_bool, require_int
-from training.schedules import check_schedule, decay_by_name, optimizer_with_schedule
-from training.sharding import clip_gradients, shard_blocks
+from training.base import ZooModule
+from training.schedules import check_schedule, decay_by_name
 from training.switches import apply_switches
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(ZooModule):
     """Cross-entropy training of any `net` mapping a batch to (B, num_classes) logits.
 
     Args:
@@ -98,12 +97,3 @@ class ClassificationModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "test", self.test_acc)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizer_with_schedule(self, self.net)
-
-    def configure_model(self) -> None:
-        shard_blocks(self, self.net)  # FSDP2 (trainer=fsdp2) only; a no-op under other strategies
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # also under FSDP1

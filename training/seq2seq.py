@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-import lightning as L
 import sacrebleu
 import torch
 import torch.nn.functional as F
@@ -15,12 +14,12 @@ from torchmetrics import MeanMetric
 from models.checks import require_bool, require_choice, require_int, require_number
 from models.tokenizer import decode, encode
 from models.translator import Translator
-from training.schedules import check_schedule, decay_by_name, optimizer_with_schedule
-from training.sharding import clip_gradients, shard_blocks
+from training.base import ZooModule
+from training.schedules import check_schedule, decay_by_name
 from training.switches import apply_switches
 
 
-class Seq2SeqModule(L.LightningModule):
+class Seq2SeqModule(ZooModule):
     """Trains a `Translator`; validation decodes greedily, test with beam search.
 
     Args:
@@ -189,15 +188,6 @@ class Seq2SeqModule(L.LightningModule):
         finally:
             self.train(was_training)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizer_with_schedule(self, self.net)
-
-    def configure_model(self) -> None:
-        shard_blocks(self, self.net)  # FSDP2 (trainer=fsdp2) only; a no-op under other strategies
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # also under FSDP1
 
 
 def text_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:
