@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -34,6 +34,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 from data.bible import load_bible
 from data.distributed import loader_options
 from data.phrases import generate_phrases
+from data.tokenized import CarriesTokenizer
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode, load_tokenizer, train_tokenizer
 from utils.errors import FileFormatError, MissingFileError, UserError
 
@@ -169,7 +170,7 @@ class BucketBatchSampler(BatchSampler):
         return iter(batches)
 
 
-class TranslationDataModule(L.LightningDataModule):
+class TranslationDataModule(CarriesTokenizer, L.LightningDataModule):
     """Sentence pairs -> padded id batches {"src", "tgt", "index"}; `references(stage)` gives the texts.
 
     Args mirror configs/data/{phrases,bible,tsv}.yaml: `bpe_vocab_size` is the size the tokenizer is
@@ -238,31 +239,12 @@ class TranslationDataModule(L.LightningDataModule):
             self._splits = splits
         return self._splits
 
-    def prepare_tokenizer(self) -> Tokenizer:
-        """The tokenizer: restored from a checkpoint if one was loaded, else trained on the training split."""
-        if self.tokenizer is None:
-            train = self.splits["train"]
-            self.tokenizer = train_tokenizer((t for p in train for t in (p.source, p.target)), self.bpe_vocab_size)
-        size = self.tokenizer.get_vocab_size()
-        if self.expected_vocab is not None and size != self.expected_vocab:
-            raise UserError(f"the tokenizer has {size} tokens but the config says vocab_size={self.expected_vocab}; "
-                             f"a model trained with another tokenizer cannot use this one")
-        return self.tokenizer
+    def new_tokenizer(self) -> Tokenizer:
+        """A joint BPE trained on the training split's sources and targets."""
+        return train_tokenizer((t for p in self.splits["train"] for t in (p.source, p.target)), self.bpe_vocab_size)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.prepare_tokenizer().get_vocab_size()
-
-    def state_dict(self) -> dict[str, Any]:
-        # Lightning stores this in every checkpoint: the tokenizer travels with the weights.
-        return {"tokenizer": self.prepare_tokenizer().to_str()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tokenizer = load_tokenizer(state["tokenizer"])
-
-    def save_artifacts(self, run_dir: str | Path) -> None:
-        """tokenizer.json in the run directory (the checkpoints carry their own copy)."""
-        self.prepare_tokenizer().save(str(Path(run_dir) / "tokenizer.json"))
+    def read_tokenizer(self, text: str) -> Tokenizer:
+        return load_tokenizer(text)  # the zoo's specials checked (or a Marian SentencePiece pair)
 
     # --- Lightning hooks ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

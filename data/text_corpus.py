@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import lzma
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.bible import load_bible
 from data.distributed import EpochSubsetSampler, eval_sampler, loader_options
+from data.tokenized import CarriesTokenizer
 from models.checks import refuse, require_choice, require_int, require_number
 from utils.errors import FileFormatError, MissingFileError, UserError
 
@@ -133,7 +133,7 @@ class FixedBlocks(RandomBlocks):
         return super().__getitem__(self.starts[i])
 
 
-class TextCorpusDataModule(L.LightningDataModule):
+class TextCorpusDataModule(CarriesTokenizer, L.LightningDataModule):
     """Text files -> batches (x, y) of `block_size` token ids and their next tokens, (B, T) each.
 
     Args mirror configs/data/text_corpus.yaml: `path` a file or a list of files (null: the embedded Tiny
@@ -216,32 +216,10 @@ class TextCorpusDataModule(L.LightningDataModule):
                         f"has {count} {unit}, not more than data.block_size={self.block_size}; give more text or a "
                         f"smaller block_size")
 
-    def prepare_tokenizer(self) -> Tokenizer:
-        """The tokenizer: restored from a checkpoint if one was loaded, else trained on the training text."""
-        if self.tokenizer is None:
-            train = self.texts["train"]
-            self.tokenizer = char_tokenizer(train) if self.tokenizer_kind == "char" else \
-                bpe_tokenizer(train, self.bpe_vocab_size)
-        size = self.tokenizer.get_vocab_size()
-        if self.expected_vocab is not None and size != self.expected_vocab:
-            raise UserError(f"the tokenizer has {size} tokens but the config says vocab_size={self.expected_vocab}; "
-                            f"a model trained with another tokenizer cannot use this one")
-        return self.tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.prepare_tokenizer().get_vocab_size()
-
-    def state_dict(self) -> dict[str, Any]:
-        # Lightning stores this in every checkpoint: the tokenizer travels with the weights.
-        return {"tokenizer": self.prepare_tokenizer().to_str()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tokenizer = Tokenizer.from_str(state["tokenizer"])
-
-    def save_artifacts(self, run_dir: str | Path) -> None:
-        """tokenizer.json in the run directory (the checkpoints carry their own copy)."""
-        self.prepare_tokenizer().save(str(Path(run_dir) / "tokenizer.json"))
+    def new_tokenizer(self) -> Tokenizer:
+        """char or byte-level BPE, trained on the training text."""
+        train = self.texts["train"]
+        return char_tokenizer(train) if self.tokenizer_kind == "char" else bpe_tokenizer(train, self.bpe_vocab_size)
 
     # --- Lightning hooks ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
