@@ -172,8 +172,10 @@ def hf_labels(config: dict[str, Any]) -> list[str]:
 
 
 def converters() -> list[str]:
-    """The converter modules of this package (one per source family; each says which sources it `accepts`)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "source")
+    """The converter modules of this package (one per source family; each says which sources it `accepts`; the
+    others, such as `source`, are helpers)."""
+    names = (m.name for m in pkgutil.iter_modules(__path__))
+    return sorted(n for n in names if hasattr(importlib.import_module(f"models.pretrained.{n}"), "accepts"))
 
 
 def family(src: Source) -> str:

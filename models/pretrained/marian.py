@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from models.pretrained import HF_ACTIVATIONS, Converted, read_weights
+from models.pretrained.seq2seq_layers import map_layers
 from models.pretrained.source import Source, resolve
 from models.spm_tokenizer import MarianTokenizer
 from models.translator import Translator
@@ -59,27 +60,7 @@ def map_weights(ref: dict[str, torch.Tensor], encoder_depth: int, decoder_depth:
     out = {"src_embed.weight": shared, "tgt_embed.weight": shared, "head.weight": shared,
            "final_logits_bias": ref["final_logits_bias"].reshape(-1)}
 
-    def attn(zoo: str, theirs: str) -> None:
-        for kind in ("weight", "bias"):  # the core's one qkv projection: q, k, v stacked in that order
-            out[f"{zoo}.qkv.{kind}"] = torch.cat([ref[f"{theirs}.{n}_proj.{kind}"] for n in "qkv"])
-            out[f"{zoo}.proj.{kind}"] = ref[f"{theirs}.out_proj.{kind}"]
-
-    def copy(pairs: list[tuple[str, str]]) -> None:
-        for zoo, theirs in pairs:
-            for kind in ("weight", "bias"):
-                out[f"{zoo}.{kind}"] = ref[f"{theirs}.{kind}"]
-
-    for i in range(encoder_depth):
-        z, r = f"encoder.blocks.{i}", f"encoder.layers.{i}"
-        attn(f"{z}.attn", f"{r}.self_attn")
-        copy([(f"{z}.norm1", f"{r}.self_attn_layer_norm"), (f"{z}.mlp.fc1", f"{r}.fc1"), (f"{z}.mlp.fc2", f"{r}.fc2"),
-              (f"{z}.norm2", f"{r}.final_layer_norm")])
-    for i in range(decoder_depth):
-        z, r = f"decoder.{i}", f"decoder.layers.{i}"
-        attn(f"{z}.self_attn", f"{r}.self_attn")
-        attn(f"{z}.cross_attn", f"{r}.encoder_attn")
-        copy([(f"{z}.norm1", f"{r}.self_attn_layer_norm"), (f"{z}.norm2", f"{r}.encoder_attn_layer_norm"),
-              (f"{z}.mlp.fc1", f"{r}.fc1"), (f"{z}.mlp.fc2", f"{r}.fc2"), (f"{z}.norm3", f"{r}.final_layer_norm")])
+    map_layers(ref, out, encoder_depth, decoder_depth)
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from models.pretrained import HF_ACTIVATIONS, Converted, hf_tokenizer, read_json, read_weights
+from models.pretrained.seq2seq_layers import copy, map_layers
 from models.pretrained.source import Source
 from utils.errors import FileFormatError, MissingFileError
 
@@ -58,32 +59,9 @@ def map_weights(ref: dict[str, Tensor], encoder_depth: int, decoder_depth: int) 
     out = {"tgt_embed.weight": tokens, "head.weight": tokens, "audio_pos": ref["encoder.embed_positions.weight"],
            "text_pos": ref["decoder.embed_positions.weight"]}
 
-    def attn(zoo: str, theirs: str) -> None:
-        # The core's one qkv projection: q, k, v stacked in that order; Whisper's key has no bias (zero here).
-        out[f"{zoo}.qkv.weight"] = torch.cat([ref[f"{theirs}.{n}_proj.weight"] for n in "qkv"])
-        q_bias, v_bias = ref[f"{theirs}.q_proj.bias"], ref[f"{theirs}.v_proj.bias"]
-        out[f"{zoo}.qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
-        out[f"{zoo}.proj.weight"] = ref[f"{theirs}.out_proj.weight"]
-        out[f"{zoo}.proj.bias"] = ref[f"{theirs}.out_proj.bias"]
-
-    def copy(pairs: list[tuple[str, str]]) -> None:
-        for zoo, theirs in pairs:
-            for kind in ("weight", "bias"):
-                out[f"{zoo}.{kind}"] = ref[f"{theirs}.{kind}"]
-
-    copy([("conv1", "encoder.conv1"), ("conv2", "encoder.conv2"), ("encoder.norm", "encoder.layer_norm"),
-          ("norm", "decoder.layer_norm")])
-    for i in range(encoder_depth):
-        z, r = f"encoder.blocks.{i}", f"encoder.layers.{i}"
-        attn(f"{z}.attn", f"{r}.self_attn")
-        copy([(f"{z}.norm1", f"{r}.self_attn_layer_norm"), (f"{z}.mlp.fc1", f"{r}.fc1"),
-              (f"{z}.mlp.fc2", f"{r}.fc2"), (f"{z}.norm2", f"{r}.final_layer_norm")])
-    for i in range(decoder_depth):
-        z, r = f"decoder.{i}", f"decoder.layers.{i}"
-        attn(f"{z}.self_attn", f"{r}.self_attn")
-        attn(f"{z}.cross_attn", f"{r}.encoder_attn")
-        copy([(f"{z}.norm1", f"{r}.self_attn_layer_norm"), (f"{z}.norm2", f"{r}.encoder_attn_layer_norm"),
-              (f"{z}.mlp.fc1", f"{r}.fc1"), (f"{z}.mlp.fc2", f"{r}.fc2"), (f"{z}.norm3", f"{r}.final_layer_norm")])
+    copy(ref, out, [("conv1", "encoder.conv1"), ("conv2", "encoder.conv2"), ("encoder.norm", "encoder.layer_norm"),
+                    ("norm", "decoder.layer_norm")])
+    map_layers(ref, out, encoder_depth, decoder_depth, key_bias=False)  # Whisper's key has no bias
     return out
 
 
