@@ -75,3 +75,17 @@ def test_kv_cache_bench_decodes_the_same_outputs_both_ways() -> None:
     report = bench_kv_cache.main(["--steps", "12", "--tail", "4", "--batch", "1", "--dim", "16", "--heads", "2",
                                   "--kv-heads", "1", "--repeats", "2"])
     assert report["identical_outputs"] and report["growing_over_preallocated"] > 0
+
+
+def test_lm_decode_bench_gives_the_same_tokens_as_transformers(tmp_path) -> None:
+    from bench import bench_lm_decode
+
+    out = tmp_path / "lm_decode.json"
+    report = bench_lm_decode.main(["--tiny", "--batches", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                                   "--out", str(out)])
+    assert out.exists() and sorted(report["results"]) == ["gpt2", "llama"]
+    for model in report["results"].values():
+        r = model["batch2"]
+        assert r["identical_tokens"] and r["first_differing_position"] is None
+        assert r["zoo_s"] > 0 and r["ref_s"] > 0 and r["speed_ratio"] > 0
+    assert bench_lm_decode.first_difference(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 4]])) == 2
