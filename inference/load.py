@@ -84,7 +84,7 @@ def load_source(spec: str) -> Predictor:
     cfg = OmegaConf.create({"pretrained": spec, "preprocess": pre, "model": {"net": conv.net, **conv.module}})
     module = _module(net, conv.module, tokenizer, int(conv.net.get("num_classes", 2)))
     predictor = Predictor(net, module, spec, cfg, preprocess=pre, tokenizer=tokenizer)
-    if net.task == "complete":  # its decoding defaults (generation_config): EOS, pad, sampling
+    if net.task in ("complete", "transcribe"):  # its decoding defaults (generation_config): EOS, pad, sampling
         predictor.generation = dict(conv.module)
     if predictor.task == "classify":
         n = int(conv.net.get("num_classes", 0))
@@ -107,7 +107,7 @@ def _module(
         module = Seq2SeqModule(net, optimizer=torch.optim.AdamW, **settings)
         module.tokenizer = tokenizer
         return module.eval()
-    if net.task == "embed":
+    if net.task in ("embed", "transcribe"):  # a transcriber decodes through its own `transcribe`
         return None
     # no optimizer: it never trains here
     return ClassificationModule(net, max(2, num_classes), optimizer=None).eval()  # type: ignore

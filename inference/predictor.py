@@ -75,6 +75,7 @@ class Prediction:
     repeat_maps: dict[str, Tensor] = field(default_factory=dict)
     repeat_length: int = 0
     repeat_start: int = 0
+    frame_seconds: float = 0.0  # a transcriber's seconds per log-mel frame (shown: (n_mels, frames))
 
 
 def shown_layers(net: nn.Module) -> list[str]:
@@ -288,6 +289,8 @@ class Predictor:
             p = self._generate(str(x), maps, beam_size, notes)
         elif task == "embed":
             p = self._embed(str(x), notes)
+        elif task == "transcribe":
+            p = self._transcribe(x, maps, beam_size, notes)  # type: ignore[arg-type]
         else:
             p = self._classify(x, maps, top_k)  # type: ignore[arg-type]
         p.heads = heads
@@ -377,6 +380,48 @@ class Predictor:
             p.prompt_length = max(0, len(seq) - len(kept))
             self._induction(p, ids[:1] if settings.get("bos_id") is not None and ids
                             and ids[0] == settings.get("bos_id") else [])
+        return p
+
+    @torch.no_grad()
+    def _transcribe(self, wave: Tensor, maps: bool, beam_size: int | None,
+                    notes: list[str] | None) -> Prediction:
+        """Speech -> text: the waveform (1, samples) at the source's rate (inputs.read resamples and
+        mixes to mono, saying so), cut at its chunk length (Whisper: 30 s, as its own padding does),
+        the network's front end (log-mel), its `transcribe` with the source's decoding settings, the
+        new tokens decoded without special tokens. With maps, one teacher-forced pass over prompt +
+        new tokens + EOS records the decoder's attention; ids, target_tokens: the new tokens, EOS
+        kept when generated (the rows of the cross-attention pictures)."""
+        net, settings = self.net, self.generation
+        pre = self.preprocess or {}
+        rate = int(pre.get("sample_rate", 16000))
+        limit = int(float(pre.get("chunk_seconds", 30)) * rate)
+        if wave.shape[-1] > limit:
+            if notes is not None:
+                notes.append(f"{wave.shape[-1] / rate:.3g} s long: cut at {limit / rate:g} s "
+                             f"(the model hears one {limit / rate:g} s window)")
+            wave = wave[..., :limit]
+        device = next(net.parameters()).device
+        full = net.features(wave.to(device))  # (1, n_mels, frames of the whole window)
+        frame_seconds = float(pre.get("chunk_seconds", 30)) / full.shape[-1]
+        mel = full[..., : 2 * int(net.audio_len)]  # what the encoder's positions hold
+        options = {k: settings[k] for k in ("suppress_tokens", "begin_suppress_tokens", "length_penalty")
+                   if k in settings}
+        prompt = list(settings.get("prompt") or [net.bos_id])
+        max_new = min(int(settings.get("max_new_tokens", 224)), int(net.max_len) - len(prompt))
+        new = net.transcribe(mel, prompt=prompt, max_new_tokens=max(1, max_new),
+                             beam_size=int(beam_size or settings.get("beam_size") or 1), **options)[0]
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        shown = mel[0].float().cpu()
+        p = Prediction(net, self.modality, wave, shown, text=text, source_ids=torch.tensor([prompt]),
+                       source_tokens=self._tokens(prompt), ids=list(new), frame_seconds=frame_seconds)
+        if maps:
+            seq = prompt + list(new)
+            if len(new) < max(1, max_new):  # it stopped at EOS: the step that chose EOS attended too
+                seq = seq + [int(net.eos_id)]
+            _, p.maps = record(net, mel, torch.tensor([seq[:-1]], device=device))
+            p.input_tokens = self._tokens(seq[:-1])
+            p.target_tokens = self._tokens(seq[len(prompt):])
+            p.prompt_length = len(prompt)
         return p
 
     def _induction(self, p: Prediction, prefix: list[int], n: int = INDUCTION_LENGTH) -> None:

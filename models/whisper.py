@@ -61,7 +61,7 @@ class Whisper(Seq2SeqSearch, Network):
 
     name = "whisper"
     modality = "audio"
-    task = "generate"
+    task = "transcribe"  # speech -> text (inference/predictor.py's `_transcribe`), not a text translator
     attention_layers = ("encoder.blocks.*.attn", "decoder.*.self_attn", "decoder.*.cross_attn")
 
     def __init__(

@@ -156,7 +156,7 @@ def test_converter_reads_whisper_settings(whisper, whisper_decoding) -> None:
     assert english["prompt"] in ([SOT, NO_TIMESTAMPS], s["prompt"])  # the English-only model: no language, task
     tokenizer = conv.load_tokenizer()
     assert tokenizer.decode([5, 6], skip_special_tokens=True) == "t5 t6"
-    assert net.task == "generate" and net.name == "whisper"
+    assert net.task == "transcribe" and net.name == "whisper"
 
 
 def test_older_generation_configs_give_the_prompt_by_forced_decoder_ids(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ def draw(
     word: a text encoder's word; label: a classifier's true class, for the title."""
     if p.net.task == "complete":
         return draw_completion(p, out_dir, stem)
+    if p.net.task == "transcribe":
+        return draw_transcription(p, out_dir, stem, layer)
     if p.text is not None:
         return draw_translation(p, out_dir, stem, layer, encoder_layer)
     if p.embedding is not None:
@@ -125,6 +127,33 @@ def draw_translation(
             "token looking (query)",
         ),
     ]
+
+
+def transcription_cross(p: Prediction, layer: int = -1) -> tuple[str, Tensor]:
+    """(layer name, (generated tokens, audio positions)) a transcription's decoder cross-attention of
+    `layer` (index among the cross-attention layers; -1 the last), mean over the chosen heads, one row
+    per generated token (EOS included when generated): the query that produced it."""
+    names = [n for n in in_layer_order(list(p.maps)) if n.endswith("cross_attn")]
+    if not names:
+        raise UserError("the prediction recorded no cross-attention (expected maps=True)")
+    if not -len(names) <= layer < len(names):
+        raise UserError(f"--layer {layer}: this model has {len(names)} cross-attention layers "
+                        f"(0..{len(names) - 1}, or -1 for the last)")
+    name = names[layer]
+    m = p.maps[name][0]  # (H, T, S)
+    m = m[p.heads] if p.heads else m
+    start = max(0, len(p.source_tokens) - 1)
+    return name, m.float().mean(0)[start:].cpu()
+
+
+def draw_transcription(p: Prediction, out_dir: Path, stem: str, layer: int = -1) -> list[Path]:
+    """The log-mel spectrogram above the decoder's cross-attention of each generated token over time."""
+    if not p.maps or not p.target_tokens:
+        return []
+    name, cross = transcription_cross(p, layer)
+    title = f"cross-attention {name} ({_heads_text(p.heads)})\n-> {p.text}"
+    return [plots.plot_token_time(p.shown, cross, p.target_tokens, title,
+                                  Path(out_dir) / f"{stem}_cross_attention.png", p.frame_seconds)]
 
 
 # ------------------------------------------------------------------------------------ causal LM

@@ -91,6 +91,31 @@ def plot_audio_attention(spec: Tensor, grid: Tensor, title: str, path: str | Pat
     return _save(fig, path)
 
 
+def plot_token_time(spec: Tensor, attn: Tensor, tokens: list[str], title: str, path: str | Path,
+                    frame_seconds: float) -> Path:
+    """Log-mel spectrogram (n_mels, frames) above a (tokens, positions) attention over time: one row per
+    token, the positions spread evenly over the spectrogram's seconds (shared time axis)."""
+    n_mels, frames = spec.shape
+    seconds = frames * frame_seconds
+    fig = plt.figure(figsize=(9, 3 + 0.25 * len(tokens)))
+    gs = fig.add_gridspec(2, 2, height_ratios=[3, max(2, 0.3 * len(tokens))], width_ratios=[40, 1],
+                          hspace=0.35, wspace=0.05)
+    ax, cax = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1])
+    im = ax.imshow(spec, origin="lower", aspect="auto", extent=(0.0, seconds, 0, n_mels), cmap="magma")
+    ax.set_title("log-mel spectrogram")
+    ax.set_ylabel("mel band")
+    fig.colorbar(im, cax=cax, label="log power")
+    ax, cax = fig.add_subplot(gs[1, 0], sharex=ax), fig.add_subplot(gs[1, 1])
+    im = ax.imshow(attn, aspect="auto", interpolation="nearest", cmap=CMAP,
+                   extent=(0.0, seconds, len(tokens) - 0.5, -0.5))
+    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("token (being produced)")
+    fig.colorbar(im, cax=cax, label="attention")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def plot_video_attention(frames: Tensor, grids: Tensor, time: Tensor, title: str, path: str | Path,
                          time_label: str) -> Path:
     """frames (T, C, H, W) in [0, 1] with the spatial map of each frame overlaid (top two rows), and

@@ -1,0 +1,105 @@
+"""predict.py on a converted Whisper folder (a tiny random transformers WhisperForConditionalGeneration): the
+transcript equals transformers' greedy `generate` decoded by the same tokenizer, the cross-attention picture is
+drawn, and the recorded cross-attention equals the eager model's (output_attentions) for the same tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.whisper_tiny import make_tiny_whisper
+
+FRAMES = 32  # the tiny model's max_source_positions (16) x the stride-2 convolution
+
+
+def _wav(path: Path, seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(len(t))
+    data = np.stack([wave] * channels, 1) if channels > 1 else wave
+    sf.write(str(path), data.astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import WhisperForConditionalGeneration
+
+    folder = make_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny", std=1.0)
+    torch.set_num_threads(1)
+    ref = WhisperForConditionalGeneration.from_pretrained(str(folder), attn_implementation="eager").eval()
+    return folder, ref
+
+
+def _reference(folder: Path, ref, wav: Path):
+    """transformers' greedy generate on the zoo front end's features, its new tokens and their text."""
+    from inference.inputs import read
+    from inference.load import load
+
+    predictor = load(str(folder))
+    wave = read(predictor, str(wav))
+    mel = predictor.net.features(wave)[..., :FRAMES]
+    prompt = predictor.generation["prompt"]
+    with torch.no_grad():  # generate returns the new tokens only
+        new = ref.generate(mel, max_new_tokens=40 - len(prompt), num_beams=1)[0].tolist()
+    new = new[: new.index(predictor.net.eos_id)] if predictor.net.eos_id in new else new
+    return predictor, mel, new, predictor.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_predict_py_prints_the_transcript_of_generate_and_draws(tiny, tmp_path: Path, capsys) -> None:
+    import predict
+    from inference.inputs import read
+
+    folder, ref = tiny
+    wav = _wav(tmp_path / "speech.wav", 0.3)
+    predictor, _, new, text = _reference(folder, ref, wav)
+    assert new, "the reference decoded nothing: a weak test"
+    got = predictor.predict(read(predictor, str(wav)))
+    assert got.ids == new and got.text == text
+    capsys.readouterr()
+    pictures = tmp_path / "pictures"
+    assert predict.main([str(folder), str(wav), "--attention-dir", str(pictures), "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == text
+    drawn = sorted(x.name for x in pictures.iterdir())
+    assert drawn == ["speech_cross_attention.png"], drawn
+
+
+def test_recorded_cross_attention_equals_the_eager_model(tiny, tmp_path: Path) -> None:
+    from inference.inputs import read
+    from viz.pictures import transcription_cross
+
+    folder, ref = tiny
+    wav = _wav(tmp_path / "speech.wav", 0.3, seed=1)
+    predictor, mel, _, _ = _reference(folder, ref, wav)
+    p = predictor.predict(read(predictor, str(wav)), maps=True)
+    prompt = predictor.generation["prompt"]
+    ended = len(p.ids) < 40 - len(prompt)
+    tgt = torch.tensor([prompt + p.ids + [predictor.net.eos_id] * ended])[:, :-1]
+    with torch.no_grad():
+        out = ref(input_features=mel, decoder_input_ids=tgt, output_attentions=True)
+    for i, expected in enumerate(out.cross_attentions):
+        torch.testing.assert_close(p.maps[f"decoder.{i}.cross_attn"], expected, rtol=0, atol=1e-5)
+    name, cross = transcription_cross(p, -1)
+    assert name == "decoder.1.cross_attn" and cross.shape == (len(p.target_tokens), FRAMES // 2)
+    torch.testing.assert_close(cross, out.cross_attentions[-1][0].mean(0)[len(prompt) - 1:], rtol=0, atol=1e-5)
+
+
+def test_long_and_stereo_audio_are_cut_and_mixed_with_notes(tiny, tmp_path: Path) -> None:
+    from inference.inputs import read
+    from inference.load import load
+
+    folder, _ = tiny
+    predictor = load(str(folder))
+    notes: list[str] = []
+    wav = _wav(tmp_path / "long.wav", 31, rate=8000, channels=2)
+    p = predictor.predict(read(predictor, str(wav), notes), notes=notes)
+    assert p.text is not None
+    joined = "\n".join(notes)
+    assert "mixed 2 channels to mono" in joined and "resampled from 8000 Hz to 16000 Hz" in joined
+    assert "cut at 30 s" in joined
