@@ -116,7 +116,7 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
                 button = gr.Button("Run", variant="primary")
                 message = gr.Markdown(elem_classes=["message"])
                 prediction = gr.Textbox(
-                    label={"generate": "translation", "embed": "embedding",
+                    label={"generate": "translation", "embed": "embedding", "transcribe": "transcript",
                            "complete": "prompt + continuation"}.get(run.task, "top-5 classes")
                 )
                 explorer = gr.HTML(label="attention explorer")

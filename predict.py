@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         predictor = load(args.ckpt_path)
         check_picture_options(predictor, args.heads, args.layer, args.encoder_layer)
         check_generation_options(predictor, args)
+        if args.html is not None and predictor.task == "transcribe":
+            raise UserError(f"--html {args.html}: the explorer page does not show a speech model's attention yet; "
+                            f"--attention-dir draws its cross-attention over time")
         if args.image_size is not None and predictor.modality != "image":
             raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
         predictor.image_size = args.image_size

@@ -235,7 +235,8 @@ class Predictor:
 
     @property
     def task(self) -> str:
-        """What the network says a prediction is: "classify", "generate", "embed" or "complete"."""
+        """What the network says a prediction is: "classify", "generate", "embed", "complete" or
+        "transcribe"."""
         return str(self.net.task)
 
     @property

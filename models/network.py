@@ -31,7 +31,8 @@ class Network(nn.Module):
     modality: the kind of input, as the data configs say it: image | audio | video | text | tokens.
     attention_layers: globs of the MultiHeadAttention modules the explorer and the maps show.
     task: what a prediction is: "classify" (logits over classes), "generate" (decoded text), "embed"
-        (contextual vectors); it chooses the LightningModule a pretrained source predicts through.
+        (contextual vectors), "complete" (a prompt continued), "transcribe" (speech -> text); it chooses the
+        LightningModule a pretrained source predicts through.
     """
 
     name: ClassVar[str]

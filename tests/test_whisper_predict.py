@@ -103,3 +103,27 @@ def test_long_and_stereo_audio_are_cut_and_mixed_with_notes(tiny, tmp_path: Path
     joined = "\n".join(notes)
     assert "mixed 2 channels to mono" in joined and "resampled from 8000 Hz to 16000 Hz" in joined
     assert "cut at 30 s" in joined
+
+
+def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_is_cut_with_a_note(tiny, tmp_path: Path, capsys) -> None:
+    import soundfile as sf
+
+    import predict
+
+    folder, _ = tiny
+    empty, nan = tmp_path / "empty.wav", tmp_path / "nan.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), 16000)
+    wave = np.zeros(1600, np.float32)
+    wave[100] = np.nan
+    sf.write(str(nan), wave, 16000, subtype="FLOAT")
+    for path, message in ((empty, f"error: empty audio file (0 samples): {empty}"),
+                          (nan, f"error: audio file {nan} holds 1 NaN or infinite sample(s), the first at 0.006 s; "
+                                f"expected finite samples")):
+        capsys.readouterr()
+        assert predict.main([str(folder), str(path), "--threads", "1"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    long = _wav(tmp_path / "long.wav", 31)
+    assert predict.main([str(folder), str(long), "--threads", "1"]) == 0
+    assert "31 s long: cut at 30 s (the model hears one 30 s window)" in capsys.readouterr().err
+    assert predict.main([str(folder), str(long), "--html", str(tmp_path / "p.html"), "--threads", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --html {tmp_path / 'p.html'}: ")
