@@ -387,7 +387,7 @@ class Predictor:
     def _transcribe(self, wave: Tensor, maps: bool, beam_size: int | None,
                     notes: list[str] | None) -> Prediction:
         """Speech -> text: the waveform (1, samples) at the source's rate (inputs.read resamples and
-        mixes to mono, saying so), cut at its chunk length (Whisper: 30 s, as its own padding does),
+        mixes to mono, saying so), cut at its chunk length (preprocess chunk_seconds: the one window the model hears),
         the network's front end (log-mel), its `transcribe` with the source's decoding settings, the
         new tokens decoded without special tokens. With maps, one teacher-forced pass over prompt +
         new tokens + EOS records the decoder's attention; ids, target_tokens: the new tokens, EOS

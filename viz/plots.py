@@ -112,7 +112,7 @@ def plot_token_time(spec: Tensor, attn: Tensor, tokens: list[str], title: str, p
     ax.set_xlabel("time (s)")
     ax.set_ylabel("token (being produced)")
     fig.colorbar(im, cax=cax, label="attention")
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.0 + 0.45 / fig.get_figheight())  # above the spectrogram's own title
     return _save(fig, path)
 
 
