@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
         "--beam-size",
         type=at_least_one,
         default=None,
-        help="translator: beam width (1 = greedy); default: the model's",
+        help="translator, speech model: beam width (1 = greedy); default: the model's",
     )
     parser.add_argument(
         "--top-k",

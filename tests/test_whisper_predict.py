@@ -61,6 +61,12 @@ def test_predict_py_prints_the_transcript_of_generate_and_draws(tiny, tmp_path: 
     assert new, "the reference decoded nothing: a weak test"
     got = predictor.predict(read(predictor, str(wav)))
     assert got.ids == new and got.text == text
+    prompt, eos = predictor.generation["prompt"], predictor.net.eos_id
+    with torch.no_grad():  # --beam-size: transformers' beam search, as generate's num_beams
+        beams = ref.generate(predictor.net.features(read(predictor, str(wav)))[..., :FRAMES],
+                             max_new_tokens=40 - len(prompt), num_beams=3)[0].tolist()
+    beams = beams[: beams.index(eos)] if eos in beams else beams
+    assert predictor.predict(read(predictor, str(wav)), beam_size=3).ids == beams
     capsys.readouterr()
     pictures = tmp_path / "pictures"
     assert predict.main([str(folder), str(wav), "--attention-dir", str(pictures), "--threads", "1"]) == 0
