@@ -734,3 +734,53 @@ def test_an_image_too_large_for_the_patch_limit_is_refused_naming_sizes(rgb_vit,
     with pytest.raises(SystemExit):  # argparse: exit 2, naming the forms it takes
         predict.parser().parse_args([str(rgb_vit), str(photo), "--image-size", "big"])
     assert "--image-size 'big': expected a size in pixels (224), WxH (320x224) or native" in capsys.readouterr().err
+
+
+# --- a wav to a converted Whisper source (tests/helpers/whisper_tiny.py) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory) -> Path:
+    from helpers.whisper_tiny import make_tiny_whisper
+
+    return make_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny", std=1.0)
+
+
+def _tone(path: Path, seconds: float, rate: int = 16000, channels: int = 1) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sf.write(str(path), np.stack([wave] * channels, 1) if channels > 1 else wave, rate, subtype="FLOAT")
+    return path
+
+
+def test_long_and_stereo_audio_are_cut_and_mixed_with_notes(tiny_whisper, tmp_path: Path) -> None:
+    folder = tiny_whisper
+    predictor = load_trained(str(folder))
+    notes: list[str] = []
+    wav = _tone(tmp_path / "long.wav", 31, rate=8000, channels=2)
+    p = predictor.predict(read_input(predictor, str(wav), notes), notes=notes)
+    assert p.text is not None
+    joined = "\n".join(notes)
+    assert "mixed 2 channels to mono" in joined and "resampled from 8000 Hz to 16000 Hz" in joined
+    assert "cut at 30 s" in joined
+
+
+def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_is_cut_with_a_note(tiny_whisper, tmp_path: Path,
+                                                                           capsys) -> None:
+    folder = tiny_whisper
+    empty, nan = tmp_path / "empty.wav", tmp_path / "nan.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), 16000)
+    wave = np.zeros(1600, np.float32)
+    wave[100] = np.nan
+    sf.write(str(nan), wave, 16000, subtype="FLOAT")
+    for path, message in ((empty, f"error: empty audio file (0 samples): {empty}"),
+                          (nan, f"error: audio file {nan} holds 1 NaN or infinite sample(s), the first at 0.006 s; "
+                                f"expected finite samples")):
+        capsys.readouterr()
+        assert predict.main([str(folder), str(path), "--threads", "1"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    long = _tone(tmp_path / "long.wav", 31)
+    assert predict.main([str(folder), str(long), "--threads", "1"]) == 0
+    assert "31 s long: cut at 30 s (the model hears one 30 s window)" in capsys.readouterr().err
+    assert predict.main([str(folder), str(long), "--html", str(tmp_path / "p.html"), "--threads", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --html {tmp_path / 'p.html'}: ")
