@@ -8,7 +8,7 @@ set the typed options below; the defaults keep the zoo's own models bit for bit.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -321,3 +321,25 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, key_padding_mask=key_padding_mask)
         return self.norm(x)
+
+
+def share_rotary_table(model: nn.Module) -> None:
+    """Keep one rotary table for a model whose blocks share `model.rope` (`model.blocks[i].attn.rotary`): the
+    state dict holds it once, as rope.inv_freq; a state without it (a converter's) keeps the table the model
+    computed (transformers computes it from the config, as the model did)."""
+    model.register_state_dict_post_hook(_drop_shared_rotary)
+    model.register_load_state_dict_pre_hook(_fill_shared_rotary)
+
+
+def _drop_shared_rotary(module: nn.Module, state: dict[str, Tensor], prefix: str, _meta: Any) -> None:
+    for key in [k for k in state if k.startswith(prefix + "blocks.") and k.endswith(".attn.rotary.inv_freq")]:
+        del state[key]
+
+
+def _fill_shared_rotary(module: nn.Module, state: dict[str, Tensor], prefix: str, *_: Any) -> None:
+    rope = module.rope  # type: ignore[union-attr]
+    if rope is None:
+        return
+    table = state.setdefault(prefix + "rope.inv_freq", rope.inv_freq.clone())
+    for i in range(len(module.blocks)):  # type: ignore[arg-type]
+        state[f"{prefix}blocks.{i}.attn.rotary.inv_freq"] = table

@@ -17,7 +17,7 @@ from torch.export import Dim
 from models.attention import KVCache, RotaryEmbedding, llama3_inv_freq
 from models.generate import generate
 from models.checks import refuse, require_bool, require_choice, require_int, require_number
-from models.layers import EncoderBlock, check_block_options, norm_layer
+from models.layers import EncoderBlock, check_block_options, norm_layer, share_rotary_table
 from models.network import Network, OnnxSpec
 
 POSITIONS = ("learned", "rotary")
@@ -125,10 +125,7 @@ class CausalLM(Network):
         self._init_weights()
         if tie_embeddings:
             self.head.weight = self.tok_embed.weight
-        # The rotary table is one buffer shared by every block: the state dict keeps it once, as rope.inv_freq
-        # (a state without it, a converter's, keeps the table computed here from rope_base and rope_scaling).
-        self.register_state_dict_post_hook(_drop_shared_rotary)
-        self.register_load_state_dict_pre_hook(_fill_shared_rotary)
+        share_rotary_table(self)  # one rotary buffer for every block, kept once in the state dict
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -194,16 +191,3 @@ class _PlainCausalLM(nn.Module):
         return self.net(ids)  # (B, T, vocab_size)
 
 
-def _drop_shared_rotary(module: nn.Module, state: dict[str, Tensor], prefix: str, _meta: Any) -> None:
-    for key in [k for k in state if k.startswith(prefix + "blocks.") and k.endswith(".attn.rotary.inv_freq")]:
-        del state[key]
-
-
-def _fill_shared_rotary(module: nn.Module, state: dict[str, Tensor], prefix: str, *_: Any) -> None:
-    rope = module.rope  # type: ignore[union-attr]
-    if rope is None:
-        return
-    # A converted checkpoint has no table (transformers computes it from the config, as __init__ did here).
-    table = state.setdefault(prefix + "rope.inv_freq", rope.inv_freq.clone())
-    for i in range(len(module.blocks)):  # type: ignore[arg-type]
-        state[f"{prefix}blocks.{i}.attn.rotary.inv_freq"] = table
