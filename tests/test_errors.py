@@ -6,6 +6,7 @@ the command lines run in-process through runpy (the same `__main__` block), one 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -673,7 +674,10 @@ def test_a_bug_keeps_its_traceback() -> None:
 def test_the_docs_table_names_tests_that_exist() -> None:
     table = (ROOT / "docs" / "errors.md").read_text()
     names = {line.rsplit("`", 2)[-2] for line in table.splitlines() if line.startswith("|") and "`test_" in line}
+    # This file's tests, and those of the families' own error files (tests/test_errors_<family>.py).
     here = {name for name in globals() if name.startswith("test_")}
+    for path in sorted((ROOT / "tests").glob("test_errors_*.py")):
+        here |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
     assert names and names <= here, sorted(names - here)
     assert here - {"test_the_docs_table_names_tests_that_exist"} <= names, sorted(here - names)
 
