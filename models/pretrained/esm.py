@@ -95,7 +95,7 @@ def hf_kwargs(config: dict[str, Any], spec: str) -> dict[str, Any]:
 
 def hf_state(ref: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
     """EsmForMaskedLM / EsmModel state dict -> ProteinLM's (without the LM head where the source has none)."""
-    ref = {k.removeprefix("esm."): v for k, v in ref.items()}
+    ref = {_legacy_norm(k.removeprefix("esm.")): v for k, v in ref.items()}
     out = {"tok_embed.weight": ref["embeddings.word_embeddings.weight"]}
     out.update(_pair(ref, "encoder.emb_layer_norm_after", "norm"))
     out.update(_pair(ref, "contact_head.regression", "contact_head"))
@@ -209,6 +209,14 @@ def convert_fair_esm(source: Source) -> Converted:
 
 
 # --- shared --------------------------------------------------------------------------------------------------
+
+
+def _legacy_norm(key: str) -> str:
+    """LayerNorm tensors as TensorFlow named them (`gamma` / `beta`): transformers 5 writes ESM's `LayerNorm`s so."""
+    for old, new in ((".gamma", ".weight"), (".beta", ".bias")):
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
 
 
 def _strip(key: str) -> str:
