@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import EsmConfig, EsmForMaskedLM, EsmModel, EsmTokenizer
+from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
 from models.attention import AttentionRecorder, fused_attn
 from models.pretrained import convert, family
@@ -129,21 +129,6 @@ def test_the_checkpoints_rotary_table_is_used_as_stored(tmp_path: Path) -> None:
     with torch.no_grad():
         assert (net(ids) - ref(ids).logits).abs().max() <= 1e-4
     assert torch.equal(net.rope.inv_freq, ref.esm.rotary_embeddings.inv_freq)
-
-
-def test_an_esm_model_folder_converts_with_a_marked_fresh_head(tmp_path: Path, capsys) -> None:
-    torch.manual_seed(2)
-    ref = randomize(EsmModel(EsmConfig(**ESM2_TINY, attn_implementation="eager"), add_pooling_layer=False))
-    ref.save_pretrained(tmp_path)
-    conv = convert(str(tmp_path))
-    assert "no masked-LM head" in capsys.readouterr().err
-    assert conv.preprocess["untrained"] == ["lm_head"]
-    net = conv.build()
-    ids = batch(ESM, SEQS, MASKED)
-    real = ids.ne(ESM.pad)
-    with torch.no_grad():
-        assert (net.hidden(ids) - ref(ids, attention_mask=real.long()).last_hidden_state)[real].abs().max() <= 1e-4
-        assert (net.contacts(ids) - ref.predict_contacts(ids, real.long())).abs().max() <= 1e-5
 
 
 def test_esm_alphabet_equals_the_esm_tokenizer(tmp_path: Path) -> None:
