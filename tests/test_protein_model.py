@@ -174,13 +174,15 @@ def test_a_fair_esm_file_converts_with_trust_and_equals_fair_esm(tmp_path: Path)
     ids = batch(ESM, SEQS, MASKED)
     real = ids.ne(ESM.pad)
     with torch.no_grad():
-        expected = ref(ids)["logits"]
-        contacts = ref.predict_contacts(ids)
+        out = ref(ids, return_contacts=True)  # maps (B, layers, heads, T, T), padding rows and columns zeroed
         with fused_attn(True):
-            got = net(ids)
+            with AttentionRecorder(net) as rec:
+                got = net(ids)
             got_contacts = net.contacts(ids)
-    assert (got - expected)[real].abs().max() <= 1e-4
-    assert (got_contacts - contacts).abs().max() <= 1e-5
+    assert (got - out["logits"])[real].abs().max() <= 1e-4
+    assert (got_contacts - out["contacts"]).abs().max() <= 1e-5
+    for i, got_map in enumerate(rec.maps.values()):
+        assert ((got_map - out["attentions"][:, i]) * real[:, None, :, None]).abs().max() <= 1e-5
 
 
 # --- AntiBERTy (real weights) -------------------------------------------------------------------------------
