@@ -16,7 +16,8 @@ from transformers import EsmConfig, EsmModel
 from helpers.cli import command
 from models.pretrained import convert
 from models.protein_alphabet import Alphabet
-from test_protein_model import ANTIBERTY, ESM2_TINY, MASKED, SEQS, batch, fair_esm_files, randomize
+from test_protein_model import (ANTIBERTY, ESM2_TINY, MASKED, SEQS, batch, fair_esm_files, needs_antiberty,
+                                randomize)
 from utils.errors import FileFormatError, UserError
 from utils.pretrained import apply_pretrained
 
@@ -95,6 +96,7 @@ def test_a_fair_esm_file_without_its_regression_gets_a_zero_contact_head_and_a_n
     assert (conv.build().contacts(batch(ESM, SEQS[:1])) == 0.5).all()
 
 
+@needs_antiberty
 def test_an_antiberty_folder_with_another_vocab_order_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "trained_models" / "AntiBERTy_md_smooth"
     folder.mkdir(parents=True)
