@@ -134,11 +134,13 @@ def read_pickle(path: Path, spec: str, trust: bool) -> dict[str, Any]:
     """A fair-esm .pt file: safely if it can be (plain tensors and dicts), else only when the user trusts it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not trust:
-            raise UserError(f"pretrained={spec!r}: {path} is a pickle that can run code when loaded (fair-esm's "
-                            "format); if you trust the file, pass trust_pickle=true (predict.py: --trust-pickle)"
-                            ) from None
+    except pickle.UnpicklingError:  # it holds more than tensors and plain containers
+        pass
+    except Exception as err:  # not a torch file, or a damaged one
+        raise FileFormatError(f"pretrained={spec!r}: cannot read {path} ({type(err).__name__}: {err})") from None
+    if not trust:
+        raise UserError(f"pretrained={spec!r}: {path} is a pickle that can run code when loaded (fair-esm's "
+                        "format); if you trust the file, pass trust_pickle=true (predict.py: --trust-pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a damaged file; anything its pickle raises
@@ -195,13 +197,14 @@ def convert_fair_esm(source: Source) -> Converted:
     state = dict(data["model"])
     regression = path.with_name(path.stem + "-contact-regression.pt")
     if regression.is_file():
-        state.update(read_pickle(regression, source.spec, source.trust_pickle)["model"])
+        state.update(read_pickle(regression, source.spec, source.trust_pickle).get("model") or {})
     state = {_strip(k): v for k, v in state.items()}
     kwargs = fair_kwargs(data, state, source.spec)
     out = fair_state(state, kwargs["depth"])
     untrained = []
     if "contact_head.weight" not in out:
-        out.update({k: torch.zeros_like(v) for k, v in _fresh(kwargs, "contact_head.").items()})
+        features = kwargs["depth"] * kwargs["num_heads"]  # one weight per layer and head
+        out.update({"contact_head.weight": torch.zeros(1, features), "contact_head.bias": torch.zeros(1)})
         untrained.append("contact_head")
         note(f"pretrained={source.spec}: no {regression.name} beside {path.name}: the contact head is zero "
              "(every probability 0.5) until fitted (evaluate.py contacts=true)")
@@ -249,8 +252,9 @@ def _lm_head(ref: dict[str, Tensor], prefix: str, decoder: str, embed: Tensor) -
 
 
 def _fresh(kwargs: dict[str, Any], prefix: str) -> dict[str, Tensor]:
-    """The tensors under `prefix` of a freshly initialised ProteinLM of this size (a part the source lacks)."""
-    return {k: v for k, v in ProteinLM(**kwargs).state_dict().items() if k.startswith(prefix)}
+    """The tensors under `prefix` of a freshly initialised ProteinLM of this width (a part the source lacks; one
+    block: the LM head does not depend on the depth)."""
+    return {k: v for k, v in ProteinLM(**{**kwargs, "depth": 1}).state_dict().items() if k.startswith(prefix)}
 
 
 def _converted(kwargs: dict[str, Any], state: dict[str, Tensor], untrained: list[str]) -> Converted:
