@@ -242,3 +242,19 @@ def test_antiberty_equals_bert_for_masked_lm_on_trastuzumab(antiberty_pair) -> N
     for got, want in zip(rec.maps.values(), r.attentions):
         assert ((got - want) * keep).abs().max() <= 1e-4
     assert (net.contact_head.weight == 0).all()  # no regression in AntiBERTy: fitted later
+
+
+def test_hf_esm2_id_is_read_from_the_cache_offline(esm_pair, tmp_path: Path, monkeypatch) -> None:
+    """`hf:facebook/esm2_t6_8M_UR50D` as a user who downloaded it once has it (here the tiny model under that id)."""
+    from huggingface_hub import constants
+
+    from helpers.pretrained import fake_hub_cache
+
+    ref, net, folder = esm_pair
+    fake_hub_cache(tmp_path, "facebook/esm2_t6_8M_UR50D", [p for p in folder.iterdir() if p.is_file()])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = convert("hf:facebook/esm2_t6_8M_UR50D").build()
+    ids = batch(ESM, SEQS, MASKED)
+    with torch.no_grad():
+        assert torch.equal(cached(ids), net(ids))
