@@ -205,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
         "multiple of the patch; default: the model's own size",
     )
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
+    parser.add_argument("--trust-pickle", action="store_true", help="read a source that is a pickle "
+                        "(fair-esm's esm2_*.pt): loading it can run code, so only for files you trust")
     parser.add_argument(
         "--word", default="it", help="pretrained text encoder: the word whose attention is printed"
     )
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         check_folders(args)
-        predictor = load(args.ckpt_path)
+        predictor = load(args.ckpt_path, trust_pickle=args.trust_pickle)
         check_picture_options(predictor, args.heads, args.layer, args.encoder_layer)
         check_generation_options(predictor, args)
         if args.html is not None and predictor.task == "transcribe":

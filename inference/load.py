@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from inference.predictor import Predictor
 from models.pretrained import convert
+from models.pretrained.esm import is_fair_esm
 from training.causal_lm import CausalLMModule
 from training.classification import ClassificationModule
 from training.seq2seq import Seq2SeqModule
@@ -28,14 +29,15 @@ def is_source(text: str) -> bool:
         return True
     p = Path(text).expanduser()
     if p.is_file():
-        # a .pth / .ckpt may be a zoo checkpoint: those stay zoo runs
-        return p.suffix == ".safetensors"
+        # a .pth / .ckpt may be a zoo checkpoint: those stay zoo runs; fair-esm's .pt is told by its content
+        return p.suffix == ".safetensors" or is_fair_esm(p)
     return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").exists()
 
 
-def load(spec: str | Path) -> Predictor:
-    """The Predictor of a run directory, a checkpoint file or a pretrained source, in eval mode."""
-    return load_source(str(spec)) if is_source(str(spec)) else load_trained(spec)
+def load(spec: str | Path, *, trust_pickle: bool = False) -> Predictor:
+    """The Predictor of a run directory, a checkpoint file or a pretrained source, in eval mode
+    (trust_pickle: a source may be a pickle, fair-esm's .pt; predict.py --trust-pickle)."""
+    return load_source(str(spec), trust_pickle=trust_pickle) if is_source(str(spec)) else load_trained(spec)
 
 
 def load_trained(ckpt_path: str | Path) -> Predictor:
@@ -74,10 +76,10 @@ def class_names(dm: object, num_classes: int) -> list[str]:
         return [f"class {i}" for i in range(num_classes)]
 
 
-def load_source(spec: str) -> Predictor:
+def load_source(spec: str, *, trust_pickle: bool = False) -> Predictor:
     """A pretrained source, converted: a network without a data module (inputs are prepared as its
     `preprocess` says), its class names, or its tokenizer and decoding rules."""
-    conv = convert(spec)
+    conv = convert(spec, trust_pickle=trust_pickle)
     net = conv.build()
     tokenizer = conv.load_tokenizer()
     pre = dict(conv.preprocess)

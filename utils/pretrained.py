@@ -43,7 +43,7 @@ def apply_pretrained(cfg: DictConfig) -> None:
         return
     if cfg.get("preprocess") is not None or not isinstance(model, DictConfig):
         return
-    conv = convert(str(spec))
+    conv = convert(str(spec), trust_pickle=bool(cfg.get("trust_pickle") or False))
     ours, theirs = network_class(str(model.net._target_)), network_class(str(conv.net["_target_"]))
     if ours is not theirs:
         raise UserError(f"pretrained={spec!r} converts to a {theirs.__name__} ({theirs.modality} data), but "

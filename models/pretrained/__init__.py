@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,8 @@ def family(src: Source) -> str:
                     f"{', '.join(converters())} (docs/pretrained.md)")
 
 
-def convert(spec: str) -> Converted:
-    """Resolve a source offline and convert it (the reference library reads configs; nothing of it runs later)."""
-    src = resolve(spec)
+def convert(spec: str, *, trust_pickle: bool = False) -> Converted:
+    """Resolve a source offline and convert it (the reference library reads configs; nothing of it runs later).
+    trust_pickle: the user trusts the source's pickles (only fair-esm's .pt files need it; docs/pretrained.md)."""
+    src = replace(resolve(spec), trust_pickle=bool(trust_pickle))
     return importlib.import_module(f"models.pretrained.{family(src)}").convert(src)

@@ -23,6 +23,9 @@ class Source:
     spec: str  # what the user gave, for messages and for the checkpoint's record
     kind: str  # "timm" | "hf" | "pkg" | "path"
     path: Path
+    # The user vouched for the source's pickles (trust_pickle=true / --trust-pickle): a converter may then
+    # read a file that only `torch.load(weights_only=False)` reads (fair-esm's .pt), which can run code.
+    trust_pickle: bool = False
 
     def file(self, name: str) -> Path | None:
         """A file of the folder (config.json, model.safetensors, ...), or None if it has none."""
