@@ -183,3 +183,17 @@ def test_evaluate_contacts_on_the_runs_own_data_and_of_a_pretrained_source(tmp_p
                    "data.length=30", "threads=1", f"hydra.run.dir={tmp_path / 'source'}", check=True)
     assert json.loads((tmp_path / "source" / "metrics.json").read_text()) == own  # same weights, same chains
     assert proc.stdout.startswith("pretrained=pkg:fake: contacts from attention on data=fake_structures")
+
+
+def test_too_many_training_pairs_are_drawn_at_random_and_said() -> None:
+    from inference.contacts import encode_chains, fit_on_chains
+
+    torch.manual_seed(0)
+    net = ProteinLM(**TINY_NET).eval()
+    chains = encode_chains(net, FakeStructures(train=3, length=40).chains("train"), "train", [])
+    notes: list[str] = []
+    model = fit_on_chains(net, chains, C=10, notes=notes, max_pairs=300)
+    total = 3 * sum(40 - d for d in range(6, 40))  # pairs j - i >= 6 of three 40-residue chains
+    assert notes == [f"the 3 training chains hold {total} residue pairs at least 6 apart; the regression was fitted "
+                     f"on 300 of them drawn at random (16.8% of each chain's; at most about 300 fit in memory)"]
+    assert np.allclose(net.contact_head.weight.detach().numpy(), model.coef_)
