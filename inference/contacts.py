@@ -302,6 +302,10 @@ def run_contacts(net: nn.Module, dm: Any, *, train: int, evaluate: int, seed: in
     if len(test_chains) < evaluate:
         notes.append(f"contacts_eval={evaluate}: the test split holds {len(test_chains)} chain(s); all of them used")
     model = fit_on_chains(net, train_chains, C, notes, seed=seed)
+    if not np.any(model.coef_):
+        notes.append(f"the regression kept no feature (contacts_C={C:g}): this model's maps told contacts from "
+                     "non-contacts no better than the L1 penalty costs, so its scores are one constant, ranked row by "
+                     "row (an untrained model's are)")
     return ContactResult(score_chains(net, test_chains, seed), len(train_chains), len(test_chains), model, C)
 
 
