@@ -8,6 +8,12 @@
 split, `test/knn_acc` in metrics.json; of a run on its own data, or of a pretrained source on `data=`:
 `python evaluate.py pretrained=<source> probe=knn data=image_folder data.root=<folder>` (docs/probe.md).
 
+`contacts=true` reads contacts from a protein model's attention (Rao et al. 2020, docs/protein_contacts.md): the
+contact regression fitted on `contacts_train` training chains of known structure, precision at L, L/2, L/5 on
+`contacts_eval` test chains beside two baselines, `contacts/...` in metrics.json, the fitted head in
+contact_head.safetensors: `python evaluate.py ckpt_path=<run> contacts=true data=protein_structures` (or
+`pretrained=pkg:antiberty` instead of ckpt_path).
+
 The model and data are rebuilt from the training config stored in the checkpoint (no overrides to
 re-type); metrics are printed and written to metrics.json in this evaluation's own run directory, never
 into the run being evaluated (utils/rundir.py).
@@ -17,15 +23,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, open_dict
 
+from inference.contacts import require_contact_model, require_structures, rule, run_contacts, save_contact_head
 from inference.inputs import input_kind, slug
-from inference.load import from_run
+from inference.load import from_run, load_source
 from inference.predictor import Predictor, test_examples
 from inference.probe import check_probe, probe_accuracy, source_with_data, split_features
-from utils.build import build_trainer, output_dir, write_metrics
+from utils.build import build_datamodule, build_trainer, output_dir, write_metrics
 from utils.checkpoint import average_checkpoints, resolve_checkpoint
 from utils.errors import UserError, note, run_hydra, user_errors
 from utils.restore import restore
@@ -38,6 +47,8 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
+    if cfg.get("contacts"):
+        return contacts(cfg)
     if cfg.get("probe") is not None:
         return probe(cfg)
     for key in ("pretrained", "data"):
@@ -92,6 +103,64 @@ def probe(cfg: DictConfig) -> dict[str, float]:
     print(f"{what}: {name} probe on {train[0].shape[1]} frozen features, {len(train[1])} train / "
           f"{len(test[1])} test examples\nMetrics: {clean}\nWritten to {run_dir / 'metrics.json'}")
     return clean
+
+
+def contacts(cfg: DictConfig) -> dict[str, float]:
+    """`contacts=true`: the contact regression of Rao et al. fitted on the structures of `data=` (or the run's own
+    data) and scored on its test chains beside the random and separation baselines (inference/contacts.py)."""
+    if cfg.get("probe") is not None:
+        raise UserError(f"contacts=true and probe={cfg.probe.name}: one measurement at a time; leave one out")
+    net, dm, what, data_name = contact_model_and_data(cfg)
+    notes: list[str] = []
+    C = float(cfg.get("contacts_C", 0.15))
+    result = run_contacts(net, dm, train=int(cfg.get("contacts_train", 20)),
+                          evaluate=int(cfg.get("contacts_eval", 500)), seed=int(cfg.get("seed") or 0), notes=notes, C=C)
+    for line in notes:
+        note(line)
+    run_dir = output_dir()
+    clean = write_metrics(run_dir / "metrics.json", result.metrics())
+    save_contact_head(net, run_dir / "contact_head.safetensors", what, C)
+    print(f"{what}: contacts from attention on {data_name}, fitted on {result.train_chains} train chains, "
+          f"scored on {result.eval_chains} test chains\n{rule(C)}\nPrecision (%) at L, L/2, L/5:\n{result.table()}\n"
+          f"Written to {run_dir / 'metrics.json'} (contacts/...) and {run_dir / 'contact_head.safetensors'}")
+    return clean
+
+
+def contact_model_and_data(cfg: DictConfig) -> tuple[torch.nn.Module, Any, str, str]:
+    """(network, data module, what the network is, what the data is) for contacts=true: a run (ckpt_path=) or a
+    source (pretrained=), on `data=` or, for a run, its own data; each checked before the next is loaded."""
+    spec = cfg.get("pretrained")
+    data = cfg.get("data") if isinstance(cfg.get("data"), DictConfig) else None
+    if spec:
+        if data is None:
+            raise UserError(f"contacts=true with pretrained={spec!r} needs chains of known structure: "
+                            "data=protein_structures")
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        predictor = load_source(str(spec))
+        net, what, run_cfg, dm = predictor.net.eval(), f"pretrained={spec}", predictor.cfg, None
+    else:
+        runtime = {key: cfg.get(key) for key in ("trainer", "logger", "paths", "seed", "threads", "attention_kernel")}
+        run = restore(cfg.ckpt_path, data=data is None, runtime={**runtime, "callbacks": None})
+        net, what, run_cfg, dm = run.module.net.eval(), str(run.ckpt_file), run.cfg, run.datamodule
+    require_contact_model(net, what)
+    data_name = "the run's own data"
+    if data is not None:
+        with open_dict(run_cfg):  # the structures replace whatever the model was trained on
+            run_cfg.data, run_cfg.paths = data, cfg.get("paths") or {}
+        dm, data_name = build_datamodule(run_cfg), f"data={data_choice(data)}"
+    require_structures(dm, data_name)
+    return net, dm, what, data_name
+
+
+def data_choice(data: DictConfig) -> str:
+    """The data config's name as the user chose it (data=protein_structures), else its class."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get("data") or data.get("_target_"))
+    except ValueError:  # Hydra not initialised (called from Python)
+        return str(data.get("_target_"))
 
 
 def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]:
