@@ -52,6 +52,8 @@ from inference.complete import Sampling
 from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load
 from inference.predictor import Prediction, Predictor, shown_layers
+from inference.protein import (CONTACT_HEAD_FILE, FIT_COMMAND, contact_head_file, head_fitted,
+                               load_contact_head, predicted_contacts, read_proteins)
 from utils.errors import UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explorer import page
@@ -204,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
         help="images: run at this size, N, WxH or native (the photo's own), each side rounded to a "
         "multiple of the patch; default: the model's own size",
     )
+    parser.add_argument("--contact-head", type=Path, default=None, help="proteins: a contact_head.safetensors "
+                        "(from evaluate.py contacts=true) for a model whose contact head is not fitted")
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
     parser.add_argument(
         "--word", default="it", help="pretrained text encoder: the word whose attention is printed"
@@ -309,6 +313,50 @@ def predict_one(
         print(f"  attention picture: {path}")
 
 
+def prepare_contact_head(predictor: Predictor, given: Path | None) -> None:
+    """A protein model's contact head: the --contact-head file, else the net's own fitted head, else a
+    contact_head.safetensors beside the run; with none, a note says how to fit one (no contact lines)."""
+    net, source = predictor.net, predictor.source
+    found = contact_head_file(source, given) if given is not None or not head_fitted(net) else None
+    if found is not None:
+        load_contact_head(net, found)
+        if given is None:
+            note(f"the contact head of {source} is not fitted: using {found}")
+    elif not head_fitted(net):
+        note(f"the contact head of {source} is not fitted (all zero) and no {CONTACT_HEAD_FILE} was found beside "
+             f"it: no contact lines. Fit it with `{FIT_COMMAND.format(run=source)}`, then pass --contact-head "
+             f"<its output folder>/{CONTACT_HEAD_FILE}")
+
+
+def predict_proteins(predictor: Predictor, args: argparse.Namespace) -> None:
+    """Every protein named (sequences, FASTA records, PDB chains): its pseudo-perplexity and top L / 5 contacts,
+    printed; its pictures and page when asked for."""
+    prepare_contact_head(predictor, args.contact_head)
+    notes: list[str] = []
+    proteins = read_proteins(args.inputs, predictor.net.alphabet, notes)
+    for line in notes:
+        note(line)
+    for i, protein in enumerate(proteins):
+        notes = []
+        maps = args.attention_dir is not None or args.html is not None
+        p = predictor.predict(protein, maps=maps, heads=args.heads, notes=notes)
+        for line in notes:
+            note(line)
+        top = predicted_contacts(p)
+        print(f"{p.name}: {len(protein.sequence)} residues")
+        print(f"pseudo-perplexity {p.perplexity:.3f}")
+        for a, b, q in top:
+            print(f"contact {a} {b} {q:.3f}")
+        stem = f"{i:03d}_{slug(p.name)}"
+        pictures = []
+        if args.attention_dir is not None:
+            pictures = draw(p, args.attention_dir, stem)
+        if args.html is not None:
+            pictures.append(write_html(args.html, i, p.name, len(proteins), page(p, p.name)))
+        for path in pictures:
+            print(f"  attention picture: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.threads:
@@ -324,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.image_size is not None and predictor.modality != "image":
             raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
         predictor.image_size = args.image_size
+        if predictor.task == "unmask":
+            predict_proteins(predictor, args)
+            return 0
+        if args.contact_head is not None:
+            raise UserError(f"--contact-head is for protein models; this one reads {predictor.modality}")
         notes: list[str] = []
         items = gather(predictor, args.inputs, notes)  # a text file: its sentences
         for line in notes:
