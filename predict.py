@@ -331,11 +331,11 @@ def prepare_contact_head(predictor: Predictor, given: Path | None) -> None:
 def predict_proteins(predictor: Predictor, args: argparse.Namespace) -> None:
     """Every protein named (sequences, FASTA records, PDB chains): its pseudo-perplexity and top L / 5 contacts,
     printed; its pictures and page when asked for."""
-    prepare_contact_head(predictor, args.contact_head)
     notes: list[str] = []
-    proteins = read_proteins(args.inputs, predictor.net.alphabet, notes)
+    proteins = read_proteins(args.inputs, predictor.net.alphabet, notes)  # bad input is refused before any note
     for line in notes:
         note(line)
+    prepare_contact_head(predictor, args.contact_head)
     for i, protein in enumerate(proteins):
         notes = []
         maps = args.attention_dir is not None or args.html is not None

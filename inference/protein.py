@@ -146,8 +146,8 @@ def check_length(net: nn.Module, protein: ProteinInput, notes: list[str] | None)
                         f"its learned position table ends there; give at most {limit - 2} residues (e.g. a domain)")
     window = net.blocks[0].attn.window if hasattr(net.blocks[0].attn, "window") else None
     if notes is not None:
-        seen = (f"; attn_window={window}: each residue sees those less than {window} away, so no contact farther "
-                f"apart is predicted" if window else "")
+        seen = (f"; attn_window={window}: each residue sees those less than {window} away, so the maps are zero "
+                f"farther out and contacts farther apart rest on APC's background only" if window else "")
         notes.append(f"{residues} is longer than the {limit} tokens the model was trained on: run with its rotary "
                      f"positions (no table limit), the maps cover every residue{seen}")
 
