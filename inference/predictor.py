@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from inference.complete import (Sampling, context_of, continue_ids, cut_at_stop, prompt_ids,
                                 repeated_random_tokens, token_texts)
 from inference.inputs import input_kind
-from inference.protein import ProteinInput, check_length, head_fitted, pseudo_perplexity
+from inference.protein import ProteinInput, check_length, head_fitted, pseudo_perplexity, read_proteins
 from models.attention import AttentionRecorder, attention_maps, select_attention_layers
 from models.tokenizer import UNK_ID, decode
 from utils.errors import UserError
@@ -436,11 +436,14 @@ class Predictor:
         return p
 
     @torch.no_grad()
-    def _unmask(self, protein: ProteinInput, maps: bool, notes: list[str] | None) -> Prediction:
-        """A protein (inference/protein.py's ProteinInput): its pseudo-perplexity (one masked copy per residue),
-        the contact head's probabilities when it is fitted (net.contacts), and with maps the per-head
-        self-attention of one pass over the whole sequence."""
+    def _unmask(self, protein: ProteinInput | str, maps: bool, notes: list[str] | None) -> Prediction:
+        """A protein (inference/protein.py's ProteinInput; a string is read as predict.py reads an argument, its
+        first protein kept): its pseudo-perplexity (one masked copy per residue), the contact head's
+        probabilities when it is fitted (net.contacts), and with maps the per-head self-attention of one pass
+        over the whole sequence."""
         net = self.net
+        if not isinstance(protein, ProteinInput):  # the notebook and the app pass the text or file as given
+            protein = read_proteins([str(protein)], net.alphabet, notes)[0]
         check_length(net, protein, notes)
         device = next(net.parameters()).device
         ids = torch.tensor([net.alphabet.encode(protein.sequence)], device=device)
