@@ -354,7 +354,7 @@ def predict_proteins(predictor: Predictor, args: argparse.Namespace) -> None:
         stem = f"{i:03d}_{slug(p.name)}"
         pictures = []
         if args.attention_dir is not None:
-            pictures = draw(p, args.attention_dir, stem)
+            pictures = draw(p, args.attention_dir, stem, layer=args.layer)
         if args.html is not None:
             pictures.append(write_html(args.html, i, p.name, len(proteins), page(p, p.name)))
         for path in pictures:

@@ -157,7 +157,8 @@ def test_a_pdb_file_draws_predicted_beside_true_contacts_and_writes_the_page(run
     heads, _, contacts = _parse(out)
     assert heads == [f"{pdb.stem}: {len(sequence)} residues"] and len(contacts[0]) == len(sequence) // 5
     stem = f"000_{pdb.stem}"
-    assert sorted(p.name for p in pictures.iterdir()) == [f"{stem}_attention.png", f"{stem}_contacts.png"]
+    assert sorted(p.name for p in pictures.iterdir()) == [f"{stem}_attention.png", f"{stem}_contacts.png",
+                                                          f"{stem}_layer1_heads.png"]  # --layer: the last
     for png in pictures.iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = html.read_text(encoding="utf-8")

@@ -315,10 +315,11 @@ def plot_contacts(predicted: Tensor | None, true: Tensor | None, residues: str, 
     return _save(fig, path)
 
 
-def plot_residue_layers(maps: Tensor, tokens: list[str], layers: list[str], title: str, path: str | Path,
-                        max_labels: int = 64) -> Path:
-    """A protein's self-attention per layer: maps (layers, T, T) over <cls> residues <eos>, row = residue
-    looking (query), column = residue looked at (key); axes labelled by residue letters when T <= max_labels."""
+def plot_residue_maps(maps: Tensor, tokens: list[str], panels: list[str], title: str, path: str | Path,
+                      max_labels: int = 64) -> Path:
+    """A protein's self-attention maps (n, T, T) over <cls> residues <eos>, one panel each (its title from
+    `panels`: a layer, or a head of one layer), row = residue looking (query), column = residue looked at (key);
+    axes labelled by residue letters when T <= max_labels."""
     n, T = maps.shape[0], maps.shape[-1]
     cols = min(n, max(2, round(n**0.5)))
     rows = (n + cols - 1) // cols
@@ -334,7 +335,7 @@ def plot_residue_layers(maps: Tensor, tokens: list[str], layers: list[str], titl
         if T <= max_labels:
             ax.set_xticks(range(T), tokens, rotation=90, fontsize=6)
             ax.set_yticks(range(T), tokens, fontsize=6)
-        ax.set_title(f"layer {k} ({layers[k]})", fontsize=9)
+        ax.set_title(panels[k], fontsize=9)
         ax.set_xlabel("residue looked at (key)")
         ax.set_ylabel("residue looking (query)")
         fig.colorbar(im, ax=ax, fraction=0.046, label="attention weight")
