@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,12 @@ def test_an_unfitted_head_prints_no_contacts_and_says_how_to_fit_it_or_uses_the_
     _, _, contacts = _parse(out)
     expected = _top_pairs(probs, len(SEQUENCE) // 5)
     assert [(i, j) for i, j, _ in contacts[0]] == [(i, j) for i, j, _ in expected]
+    # The file in the run directory is found without the flag, also when the checkpoint file is named.
+    copy = Path(shutil.copytree(runs["unfitted"], tmp_path / "run"))
+    shutil.copy(tmp_path / "contact_head.safetensors", copy / "contact_head.safetensors")
+    code, again, err = _predict(capsys, copy / "checkpoints" / "best.ckpt", SEQUENCE)
+    assert code == 0 and again == out, err
+    assert f"is not fitted: using {copy / 'contact_head.safetensors'}" in err
 
 
 def _pdb_backbone(path: Path) -> tuple[str, np.ndarray]:
