@@ -29,6 +29,7 @@ from viz.maps import _grid, in_layer_order, patch_range, pca_colours, rollout, v
 
 TEMPLATE = Path(__file__).with_name("template.html")
 MAX_TOKENS = 512  # text: tokens kept per axis (the page says when it cut)
+MAX_CONTACT_RESIDUES = 1024  # a protein's contact maps: residues kept per axis (~2.8 MB of base64 a map)
 MAX_WEIGHTS = 1_500_000  # weights per page before heads are averaged (~4 MB of base64)
 SCALE = 65535
 
@@ -159,9 +160,12 @@ def _protein_payload(p: Prediction, title: str) -> dict[str, Any]:
     stacked, heads = _budget(stacked, notes)
     group = {"key": "protein", "label": "self-attention over residues", "rows": tokens, "cols": tokens,
              "layers": names, "heads": heads, "maps": pack(stacked)}
-    contacts = {"residues": str(p.input),
-                "predicted": None if p.contact_probs is None else pack(p.contact_probs),
-                "true": None if p.true_contacts is None else pack(p.true_contacts.float())}
+    n = min(len(str(p.input)), MAX_CONTACT_RESIDUES)
+    if n < len(str(p.input)):
+        notes.append(f"{len(str(p.input))} residues: the contact maps show the first {n}")
+    contacts = {"residues": str(p.input)[:n],
+                "predicted": None if p.contact_probs is None else pack(p.contact_probs[:n, :n]),
+                "true": None if p.true_contacts is None else pack(p.true_contacts[:n, :n].float())}
     if p.contact_probs is None:
         notes.append("the contact head is not fitted: no predicted contacts (evaluate.py contacts=true fits it)")
     shown = {"text": f"{p.input} (pseudo-perplexity {p.perplexity:.3f})", "label": "sequence"}
