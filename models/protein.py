@@ -127,6 +127,9 @@ class ProteinLM(Network):
                 nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.tok_embed.weight[self.alphabet.pad].zero_()
+            # An all-zero contact head means "not fitted" (predict.py then says how to fit it): masked-LM
+            # training never touches it, so random weights would print random contacts as if they meant something.
+            self.contact_head.weight.zero_()
 
     @property
     def vocab_size(self) -> int:

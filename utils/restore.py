@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -57,12 +57,13 @@ def warn_if_other_model(ckpt_file: Path, cfg: DictConfig) -> None:
              f"({saved}); using the checkpoint's own model and config, not the run's")
 
 
-def restore(ckpt_path: str | Path, *, data: bool = True, switches: bool = True,
+def restore(ckpt_path: str | Path, *, data: bool | Callable[[DictConfig], bool] = True, switches: bool = True,
             runtime: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Restored:
     """The run of a checkpoint, its weights loaded.
 
     data: build the data module (it knows the classes, the tokenizer and the normalisation); without it the
-        facts the data would decide (num_classes, vocab_size) are read from the trained output layer.
+        facts the data would decide (num_classes, vocab_size) are read from the trained output layer. A callable
+        decides from the run's config (predict.py: a protein needs no data, its alphabet is the network's).
     switches: keep the training-time switches (torch.compile, activation checkpointing); off for predictions.
     runtime: this command's own keys (trainer, paths, seed, threads, attention_kernel...) put over the run's.
     state: weights to load instead of the checkpoint's (e.g. an average of several checkpoints).
@@ -82,6 +83,8 @@ def restore(ckpt_path: str | Path, *, data: bool = True, switches: bool = True,
         plain_paths(cfg, ckpt_file)
     weights = ckpt["state_dict"] if state is None else state
     dm = None
+    if callable(data):
+        data = data(cfg)
     if data:
         dm = build_datamodule(cfg, datamodule_state(ckpt, cfg))  # fills num_classes / vocab_size
     else:

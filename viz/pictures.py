@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from inference.predictor import Prediction
+from inference.protein import predicted_contacts
 from utils.errors import UserError
 from viz import plots
 from viz.maps import backbone_views, causal_views, classifier_views, in_layer_order, translation_views
@@ -42,6 +43,8 @@ def draw(
         return draw_completion(p, out_dir, stem)
     if p.net.task == "transcribe":
         return draw_transcription(p, out_dir, stem, layer)
+    if p.net.task == "unmask":
+        return draw_protein(p, out_dir, stem, predicted_contacts(p), layer)
     if p.text is not None:
         return draw_translation(p, out_dir, stem, layer, encoder_layer)
     if p.embedding is not None:
@@ -265,4 +268,40 @@ def draw_word(p: Prediction, word: str, out_dir: Path, stem: str) -> list[Path]:
                 "token looking (query)",
             )
         )
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- protein
+
+
+def protein_title(p: Prediction, limit: int = 50) -> str:
+    """name: L residues, pseudo-perplexity (a protein picture's first title line)."""
+    seq = str(p.input)
+    shown = seq if len(seq) <= limit else seq[: limit - 3] + "..."
+    return f"{p.name}: {len(seq)} residues, pseudo-perplexity {p.perplexity:.2f}\n{shown}"
+
+
+def draw_protein(p: Prediction, out_dir: Path, stem: str, top: list[tuple[int, int, float]],
+                 layer: int = -1) -> list[Path]:
+    """A protein's pictures: the predicted contact map beside the true one when a structure is known
+    (<stem>_contacts.png; the true one alone when the contact head is not fitted, none when neither is known),
+    every layer's self-attention over the residues, mean over the chosen heads (<stem>_attention.png), and each
+    chosen head of `layer` (<stem>_layer<k>_heads.png). top: the printed contacts, marked on the true map."""
+    out, paths = Path(out_dir), []
+    if p.contact_probs is not None or p.true_contacts is not None:
+        paths.append(plots.plot_contacts(p.contact_probs, p.true_contacts, str(p.input), top, protein_title(p),
+                                         out / f"{stem}_contacts.png"))
+    if p.maps:
+        names = in_layer_order(list(p.maps))
+        stackedmaps = torch.stack([p.maps[n][0] for n in names])  # (layers, H, T, T)
+        heads = p.heads or list(range(stackedmaps.shape[1]))
+        chosen = stackedmaps[:, heads].float().cpu()
+        paths.append(plots.plot_residue_maps(chosen.mean(1), p.source_tokens,
+                                             [f"layer {k} ({n})" for k, n in enumerate(names)],
+                                             f"{protein_title(p)}\nself-attention, {_heads_text(p.heads)}",
+                                             out / f"{stem}_attention.png"))
+        k = range(len(names))[layer]  # --layer, checked against the depth by predict.py
+        paths.append(plots.plot_residue_maps(chosen[k], p.source_tokens, [f"head {h}" for h in heads],
+                                             f"{protein_title(p)}\nself-attention of layer {k} ({names[k]}), "
+                                             f"each head", out / f"{stem}_layer{k}_heads.png"))
     return paths

@@ -275,3 +275,69 @@ def plot_head_scores(previous: Tensor, induction: Tensor, n: int, title: str, pa
         fig.colorbar(im, ax=ax, fraction=0.046, label="score")
     fig.suptitle(f"{title}\non {n} random tokens repeated twice")
     return _save(fig, path)
+
+
+def plot_contacts(predicted: Tensor | None, true: Tensor | None, residues: str, top: list[tuple[int, int, float]],
+                  title: str, path: str | Path, max_labels: int = 64) -> Path:
+    """A protein's contact maps: the contact head's probabilities (L, L) beside the true contacts (L, L bool,
+    C-beta < 8 A) when a structure is known, either alone otherwise. `top`: the printed contacts (1-based i < j,
+    p), marked on the true map's upper triangle (o: a true contact, x: not one). Residue letters label the axes
+    of a short protein (at most max_labels residues)."""
+    panels = [(m, name) for m, name in ((predicted, "predicted"), (true, "true")) if m is not None]
+    L = len(residues)
+    extent = (0.5, L + 0.5, L + 0.5, 0.5)  # pixel k is residue k (1-based, as the printed contacts)
+    side = max(4.0, min(7.0, 0.09 * L + 2.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels) + 1, side + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax, (m, name) in zip(axes[0], panels):
+        if name == "predicted":
+            im = ax.imshow(m.float(), cmap=CMAP, vmin=0, vmax=1, interpolation="nearest", extent=extent)
+            ax.set_title("predicted: contact head probability")
+            fig.colorbar(im, ax=ax, fraction=0.046, label="probability")
+        else:
+            ax.imshow(m.float(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest", extent=extent)
+            hits = [(i, j) for i, j, _ in top if bool(m[i - 1, j - 1])]
+            misses = [(i, j) for i, j, _ in top if not bool(m[i - 1, j - 1])]
+            for pairs, marker, colour in ((hits, "o", "tab:green"), (misses, "x", "tab:red")):
+                if pairs:
+                    ax.scatter([j for _, j in pairs], [i for i, _ in pairs], marker=marker, s=18,
+                               c=colour, label=f"top {len(top)} predicted: {len(pairs)} " +
+                               ("true" if marker == "o" else "false"))
+            if top:
+                ax.legend(loc="lower left", fontsize=8)
+            ax.set_title("true: C-beta distance < 8 A (black)")
+        if L <= max_labels:
+            ax.set_xticks(range(1, L + 1), list(residues), fontsize=6)
+            ax.set_yticks(range(1, L + 1), list(residues), fontsize=6)
+        ax.set_xlabel("residue j")
+        ax.set_ylabel("residue i")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_residue_maps(maps: Tensor, tokens: list[str], panels: list[str], title: str, path: str | Path,
+                      max_labels: int = 64) -> Path:
+    """A protein's self-attention maps (n, T, T) over <cls> residues <eos>, one panel each (its title from
+    `panels`: a layer, or a head of one layer), row = residue looking (query), column = residue looked at (key);
+    axes labelled by residue letters when T <= max_labels."""
+    n, T = maps.shape[0], maps.shape[-1]
+    cols = min(n, max(2, round(n**0.5)))
+    rows = (n + cols - 1) // cols
+    side = max(3.2, min(6.5, 0.09 * T + 2.0))
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, side * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        m = maps[k].float()
+        im = ax.imshow(m, cmap=CMAP, vmin=0, vmax=max(float(m.max()), 1e-6), interpolation="nearest")
+        if T <= max_labels:
+            ax.set_xticks(range(T), tokens, rotation=90, fontsize=6)
+            ax.set_yticks(range(T), tokens, fontsize=6)
+        ax.set_title(panels[k], fontsize=9)
+        ax.set_xlabel("residue looked at (key)")
+        ax.set_ylabel("residue looking (query)")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="attention weight")
+    fig.suptitle(title)
+    return _save(fig, path)

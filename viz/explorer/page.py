@@ -29,6 +29,7 @@ from viz.maps import _grid, in_layer_order, patch_range, pca_colours, rollout, v
 
 TEMPLATE = Path(__file__).with_name("template.html")
 MAX_TOKENS = 512  # text: tokens kept per axis (the page says when it cut)
+MAX_CONTACT_RESIDUES = 1024  # a protein's contact maps: residues kept per axis (~2.8 MB of base64 a map)
 MAX_WEIGHTS = 1_500_000  # weights per page before heads are averaged (~4 MB of base64)
 SCALE = 65535
 
@@ -146,6 +147,32 @@ def _causal_payload(p: Prediction, title: str) -> dict[str, Any]:
     return {"kind": "text", "title": title, "prediction": shown, "notes": notes, "groups": [group]}
 
 
+def _protein_payload(p: Prediction, title: str) -> dict[str, Any]:
+    """A protein's page: the text head and model view over <cls> residues <eos> (one group, every layer's
+    self-attention), and its contact maps: the contact head's probabilities (when fitted) and the true contacts
+    (when a structure was read), both (L, L) over the residues."""
+    notes: list[str] = []
+    names = in_layer_order(list(p.maps))
+    tokens, stacked = p.source_tokens, _per_head(p.maps, names)
+    if len(tokens) > MAX_TOKENS:
+        notes.append(f"{len(tokens)} tokens, the first {MAX_TOKENS} are shown in the head view")
+        tokens, stacked = tokens[:MAX_TOKENS], stacked[..., :MAX_TOKENS, :MAX_TOKENS]
+    stacked, heads = _budget(stacked, notes)
+    group = {"key": "protein", "label": "self-attention over residues", "rows": tokens, "cols": tokens,
+             "layers": names, "heads": heads, "maps": pack(stacked)}
+    n = min(len(str(p.input)), MAX_CONTACT_RESIDUES)
+    if n < len(str(p.input)):
+        notes.append(f"{len(str(p.input))} residues: the contact maps show the first {n}")
+    contacts = {"residues": str(p.input)[:n],
+                "predicted": None if p.contact_probs is None else pack(p.contact_probs[:n, :n]),
+                "true": None if p.true_contacts is None else pack(p.true_contacts[:n, :n].float())}
+    if p.contact_probs is None:
+        notes.append("the contact head is not fitted: no predicted contacts (evaluate.py contacts=true fits it)")
+    shown = {"text": f"{p.input} (pseudo-perplexity {p.perplexity:.3f})", "label": "sequence"}
+    return {"kind": "text", "title": title, "prediction": shown, "notes": notes, "groups": [group],
+            "contacts": contacts}
+
+
 def _text_payload(p: Prediction, title: str) -> dict[str, Any]:
     """Head and model view data of a sentence: encoder self-attention, and for a translation decoder
     self- and cross-attention. Rows of decoder maps are the tokens being produced; columns of the
@@ -228,6 +255,8 @@ def payload(p: Prediction, title: str) -> dict[str, Any]:
         raise ValueError("this prediction holds no attention maps: predict(x, maps=True)")
     if p.net.task == "complete":
         return _causal_payload(p, title)
+    if p.net.task == "unmask":
+        return _protein_payload(p, title)
     if p.modality == "text":
         return _text_payload(p, title)
     if p.modality == "video":

@@ -1,0 +1,109 @@
+"""Bad and odd input to predict.py on a protein model (docs/errors.md, "Protein predict"): one `error:` line
+naming the text or file and exit 2, or a run with a `note:` saying what was done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.protein_runs import UBIQUITIN_CA, make_protein_run, write_pdb
+
+import predict
+
+LONG = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues, 35 tokens
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_protein_run(tmp_path_factory.mktemp("protein_errors") / "run")
+
+
+def _predict(capsys, *args: object) -> tuple[int, str, str]:
+    threads = torch.get_num_threads()
+    try:
+        code = predict.main([*map(str, args), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error(capsys, *args: object) -> str:
+    """The command exits 2 with exactly one stderr line, `error: ...`, and prints nothing else; that line."""
+    code, out, err = _predict(capsys, *args)
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_letters_that_are_not_residues_are_named(run, capsys) -> None:
+    line = _one_error(capsys, run, "MKTJAYI")
+    assert "'J' at residue 4 of 'MKTJAYI' is not a residue letter of the esm alphabet" in line
+    assert "'1' at residue 4" in _one_error(capsys, run, "MKT 123")
+
+
+def test_lower_case_and_spaces_run_with_a_note(run, capsys) -> None:
+    code, out, err = _predict(capsys, run, "mkt ayi akqr")
+    assert code == 0, err
+    assert out.splitlines()[0] == "sequence_1: 10 residues"
+    assert "note: 'mkt ayi akqr': upper-cased and white space dropped (10 residues read)" in err
+
+
+def test_a_fasta_header_inside_the_text_is_refused(run, capsys) -> None:
+    line = _one_error(capsys, run, ">sp|P69905|HBA_HUMAN MVLSPADKTNVKAAW")
+    assert "'>sp|P69905|HBA_HUMAN MVLSPADKTNVKAAW' starts with '>', a FASTA header" in line
+
+
+def test_an_empty_sequence_is_refused(run, capsys) -> None:
+    for text in ("", "   "):
+        assert _one_error(capsys, run, text) == ("error: the sequence is empty: expected one-letter residue codes "
+                                                 "(e.g. MKTAYIAKQR)")
+
+
+def test_a_fasta_file_with_no_records_or_not_utf8_is_refused(run, capsys, tmp_path) -> None:
+    empty = tmp_path / "empty.fasta"
+    empty.write_text("")
+    assert f"{empty} holds no FASTA records" in _one_error(capsys, run, empty)
+    latin = tmp_path / "latin.fasta"
+    latin.write_bytes(b">x\nMK\xe9T\n")
+    assert f"{latin} is not UTF-8 text: byte b'\\xe9' at line 2" in _one_error(capsys, run, latin)
+    headless = tmp_path / "plain.fasta"
+    headless.write_text("MKTAYI\n")
+    assert "sequence text before the first '>' header line" in _one_error(capsys, run, headless)
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">one\nMKTAYI\n>two\nMKTJ\n")
+    assert f"{bad} record 'two': 'J' at residue 4" in _one_error(capsys, run, bad)
+
+
+def test_a_sequence_longer_than_the_model_was_trained_on(tmp_path, capsys) -> None:
+    learned = make_protein_run(tmp_path / "learned", positions="learned", max_len=20)
+    line = _one_error(capsys, learned, LONG)
+    assert line == ("error: sequence_1: 33 residues (35 tokens with <cls> and <eos>) is longer than this model's "
+                    "max_len=20 tokens (18 residues): its learned position table ends there; give at most 18 "
+                    "residues (e.g. a domain)")
+    rotary = make_protein_run(tmp_path / "rotary", max_len=20, attn_window=8)
+    code, out, err = _predict(capsys, rotary, LONG)
+    assert code == 0 and out.startswith("sequence_1: 33 residues"), err
+    assert "is longer than the 20 tokens the model was trained on: run with its rotary positions" in err
+    assert "attn_window=8" in err
+
+
+def test_a_structure_file_without_backbone_coordinates_is_refused(run, capsys, tmp_path) -> None:
+    pdb = UBIQUITIN_CA if UBIQUITIN_CA.is_file() else tmp_path / "ca.pdb"
+    if not pdb.is_file():  # CA atoms only: a walk's N and C lines left out
+        lines = write_pdb(tmp_path / "walk.pdb").read_text().splitlines()
+        pdb.write_text("\n".join(line for line in lines if line[12:16].strip() not in ("N", "C")) + "\n")
+    assert "has no residue with N, CA and C atoms (backbone coordinates)" in _one_error(capsys, run, pdb)
+
+
+def test_a_missing_or_wrong_contact_head_file_is_refused(run, capsys, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    line = _one_error(capsys, run, "MKTAYI", "--contact-head", tmp_path / "nope.safetensors")
+    assert "--contact-head " in line and "no such file" in line
+    other = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(1, 12), "bias": torch.zeros(1)}, str(other))
+    line = _one_error(capsys, run, "MKTAYI", "--contact-head", other)
+    assert "contact head weight of shape (1, 12), but this model has 2 layers x 2 heads: expected (1, 4)" in line
