@@ -28,11 +28,11 @@ class Network(nn.Module):
     """What every zoo network tells the rest of the house (export, predict, explorer).
 
     name: the config group (configs/model/<name>.yaml) and the exported file's name.
-    modality: the kind of input, as the data configs say it: image | audio | video | text | tokens.
+    modality: the kind of input, as the data configs say it: image | audio | video | text | tokens | protein.
     attention_layers: globs of the MultiHeadAttention modules the explorer and the maps show.
     task: what a prediction is: "classify" (logits over classes), "generate" (decoded text), "embed"
-        (contextual vectors), "complete" (a prompt continued), "transcribe" (speech -> text); it chooses the
-        LightningModule a pretrained source predicts through.
+        (contextual vectors), "complete" (a prompt continued), "transcribe" (speech -> text), "unmask" (masked residues
+        predicted back: a protein language model); it chooses the LightningModule a pretrained source predicts through.
     """
 
     name: ClassVar[str]

@@ -24,7 +24,7 @@ from models.video import VideoTransformer
 from models.vit import VisionTransformer
 from models.whisper import Whisper
 
-MODALITIES = ("image", "audio", "video", "text", "tokens")
+MODALITIES = ("image", "audio", "video", "text", "tokens", "protein")
 
 # One small instance per network (two for video: divided and joint attention name their layers apart).
 SMALL = {
@@ -81,6 +81,7 @@ def test_every_network_declares_name_modality_and_attention_layers() -> None:
         "Translator",
         "SequenceClassifier",
         "TextEncoder",
+        "ProteinLM",
     }
     for cls in classes:
         assert isinstance(cls.name, str) and cls.name, cls
