@@ -160,8 +160,11 @@ class ProteinLM(Network):
             raise ValueError(f"{ids.shape[1]} tokens: longer than max_len={self.max_len} (learned positions)")
         pad_mask = ids.eq(self.alphabet.pad) if pad_mask is None else pad_mask
         x = self.embed(ids, pad_mask)
+        # Nothing padded (one protein, or a batch of equal lengths): no mask, so the kernels stream the (T, T)
+        # scores once less. The check reads one flag on the host (a sync on a GPU, once a forward).
+        keys = pad_mask if bool(pad_mask.any()) else None
         for block in self.blocks:
-            x = block(x, key_padding_mask=pad_mask)
+            x = block(x, key_padding_mask=keys)
         return x if self.norm is None else self.norm(x)
 
     def lm_head(self, h: Tensor) -> Tensor:
