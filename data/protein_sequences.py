@@ -150,6 +150,7 @@ class ProteinBatches(L.LightningDataModule):
     modality = "protein"  # the kind of input it yields: a network of the same modality trains on it
     task = "unmask"  # masked-LM batches (utils.build.check_model_fits_data)
     what = "sequences"
+    search = True  # step 3 of the split rule (data/protein_split.py): drop val / test homologues of training ones
 
     def __init__(self, *, alphabet: str, max_len: int, batch_size: int, eval_batch_size: int, val_fraction: float,
                  test_fraction: float, identity: float, root: str, num_workers: int, seed: int) -> None:
@@ -178,7 +179,7 @@ class ProteinBatches(L.LightningDataModule):
 
     def _homology_split(self) -> Split:
         return homology_split(self._seqs, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                              identity=self.identity, seed=self.seed, what=self.what,
+                              identity=self.identity, seed=self.seed, what=self.what, search=self.search,
                               cache_dir=Path(self.root).expanduser() / "protein_splits")
 
     def _ready(self) -> Split:

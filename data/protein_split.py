@@ -70,10 +70,13 @@ def homology_split(
     cache_dir: str | Path | None = None,
     threads: int = 1,
     what: str = "sequences",
+    search: bool = True,
 ) -> Split:
-    """Split `sequences` (residue strings) by the rule of this module; read from / written to `cache_dir`."""
+    """Split `sequences` (residue strings) by the rule of this module; read from / written to `cache_dir`.
+    `search=False` stops after step 2 (whole clusters apart, no search for homologues across them): for
+    families whose members are all homologues of each other (antibody variable domains)."""
     rule = {"version": VERSION, "identity": identity, "coverage": COVERAGE, "evalue": EVALUE,
-            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "search": search}
     digest = hashlib.sha256(json.dumps(rule, sort_keys=True).encode())
     for seq in sequences:
         digest.update(seq.encode() + b"\n")
@@ -122,7 +125,7 @@ def _compute(sequences: list[str], rule: dict, threads: int) -> Split:
             parts[name].extend(cluster)
         dropped = {"val": 0, "test": 0}
         held = parts["val"] + parts["test"]
-        if held and parts["train"]:
+        if rule["search"] and held and parts["train"]:
             _write_fasta(work / "held.fasta", held, sequences)
             _write_fasta(work / "train.fasta", parts["train"], sequences)
             _run([binary, "easy-search", str(work / "held.fasta"), str(work / "train.fasta"), str(work / "hits.m8"),
