@@ -55,7 +55,8 @@ def read_fasta(path: str | Path, alphabet: Alphabet | str = "esm") -> list[tuple
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise FileFormatError(f"FASTA file {p} is not UTF-8 text: byte {raw[err.start:err.start + 1]!r} at line "
-                              f"{line} (offset {err.start}) cannot be decoded; expected ASCII residue letters") from None
+                              f"{line} (offset {err.start}) cannot be decoded; expected ASCII residue "
+                              f"letters") from None
     records: list[tuple[str, list[str]]] = []
     for line in text.splitlines():
         if line.startswith(">"):
