@@ -34,12 +34,15 @@ from utils.errors import FileFormatError, MissingDataError, MissingFileError, Us
 UNIPROT_EXAMPLES = Path("/usr/share/doc/mmseqs2/example-data/DB.fasta.gz")
 
 
-def read_fasta(path: str | Path, alphabet: Alphabet | str = "esm") -> list[tuple[str, str]]:
-    """(name, sequence) of every record of a FASTA file (`.gz` too). The name is the header's first word;
-    lower case and white space in sequences are cleaned (with a note), a record without residues is skipped
-    (with a note); a letter the alphabet lacks, a missing / non-UTF-8 file or one with no records is a
-    UserError naming the file."""
-    alpha = Alphabet.named(alphabet) if isinstance(alphabet, str) else alphabet
+def read_fasta(path: str | Path, alphabet: Alphabet | str | None = None) -> list[tuple[str, str]]:
+    """(name, sequence) of every record of a FASTA file (`.gz` too), in file order; the name is the header's
+    first word. A missing or non-UTF-8 file, one with no records or with residues before the first header is a
+    UserError naming the file.
+
+    Without `alphabet`: sequences as written (white space dropped), empty ones kept: the caller checks them
+    (predict.py does, saying what it fixed). With an alphabet (the data modules): lower case and white space
+    are cleaned and records without residues skipped, each with a note; a letter the alphabet lacks is a
+    UserError naming the letter, its position and the record."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise MissingFileError(f"FASTA file {str(p)!r} does not exist; expected a FASTA file of protein sequences "
@@ -58,18 +61,21 @@ def read_fasta(path: str | Path, alphabet: Alphabet | str = "esm") -> list[tuple
                               f"{line} (offset {err.start}) cannot be decoded; expected ASCII residue "
                               f"letters") from None
     records: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         if line.startswith(">"):
-            records.append((line[1:].strip().split(maxsplit=1)[0] if line[1:].strip() else f"record{len(records) + 1}",
-                            []))
+            words = line[1:].split(maxsplit=1)
+            records.append((words[0] if words else f"record_{len(records) + 1}", []))
         elif line.strip() and not line.startswith(";"):  # ';' starts a comment line in old FASTA files
             if not records:
-                raise FileFormatError(f"FASTA file {p}: line {text[:text.find(line)].count(chr(10)) + 1} holds "
-                                      f"residues before any '>name' header; expected a FASTA file")
+                raise FileFormatError(f"FASTA file {p}: sequence text before the first '>' header line (line "
+                                      f"{number}); expected '>name' lines, each followed by its residues")
             records[-1][1].append(line)
     if not records:
-        raise FileFormatError(f"FASTA file {p} holds no FASTA records (no line starts with '>'); expected "
-                              f"'>name' lines, each followed by its residues")
+        raise FileFormatError(f"FASTA file {p} holds no FASTA records (it is empty or has no '>name' header "
+                              f"line); expected '>name' lines, each followed by its residues")
+    if alphabet is None:
+        return [(name, "".join("".join(lines).split())) for name, lines in records]
+    alpha = Alphabet.named(alphabet) if isinstance(alphabet, str) else alphabet
     known = set(alpha.letters)
     out, cleaned, empty = [], 0, []
     for name, lines in records:
@@ -82,7 +88,7 @@ def read_fasta(path: str | Path, alphabet: Alphabet | str = "esm") -> list[tuple
             try:
                 alpha.clean(seq)
             except SequenceError as err:
-                raise UserError(f"FASTA file {p}, record {name!r}: {err}") from None
+                raise UserError(f"FASTA file {p} record {name!r}: {err}") from None
         cleaned += seq != joined
         out.append((name, seq))
     if cleaned:
@@ -233,15 +239,16 @@ class ProteinBatches(L.LightningDataModule):
 class ProteinSequencesDataModule(ProteinBatches):
     """FASTA files -> masked-LM batches (B, T) of `<cls> residues <eos>` ids.
 
-    Args mirror configs/data/protein_sequences.yaml: `path` a FASTA file or a list of them (null: the
-    UniProt examples of mmseqs2-examples); `max_len` residues per sequence (longer ones cropped);
-    `identity` the split's homology threshold; `max_sequences` the first N records only (null: all);
-    `root` where the split is cached (`<root>/protein_splits`).
+    Args mirror configs/data/protein_sequences.yaml: `dataset` the config's name; `path` a FASTA file or a
+    list of them (null: the UniProt examples of mmseqs2-examples); `max_len` residues per sequence (longer
+    ones cropped); `identity` the split's homology threshold; `max_sequences` the first N records only (null:
+    all); `root` where the split is cached (`<root>/protein_splits`).
     """
 
     def __init__(
         self,
         *,
+        dataset: str = "protein_sequences",
         path: str | list[str] | None = None,
         alphabet: str = "esm",
         max_len: int = 1024,
@@ -262,6 +269,7 @@ class ProteinSequencesDataModule(ProteinBatches):
         paths = [path] if isinstance(path, (str, Path)) else list(path) if path is not None else None
         if paths is not None and not paths:
             raise refuse("path", path, "expected a FASTA file or a list of them")
+        self.dataset = dataset  # the config's name (data=protein_sequences), for messages
         self.paths = [Path(p).expanduser() for p in paths] if paths is not None else None
         self.max_sequences = max_sequences
 
@@ -269,14 +277,14 @@ class ProteinSequencesDataModule(ProteinBatches):
         paths = self.paths
         if paths is None:
             if not UNIPROT_EXAMPLES.is_file():
-                raise MissingDataError(f"data=protein_sequences: the default sequences {UNIPROT_EXAMPLES} are not "
+                raise MissingDataError(f"data={self.dataset}: the default sequences {UNIPROT_EXAMPLES} are not "
                                        f"installed: apt-get install mmseqs2-examples, or give data.path=<FASTA file>")
             paths = [UNIPROT_EXAMPLES]
         records = [r for p in paths for r in read_fasta(p, self.alphabet)]
         if self.max_sequences is not None:
             records = records[: self.max_sequences]
         if len(records) < 3:
-            raise UserError(f"data=protein_sequences: {', '.join(map(str, paths))} hold(s) {len(records)} "
+            raise UserError(f"data={self.dataset}: {', '.join(map(str, paths))} hold(s) {len(records)} "
                             f"sequence(s); expected at least 3 (train, val and test)")
         self._names = [name for name, _ in records]
         self._seqs = [seq for _, seq in records]

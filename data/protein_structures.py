@@ -168,10 +168,11 @@ def antibody_kind(sequence: str) -> str | None:
 class ProteinStructuresDataModule(ProteinBatches):
     """PDB chains of ProMod3's structure database -> masked-LM batches (B, T) and held-out `chains(split)`.
 
-    Args mirror configs/data/protein_structures.yaml: `path` the database (null: Debian's promod3-data);
-    `min_len` the shortest chain kept; `max_len` residues per MLM sequence (longer ones cropped; `chains()`
-    gives whole chains); `identity` the split's homology threshold; `max_chains` the first N chains kept
-    (null: all); `select` all | antibody; `root` where the split is cached (`<root>/protein_splits`).
+    Args mirror configs/data/protein_structures.yaml: `dataset` the config's name; `path` the database
+    (null: Debian's promod3-data); `min_len` the shortest chain kept; `max_len` residues per MLM sequence
+    (longer ones cropped; `chains()` gives whole chains); `identity` the split's homology threshold;
+    `max_chains` the first N chains kept (null: all); `select` all | antibody; `root` where the split is
+    cached (`<root>/protein_splits`).
     """
 
     what = "chains"
@@ -179,6 +180,7 @@ class ProteinStructuresDataModule(ProteinBatches):
     def __init__(
         self,
         *,
+        dataset: str = "protein_structures",
         path: str | None = None,
         alphabet: str = "esm",
         min_len: int = 50,
@@ -200,6 +202,7 @@ class ProteinStructuresDataModule(ProteinBatches):
         require_int("min_len", min_len)
         require_int("max_chains", max_chains, at_least=3, optional=True, note=" (train, val and test)")
         require_choice("select", select, SELECTIONS)
+        self.dataset = dataset  # the config's name (data=protein_structures), for messages
         self.path, self.min_len, self.max_chains, self.select = path, min_len, max_chains, select
         # Antibody variable domains are all homologues of each other (shared frameworks, mostly > 50 % identity):
         # step 3 of the split rule would leave no val / test chain, so they are split by whole clusters only.
@@ -215,12 +218,12 @@ class ProteinStructuresDataModule(ProteinBatches):
         if self.max_chains is not None:
             keep = keep[: self.max_chains]
         if len(keep) < 3:
-            raise UserError(f"data=protein_structures: {len(keep)} chain(s) of {db.path} pass min_len="
+            raise UserError(f"data={self.dataset}: {len(keep)} chain(s) of {db.path} pass min_len="
                             f"{self.min_len}, select={self.select}; expected at least 3 (train, val and test)")
         letters = set(self.alphabet.letters)
         bad = next((i for i in keep if set(db.sequence(i)) - letters), None)
         if bad is not None:
-            raise UserError(f"data=protein_structures: chain {db.names[bad]} holds letters "
+            raise UserError(f"data={self.dataset}: chain {db.names[bad]} holds letters "
                             f"{''.join(sorted(set(db.sequence(bad)) - letters))} that the {self.alphabet.name} "
                             f"alphabet lacks")
         self.db, self._index = db, keep

@@ -20,12 +20,13 @@ def test_a_fasta_with_no_records_is_one_line_naming_the_file(tmp_path: Path) -> 
     empty.write_text("")
     bare.write_text("MKTAYIAKQR\n>one\nMKT\n")  # residues before any header
     blank.write_bytes(gzip.compress(b">one\n\n>two\n"))  # headers without residues
-    with pytest.raises(FileFormatError, match=r"empty\.fasta holds no FASTA records \(no line starts with '>'\)"):
+    with pytest.raises(FileFormatError, match=r"empty\.fasta holds no FASTA records \(it is empty or has no '>"):
         read_fasta(empty)
-    with pytest.raises(FileFormatError, match=r"bare\.fasta: line 1 holds residues before any '>name' header"):
+    with pytest.raises(FileFormatError, match=r"bare\.fasta: sequence text before the first '>' header line"):
         read_fasta(bare)
     with pytest.raises(FileFormatError, match=r"blank\.fa\.gz: none of its 2 records holds residues"):
-        read_fasta(blank)
+        read_fasta(blank, "esm")
+    assert read_fasta(blank) == [("one", ""), ("two", "")]  # without an alphabet: as written, for the caller
     with pytest.raises(MissingFileError, match=r"FASTA file '.*nope\.fasta' does not exist"):
         read_fasta(tmp_path / "nope.fasta")
 
@@ -40,10 +41,10 @@ def test_a_non_utf8_fasta_names_the_file_and_line(tmp_path: Path) -> None:
 def test_letters_the_alphabet_lacks_are_refused_naming_the_letter_and_record(tmp_path: Path) -> None:
     path = tmp_path / "odd.fasta"
     path.write_text(">good\nMKTAYI\n>bad\nMKT*AYI\n")
-    with pytest.raises(UserError, match=r"odd\.fasta, record 'bad': '\*' at residue 4 of 'MKT\*AYI' is not a resid"):
-        read_fasta(path)
+    with pytest.raises(UserError, match=r"odd\.fasta record 'bad': '\*' at residue 4 of 'MKT\*AYI' is not a resid"):
+        read_fasta(path, "esm")
     path.write_text(">x\nMKTXAYI\n")  # X (unknown residue) is an ESM token, not an AntiBERTy one
-    assert read_fasta(path) == [("x", "MKTXAYI")]
+    assert read_fasta(path, "esm") == [("x", "MKTXAYI")]
     with pytest.raises(UserError, match=r"record 'x': 'X' at residue 4 .* of the antiberty alphabet"):
         read_fasta(path, "antiberty")
 
@@ -51,10 +52,11 @@ def test_letters_the_alphabet_lacks_are_refused_naming_the_letter_and_record(tmp
 def test_lower_case_spaces_and_empty_records_are_cleaned_with_a_note(tmp_path: Path, capsys) -> None:
     path = tmp_path / "messy.fasta"
     path.write_text(">a\nmkt ayi\n>empty\n>b\nACD\n")
-    assert read_fasta(path) == [("a", "MKTAYI"), ("b", "ACD")]
+    assert read_fasta(path, "esm") == [("a", "MKTAYI"), ("b", "ACD")]
     err = capsys.readouterr().err
     assert "note: " in err and "upper-cased residues / removed white space in 1 of 3 records" in err
     assert "skipped 1 record(s) without residues (first: 'empty')" in err
+    assert read_fasta(path) == [("a", "mktayi"), ("empty", ""), ("b", "ACD")]  # no alphabet: the caller cleans
 
 
 def test_missing_packages_say_what_to_install(tmp_path: Path, monkeypatch) -> None:

@@ -30,9 +30,10 @@ def test_fasta_plain_and_gz_give_names_and_clean_residues(tmp_path: Path, capsys
     plain.write_text(text)
     packed.write_bytes(gzip.compress(text.encode()))
     want = [("sp|P1|ONE", "MKTAYIAKQRQISFVK"), ("two", "MKTAYI"), ("three", "ACDEFGHIKLMNPQRSTVWY")]
-    assert read_fasta(plain) == want
+    assert read_fasta(plain, "esm") == want
     assert "note: " in capsys.readouterr().err  # record two was lower case with a space: said so
-    assert read_fasta(packed) == want
+    assert read_fasta(packed, "esm") == want
+    assert read_fasta(packed)[1] == ("two", "mktayi")  # no alphabet: as written, white space dropped
 
 
 # --- batches -------------------------------------------------------------------------------------------
