@@ -188,7 +188,7 @@ class ProteinStructuresDataModule(ProteinBatches):
         batch_size: int = 16,
         eval_batch_size: int = 32,
         val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
+        test_fraction: float = 0.1,
         identity: float = 0.3,
         max_chains: int | None = None,
         select: str = "all",
