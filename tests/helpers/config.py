@@ -39,8 +39,25 @@ def _default_data_target(model: str) -> str:
         return compose(config_name="train", overrides=[f"model={model}"]).data._target_
 
 
-# Which model trains on each dataset: the model whose default data uses the same data module class.
+def _kind(target: str) -> tuple[str | None, str | None]:
+    """The modality and task a data module class declares."""
+    from hydra.utils import get_class
+
+    cls = get_class(target)
+    return getattr(cls, "modality", None), getattr(cls, "task", None)
+
+
+def _model_for(data: str) -> str:
+    """The model whose default data uses the same data module class; else (a family's second data module, e.g.
+    data=protein_structures beside the default protein_sequences) the one whose default data declares the same
+    modality and task (imported only then: collecting stays fast)."""
+    target = _data_target(ROOT / "configs" / "data" / f"{data}.yaml")
+    same = [m for m, t in _MODULE_OF_MODEL.items() if t == target]
+    if same:
+        return same[0]
+    return next(m for m, t in _MODULE_OF_MODEL.items() if _kind(t) == _kind(target))
+
+
+# Which model trains on each dataset.
 _MODULE_OF_MODEL = {m: _default_data_target(m) for m in MODELS}
-MODEL_FOR_DATA = {d: next(m for m, t in _MODULE_OF_MODEL.items()
-                          if t == _data_target(ROOT / "configs" / "data" / f"{d}.yaml"))
-                  for d in DATASETS}
+MODEL_FOR_DATA = {d: _model_for(d) for d in DATASETS}
