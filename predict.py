@@ -56,7 +56,7 @@ from inference.complete import Sampling
 from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load
 from inference.predictor import Prediction, Predictor, shown_layers
-from inference.protein import (CONTACT_HEAD_FILE, contact_head_file, fit_command, head_fitted,
+from inference.protein import (CONTACT_HEAD_FILE, FIT_COMMAND, contact_head_file, head_fitted,
                                load_contact_head, predicted_contacts, read_proteins)
 from utils.errors import UserError, note
 from utils.rundir import refuse_writing_into_run
@@ -329,8 +329,9 @@ def prepare_contact_head(predictor: Predictor, given: Path | None) -> None:
         if given is None:
             note(f"the contact head of {source} is not fitted: using {found}")
     elif not head_fitted(net):
+        fit = FIT_COMMAND.format(key="pretrained" if is_source(str(source)) else "ckpt_path", run=source)
         note(f"the contact head of {source} is not fitted (all zero) and no {CONTACT_HEAD_FILE} was found beside "
-             f"it: no contact lines. Fit it with `{fit_command(str(source))}`, then pass --contact-head "
+             f"it: no contact lines. Fit it with `{fit}`, then pass --contact-head "
              f"<its output folder>/{CONTACT_HEAD_FILE}")
 
 

@@ -30,12 +30,6 @@ MIN_SEPARATION = 6  # contacts printed: residues at least this far apart in the 
 CONTACT_HEAD_FILE = "contact_head.safetensors"  # what `evaluate.py contacts=true` writes
 FIT_COMMAND = "python evaluate.py {key}={run} contacts=true data=protein_structures"
 
-
-def fit_command(run: str) -> str:
-    """The command that fits the contact head of a run (ckpt_path=) or of a pretrained source (pretrained=)."""
-    from inference.load import is_source
-
-    return FIT_COMMAND.format(key="pretrained" if is_source(run) else "ckpt_path", run=run)
 TOKENS_PER_BATCH = 16384  # masked copies run together in pseudo_perplexity: at most this many tokens a pass
 THREE_TO_ONE = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
                 "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F", "PRO": "P", "SER": "S",
