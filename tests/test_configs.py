@@ -19,6 +19,8 @@ def test_each_model_composes_with_its_default_data(model: str, tmp_path) -> None
     module = build_module(cfg)
     if "num_classes" in cfg.model:
         assert cfg.model.num_classes == dm.num_classes
+    elif hasattr(dm, "alphabet"):  # a protein model reads the residues of the data's alphabet
+        assert module.net.alphabet == dm.alphabet
     else:  # the translator is sized by its trained tokenizer
         assert module.net.vocab_size == dm.vocab_size == dm.tokenizer.get_vocab_size()
     assert sum(p.numel() for p in module.parameters()) > 0

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+import data.protein_split as protein_split
 from data.protein_sequences import UNIPROT_EXAMPLES, PadProteins, ProteinSequencesDataModule, ProteinTokens, read_fasta
-from data.protein_structures import STRUCTURE_DB, Chain, ProteinStructuresDataModule, read_structure_db
+from data.protein_structures import STRUCTURE_DB, Chain, ProteinStructuresDataModule, antibody_kind, read_structure_db
 from models.protein_alphabet import Alphabet
 
 needs_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None,
@@ -66,7 +67,7 @@ def test_training_crops_are_random_windows_and_evaluation_crops_are_the_start() 
 
 @needs_mmseqs
 @needs_uniprot
-def test_sequence_module_batches_hold_each_split_sequence_once(tmp_path: Path) -> None:
+def test_sequence_module_batches_hold_each_split_sequence_once(tmp_path: Path, monkeypatch) -> None:
     dm = ProteinSequencesDataModule(root=str(tmp_path), max_len=64, max_sequences=300, batch_size=8,
                                     eval_batch_size=16)
     a = dm.alphabet
@@ -94,6 +95,13 @@ def test_sequence_module_batches_hold_each_split_sequence_once(tmp_path: Path) -
     for letter, n in counts.items():
         want[a.tokens.index(letter)] = n / total
     assert np.allclose(dm.unigram(), want) and abs(dm.unigram().sum() - 1) < 1e-12
+    # a second module on the same data reads the cached split: mmseqs does not run again
+    def no_mmseqs(*args, **kwargs):
+        raise AssertionError("the split was computed again")
+
+    monkeypatch.setattr(protein_split, "_compute", no_mmseqs)
+    again = ProteinSequencesDataModule(root=str(tmp_path), max_len=64, max_sequences=300)
+    assert [n for n, _ in again.sequences("test")] == names["test"]
 
 
 # --- the ProMod3 structure database --------------------------------------------------------------------
@@ -216,3 +224,14 @@ def test_the_split_leaks_no_homologue_by_an_independent_aligner(tmp_path: Path) 
             same = sum(a == b for a, b in zip(aln[0], aln[1]) if a != "-")
             worst = max(worst, same / columns)
     assert worst < 0.3
+
+
+@needs_promod3
+def test_the_antibody_rule_takes_variable_domains_not_chains_that_merely_share_a_motif(db) -> None:
+    index = {name: i for i, name in enumerate(db.names)}
+    kinds = {name: antibody_kind(db.sequence(index[name])) for name in
+             ("5C2B.A", "1MQK.B", "2YC1.B", "4HBC.B", "1BHD.B", "3C2G.A", "1R3D.A", "12AS.A")}
+    # heavy: a human VH (5C2B.A) and a mouse VH (1MQK.B); light: a kappa VL (2YC1.B) and a Fab light chain
+    # (4HBC.B); the others hold W[VIF]RQ or WYQQ outside any immunoglobulin domain, or neither
+    assert kinds == {"5C2B.A": "heavy", "1MQK.B": "heavy", "2YC1.B": "light", "4HBC.B": "light",
+                     "1BHD.B": None, "3C2G.A": None, "1R3D.A": None, "12AS.A": None}
