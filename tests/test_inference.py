@@ -88,7 +88,7 @@ def test_predict_runs_a_classifier_once_per_input_for_pictures_and_page(
 ) -> None:
     predictor = predictors["vit"]
     calls = counted(predictor)
-    monkeypatch.setattr(predict, "load", lambda spec: predictor)
+    monkeypatch.setattr(predict, "load", lambda spec, **_: predictor)
     files = images(tmp_path, 2)
     out = tmp_path / "out"
     assert (
@@ -116,7 +116,7 @@ def test_predict_decodes_a_sentence_once_and_teacher_forces_once(
 ) -> None:
     predictor = predictors["translator"]
     calls = counted(predictor)
-    monkeypatch.setattr(predict, "load", lambda spec: predictor)
+    monkeypatch.setattr(predict, "load", lambda spec, **_: predictor)
     out = tmp_path / "out"
     assert (
         predict.main(
