@@ -152,8 +152,9 @@ class ProteinLM(Network):
             x = self.embed_norm(x)
         return self.drop(x * keep)
 
-    def hidden(self, ids: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        """(B, T) ids -> (B, T, dim) final hidden states (after the final norm, where the model has one)."""
+    def hidden(self, ids: Tensor, pad_mask: Tensor | None = None, always_mask: bool = False) -> Tensor:
+        """(B, T) ids -> (B, T, dim) final hidden states (after the final norm, where the model has one).
+        always_mask: apply the padding mask even when nothing is padded (the graph export branches on no value)."""
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(f"expected (batch, length) int64 residue ids, got {tuple(ids.shape)} {ids.dtype}")
         if self.pos_embed is not None and ids.shape[1] > self.max_len:
@@ -162,7 +163,7 @@ class ProteinLM(Network):
         x = self.embed(ids, pad_mask)
         # Nothing padded (one protein, or a batch of equal lengths): no mask, so the kernels stream the (T, T)
         # scores once less. The check reads one flag on the host (a sync on a GPU, once a forward).
-        keys = pad_mask if bool(pad_mask.any()) else None
+        keys = pad_mask if always_mask or bool(pad_mask.any()) else None
         for block in self.blocks:
             x = block(x, key_padding_mask=keys)
         return x if self.norm is None else self.norm(x)
@@ -172,9 +173,9 @@ class ProteinLM(Network):
         h = self.head_norm(self.head_act(self.head_dense(h)))
         return F.linear(h, self.tok_embed.weight) + self.head_bias
 
-    def forward(self, ids: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, pad_mask: Tensor | None = None, always_mask: bool = False) -> Tensor:
         """ids (B, T) -> logits (B, T, vocab). pad_mask (B, T): True = padding (default: ids == pad)."""
-        return self.lm_head(self.hidden(ids, pad_mask))
+        return self.lm_head(self.hidden(ids, pad_mask, always_mask))
 
     def contact_features(self, ids: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(logits, features): features (B, T - 2, T - 2, depth * num_heads), every layer's and head's map
@@ -214,7 +215,7 @@ class _PlainProteinLM(nn.Module):
         self.net = net
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.net(ids)
+        return self.net(ids, always_mask=True)
 
 
 

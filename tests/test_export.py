@@ -45,6 +45,7 @@ TINY: dict[str, dict[str, Any]] = {
                      dim=32, depth=1, num_heads=2),
     "text_encoder": dict(_target_="models.text_encoder.TextEncoder", vocab_size=30, dim=32, depth=1, num_heads=2,
                          max_len=16),
+    "protein": dict(_target_="models.protein.ProteinLM", dim=32, depth=1, num_heads=2, ffn_dim=64, max_len=24),
 }
 
 
@@ -52,6 +53,16 @@ def _ids(batch: int, length: int, pad_last: int = 0) -> torch.Tensor:
     ids = torch.randint(4, TINY["translator"]["vocab_size"], (batch, length))
     if pad_last:
         ids[0, -pad_last:] = PAD_ID  # one padded row beside unpadded ones
+    return ids
+
+
+def _protein(batch: int, length: int, pad_last: int = 0) -> torch.Tensor:
+    """<cls> residues <eos> ids (ESM's alphabet); the first row's last `pad_last` tokens padding (<eos> before)."""
+    ids = torch.randint(4, 24, (batch, length))
+    ids[:, 0], ids[:, -1] = 0, 2
+    if pad_last:
+        ids[0, -pad_last:] = 1
+        ids[0, -pad_last - 1] = 2
     return ids
 
 
@@ -64,10 +75,11 @@ INPUTS = {
     "sequence": lambda: [(torch.randint(1, 20, (1, 7)),), (_padded(3, 19, 20, 0),)],
     "text_encoder": lambda: [(torch.randint(1, 30, (1, 5)), torch.ones(1, 5, dtype=torch.long)),
                              (_padded(3, 12, 30, 0), (_padded(3, 12, 30, 0) != 0).long())],
+    "protein": lambda: [(_protein(1, 7),), (_protein(3, 19, pad_last=5),)],
 }
 DYNAMIC = {"vit": [["batch", 1, 16, 16]], "translator": [["batch", "src_len"], ["batch", "tgt_len"]],
            "audio": [["batch", "samples"]], "video": [["batch", 1, 4, 16, 16]], "sequence": [["batch", "length"]],
-           "text_encoder": [["batch", "length"], ["batch", "length"]]}
+           "text_encoder": [["batch", "length"], ["batch", "length"]], "protein": [["batch", "length"]]}
 # What PyTorch computes on the graph's inputs: the network itself, but for the text encoder, whose graph takes
 # the tokenizers' attention mask (1 = token) where the network takes a padding mask (True = pad).
 REFERENCE = {"text_encoder": lambda net, ids, mask: net(ids, mask.eq(0))}

@@ -137,6 +137,10 @@ def check_model_fits_data_sizes(cfg: DictConfig) -> None:
         if UNKNOWN not in (mine, theirs) and mine != theirs:
             raise UserError(f"{model_key}={mine} but {data_key}={theirs}: the model must take what the data gives; "
                             f"set {data_key} instead (by default {model_key} follows it)")
+    mine, theirs = _select(cfg, "model.net.alphabet"), _select(cfg, "data.alphabet")
+    if UNKNOWN not in (mine, theirs) and mine != theirs:  # a protein model: ids of another alphabet mean other residues
+        raise UserError(f"model.net.alphabet={mine} but data.alphabet={theirs}: the model must read the ids the data "
+                        f"gives; set both to the same alphabet")
     net_len, data_len = _select(cfg, "model.net.max_len"), _select(cfg, "data.max_len")
     if UNKNOWN not in (net_len, data_len) and _is_int(net_len) and _is_int(data_len) and net_len < data_len:
         raise UserError(f"model.net.max_len={net_len} is shorter than data.max_len={data_len}: the data's sentences "
