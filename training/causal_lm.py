@@ -9,10 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
-from models.checks import require_bool
 from training.base import ZooModule
-from training.schedules import check_schedule, decay_by_name
-from training.switches import apply_switches
 
 
 def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -46,17 +43,8 @@ class CausalLMModule(ZooModule):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        check_schedule(warmup_fraction, min_lr_ratio, 0.0)
-        for name, value in (("compile", compile), ("grad_checkpointing", grad_checkpointing)):
-            require_bool(name, value)
-        apply_switches(net, compile, grad_checkpointing)
-        self.net = net
-        # Before any wrapping (training/schedules.py); no decay on embedding tables either (minGPT's rule): a
-        # row of a rare token would otherwise shrink at every step although it is seldom read.
-        tables = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, nn.Embedding)}
-        self.decays = {n: decay and n not in tables for n, decay in decay_by_name(net).items()}
-        self.optimizer_factory = optimizer
-        self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
+        self.take_net(net, optimizer, warmup_fraction=warmup_fraction, min_lr_ratio=min_lr_ratio, compile=compile,
+                      grad_checkpointing=grad_checkpointing)
         # Metrics sync themselves under DDP; NaN checks would read the loss on the host. Every training batch
         # has batch_size x block_size tokens, so a mean over batches is the mean over tokens. The evaluation
         # means are sums of token losses over token counts (torchmetrics 1.9's MeanMetric drops its weights

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
-from models.checks import refuse, require_bool
+from models.checks import refuse
 from training.base import ZooModule
-from training.schedules import check_schedule, decay_by_name
-from training.switches import apply_switches
 
 
 def mask_residues(ids: Tensor, *, residues: Tensor, mask_id: int, pad_id: int, specials: Tensor,
@@ -62,23 +60,16 @@ class MaskedLMModule(ZooModule):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        check_schedule(warmup_fraction, min_lr_ratio, 0.0)
         if not (isinstance(mask_prob, (int, float)) and 0 < mask_prob < 1):
             raise refuse("mask_prob", mask_prob, "expected a share strictly between 0 and 1 (ESM: 0.15)")
-        for name, value in (("compile", compile), ("grad_checkpointing", grad_checkpointing)):
-            require_bool(name, value)
-        apply_switches(net, compile, grad_checkpointing)
-        self.net = net
+        self.take_net(net, optimizer, warmup_fraction=warmup_fraction, min_lr_ratio=min_lr_ratio, compile=compile,
+                      grad_checkpointing=grad_checkpointing)
         alphabet = net.alphabet
         self.mask_prob = float(mask_prob)
         self.mask_id, self.pad_id = alphabet.mask, alphabet.pad
         self.register_buffer("residues", torch.tensor(alphabet.residue_ids), persistent=False)
         self.register_buffer("specials", torch.tensor([alphabet.cls, alphabet.eos, alphabet.unk, alphabet.mask]),
                              persistent=False)
-        tables = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, nn.Embedding)}
-        self.decays = {n: decay and n not in tables for n, decay in decay_by_name(net).items()}
-        self.optimizer_factory = optimizer
-        self.warmup_fraction, self.min_lr_ratio = warmup_fraction, min_lr_ratio
         self.train_loss = MeanMetric(nan_strategy="disable")
         # Sums over masked positions (a batch counts for its masked positions, not as one batch).
         keys = ("loss", "tokens", "correct", "unigram")

@@ -208,15 +208,13 @@ def plot_pca(image: Tensor, colours: Tensor, title: str, path: str | Path) -> Pa
     return _save(fig, path)
 
 
-def plot_causal_layers(maps: Tensor, tokens: list[str], boundary: int, layers: list[str], title: str,
-                       path: str | Path, max_labels: int = 48) -> Path:
-    """A causal LM's attention per layer: maps (layers, T, T), row = token looking (its output predicts
-    the next token), column = earlier token looked at; the line after `boundary` tokens separates the
-    prompt (before) from the continuation. Tokens are labelled when there are at most max_labels."""
+def map_grid(maps: Tensor, tokens: list[str], panels: list[str], *, side: float, max_labels: int, fontsize: int,
+             axis_labels: tuple[str, str], boundary: int = 0) -> plt.Figure:
+    """(n, T, T) maps, one panel each (titled by `panels`), row = query, column = key, each on its own colour
+    scale from 0; tokens label the axes when T <= max_labels; a dashed line after `boundary` tokens (0: none)."""
     n, T = maps.shape[0], maps.shape[-1]
     cols = min(n, max(2, round(n**0.5)))
     rows = (n + cols - 1) // cols
-    side = max(3.2, min(6.5, 0.16 * T + 1.5))
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, side * rows + 0.8), squeeze=False,
                              layout="constrained")
     for k, ax in enumerate(axes.flat):
@@ -229,12 +227,24 @@ def plot_causal_layers(maps: Tensor, tokens: list[str], boundary: int, layers: l
             for line in (ax.axhline, ax.axvline):
                 line(boundary - 0.5, color="white", lw=1, ls="--")
         if T <= max_labels:
-            ax.set_xticks(range(T), tokens, rotation=90, fontsize=7)
-            ax.set_yticks(range(T), tokens, fontsize=7)
-        ax.set_title(f"layer {k} ({layers[k]})", fontsize=9)
-        ax.set_xlabel("earlier token looked at (key)")
-        ax.set_ylabel("token looking (query)")
+            ax.set_xticks(range(T), tokens, rotation=90, fontsize=fontsize)
+            ax.set_yticks(range(T), tokens, fontsize=fontsize)
+        ax.set_title(panels[k], fontsize=9)
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
         fig.colorbar(im, ax=ax, fraction=0.046, label="attention weight")
+    return fig
+
+
+def plot_causal_layers(maps: Tensor, tokens: list[str], boundary: int, layers: list[str], title: str,
+                       path: str | Path, max_labels: int = 48) -> Path:
+    """A causal LM's attention per layer: maps (layers, T, T), row = token looking (its output predicts
+    the next token), column = earlier token looked at; the line after `boundary` tokens separates the
+    prompt (before) from the continuation. Tokens are labelled when there are at most max_labels."""
+    T = maps.shape[-1]
+    fig = map_grid(maps, tokens, [f"layer {k} ({name})" for k, name in enumerate(layers)],
+                   side=max(3.2, min(6.5, 0.16 * T + 1.5)), max_labels=max_labels, fontsize=7,
+                   axis_labels=("earlier token looked at (key)", "token looking (query)"), boundary=boundary)
     fig.suptitle(f"{title}\ncausal self-attention, mean over heads; dashed: prompt | continuation")
     return _save(fig, path)
 
@@ -320,24 +330,7 @@ def plot_residue_maps(maps: Tensor, tokens: list[str], panels: list[str], title:
     """A protein's self-attention maps (n, T, T) over <cls> residues <eos>, one panel each (its title from
     `panels`: a layer, or a head of one layer), row = residue looking (query), column = residue looked at (key);
     axes labelled by residue letters when T <= max_labels."""
-    n, T = maps.shape[0], maps.shape[-1]
-    cols = min(n, max(2, round(n**0.5)))
-    rows = (n + cols - 1) // cols
-    side = max(3.2, min(6.5, 0.09 * T + 2.0))
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1, side * rows + 0.8), squeeze=False,
-                             layout="constrained")
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.axis("off")
-            continue
-        m = maps[k].float()
-        im = ax.imshow(m, cmap=CMAP, vmin=0, vmax=max(float(m.max()), 1e-6), interpolation="nearest")
-        if T <= max_labels:
-            ax.set_xticks(range(T), tokens, rotation=90, fontsize=6)
-            ax.set_yticks(range(T), tokens, fontsize=6)
-        ax.set_title(panels[k], fontsize=9)
-        ax.set_xlabel("residue looked at (key)")
-        ax.set_ylabel("residue looking (query)")
-        fig.colorbar(im, ax=ax, fraction=0.046, label="attention weight")
+    fig = map_grid(maps, tokens, panels, side=max(3.2, min(6.5, 0.09 * maps.shape[-1] + 2.0)), max_labels=max_labels,
+                   fontsize=6, axis_labels=("residue looked at (key)", "residue looking (query)"))
     fig.suptitle(title)
     return _save(fig, path)
