@@ -27,7 +27,7 @@ def make_protein_run(run: Path, *, fitted: bool = True, seed: int = 0, **net: ob
     model = OmegaConf.load(ROOT / "configs" / "model" / "protein.yaml")
     model.net.update({**SIZE, **net})
     # data: the run's own data config is not needed to predict (inference.load.needs_data)
-    cfg = OmegaConf.create({"model": model, "data": {"_target_": "data.protein_sequences.ProteinSequenceDataModule"}})
+    cfg = OmegaConf.create({"model": model, "data": {"_target_": "data.protein_sequences.ProteinSequencesDataModule"}})
     torch.manual_seed(seed)
     module = build_module(cfg)
     if fitted:
