@@ -212,7 +212,7 @@ def fit_on_chains(net: nn.Module, chains: Sequence[Encoded], C: float = C, notes
     for chain in tqdm(chains, desc="contacts: train chains", unit="chain", leave=False):
         x, y = training_pairs(chain_features(net, chain), chain.contacts)
         if share < 1.0:
-            keep = np.sort(rng.choice(len(y), size=max(1, round(share * len(y))), replace=False))
+            keep = np.sort(rng.choice(len(y), size=min(len(y), max(1, round(share * len(y)))), replace=False))
             x, y = x[keep], y[keep]
         pairs.append((x, y))
     if share < 1.0 and notes is not None:

@@ -114,7 +114,9 @@ class ProteinLM(Network):
         self.head_act = activation(act)
         self.head_norm = LayerNorm(dim, norm_eps)
         self.head_bias = nn.Parameter(torch.zeros(vocab))
-        self.contact_head = nn.Linear(depth * num_heads, 1)
+        # Fitted by scikit-learn on frozen maps (inference/contacts.py), never by the masked-LM loss: no gradient,
+        # so DDP does not wait for one that never comes.
+        self.contact_head = nn.Linear(depth * num_heads, 1).requires_grad_(False)
         self._init_weights()
         share_rotary_table(self)  # one rotary buffer for every block, kept once in the state dict
 

@@ -64,3 +64,16 @@ def test_evaluation_perplexity_and_accuracy_are_over_masked_positions() -> None:
     assert math.isclose(logged["test/perplexity"], math.exp(nll.item()), rel_tol=1e-5)
     accuracy = logits[chosen].argmax(-1).eq(targets[chosen]).float().mean().item()
     assert math.isclose(logged["test/accuracy"], accuracy, rel_tol=1e-6)
+
+
+def test_a_training_step_reaches_every_trained_parameter_and_not_the_contact_head() -> None:
+    # DDP waits for a gradient of every trainable parameter: the contact head (fitted by scikit-learn on frozen
+    # maps) must not be one, and every other parameter must get its gradient from the masked-LM loss.
+    torch.manual_seed(0)
+    net = ProteinLM(dim=32, depth=2, num_heads=2, ffn_dim=64)
+    module = MaskedLMModule(net, optimizer=lambda params: torch.optim.AdamW(params))
+    module.log = lambda *_, **__: None  # type: ignore[method-assign]
+    module.training_step(_batch(8, 40), 0).backward()
+    trained = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trained == {n for n, p in net.named_parameters() if p.grad is not None}
+    assert not any(n.startswith("contact_head") for n in trained) and len(trained) > 10
