@@ -21,14 +21,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import load, paired_ratio, parse_bench_args, round_robin, write_report
+from bench.common import parse_bench_args, time_against_reference, write_report
 from models.attention import AttentionRecorder
 from models.pretrained import convert
 
@@ -88,20 +87,12 @@ def measure(lengths: list[int], batches: list[int], repeats: int, warmup: float,
             fns = contenders(sdpa, eager, net, ids)
             diff = float((fns["zoo"]() - fns["ref"]()).abs().max())
             maps_gb = 4.0 * layers * heads * length**2 * batch / 1e9
-            if maps_gb > max_maps_gb:  # every layer's maps, kept by both sides at once
-                fns = {k: fns[k] for k in ("zoo", "ref")}
-            before = load()
-            t = round_robin(fns, repeats, warmup_s=warmup)
-            r = out[f"L{length}_b{batch}"] = {
-                "max_abs_hidden_diff": diff,
-                "seconds": {k: statistics.median(v) for k, v in t.items()},
-                "speed_ratio": paired_ratio(t["ref"], t["zoo"]),
-                "maps_speed_ratio": paired_ratio(t["ref_maps"], t["zoo_maps"]) if "zoo_maps" in t else None,
-                "maps_gb": maps_gb,
-                "load": [before, load()],
-            }
+            r = out[f"L{length}_b{batch}"] = time_against_reference(
+                fns, repeats, warmup, diff_key="max_abs_hidden_diff", diff=diff, maps_gb=maps_gb,
+                max_maps_gb=max_maps_gb)
+            before, after = r["load"]
             print(f"L {length:5d} batch {batch}: zoo {r['seconds']['zoo']:.4f} s, sdpa {r['seconds']['ref']:.4f} s "
-                  f"-> {r['speed_ratio']:.2f}x; max |diff| {diff:.1e}; load {before} -> {load()}", flush=True)
+                  f"-> {r['speed_ratio']:.2f}x; max |diff| {diff:.1e}; load {before} -> {after}", flush=True)
     return out
 
 

@@ -31,14 +31,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from bench.common import load, paired_ratio, parse_bench_args, round_robin, write_report
+from bench.common import parse_bench_args, time_against_reference, write_report
 from models.attention import AttentionRecorder, fused_attn
 from models.pretrained import convert
 
@@ -180,23 +179,15 @@ def measure(family: str, batches: list[int], repeats: int, warmup: float, tiny: 
         fns = contenders(family, ref, net, x_ref, x_zoo)
         diff = float((fns["zoo"]() - fns["ref"]()).abs().max())
         maps_bytes = maps_memory(FromFeatures(net) if family == "ast" else net, x_zoo)
-        if maps_bytes > max_maps_gb * 1e9:  # every layer's maps, kept by both sides at once
-            fns = {k: fns[k] for k in ("zoo", "ref")}
-        before = load()
-        t = round_robin(fns, repeats, warmup_s=warmup)
-        r = out[f"batch{batch}"] = {
-            "max_abs_logit_diff": diff,
-            "seconds": {k: statistics.median(v) for k, v in t.items()},
-            "speed_ratio": paired_ratio(t["ref"], t["zoo"]),
-            "maps_speed_ratio": paired_ratio(t["ref_maps"], t["zoo_maps"]) if "zoo_maps" in t else None,
-            "maps_gb": maps_bytes / 1e9,
-            "load": [before, load()],
-        }
+        r = out[f"batch{batch}"] = time_against_reference(
+            fns, repeats, warmup, diff_key="max_abs_logit_diff", diff=diff, maps_gb=maps_bytes / 1e9,
+            max_maps_gb=max_maps_gb)
+        before, after = r["load"]
         maps = (f"with maps: zoo {r['seconds']['zoo_maps']:.3f} s, ref (eager) {r['seconds']['ref_maps']:.3f} s -> "
-                f"{r['maps_speed_ratio']:.2f}x" if "zoo_maps" in t else
+                f"{r['maps_speed_ratio']:.2f}x" if r["maps_speed_ratio"] is not None else
                 f"maps skipped ({maps_bytes / 1e9:.1f} GB of maps > --max-maps-gb {max_maps_gb:g})")
         print(f"{family:12s} batch {batch}: zoo {r['seconds']['zoo']:.3f} s, ref {r['seconds']['ref']:.3f} s -> "
-              f"{r['speed_ratio']:.2f}x; {maps}; max |diff| {diff:.1e}; load {before} -> {load()}", flush=True)
+              f"{r['speed_ratio']:.2f}x; {maps}; max |diff| {diff:.1e}; load {before} -> {after}", flush=True)
     return out
 
 

@@ -61,6 +61,20 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
+def time_against_reference(fns: dict[str, Callable[[], Any]], repeats: int, warmup: float, *, diff_key: str,
+                           diff: float, maps_gb: float, max_maps_gb: float) -> dict[str, Any]:
+    """Time `zoo` vs `ref` (and `zoo_maps` vs `ref_maps` unless every layer's maps, kept by both sides at once,
+    take more than max_maps_gb) in interleaved rounds: medians, paired ratios (ref / zoo), the machine's load."""
+    if maps_gb > max_maps_gb:
+        fns = {k: fns[k] for k in ("zoo", "ref")}
+    before = load()
+    t = round_robin(fns, repeats, warmup_s=warmup)
+    return {diff_key: diff, "seconds": {k: statistics.median(v) for k, v in t.items()},
+            "speed_ratio": paired_ratio(t["ref"], t["zoo"]),
+            "maps_speed_ratio": paired_ratio(t["ref_maps"], t["zoo_maps"]) if "zoo_maps" in t else None,
+            "maps_gb": maps_gb, "load": [before, load()]}
+
+
 def load() -> tuple[float, float, float]:
     """1, 5 and 15 minute load averages (2 = both cores of this machine busy)."""
     return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]

@@ -71,6 +71,15 @@ def test_pretrained_bench_pairs_give_the_same_logits() -> None:
         assert r["max_abs_logit_diff"] < 1e-5 and r["speed_ratio"] > 0 and r["maps_speed_ratio"] > 0
 
 
+def test_esm_bench_pairs_give_the_same_hidden_states() -> None:
+    from bench import bench_esm
+
+    report = bench_esm.main(["--tiny", "--lengths", "20", "--batches", "1", "2", "--repeats", "1", "--warmup", "0",
+                             "--threads", "1"])
+    for r in report["results"].values():
+        assert r["max_abs_hidden_diff"] < 1e-5 and r["speed_ratio"] > 0 and r["maps_speed_ratio"] > 0
+
+
 def test_kv_cache_bench_decodes_the_same_outputs_both_ways() -> None:
     report = bench_kv_cache.main(["--steps", "12", "--tail", "4", "--batch", "1", "--dim", "16", "--heads", "2",
                                   "--kv-heads", "1", "--repeats", "2"])

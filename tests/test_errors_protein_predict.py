@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.protein_runs import UBIQUITIN_CA, make_protein_run, write_pdb
+from helpers.protein_runs import UBIQUITIN_CA, make_protein_run, predict_in_process, write_pdb
 
-import predict
 
 LONG = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues, 35 tokens
 
@@ -19,19 +18,11 @@ def run(tmp_path_factory) -> Path:
     return make_protein_run(tmp_path_factory.mktemp("protein_errors") / "run")
 
 
-def _predict(capsys, *args: object) -> tuple[int, str, str]:
-    threads = torch.get_num_threads()
-    try:
-        code = predict.main([*map(str, args), "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error(capsys, *args: object) -> str:
     """The command exits 2 with exactly one stderr line, `error: ...`, and prints nothing else; that line."""
-    code, out, err = _predict(capsys, *args)
+    code, out, err = predict_in_process(capsys, *args)
     assert code == 2 and out == "", (code, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -45,7 +36,7 @@ def test_letters_that_are_not_residues_are_named(run, capsys) -> None:
 
 
 def test_lower_case_and_spaces_run_with_a_note(run, capsys) -> None:
-    code, out, err = _predict(capsys, run, "mkt ayi akqr")
+    code, out, err = predict_in_process(capsys, run, "mkt ayi akqr")
     assert code == 0, err
     assert out.splitlines()[0] == "sequence_1: 10 residues"
     assert "note: 'mkt ayi akqr': upper-cased and white space dropped (10 residues read)" in err
@@ -84,7 +75,7 @@ def test_a_sequence_longer_than_the_model_was_trained_on(tmp_path, capsys) -> No
                     "max_len=20 tokens (18 residues): its learned position table ends there; give at most 18 "
                     "residues (e.g. a domain)")
     rotary = make_protein_run(tmp_path / "rotary", max_len=20, attn_window=8)
-    code, out, err = _predict(capsys, rotary, LONG)
+    code, out, err = predict_in_process(capsys, rotary, LONG)
     assert code == 0 and out.startswith("sequence_1: 33 residues"), err
     assert "is longer than the 20 tokens the model was trained on: run with its rotary positions" in err
     assert "attn_window=8" in err

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.protein_runs import (UBIQUITIN, UBIQUITIN_SEQUENCE, make_protein_run, net_of, write_pdb)
+from helpers.protein_runs import (UBIQUITIN, UBIQUITIN_SEQUENCE, make_protein_run, net_of, predict_in_process, write_pdb)
 from safetensors.torch import save_file
 
-import predict
 from viz.explorer.page import unpack
 
 SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues: top L/5 = 6 contacts
@@ -28,14 +27,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"fitted": make_protein_run(base / "fitted"), "unfitted": make_protein_run(base / "unfitted", fitted=False)}
 
 
-def _predict(capsys, *args: str) -> tuple[int, str, str]:
-    threads = torch.get_num_threads()
-    try:
-        code = predict.main([*map(str, args), "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _ids(net, sequence: str) -> torch.Tensor:
@@ -79,7 +70,7 @@ def _parse(out: str) -> tuple[list[str], list[float], list[list[tuple[int, int, 
 
 
 def test_printed_pseudo_perplexity_and_contacts_equal_direct_computations(runs, capsys) -> None:
-    code, out, err = _predict(capsys, runs["fitted"], SEQUENCE)
+    code, out, err = predict_in_process(capsys, runs["fitted"], SEQUENCE)
     assert code == 0, err
     heads, ppls, contacts = _parse(out)
     assert heads == [f"sequence_1: {len(SEQUENCE)} residues"]
@@ -97,7 +88,7 @@ def test_printed_pseudo_perplexity_and_contacts_equal_direct_computations(runs, 
 def test_a_fasta_file_gives_every_record(runs, capsys, tmp_path) -> None:
     fasta = tmp_path / "two.fasta"
     fasta.write_text(f">first some words\n{SEQUENCE[:20]}\n{SEQUENCE[20:]}\n>second\nACDEFGHIKLMNPQ\n")
-    code, out, err = _predict(capsys, runs["fitted"], fasta)
+    code, out, err = predict_in_process(capsys, runs["fitted"], fasta)
     assert code == 0, err
     heads, ppls, contacts = _parse(out)
     assert heads == [f"first: {len(SEQUENCE)} residues", "second: 14 residues"]
@@ -108,14 +99,14 @@ def test_a_fasta_file_gives_every_record(runs, capsys, tmp_path) -> None:
 
 def test_an_unfitted_head_prints_no_contacts_and_says_how_to_fit_it_or_uses_the_given_file(runs, capsys,
                                                                                          tmp_path) -> None:
-    code, out, err = _predict(capsys, runs["unfitted"], SEQUENCE)
+    code, out, err = predict_in_process(capsys, runs["unfitted"], SEQUENCE)
     assert code == 0 and "contact " not in out
     assert "not fitted" in err and "evaluate.py ckpt_path=" in err and "contacts=true" in err
     net = net_of(runs["unfitted"])
     g = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(1, 4, generator=g) * 3, torch.tensor([-0.5])
     save_file({"weight": weight, "bias": bias}, str(tmp_path / "contact_head.safetensors"))
-    code, out, err = _predict(capsys, runs["unfitted"], SEQUENCE, "--contact-head",
+    code, out, err = predict_in_process(capsys, runs["unfitted"], SEQUENCE, "--contact-head",
                               tmp_path / "contact_head.safetensors")
     assert code == 0, err
     with torch.no_grad():  # ESM's head by hand: the features through the given logistic regression
@@ -127,7 +118,7 @@ def test_an_unfitted_head_prints_no_contacts_and_says_how_to_fit_it_or_uses_the_
     # The file in the run directory is found without the flag, also when the checkpoint file is named.
     copy = Path(shutil.copytree(runs["unfitted"], tmp_path / "run"))
     shutil.copy(tmp_path / "contact_head.safetensors", copy / "contact_head.safetensors")
-    code, again, err = _predict(capsys, copy / "checkpoints" / "best.ckpt", SEQUENCE)
+    code, again, err = predict_in_process(capsys, copy / "checkpoints" / "best.ckpt", SEQUENCE)
     assert code == 0 and again == out, err
     assert f"is not fitted: using {copy / 'contact_head.safetensors'}" in err
 
@@ -159,7 +150,7 @@ def test_a_pdb_file_draws_predicted_beside_true_contacts_and_writes_the_page(run
     if pdb == UBIQUITIN:
         assert sequence == UBIQUITIN_SEQUENCE  # real data: ubiquitin's 76 residues
     pictures, html = tmp_path / "pictures", tmp_path / "page.html"
-    code, out, err = _predict(capsys, runs["fitted"], pdb, "--attention-dir", pictures, "--html", html)
+    code, out, err = predict_in_process(capsys, runs["fitted"], pdb, "--attention-dir", pictures, "--html", html)
     assert code == 0, err
     heads, _, contacts = _parse(out)
     assert heads == [f"{pdb.stem}: {len(sequence)} residues"] and len(contacts[0]) == len(sequence) // 5
@@ -187,7 +178,7 @@ def test_the_protein_page_shows_the_head_view_and_both_contact_maps_in_chromium(
 
     pdb = write_pdb(tmp_path / "walk.pdb", n=24)
     html = tmp_path / "page.html"
-    code, _, err = _predict(capsys, runs["fitted"], pdb, "--html", html)
+    code, _, err = predict_in_process(capsys, runs["fitted"], pdb, "--html", html)
     assert code == 0, err
     browser = Browser()
     try:
@@ -205,7 +196,7 @@ def test_the_protein_page_shows_the_head_view_and_both_contact_maps_in_chromium(
 
 def test_a_rotary_model_runs_a_protein_longer_than_it_was_trained_on_with_a_note(tmp_path, capsys) -> None:
     run = make_protein_run(tmp_path / "short", max_len=20)
-    code, out, err = _predict(capsys, run, SEQUENCE)
+    code, out, err = predict_in_process(capsys, run, SEQUENCE)
     assert code == 0, err
     assert "33 residues (35 tokens with <cls> and <eos>) is longer than the 20 tokens" in err
     assert "rotary" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from helpers.cli import restored_globals
 from models.protein import ProteinLM
 from utils.build import build_module
 from utils.checkpoint import CONFIG_KEY
@@ -65,3 +66,14 @@ def write_pdb(path: Path, n: int = 30, seed: int = 0) -> Path:
             serial += 1
     path.write_text("\n".join(lines + ["END"]) + "\n")
     return path
+
+
+def predict_in_process(capsys, *args: object) -> tuple[int, str, str]:
+    """`predict.py <args> --threads 1` in this process: (exit code, stdout, stderr); the process's globals
+    (threads, kernel switch, RNG) restored after it."""
+    import predict
+
+    with restored_globals():
+        code = predict.main([*map(str, args), "--threads", "1"])
+    out, err = capsys.readouterr()
+    return code, out, err
