@@ -56,6 +56,7 @@ from inference.complete import Sampling
 from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load
 from inference.predictor import Prediction, Predictor, shown_layers
+from inference.speech_words import word_lines as timed_word_lines
 from inference.protein import (CONTACT_HEAD_FILE, FIT_COMMAND, contact_head_file, head_fitted,
                                load_contact_head, predicted_contacts, read_proteins)
 from utils.errors import UserError, note
@@ -212,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--contact-head", type=Path, default=None, help="proteins: a contact_head.safetensors "
                         "(from evaluate.py contacts=true) for a model whose contact head is not fitted")
+    parser.add_argument("--words", action="store_true", help="speech models: a line per word after the "
+                        "transcript, `word <start s> <end s> <text>` (cross-attention + DTW; docs/whisper_words.md)")
     parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads")
     parser.add_argument("--trust-pickle", action="store_true", help="read a source that is a pickle "
                         "(fair-esm's esm2_*.pt): loading it can run code, so only for files you trust")
@@ -234,6 +237,8 @@ def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
     """The lines predict.py prints for one prediction."""
     if p.net.task == "complete":  # the prompt and its continuation, as one text
         return [f"{p.input}{p.text}"] + ([""] if count > 1 else [])
+    if p.net.task == "transcribe":  # the transcript, then its words when asked for (--words)
+        return [f"{item}\t{p.text}" if count > 1 else str(p.text)] + timed_word_lines(p.words)
     if p.text is not None:
         return [f"{item}\t{p.text}" if count > 1 else p.text]
     if p.embedding is not None:
@@ -298,7 +303,10 @@ def predict_one(
         notes=notes,
         top_k=args.top_k or 5,
         sampling=sampling(args) if predictor.task == "complete" else None,
+        words=args.words,
     )
+    if args.words and not p.words:
+        notes.append("--words: no words (the transcript holds no text)")
     say_notes(p, item, i, count, notes)
     for line in printed(p, item, count, args.word):
         print(line)
@@ -373,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         predictor = load(args.ckpt_path, trust_pickle=args.trust_pickle)
         check_picture_options(predictor, args.heads, args.layer, args.encoder_layer)
         check_generation_options(predictor, args)
-        if args.html is not None and predictor.task == "transcribe":
-            raise UserError(f"--html {args.html}: the explorer page does not show a speech model's attention yet; "
-                            f"--attention-dir draws its cross-attention over time")
+        if args.words and predictor.task != "transcribe":
+            raise UserError(f"--words is for speech models (Whisper: word timestamps from its cross-attention); "
+                            f"this is a {predictor.kind} model")
         if args.image_size is not None and predictor.modality != "image":
             raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
         predictor.image_size = args.image_size

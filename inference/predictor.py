@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from inference.complete import (Sampling, context_of, continue_ids, cut_at_stop, prompt_ids,
                                 repeated_random_tokens, token_texts)
 from inference.inputs import input_kind
+from inference import speech_words
 from inference.protein import ProteinInput, check_length, head_fitted, pseudo_perplexity, read_proteins
 from models.attention import AttentionRecorder, attention_maps, select_attention_layers
 from models.tokenizer import UNK_ID, decode
@@ -32,6 +33,7 @@ from utils.errors import UserError
 
 MAX_MAP_TOKENS = 512  # a causal LM's maps: the last tokens kept (heads x tokens^2 weights a layer)
 INDUCTION_LENGTH = 50  # random tokens repeated in the induction test (fewer when the context is short)
+CROSS = "decoder.*.cross_attn"  # a transcriber's cross-attention layers (all that word timestamps read)
 
 
 @dataclass
@@ -77,6 +79,11 @@ class Prediction:
     repeat_length: int = 0
     repeat_start: int = 0
     frame_seconds: float = 0.0  # a transcriber's seconds per log-mel frame (shown: (n_mels, frames))
+    # A transcriber asked for words (inference/speech_words.py): its Words, the start (s) of each generated token,
+    # and the audio positions the input covers (the columns they were aligned over; 0: not computed).
+    words: list[Any] = field(default_factory=list)
+    token_starts: list[float] = field(default_factory=list)
+    covered: int = 0
     # A protein (task "unmask"): input its residues, name its name, source_tokens <cls> residues <eos>;
     # perplexity the pseudo-perplexity; contact_probs (L, L) the contact head's probabilities (None: the head is
     # not fitted); true_contacts (L, L) bool from a structure file (None: unknown).
@@ -286,10 +293,12 @@ class Predictor:
         notes: list[str] | None = None,
         top_k: int = 5,
         sampling: Sampling | None = None,
+        words: bool = False,
     ) -> Prediction:
         """The prediction for one input (inputs.read's tensor or sentence); maps: the per-head
         attention of that run too. notes: what was done to odd text input (truncated, unknown
-        characters). sampling: a causal LM's decoding options (None: the model's own)."""
+        characters). sampling: a causal LM's decoding options (None: the model's own). words: a
+        transcriber's word timestamps (inference/speech_words.py)."""
         self.check_heads(heads)
         task = self.task
         if task == "complete":
@@ -299,7 +308,7 @@ class Predictor:
         elif task == "embed":
             p = self._embed(str(x), notes)
         elif task == "transcribe":
-            p = self._transcribe(x, maps, beam_size, notes)  # type: ignore[arg-type]
+            p = self._transcribe(x, maps, beam_size, notes, words)  # type: ignore[arg-type]
         elif task == "unmask":
             p = self._unmask(x, maps, notes)  # type: ignore[arg-type]
         else:
@@ -395,13 +404,14 @@ class Predictor:
 
     @torch.no_grad()
     def _transcribe(self, wave: Tensor, maps: bool, beam_size: int | None,
-                    notes: list[str] | None) -> Prediction:
+                    notes: list[str] | None, words: bool = False) -> Prediction:
         """Speech -> text: the waveform (1, samples) at the source's rate (inputs.read resamples and
         mixes to mono, saying so), cut at its chunk length (preprocess chunk_seconds: the one window the model hears),
         the network's front end (log-mel), its `transcribe` with the source's decoding settings, the
         new tokens decoded without special tokens. With maps, one teacher-forced pass over prompt +
         new tokens + EOS records the decoder's attention; ids, target_tokens: the new tokens, EOS
-        kept when generated (the rows of the cross-attention pictures)."""
+        kept when generated (the rows of the cross-attention pictures). words: that pass (the cross-attention
+        only, when no maps were asked for) aligned to the audio (inference/speech_words.py)."""
         net, settings = self.net, self.generation
         pre = self.preprocess or {}
         rate = int(pre.get("sample_rate", 16000))
@@ -425,14 +435,19 @@ class Predictor:
         shown = mel[0].float().cpu()
         p = Prediction(net, self.modality, wave, shown, text=text, source_ids=torch.tensor([prompt]),
                        source_tokens=self._tokens(prompt), ids=list(new), frame_seconds=frame_seconds)
-        if maps:
+        if maps or words:
             seq = prompt + list(new)
-            if len(new) < max(1, max_new):  # it stopped at EOS: the step that chose EOS attended too
+            ended = len(new) < max(1, max_new)
+            if ended:  # it stopped at EOS: the step that chose EOS attended too
                 seq = seq + [int(net.eos_id)]
-            _, p.maps = record(net, mel, torch.tensor([seq[:-1]], device=device))
+            tgt = torch.tensor([seq[:-1]], device=device)
+            _, p.maps = record(net, mel, tgt) if maps else attention_maps(net, mel, tgt, layers=[CROSS])
             p.input_tokens = self._tokens(seq[:-1])
             p.target_tokens = self._tokens(seq[len(prompt):])
             p.prompt_length = len(prompt)
+            if words:
+                speech_words.add_words(p, self.tokenizer, settings.get("alignment_heads"), ended=ended,
+                                       samples=wave.shape[-1], hop=round(frame_seconds * rate))
         return p
 
     @torch.no_grad()
