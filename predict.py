@@ -237,8 +237,6 @@ def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
     """The lines predict.py prints for one prediction."""
     if p.net.task == "complete":  # the prompt and its continuation, as one text
         return [f"{p.input}{p.text}"] + ([""] if count > 1 else [])
-    if p.net.task == "transcribe":  # the transcript, then its words when asked for (--words)
-        return [f"{item}\t{p.text}" if count > 1 else str(p.text)] + timed_word_lines(p.words)
     if p.text is not None:
         return [f"{item}\t{p.text}" if count > 1 else p.text]
     if p.embedding is not None:
@@ -303,12 +301,12 @@ def predict_one(
         notes=notes,
         top_k=args.top_k or 5,
         sampling=sampling(args) if predictor.task == "complete" else None,
-        words=args.words,
+        words=args.words or (args.html is not None and predictor.task == "transcribe"),  # the page plays them
     )
     if args.words and not p.words:
         notes.append("--words: no words (the transcript holds no text)")
     say_notes(p, item, i, count, notes)
-    for line in printed(p, item, count, args.word):
+    for line in printed(p, item, count, args.word) + (timed_word_lines(p.words) if args.words else []):
         print(line)
     stem, name, title = names(p, item, i)
     pictures = []

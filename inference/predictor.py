@@ -80,10 +80,11 @@ class Prediction:
     repeat_start: int = 0
     frame_seconds: float = 0.0  # a transcriber's seconds per log-mel frame (shown: (n_mels, frames))
     # A transcriber asked for words (inference/speech_words.py): its Words, the start (s) of each generated token,
-    # and the audio positions the input covers (the columns they were aligned over; 0: not computed).
+    # the audio positions the input covers (the columns aligned over; 0: not computed), the (layer, head) pairs used.
     words: list[Any] = field(default_factory=list)
     token_starts: list[float] = field(default_factory=list)
     covered: int = 0
+    alignment_heads: list[tuple[int, int]] = field(default_factory=list)
     # A protein (task "unmask"): input its residues, name its name, source_tokens <cls> residues <eos>;
     # perplexity the pseudo-perplexity; contact_probs (L, L) the contact head's probabilities (None: the head is
     # not fitted); true_contacts (L, L) bool from a structure file (None: unknown).

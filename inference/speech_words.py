@@ -221,12 +221,13 @@ def word_lines(words: Sequence[Word]) -> list[str]:
 
 def add_words(p: Any, tokenizer: Any, given_heads: Sequence[Sequence[int]] | None, *, ended: bool, samples: int,
               hop: int) -> None:
-    """Fill a transcription's words, token_starts and covered (inference/predictor.py `_transcribe`, after the
+    """Fill a transcription's words, token_starts, covered and alignment_heads (inference/predictor.py `_transcribe`, after the
     teacher-forced pass recorded p.maps): `samples` of audio at `hop` samples per log-mel frame."""
     keys = p.maps["decoder.0.cross_attn"].shape[-1]
     p.covered = covered_positions(samples, hop, keys)
+    p.alignment_heads = alignment_heads(p.net, given_heads)
     p.words, p.token_starts = word_timestamps(
         p.maps, ids=p.ids, prompt_length=p.prompt_length, ended=ended, tokenizer=tokenizer,
-        heads=alignment_heads(p.net, given_heads), positions=p.covered,
+        heads=p.alignment_heads, positions=p.covered,
         seconds_per_position=p.frame_seconds * p.shown.shape[-1] / keys, eos_id=int(p.net.eos_id),
         spaces=not set(p.source_tokens) & set(NO_SPACES))

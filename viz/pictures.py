@@ -150,13 +150,15 @@ def transcription_cross(p: Prediction, layer: int = -1) -> tuple[str, Tensor]:
 
 
 def draw_transcription(p: Prediction, out_dir: Path, stem: str, layer: int = -1) -> list[Path]:
-    """The log-mel spectrogram above the decoder's cross-attention of each generated token over time."""
+    """The log-mel spectrogram above the decoder's cross-attention of each generated token over time (with
+    --words, each word's start marked on both and its text above the spectrogram)."""
     if not p.maps or not p.target_tokens:
         return []
     name, cross = transcription_cross(p, layer)
     title = f"cross-attention {name} ({_heads_text(p.heads)})\n-> {p.text}"
+    words = [(w.text, w.start, w.end) for w in p.words] or None  # --words: their boundaries marked
     return [plots.plot_token_time(p.shown, cross, p.target_tokens, title,
-                                  Path(out_dir) / f"{stem}_cross_attention.png", p.frame_seconds)]
+                                  Path(out_dir) / f"{stem}_cross_attention.png", p.frame_seconds, words)]
 
 
 # ------------------------------------------------------------------------------------ causal LM

@@ -92,9 +92,12 @@ def plot_audio_attention(spec: Tensor, grid: Tensor, title: str, path: str | Pat
 
 
 def plot_token_time(spec: Tensor, attn: Tensor, tokens: list[str], title: str, path: str | Path,
-                    frame_seconds: float) -> Path:
+                    frame_seconds: float, words: list[tuple[str, float, float]] | None = None,
+                    until: float | None = None, credit: str | None = None) -> Path:
     """Log-mel spectrogram (n_mels, frames) above a (tokens, positions) attention over time: one row per
-    token, the positions spread evenly over the spectrogram's seconds (shared time axis)."""
+    token, the positions spread evenly over the spectrogram's seconds (shared time axis). words: (text, start,
+    end) in seconds, marked on both panels (a dashed line where each starts, its text above the spectrogram);
+    until: the time axis cut there (the audio's end); credit: a line under the picture (a recording's source)."""
     n_mels, frames = spec.shape
     seconds = frames * frame_seconds
     fig = plt.figure(figsize=(9, 3 + 0.25 * len(tokens)))
@@ -112,8 +115,27 @@ def plot_token_time(spec: Tensor, attn: Tensor, tokens: list[str], title: str, p
     ax.set_xlabel("time (s)")
     ax.set_ylabel("token (being produced)")
     fig.colorbar(im, cax=cax, label="attention")
+    if words:
+        _mark_words(fig.axes[0], ax, words)
+        fig.axes[0].set_title("log-mel spectrogram", loc="left", pad=14)  # the words' labels take the middle
+    if until is not None:
+        ax.set_xlim(0.0, until)  # shared: both panels
+    if credit:
+        fig.text(0.01, -0.02, credit, fontsize=8, color="#444", va="top")
     fig.suptitle(title, y=1.0 + 0.45 / fig.get_figheight())  # above the spectrogram's own title
     return _save(fig, path)
+
+
+def _mark_words(spec_ax: plt.Axes, attn_ax: plt.Axes, words: list[tuple[str, float, float]]) -> None:
+    """A dashed line at each word's start (and the last one's end) on both panels, the word above the
+    spectrogram between its start and end."""
+    edges = sorted({s for _, s, _ in words} | {words[-1][2]})
+    for ax in (spec_ax, attn_ax):
+        for t in edges:
+            ax.axvline(t, color="white" if ax is spec_ax else "red", lw=0.9, ls="--", alpha=0.9)
+    for text, start, end in words:
+        spec_ax.text((start + end) / 2, 1.01, text.strip(), transform=spec_ax.get_xaxis_transform(), ha="center",
+                     va="bottom", fontsize=8, color="#b00")
 
 
 def plot_video_attention(frames: Tensor, grids: Tensor, time: Tensor, title: str, path: str | Path,

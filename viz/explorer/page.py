@@ -257,6 +257,10 @@ def payload(p: Prediction, title: str) -> dict[str, Any]:
         return _causal_payload(p, title)
     if p.net.task == "unmask":
         return _protein_payload(p, title)
+    if p.net.task == "transcribe":
+        from viz.explorer.speech import speech_payload  # it reads this module's helpers
+
+        return speech_payload(p, title)
     if p.modality == "text":
         return _text_payload(p, title)
     if p.modality == "video":
