@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         check_generation_options(predictor, args)
         if args.words and predictor.task != "transcribe":
             raise UserError(f"--words is for speech models (Whisper: word timestamps from its cross-attention); "
-                            f"this is a {predictor.kind} model")
+                            f"this {predictor.kind} model has none")
         if args.image_size is not None and predictor.modality != "image":
             raise UserError(f"--image-size is for image models; this one reads {predictor.modality}")
         predictor.image_size = args.image_size

@@ -786,5 +786,3 @@ def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_is_cut_with_a_note(tiny_
     long = _tone(tmp_path / "long.wav", 31)
     assert predict.main([str(folder), str(long), "--threads", "1"]) == 0
     assert "31 s long: cut at 30 s (the model hears one 30 s window)" in capsys.readouterr().err
-    assert predict.main([str(folder), str(long), "--html", str(tmp_path / "p.html"), "--threads", "1"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: --html {tmp_path / 'p.html'}: ")

@@ -31,9 +31,9 @@ def speech_payload(p: Prediction, title: str) -> dict[str, Any]:
     start = max(0, p.prompt_length - 1)  # the query that produced the first generated token
     stacked = torch.stack([p.maps[n][0, :, start:, :covered] for n in names]).float()  # (L, H, tokens, covered)
     if covered < keys:
-        notes.append(f"the audio covers {covered} of the {keys} audio positions ({covered * frames_per_key * p.frame_seconds:.2f} "
-                     f"of {keys * frames_per_key * p.frame_seconds:.0f} s); the attention to the silence after "
-                     f"it is not shown")
+        seconds = frames_per_key * p.frame_seconds
+        notes.append(f"the audio covers {covered} of the {keys} audio positions ({covered * seconds:.2f} of "
+                     f"{keys * seconds:.3g} s); the attention to the silence after it is not shown")
     stacked, heads = _budget(stacked, notes)
     spec = p.shown[:, : covered * frames_per_key].float()
     spec = (spec - spec.min()) / (spec.max() - spec.min()).clamp_min(1e-6)
