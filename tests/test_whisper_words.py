@@ -219,3 +219,27 @@ def test_default_alignment_heads_are_the_second_half_of_the_decoder_and_bad_ones
         sw.alignment_heads(net, [[1, 0], [2, 0]])
     assert sw.covered_positions(4800, 160, 16) == 15 and sw.covered_positions(10**6, 160, 16) == 16
     assert sw.covered_positions(1, 160, 16) == 1
+
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fsdd" / "recordings"
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason="the FSDD recordings are not in ../shared/datasets/fsdd")
+def test_make_whisper_picture_draws_a_recording_with_its_words(tiny, tmp_path: Path, capsys) -> None:
+    """docs/make_whisper_picture.py on the tiny model (the lead runs it on tiny.en): the picture and the lines
+    predict.py --words prints for the same recording."""
+    import importlib.util
+
+    import predict
+
+    spec = importlib.util.spec_from_file_location("make_whisper_picture",
+                                                  Path(__file__).resolve().parents[1] / "docs" / "make_whisper_picture.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "words.png"
+    assert script.main([str(tiny[0]), "--recording", "7_jackson_12.wav", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert out.stat().st_size > 10_000 and lines[0] == "note: resampled from 8000 Hz to 16000 Hz"
+    assert predict.main([str(tiny[0]), str(FSDD / "7_jackson_12.wav"), "--words", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines[1:-1]
+    assert script.main([str(tiny[0]), "--recording", "no_such.wav", "--out", str(out)]) == 2

@@ -117,7 +117,8 @@ def plot_token_time(spec: Tensor, attn: Tensor, tokens: list[str], title: str, p
     fig.colorbar(im, cax=cax, label="attention")
     if words:
         _mark_words(fig.axes[0], ax, words)
-        fig.axes[0].set_title("log-mel spectrogram", loc="left", pad=14)  # the words' labels take the middle
+        fig.axes[0].set_title("")  # the words' labels take its place; the title goes left, above them
+        fig.axes[0].set_title("log-mel spectrogram", loc="left", pad=14)
     if until is not None:
         ax.set_xlim(0.0, until)  # shared: both panels
     if credit:
