@@ -84,12 +84,6 @@ def test_page_shows_the_words_and_each_rows_cross_attention(made, browser) -> No
                             for a, h in ALIGNMENT_HEADS]).mean(0)
     np.testing.assert_allclose(json.loads(page.get_attribute("#readout", "data-weights")), expected.numpy(),
                                atol=TOL)
-    from helpers.browser import not_blank, screenshot_dir
-
-    png = page.screenshot(full_page=True)
-    assert not_blank(png)
-    if screenshot_dir() is not None:
-        (screenshot_dir() / "explorer_speech.png").write_bytes(png)
     assert browser.errors == [], browser.errors
     assert all(u.startswith(("file:", "data:")) for u in browser.requests), browser.requests
     page.close()
@@ -106,6 +100,13 @@ def test_the_highlighted_word_follows_the_audio_and_a_click_seeks(made, browser)
         page.evaluate(f"document.getElementById('clip').currentTime = {middle}")
         page.wait_for_function(f"document.getElementById('words').dataset.active === '{i}'")
         assert page.locator("#words .word.active").all_inner_texts() == [p.words[i].text.strip()]
+    from helpers.browser import not_blank, screenshot_dir
+
+    page.hover(f".srow[data-i='{spoken[-1]}']")  # docs/explorer_speech.png: the last word playing, its row read out
+    png = page.screenshot(full_page=True)
+    assert not_blank(png)
+    if screenshot_dir() is not None:
+        (screenshot_dir() / "explorer_speech.png").write_bytes(png)
     last = p.words[spoken[-1]]
     page.click(f"#words .word[data-i='{spoken[0]}']")
     page.wait_for_function(f"Math.abs(document.getElementById('clip').currentTime - {p.words[spoken[0]].start}) < 1e-3")
