@@ -132,3 +132,23 @@ def test_predict_py_prints_words_draws_their_boundaries_and_writes_the_page(made
     assert html.is_file() and '"kind":"speech"' in html.read_text()
     assert predict.main([str(model), str(wav), "--threads", "1"]) == 0  # no --words: the transcript alone
     assert capsys.readouterr().out.splitlines() == [p.text]
+
+
+def test_a_page_too_large_for_every_head_keeps_the_alignment_heads_mean(made, monkeypatch) -> None:
+    """When the heads of each layer are averaged to keep the page small, the words' map (the mean of the
+    alignment heads) is still the exact one."""
+    import importlib
+
+    from viz.explorer import payload, unpack
+
+    page_module = importlib.import_module("viz.explorer.page")  # the package re-exports a function `page`
+
+    _, _, p, _ = made
+    monkeypatch.setattr(page_module, "MAX_WEIGHTS", 10)
+    data = payload(p, "speech.wav")
+    assert data["heads"] == ["mean"] and any("mean over heads" in n for n in data["notes"])
+    first = p.prompt_length - 1
+    expected = torch.stack([p.maps[f"decoder.{a}.cross_attn"][0, h, first:, : p.covered]
+                            for a, h in ALIGNMENT_HEADS]).mean(0)
+    np.testing.assert_allclose(unpack(data["aligned"]), expected.numpy(), atol=1e-5)
+    assert data["alignment"] == ALIGNMENT_HEADS and data["seconds"] == pytest.approx(p.covered * 0.02)

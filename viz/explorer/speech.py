@@ -34,6 +34,8 @@ def speech_payload(p: Prediction, title: str) -> dict[str, Any]:
         seconds = frames_per_key * p.frame_seconds
         notes.append(f"the audio covers {covered} of the {keys} audio positions ({covered * seconds:.2f} of "
                      f"{keys * seconds:.3g} s); the attention to the silence after it is not shown")
+    # the words' map, the mean of the alignment heads, kept apart: _budget may average the heads of each layer
+    aligned = [stacked[names.index(f"decoder.{layer}.cross_attn"), h] for layer, h in p.alignment_heads]
     stacked, heads = _budget(stacked, notes)
     spec = p.shown[:, : covered * frames_per_key].float()
     spec = (spec - spec.min()) / (spec.max() - spec.min()).clamp_min(1e-6)
@@ -53,5 +55,6 @@ def speech_payload(p: Prediction, title: str) -> dict[str, Any]:
         "heads": heads,
         "maps": pack(stacked),
         "alignment": [list(pair) for pair in p.alignment_heads],  # the heads the words were aligned with
+        "aligned": pack(torch.stack(aligned).mean(0)) if aligned else None,  # (tokens, covered)
         "words": [{"text": w.text.strip(), "start": w.start, "end": w.end} for w in p.words],
     }
