@@ -42,7 +42,7 @@ class Demo:
         that run."""
         try:
             x, name = self._read(given)
-            p = self.predictor.predict(x, maps=True)
+            p = self.predictor.predict(x, maps=True, words=True)  # words: a speech page highlights them
             title = f"{name} -> {p.text}" if p.text is not None else name
             folder = Path(tempfile.mkdtemp(prefix="pictures-", dir=self.workdir))
             # A text encoder's pictures follow one word (predict.py --word): its page shows every token.

@@ -299,7 +299,7 @@ class Predictor:
         """The prediction for one input (inputs.read's tensor or sentence); maps: the per-head
         attention of that run too. notes: what was done to odd text input (truncated, unknown
         characters). sampling: a causal LM's decoding options (None: the model's own). words: a
-        transcriber's word timestamps (inference/speech_words.py)."""
+        transcriber's word timestamps (inference/speech_words.py; other tasks have none)."""
         self.check_heads(heads)
         task = self.task
         if task == "complete":

@@ -40,7 +40,7 @@ def explore(model: str | Path | Predictor, item: str | Path, title: str | None =
     explorer."""
     predictor = model if isinstance(model, Predictor) else load(model)
     first = gather(predictor, [str(item)])[0]  # a text file stands for its first sentence here
-    p = predictor.predict(read(predictor, first), maps=True)
+    p = predictor.predict(read(predictor, first), maps=True, words=True)  # words: a speech page plays them
     if title is None:
         title = (
             f"{first} -> {p.text}"
