@@ -38,7 +38,7 @@ APPENDED = "\"'.。,，!！?？:：”)]}、"  # append_punctuations: joined to 
 NO_SPACES = ("<|zh|>", "<|ja|>", "<|th|>", "<|lo|>", "<|my|>", "<|yue|>")  # languages split per character group
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Word:
     """One word of the transcript: its text as decoded (a leading space kept), start and end in seconds, and
     the token ids it is made of."""
@@ -202,15 +202,14 @@ def word_timestamps(
     starts = (row_positions(weights, width) * seconds_per_position).tolist()
     # a token ends where the next one starts; the last one where EOS starts, or (length limit) at the audio's end
     ends = starts[1:] if ended else starts[1:] + [positions * seconds_per_position]
-    text_ids = [t for t in ids if t < eos_id]
-    index = {k: i for i, k in enumerate(i for i, t in enumerate(ids) if t < eos_id)}
+    where = [i for i, t in enumerate(ids) if t < eos_id]  # the text tokens' places among ids
     timed: list[list[Any]] = []
     k = 0
-    for text, group in split_words(token_pieces(tokenizer, text_ids), spaces):
-        a, b = index[k], index[k + len(group) - 1]
-        timed.append([text, group, starts[a], ends[b]])
+    for text, group in split_words(token_pieces(tokenizer, [ids[i] for i in where]), spaces):
+        timed.append([text, group, starts[where[k]], ends[where[k + len(group) - 1]]])
         k += len(group)
-    words = [Word(text, round(s, 2), round(e, 2), tuple(g)) for text, g, s, e in merge_punctuation(timed)]
+    words = [Word(text=text, start=round(s, 2), end=round(e, 2), tokens=tuple(g))
+             for text, g, s, e in merge_punctuation(timed)]
     return words, starts[: len(ids)]
 
 

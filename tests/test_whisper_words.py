@@ -203,7 +203,28 @@ def test_word_times_of_merged_punctuation_are_the_words() -> None:
     timed = [[t, g, float(k), float(k + 1)] for k, (t, g) in enumerate(sw.split_words(sw.token_pieces(tok, [0, 1,
                                                                                                      2, 3])))]
     assert sw.merge_punctuation(timed) == [[" Seven.", [0, 1], 0.0, 1.0], [" eight,", [2, 3], 2.0, 3.0]]
-    assert sw.word_lines([sw.Word(" Seven.", 0.0, 0.42, (0, 1))]) == ["word 0.00 0.42 Seven."]
+    assert sw.word_lines([sw.Word(text=" Seven.", start=0.0, end=0.42, tokens=(0, 1))]) == ["word 0.00 0.42 Seven."]
+
+
+def test_a_special_token_among_the_text_is_aligned_but_is_no_word(tmp_path: Path) -> None:
+    """A token at or after EOS (a timestamp) keeps its row in the DTW; the words around it take their own
+    tokens' rows."""
+    from tokenizers import Tokenizer
+
+    from helpers.whisper_tiny import EOT, write_tokenizer
+
+    write_tokenizer(tmp_path / "tokenizer.json")
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    ids, prompt = [5, 112, 6], 2
+    # rows: the prompt's 2, then one per token and EOS; each token loud at its own 4 positions
+    maps = torch.full((1, 1, prompt + len(ids), 16), 0.01)
+    for row in range(len(ids) + 1):
+        maps[0, 0, prompt - 1 + row, 4 * row: 4 * row + 4] = 1.0
+    words, starts = sw.word_timestamps({"decoder.0.cross_attn": maps}, ids=ids, prompt_length=prompt, ended=True,
+                                       heads=[(0, 0)], positions=16, seconds_per_position=0.02, tokenizer=tok,
+                                       eos_id=EOT, width=1)
+    assert starts == pytest.approx([0.0, 0.08, 0.16])
+    assert [(w.text, w.start, w.end, w.tokens) for w in words] == [("t5", 0.0, 0.08, (5,)), (" t6", 0.16, 0.24, (6,))]
 
 
 def test_default_alignment_heads_are_the_second_half_of_the_decoder_and_bad_ones_are_named(tiny) -> None:
