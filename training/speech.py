@@ -112,12 +112,16 @@ class WhisperModule(ZooModule):
             memory, _ = self.net.encode(mel)
         return self.net.decode(tgt_in, memory)
 
-    def _loss(self, batch: dict[str, Tensor], stage: str, mel: Tensor) -> Tensor:
-        tgt_in, labels = self.sequences(batch["text"])
+    def loss(self, mel: Tensor, text: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean cross-entropy over the scored tokens, logits, labels) of log-mel features and transcript ids."""
+        tgt_in, labels = self.sequences(text)
         logits = self(mel, tgt_in)
-        smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                label_smoothing=smoothing)
+        return loss, logits, labels
+
+    def _loss(self, batch: dict[str, Tensor], stage: str, mel: Tensor) -> Tensor:
+        loss, logits, labels = self.loss(mel, batch["text"], self.label_smoothing if stage == "train" else 0.0)
         real = labels.ne(IGNORE)
         n = real.sum()
         acc = (logits.argmax(-1).eq(labels) & real).sum() / n
