@@ -18,7 +18,6 @@ the LightningModule puts the prompt before them and <|endoftext|> after.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,7 @@ from data.text import read_text_file, split_of
 from models.checks import require_int, require_number
 from models.tokenizer import load_tokenizer
 from training.wer import normalize_transcript
-from utils.errors import UserError
-
-log = logging.getLogger(__name__)
+from utils.errors import UserError, note
 
 SPLITS = ("train", "val", "test")
 IGNORE = -100  # padding of the text ids: what cross-entropy skips
@@ -139,24 +136,36 @@ class TranscriptsDataModule(L.LightningDataModule):
                                     f"({sum(map(len, splits.values()))} pairs, val_fraction={self.val_fraction}, "
                                     f"test_fraction={self.test_fraction}); give more pairs or train/ val/ test/ "
                                     f"sub-folders")
+            self._check_audio(splits, notes)
             for line in notes:
-                log.warning(line)
-            self._check_audio(splits)
+                note(line)
             self._splits = splits
         return self._splits
 
-    def _check_audio(self, splits: dict[str, list[Utterance]]) -> None:
-        """Every file readable and not longer than the window the model hears, before any training step."""
+    def _check_audio(self, splits: dict[str, list[Utterance]], notes: list[str]) -> None:
+        """Every file readable and not longer than the window the model hears, before any training step; files at
+        another rate or with several channels are counted in `notes` (they are resampled / mixed when read)."""
         import soundfile as sf
 
+        resampled, mixed = [], []
         for pairs in splits.values():
             for pair in pairs:
                 check_audio(pair.audio)
-                seconds = sf.info(str(pair.audio)).duration
-                if seconds > self.max_seconds:
-                    raise UserError(f"data=transcripts: {pair.audio} is {seconds:.3g} s long, more than "
+                info = sf.info(str(pair.audio))
+                if info.duration > self.max_seconds:
+                    raise UserError(f"data=transcripts: {pair.audio} is {info.duration:.3g} s long, more than "
                                     f"data.max_seconds={self.max_seconds:g} (Whisper hears one 30 s window); "
                                     f"cut it into shorter utterances")
+                if info.samplerate != self.sample_rate:
+                    resampled.append(f"{pair.audio} at {info.samplerate} Hz")
+                if info.channels > 1:
+                    mixed.append(f"{pair.audio}: {info.channels} channels")
+        total = sum(map(len, splits.values()))
+        if resampled:
+            notes.append(f"data=transcripts: {len(resampled)} of {total} audio files resampled to "
+                         f"{self.sample_rate} Hz when read (first: {resampled[0]})")
+        if mixed:
+            notes.append(f"data=transcripts: {len(mixed)} of {total} audio files mixed to mono (first: {mixed[0]})")
 
     def references(self, stage: str) -> list[str]:
         return [p.text for p in self.splits[stage]]
