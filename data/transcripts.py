@@ -1,4 +1,4 @@
-"""Speech with its transcripts: a folder of `name.wav` + `name.txt` pairs, for fine-tuning Whisper (docs/whisper_finetune.md).
+"""Transcribed speech: a folder of `name.wav` + `name.txt` pairs, for fine-tuning Whisper (docs/whisper_finetune.md).
 
     root/<any sub-folders>/name.wav   the audio (any rate, any number of channels; wav, flac or ogg)
     root/<any sub-folders>/name.txt   its transcript (UTF-8, one or more lines, joined by spaces)

@@ -32,7 +32,8 @@ def transcribe_windows(predictor: Any, wave: Tensor, rate: int, size: int, maps:
     """The Prediction of a recording longer than one window: each window through `predictor._transcribe`,
     the texts joined and the token ids concatenated; the attention maps (and the spectrogram drawn beside them)
     are the first window's."""
-    parts = [predictor._transcribe(part, maps and i == 0, beam_size, None) for i, part in enumerate(windows(wave, size))]
+    parts = [predictor._transcribe(part, maps and i == 0, beam_size, None)
+             for i, part in enumerate(windows(wave, size))]
     if notes is not None:
         notes.append(f"{wave.shape[-1] / rate:.3g} s long: transcribed in {len(parts)} windows of {size / rate:g} s, "
                      f"one after another" + ("; the attention drawn is the first window's" if maps else ""))

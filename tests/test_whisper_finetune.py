@@ -115,8 +115,9 @@ def test_fine_tune_evaluate_predict_export_and_resume(tiny, tmp_path: Path) -> N
     conv = convert(str(tiny))
     source = conv.state
     # the encoder is frozen (the experiment's choice), the decoder learned
-    assert torch.equal(ckpt["state_dict"]["net.encoder.blocks.0.attn.qkv.weight"], source["encoder.blocks.0.attn.qkv.weight"])
-    assert not torch.equal(ckpt["state_dict"]["net.decoder.0.self_attn.qkv.weight"], source["decoder.0.self_attn.qkv.weight"])
+    weights = ckpt["state_dict"]
+    assert torch.equal(weights["net.encoder.blocks.0.attn.qkv.weight"], source["encoder.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(weights["net.decoder.0.self_attn.qkv.weight"], source["decoder.0.self_attn.qkv.weight"])
     assert (trained / "tokenizer.json").read_text() == conv.tokenizer  # the source's, also in every checkpoint
     assert ckpt["TranscriptsDataModule"]["tokenizer"] == conv.tokenizer
 
