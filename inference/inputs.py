@@ -146,8 +146,9 @@ def _read_image(predictor: PredictorLike, path: Path, notes: list[str] | None) -
 
 def _read_audio(predictor: PredictorLike, path: Path, notes: list[str] | None) -> Tensor:
     dm, pre = predictor.datamodule, predictor.preprocess
-    if dm is None:  # the whole clip: the model's front end pads or cuts its frames
-        return read_audio(path, int(pre["sample_rate"]), notes)[None]
+    # the whole clip (a transcriber's too, which runs in windows): the model's front end pads or cuts its frames
+    if dm is None or predictor.net.task == "transcribe":
+        return read_audio(path, int(pre["sample_rate"]) if dm is None else dm.sample_rate, notes)[None]
     wave = read_audio(path, dm.sample_rate, notes)
     if notes is not None and len(wave) != dm.num_samples:
         clip = f"the model's {dm.num_samples / dm.sample_rate:g} s clip"

@@ -72,6 +72,8 @@ def from_run(run: Restored) -> Predictor:
         )
     if predictor.task == "classify":
         predictor.class_names = class_names(dm, int(run.cfg.data.num_classes or 0))
+    if predictor.task == "transcribe":  # a fine-tuned Whisper: the source's decoding rules, kept by its module
+        predictor.generation = module.decoding()
     return predictor
 
 

@@ -26,6 +26,7 @@ from inference.complete import (Sampling, context_of, continue_ids, cut_at_stop,
 from inference.inputs import input_kind
 from inference import speech_words
 from inference.protein import ProteinInput, check_length, head_fitted, pseudo_perplexity, read_proteins
+from inference.speech_audio import note_silence, transcribe_windows
 from models.attention import AttentionRecorder, attention_maps, select_attention_layers
 from models.tokenizer import UNK_ID, decode
 from utils.errors import UserError
@@ -407,7 +408,8 @@ class Predictor:
     def _transcribe(self, wave: Tensor, maps: bool, beam_size: int | None,
                     notes: list[str] | None, words: bool = False) -> Prediction:
         """Speech -> text: the waveform (1, samples) at the source's rate (inputs.read resamples and
-        mixes to mono, saying so), cut at its chunk length (preprocess chunk_seconds: the one window the model hears),
+        mixes to mono, saying so); longer than its chunk length (preprocess chunk_seconds: the one window the model
+        hears), in consecutive windows (inference/speech_audio.py);
         the network's front end (log-mel), its `transcribe` with the source's decoding settings, the
         new tokens decoded without special tokens. With maps, one teacher-forced pass over prompt +
         new tokens + EOS records the decoder's attention; ids, target_tokens: the new tokens, EOS
@@ -417,11 +419,9 @@ class Predictor:
         pre = self.preprocess or {}
         rate = int(pre.get("sample_rate", 16000))
         limit = int(float(pre.get("chunk_seconds", 30)) * rate)
-        if wave.shape[-1] > limit:
-            if notes is not None:
-                notes.append(f"{wave.shape[-1] / rate:.3g} s long: cut at {limit / rate:g} s "
-                             f"(the model hears one {limit / rate:g} s window)")
-            wave = wave[..., :limit]
+        note_silence(wave, notes)
+        if wave.shape[-1] > limit:  # consecutive windows, each through this method (inference/speech_audio.py)
+            return transcribe_windows(self, wave, rate, limit, maps, beam_size, notes, words)
         device = next(net.parameters()).device
         full = net.features(wave.to(device))  # (1, n_mels, frames of the whole window)
         frame_seconds = float(pre.get("chunk_seconds", 30)) / full.shape[-1]

@@ -757,7 +757,7 @@ def _tone(path: Path, seconds: float, rate: int = 16000, channels: int = 1) -> P
     return path
 
 
-def test_long_and_stereo_audio_are_cut_and_mixed_with_notes(tiny_whisper, tmp_path: Path) -> None:
+def test_long_and_stereo_audio_run_in_windows_and_are_mixed_with_notes(tiny_whisper, tmp_path: Path) -> None:
     folder = tiny_whisper
     predictor = load_trained(str(folder))
     notes: list[str] = []
@@ -766,11 +766,11 @@ def test_long_and_stereo_audio_are_cut_and_mixed_with_notes(tiny_whisper, tmp_pa
     assert p.text is not None
     joined = "\n".join(notes)
     assert "mixed 2 channels to mono" in joined and "resampled from 8000 Hz to 16000 Hz" in joined
-    assert "cut at 30 s" in joined
+    assert "31 s long: transcribed in 2 windows of 30 s, one after another" in joined
 
 
-def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_is_cut_with_a_note(tiny_whisper, tmp_path: Path,
-                                                                           capsys) -> None:
+def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_runs_in_windows(tiny_whisper, tmp_path: Path,
+                                                                        capsys) -> None:
     folder = tiny_whisper
     empty, nan = tmp_path / "empty.wav", tmp_path / "nan.wav"
     sf.write(str(empty), np.zeros(0, np.float32), 16000)
@@ -785,4 +785,4 @@ def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_is_cut_with_a_note(tiny_
         assert capsys.readouterr().err.strip().splitlines()[-1] == message
     long = _tone(tmp_path / "long.wav", 31)
     assert predict.main([str(folder), str(long), "--threads", "1"]) == 0
-    assert "31 s long: cut at 30 s (the model hears one 30 s window)" in capsys.readouterr().err
+    assert "31 s long: transcribed in 2 windows of 30 s, one after another" in capsys.readouterr().err

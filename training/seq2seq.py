@@ -129,14 +129,7 @@ class Seq2SeqModule(ZooModule):
         self._eval_step(batch, "test", beam_size=self.beam_size)
 
     def _log_text_metrics(self, stage: str) -> None:
-        outputs = self._outputs.pop(stage, [])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Under DDP each process decoded its own share: BLEU is a corpus score, so gather all of them.
-            # The distributed sampler pads shares to equal size with repeats: one output per index.
-            shares: list[list[tuple[int, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
-            torch.distributed.all_gather_object(shares, outputs)
-            outputs = list(dict(o for share in shares for o in share).items())
-        outputs = sorted(outputs)
+        outputs = gathered(self._outputs.pop(stage, []))
         if not outputs:
             return
         refs_all = self.trainer.datamodule.references(stage)
@@ -188,6 +181,17 @@ class Seq2SeqModule(ZooModule):
         finally:
             self.train(was_training)
 
+
+
+def gathered(outputs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """(example index, decoded text) of every process, sorted by index. Under DDP each process decoded its own
+    share: BLEU / WER are corpus scores, so gather all of them. The distributed sampler pads shares to equal size
+    with repeats: one output per index."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shares: list[list[tuple[int, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather_object(shares, outputs)
+        outputs = list(dict(o for share in shares for o in share).items())
+    return sorted(outputs)
 
 
 def text_metrics(hyps: list[str], refs: list[str]) -> dict[str, float]:
