@@ -31,7 +31,7 @@ from data.distributed import loader_options
 from data.text import read_text_file, split_of
 from models.checks import require_int, require_number
 from models.tokenizer import load_tokenizer
-from training.wer import normalize_transcript
+from data.normalize import normalize_transcript
 from utils.errors import UserError, note
 
 SPLITS = ("train", "val", "test")

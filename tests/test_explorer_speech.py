@@ -137,14 +137,10 @@ def test_predict_py_prints_words_draws_their_boundaries_and_writes_the_page(made
 def test_a_page_too_large_for_every_head_keeps_the_alignment_heads_mean(made, monkeypatch) -> None:
     """When the heads of each layer are averaged to keep the page small, the words' map (the mean of the
     alignment heads) is still the exact one."""
-    import importlib
-
-    from viz.explorer import payload, unpack
-
-    page_module = importlib.import_module("viz.explorer.page")  # the package re-exports a function `page`
+    from viz.explorer import encoding, payload, unpack
 
     _, _, p, _ = made
-    monkeypatch.setattr(page_module, "MAX_WEIGHTS", 10)
+    monkeypatch.setattr(encoding, "MAX_WEIGHTS", 10)
     data = payload(p, "speech.wav")
     assert data["heads"] == ["mean"] and any("mean over heads" in n for n in data["notes"])
     first = p.prompt_length - 1

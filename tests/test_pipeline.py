@@ -12,6 +12,7 @@ import torch
 
 from helpers.cli import command, run
 from helpers.config import MODELS
+from helpers.runs import whisper_overrides
 from utils.checkpoint import load_checkpoint
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
@@ -27,8 +28,8 @@ SMALL_DATA = {"sequence": ["data.train_size=48", "data.val_size=16", "data.test_
 
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_dev_run_each_model(model: str, tmp_path: Path) -> None:
-    proc = run("train.py", f"model={model}", *SMALL_DATA.get(model, []), "trainer.fast_dev_run=true",
-               f"hydra.run.dir={tmp_path}")
+    small = whisper_overrides() if model == "whisper" else SMALL_DATA.get(model, [])
+    proc = run("train.py", f"model={model}", *small, "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
     assert f"Run directory: {tmp_path}" in proc.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "test/loss" in metrics and torch.isfinite(torch.tensor(metrics["test/loss"]))

@@ -15,7 +15,7 @@ import torch
 from helpers.protein_runs import (UBIQUITIN, UBIQUITIN_SEQUENCE, make_protein_run, net_of, predict_in_process, write_pdb)
 from safetensors.torch import save_file
 
-from viz.explorer.page import unpack
+from viz.explorer.encoding import unpack
 
 SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues: top L/5 = 6 contacts
 TOL = 1.0 / 65535 + 1e-6  # the page's uint16 precision

@@ -14,20 +14,9 @@ import soundfile as sf
 import torch
 
 from helpers.cli import run
-from helpers.whisper_tiny import EOT, make_tiny_whisper
+from helpers.whisper_tiny import EOT, make_tiny_whisper, write_pairs
 
 FRAMES = 32  # the tiny model's max_source_positions (16) x the stride-2 convolution
-
-
-def write_pairs(folder: Path, n: int = 24, rate: int = 8000, seed: int = 0) -> Path:
-    """n noise recordings at `rate` with transcripts of 1-4 words t5..t94 (the tiny tokenizer's words)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        sf.write(str(folder / f"u{i:02d}.wav"), (0.1 * rng.standard_normal(rate // 2 + 50 * i)).astype(np.float32),
-                 rate)
-        (folder / f"u{i:02d}.txt").write_text(" ".join(f"t{(7 * i + k) % 90 + 5}" for k in range(1 + i % 4)) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")

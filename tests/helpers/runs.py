@@ -3,6 +3,8 @@ a sample input file for each classifier."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from pathlib import Path
 
 import torch
@@ -66,8 +68,26 @@ SMALL = {"vit": ["model.net.depth=1"], "audio": ["model.net.depth=1"], "video": 
          # The first 300 UniProt examples (Debian's mmseqs2-examples; split by mmseqs2, cached under datasets/).
          "protein": ["model.net.depth=1", "model.net.num_heads=2", "model.net.ffn_dim=64", "data.max_sequences=300",
                      "data.max_len=64", "data.batch_size=4", "data.eval_batch_size=16"]}
+# model=whisper fine-tunes a source (it has no from-scratch recipe): a tiny random Whisper and 24 noise recordings
+# with transcripts, written once per test session (whisper_overrides).
+WHISPER = ["data.batch_size=4", "model.max_new_tokens=8"]
 # What a model's default data needs from the system (Debian packages), so its tests skip, not fail, without it.
 SYSTEM_DATA = {"protein": (Path("/usr/share/doc/mmseqs2/example-data/DB.fasta.gz"), "mmseqs")}
+
+
+@functools.cache
+def whisper_overrides() -> list[str]:
+    """pretrained= a tiny random Whisper, data.root= a folder of (wav, txt) pairs: what model=whisper trains on here."""
+    from helpers.whisper_tiny import make_tiny_whisper, write_pairs
+
+    base = Path(tempfile.mkdtemp(prefix="whisper_runs_"))
+    return [f"pretrained={make_tiny_whisper(base / 'tiny', std=0.2)}", f"data.root={write_pairs(base / 'pairs')}",
+            *WHISPER]
+
+
+def small(model: str) -> list[str]:
+    """The overrides that make `model`'s tiny run small (and, for whisper, give it a source and data)."""
+    return whisper_overrides() if model == "whisper" else SMALL[model]
 
 
 def system_data_missing(model: str) -> str | None:
@@ -88,7 +108,7 @@ def train_in_process(model: str, out: Path, *overrides: str) -> dict[str, float]
 
     if (missing := system_data_missing(model)) is not None:
         pytest.skip(missing)
-    cfg = compose_config("train", [f"model={model}", *TINY, *SMALL[model], *overrides], out)
+    cfg = compose_config("train", [f"model={model}", *TINY, *small(model), *overrides], out)
     with open_dict(cfg):
         cfg.paths.data_dir = str(ROOT / "datasets")  # the generated datasets cached there, as the CLI uses
         cfg.hydra.runtime.output_dir = str(out)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from helpers.pretrained import randomize
@@ -59,4 +61,15 @@ def make_tiny_whisper(folder: Path, *, multilingual: bool = False, std: float = 
         gen |= {"lang_to_id": LANGUAGES, "task_to_id": TASKS}
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=1))
     write_tokenizer(folder / "tokenizer.json")
+    return folder
+
+
+def write_pairs(folder: Path, n: int = 24, rate: int = 8000, seed: int = 0) -> Path:
+    """n noise recordings at `rate` with transcripts of 1-4 words t5..t94 (the tiny tokenizer's words)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sf.write(str(folder / f"u{i:02d}.wav"), (0.1 * rng.standard_normal(rate // 2 + 50 * i)).astype(np.float32),
+                 rate)
+        (folder / f"u{i:02d}.txt").write_text(" ".join(f"t{(7 * i + k) % 90 + 5}" for k in range(1 + i % 4)) + "\n")
     return folder

@@ -11,9 +11,7 @@ viz/maps.py; a ViT with a class token adds its patch features' principal compone
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -25,38 +23,13 @@ from einops import rearrange
 from torch import Tensor
 
 from inference.predictor import Prediction
+from viz.explorer.encoding import budget, pack, png_data_url, wav_data_url
+from viz.explorer.speech import speech_payload
 from viz.maps import _grid, in_layer_order, patch_range, pca_colours, rollout, video_token_maps
 
 TEMPLATE = Path(__file__).with_name("template.html")
 MAX_TOKENS = 512  # text: tokens kept per axis (the page says when it cut)
 MAX_CONTACT_RESIDUES = 1024  # a protein's contact maps: residues kept per axis (~2.8 MB of base64 a map)
-MAX_WEIGHTS = 1_500_000  # weights per page before heads are averaged (~4 MB of base64)
-SCALE = 65535
-
-
-def pack(t: Tensor) -> dict[str, Any]:
-    """A tensor of weights in [0, 1] -> {"shape", "b64"} of little-endian uint16 (round(w * 65535))."""
-    q = (t.detach().float().clamp(0, 1) * SCALE).round().to(torch.int32).numpy().astype("<u2")
-    return {"shape": list(t.shape), "b64": base64.b64encode(q.tobytes()).decode("ascii")}
-
-
-def unpack(packed: dict[str, Any]) -> np.ndarray:
-    """The inverse of pack, as the page decodes it (for tests and tools)."""
-    q = np.frombuffer(base64.b64decode(packed["b64"]), dtype="<u2")
-    return (q.astype(np.float64) / SCALE).reshape(packed["shape"])
-
-
-def png_data_url(image: Tensor) -> str:
-    """(C, H, W) or (H, W) in [0, 1] -> a PNG data: URL."""
-    from PIL import Image
-
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array.numpy() if array.dim() == 2 else array.permute(1, 2, 0).numpy()
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -86,17 +59,6 @@ def _escape(text: str) -> str:
 def _per_head(maps: dict[str, Tensor], names: list[str]) -> Tensor:
     """{name: (1, H, R, C)} -> (L, H, R, C) in the given layer order."""
     return torch.stack([maps[n][0] for n in names])
-
-
-def _budget(maps: Tensor, notes: list[str]) -> tuple[Tensor, list[str]]:
-    """(L, H, ...) maps and head labels; heads averaged when they would make the page too large."""
-    if maps.numel() <= MAX_WEIGHTS or maps.shape[1] == 1:
-        return maps, [str(h) for h in range(maps.shape[1])]
-    notes.append(
-        f"{maps.shape[1]} heads x {maps.numel() // maps.shape[1]:,} weights would make the page too "
-        f"large: this page shows the mean over heads"
-    )
-    return maps.mean(dim=1, keepdim=True), ["mean"]
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -140,7 +102,7 @@ def _causal_payload(p: Prediction, title: str) -> dict[str, Any]:
         notes.append(f"{len(tokens)} tokens, the last {MAX_TOKENS} are shown")
         cut = len(tokens) - MAX_TOKENS
         tokens, stacked, boundary = tokens[cut:], stacked[..., cut:, cut:], max(0, boundary - cut)
-    stacked, heads = _budget(stacked, notes)
+    stacked, heads = budget(stacked, notes)
     group = {"key": "causal", "label": "causal self-attention", "rows": tokens, "cols": tokens,
              "layers": names, "heads": heads, "maps": pack(stacked), "boundary": boundary}
     shown = {"text": p.text, "source": p.input, "label": "continuation"}
@@ -157,7 +119,7 @@ def _protein_payload(p: Prediction, title: str) -> dict[str, Any]:
     if len(tokens) > MAX_TOKENS:
         notes.append(f"{len(tokens)} tokens, the first {MAX_TOKENS} are shown in the head view")
         tokens, stacked = tokens[:MAX_TOKENS], stacked[..., :MAX_TOKENS, :MAX_TOKENS]
-    stacked, heads = _budget(stacked, notes)
+    stacked, heads = budget(stacked, notes)
     group = {"key": "protein", "label": "self-attention over residues", "rows": tokens, "cols": tokens,
              "layers": names, "heads": heads, "maps": pack(stacked)}
     n = min(len(str(p.input)), MAX_CONTACT_RESIDUES)
@@ -191,7 +153,7 @@ def _text_payload(p: Prediction, title: str) -> dict[str, Any]:
             )
             rows, cols = rows[:MAX_TOKENS], cols[:MAX_TOKENS]
             stacked = stacked[..., :MAX_TOKENS, :MAX_TOKENS]
-        stacked, heads = _budget(stacked, notes)
+        stacked, heads = budget(stacked, notes)
         groups.append(
             {
                 "key": key,
@@ -239,16 +201,6 @@ def _mel_ticks(net: torch.nn.Module, count: int = 5) -> list[list[Any]]:
     ]
 
 
-def wav_data_url(wave: Tensor, sample_rate: int) -> str:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(
-        buf, wave.detach().float().clamp(-1, 1).numpy(), sample_rate, format="WAV", subtype="PCM_16"
-    )
-    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def payload(p: Prediction, title: str) -> dict[str, Any]:
     """The data of a Prediction's page (its maps recorded: predict(x, maps=True))."""
     if not p.maps:
@@ -258,8 +210,6 @@ def payload(p: Prediction, title: str) -> dict[str, Any]:
     if p.net.task == "unmask":
         return _protein_payload(p, title)
     if p.net.task == "transcribe":
-        from viz.explorer.speech import speech_payload  # it reads this module's helpers
-
         return speech_payload(p, title)
     if p.modality == "text":
         return _text_payload(p, title)

@@ -15,14 +15,13 @@ import torch
 from inference.predictor import Prediction
 from inference.speech_words import covered_positions
 from models.whisper_frontend import HOP_LENGTH, SAMPLE_RATE
+from viz.explorer.encoding import budget, pack, png_data_url, wav_data_url
 from viz.maps import in_layer_order
 
 
 def speech_payload(p: Prediction, title: str) -> dict[str, Any]:
     """Data of a transcription's page (its maps recorded: predict(x, maps=True); words too for the highlight:
     predict(x, maps=True, words=True))."""
-    from viz.explorer.page import _budget, pack, png_data_url, wav_data_url  # page.py imports this module
-
     notes: list[str] = []
     names = in_layer_order([n for n in p.maps if n.endswith("cross_attn")])
     keys = p.maps[names[0]].shape[-1]
@@ -36,7 +35,7 @@ def speech_payload(p: Prediction, title: str) -> dict[str, Any]:
                      f"{keys * seconds:.3g} s); the attention to the silence after it is not shown")
     # the words' map, the mean of the alignment heads, kept apart: _budget may average the heads of each layer
     aligned = [stacked[names.index(f"decoder.{layer}.cross_attn"), h] for layer, h in p.alignment_heads]
-    stacked, heads = _budget(stacked, notes)
+    stacked, heads = budget(stacked, notes)
     spec = p.shown[:, : covered * frames_per_key].float()
     spec = (spec - spec.min()) / (spec.max() - spec.min()).clamp_min(1e-6)
     rgb = torch.from_numpy(matplotlib.colormaps["magma"](spec.flip(0).numpy())[..., :3]).permute(2, 0, 1)
