@@ -153,8 +153,9 @@ class FSDDDataModule(L.LightningDataModule):
             raise ValueError(f"shift_seconds={shift_seconds!r}; expected in [0, clip_seconds={clip_seconds})")
         if peak is not None and not 0 < peak <= 1:
             raise ValueError(f"peak={peak!r}; expected a level in (0, 1], or null to keep the recorded level")
-        self.speed_range = _range("speed_range", speed_range)
-        self.gain_db = _range("gain_db", gain_db, allow_negative=True)
+        # Plain tuples before save_hyperparameters: a ListConfig in a checkpoint fails torch.load(weights_only=True)
+        self.speed_range = speed_range = _range("speed_range", speed_range)
+        self.gain_db = gain_db = _range("gain_db", gain_db, allow_negative=True)
         self.save_hyperparameters()
         self.root, self.test_speaker, self.val_speaker = root, str(test_speaker), str(val_speaker)
         self.sample_rate, self.clip_seconds = sample_rate, clip_seconds
