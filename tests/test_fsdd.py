@@ -102,3 +102,59 @@ def test_a_one_epoch_train_run_writes_metrics(tiny: Path, tmp_path: Path) -> Non
     metrics = json.loads((folder / "metrics.json").read_text())
     assert {"val/acc", "test/acc", "fit_seconds"} <= set(metrics)
     assert 0 <= metrics["test/acc"] <= 1
+
+
+# ----------------------------------------------------------------------------- what the FSDD recipe added elsewhere
+
+
+def test_keywords_with_a_vocabulary_of_digits_has_them_as_its_classes_in_order() -> None:
+    from data.audio import AudioDataModule
+    from data.keywords import CLASSES, KeywordSpec, plan
+
+    spec = KeywordSpec(train_per_class=2, val_per_class=1, test_per_class=1, words=DIGITS)
+    items = plan(spec)
+    assert len(items) == 10 * 4 and {it["word"] for it in items} == set(DIGITS)
+    assert all(DIGITS[it["label"]] == it["word"] for it in items)  # label i is the digit i, as FSDD's
+    assert spec.key("e") != KeywordSpec(2, 1, 1).key("e")
+    # The default vocabulary keeps the cache key it had before `words` existed (its caches stay valid).
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from data.keywords import VERSION
+
+    old = {k: v for k, v in asdict(KeywordSpec()).items() if k != "words"}
+    blob = json.dumps({"version": VERSION, "engine": "e", **old}, sort_keys=True)
+    assert KeywordSpec().key("e") == f"v{VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    dm = AudioDataModule(words=list(DIGITS), num_classes=10)
+    assert dm.class_names == list(DIGITS) and dm.num_classes == 10
+    assert AudioDataModule().class_names == list(CLASSES)
+    with pytest.raises(ValueError, match="num_classes=12 but dataset 'keywords' has 10 classes"):
+        AudioDataModule(words=list(DIGITS), num_classes=12)
+    with pytest.raises(ValueError, match="words=.* is for dataset 'keywords'"):
+        AudioDataModule(dataset="audio_folder", root="x", words=["a", "b"])
+    with pytest.raises(ValueError, match="at least 2 different"):
+        AudioDataModule(words=["one", "one"], num_classes=2)
+
+
+def test_utterance_norm_removes_a_clips_level_and_a_fixed_filter() -> None:
+    import torchaudio.functional as AF
+
+    from models.audio import AudioSpectrogramTransformer
+
+    torch.manual_seed(0)
+    net = AudioSpectrogramTransformer(dim=32, depth=1, num_heads=2, n_mels=40, n_fft=480, hop_length=320,
+                                      patch_size=[40, 3], patch_stride=[40, 2], utterance_norm=True).eval()
+    wave = torch.zeros(1, 16000)
+    wave[0, 4000:12000] = torch.randn(8000) * 0.1  # speech in the middle, silence around it
+    plain = net.spectrogram(wave)
+    speech = slice(14, 36)  # frames well inside the speech (silence stays at the floor: log(1e-6) minus the mean)
+    quiet = net.spectrogram(wave * 0.05)  # -26 dB: the same input to the network, where there is speech
+    torch.testing.assert_close(quiet[..., speech], plain[..., speech], atol=0.02, rtol=0)  # the 1e-6 floor: ~0.01
+    # A microphone: a fixed gentle filter (a first-order low-pass) changes each band's level, not the pattern.
+    filtered = AF.lfilter(wave, torch.tensor([1.0, -0.5]), torch.tensor([0.5, 0.0]), clamp=False)
+    diff = (net.spectrogram(filtered) - plain)[0, 0, 1:, speech]
+    without = AudioSpectrogramTransformer(dim=32, depth=1, num_heads=2, n_mels=40, n_fft=480, hop_length=320,
+                                          patch_size=[40, 3], patch_stride=[40, 2]).eval()
+    diff_without = (without.spectrogram(filtered) - without.spectrogram(wave))[0, 0, 1:, speech]
+    assert diff.abs().mean() < 0.1 * diff_without.abs().mean()
