@@ -158,3 +158,9 @@ def test_utterance_norm_removes_a_clips_level_and_a_fixed_filter() -> None:
                                           patch_size=[40, 3], patch_stride=[40, 2]).eval()
     diff_without = (without.spectrogram(filtered) - without.spectrogram(wave))[0, 0, 1:, speech]
     assert diff.abs().mean() < 0.1 * diff_without.abs().mean()
+
+
+def test_loso_folds_hold_each_speaker_out_once_with_the_next_as_val() -> None:
+    from bench.fsdd_loso import folds
+
+    assert folds(["a", "b", "c"]) == [("a", "b"), ("b", "c"), ("c", "a")]
