@@ -208,6 +208,7 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         train_per_class: int = 300,
         val_per_class: int = 50,
         test_per_class: int = 100,
+        words: list[str] | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -228,7 +229,15 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 < value < 1:
                 raise ValueError(f"{name}={value!r}; expected a number strictly between 0 and 1")
-        fixed = len(CLASSES) if dataset != "audio_folder" else None
+        if words is not None:
+            words = [str(w) for w in words]  # Hydra passes a ListConfig
+            if dataset != "keywords":
+                raise ValueError(f"words={words!r} is for dataset 'keywords' (the vocabulary espeak-ng speaks), "
+                                 f"not {dataset!r}")
+            if len(words) < 2 or len(set(words)) != len(words) or not all(w.strip() for w in words):
+                raise ValueError(f"words={words!r}; expected at least 2 different, non-empty words")
+        classes = tuple(words) if words is not None else CLASSES
+        fixed = len(classes) if dataset != "audio_folder" else None
         if num_classes is not None and fixed is not None and num_classes != fixed:
             raise ValueError(f"num_classes={num_classes} but dataset {dataset!r} has {fixed} classes")
         self.save_hyperparameters()
@@ -238,9 +247,10 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         self.max_shift = int(round(shift_seconds * sample_rate)) if augment else 0
         self.speed_range = speed_range if augment else None
         self.val_fraction, self.test_fraction, self.download = val_fraction, test_fraction, download
-        self.spec = KeywordSpec(train_per_class, val_per_class, test_per_class, sample_rate, clip_seconds, seed)
+        self.spec = KeywordSpec(train_per_class, val_per_class, test_per_class, sample_rate, clip_seconds, seed,
+                                words=tuple(words) if words is not None else None)
         self._requested_classes = num_classes
-        self._class_names: list[str] | None = list(CLASSES) if fixed else None
+        self._class_names: list[str] | None = list(classes) if fixed else None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None

@@ -93,12 +93,22 @@ class KeywordSpec:
     # Keep each word this far from the clip's edges (when it fits), so that the data module's random time
     # shift (shift_seconds, 0.1 by default) never cuts a word's end off: "up" without its /p/ is "uh".
     edge_seconds: float = 0.1
+    # Another vocabulary: these words are the classes, in this order (no _silence_ / _unknown_), e.g. the
+    # digits zero..nine to test on FSDD's recordings (docs/fsdd.md). None: the 12 Speech Commands classes.
+    words: tuple[str, ...] | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.words if self.words is not None else CLASSES
 
     def counts(self) -> dict[str, int]:
         return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}
 
     def key(self, engine: str) -> str:
-        blob = json.dumps({"version": VERSION, "engine": engine, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if self.words is None:  # the default vocabulary keeps the cache key it had before `words` existed
+            del fields["words"]
+        blob = json.dumps({"version": VERSION, "engine": engine, **fields}, sort_keys=True)
         return f"v{VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -238,7 +248,7 @@ def plan(spec: KeywordSpec) -> list[dict]:
     items = []
     for split in SPLITS:
         pool = voices(split)
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(spec.classes):
             for _ in range(spec.counts()[split]):
                 word = "" if name == SILENCE else str(rng.choice(UNKNOWN_WORDS)) if name == UNKNOWN else name
                 items.append({

@@ -49,12 +49,19 @@ class LogMel(nn.Module):
     read the power spectrum at frequency f / a where they would read f: mel band i then shows what a
     vocal tract a times shorter would put there (formants and pitch harmonics x a), while durations
     stay as they are (unlike speed perturbation). Filters past Nyquist / a (a < 1) read nothing.
+
+    `utterance_norm` (cepstral mean normalisation in the log-mel domain): each clip's mean log-mel over its
+    speech frames (frames within 30 dB of its loudest) is subtracted, per mel band, before dividing by
+    norm_std (norm_mean is then unused). A microphone or room multiplies the power spectrum by a fixed
+    response, an offset per band in the log domain: this removes it, and the clip's level with it.
     """
 
     def __init__(self, sample_rate: int, *, n_fft: int, hop_length: int, n_mels: int, f_min: float,
                  f_max: float | None, norm_mean: float, norm_std: float,
-                 warp_range: Sequence[float] | None = None) -> None:
+                 warp_range: Sequence[float] | None = None, utterance_norm: bool = False) -> None:
         super().__init__()
+        require_bool("utterance_norm", utterance_norm)
+        self.utterance_norm = utterance_norm
         for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("hop_length", hop_length),
                             ("n_mels", n_mels)):
             require_int(name, value)
@@ -105,7 +112,18 @@ class LogMel(nn.Module):
                 spec = self.warp(power)
             else:
                 spec = self.mel.mel_scale(power)  # (B, n_mels, frames)
+            if self.utterance_norm:
+                return self.normalise_utterance((spec + 1e-6).log()).div(self.norm_std).unsqueeze(1)
         return ((spec + 1e-6).log() - self.norm_mean).div(self.norm_std).unsqueeze(1)
+
+    @staticmethod
+    def normalise_utterance(log_spec: Tensor, floor: float = math.log(1000.0)) -> Tensor:
+        """(B, n_mels, frames) log-mel minus each clip's per-band mean over the frames whose mean log power
+        is within `floor` (30 dB) of the clip's loudest frame."""
+        energy = log_spec.mean(dim=1, keepdim=True)  # (B, 1, frames)
+        speech = (energy >= energy.amax(dim=2, keepdim=True) - floor).to(log_spec.dtype)
+        mean = (log_spec * speech).sum(dim=2, keepdim=True) / speech.sum(dim=2, keepdim=True)
+        return log_spec - mean
 
     def warp_bank(self, first: int, last: int, device: torch.device) -> Tensor:
         """(last - first + 1, freqs, n_mels): the warped filters of steps first..last, stacked (cached)."""
@@ -266,6 +284,7 @@ class AudioSpectrogramTransformer(Network):
         norm_mean: float = 0.0,
         norm_std: float = 1.0,
         warp_range: Sequence[float] | None = None,
+        utterance_norm: bool = False,
         freq_mask: int = 8,
         time_mask: int = 16,
         num_masks: int = 2,
@@ -317,7 +336,8 @@ class AudioSpectrogramTransformer(Network):
         if frontend == "logmel":
             self.frontend: LogMel | KaldiFbank = LogMel(
                 sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-                norm_mean=norm_mean, norm_std=norm_std, warp_range=warp_range)
+                norm_mean=norm_mean, norm_std=norm_std, warp_range=warp_range,
+                utterance_norm=utterance_norm)
             frames = 1 + int(round(sample_rate * clip_seconds)) // hop_length
         else:
             if max_frames is None:

@@ -1,0 +1,58 @@
+"""Bad input to data=fsdd (docs/errors.md, "FSDD"): each one line `error: ...`, exit code 2, before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import command
+from helpers.fsdd_tiny import write_tiny_fsdd
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_fsdd(tmp_path_factory.mktemp("fsdd") / "recordings")
+
+
+def _train(root: Path, tmp_path: Path, *extra: str):
+    run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    done = command("train.py", "data=fsdd", f"data.root={root}", "trainer.max_epochs=1", "model.net.depth=1",
+                   "model.net.dim=32", "threads=1", f"hydra.run.dir={run_dir}", *extra)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]  # refused before anything is built
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_an_fsdd_root_that_is_missing_or_not_a_folder_is_one_line(tmp_path: Path) -> None:
+    for root in (tmp_path / "nope", tmp_path / "file.wav"):
+        if root.name == "file.wav":
+            root.write_bytes(b"RIFF")
+        assert _train(root, tmp_path) == (f"error: data=fsdd: data.root={root} does not exist or is not a folder; "
+                                          f"expected a folder of {{digit}}_{{speaker}}_{{index}}.wav files, as in "
+                                          f"FSDD's recordings/ folder (e.g. 7_jackson_32.wav)")
+
+
+def test_an_fsdd_folder_without_digit_speaker_index_wavs_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "other"
+    root.mkdir()
+    (root / "seven.wav").write_bytes(b"RIFF")
+    (root / "7_jackson_1.flac").write_bytes(b"fLaC")
+    assert _train(root, tmp_path) == (f"error: data=fsdd: no {{digit}}_{{speaker}}_{{index}}.wav files in {root}; "
+                                      f"expected {{digit}}_{{speaker}}_{{index}}.wav files, as in FSDD's recordings/ "
+                                      f"folder (e.g. 7_jackson_32.wav)")
+
+
+def test_an_unknown_fsdd_speaker_is_one_line_listing_those_found(tiny: Path, tmp_path: Path) -> None:
+    assert _train(tiny, tmp_path, "data.test_speaker=nobody") == (
+        "error: data=fsdd: data.test_speaker='nobody' is not a speaker of the folder; speakers found: george, "
+        "jackson, lucas")
+    assert _train(tiny, tmp_path, "data.val_speaker=Jackson") == (
+        "error: data=fsdd: data.val_speaker='Jackson' is not a speaker of the folder; speakers found: george, "
+        "jackson, lucas")
+
+
+def test_the_same_fsdd_speaker_for_test_and_val_is_one_line(tiny: Path, tmp_path: Path) -> None:
+    assert _train(tiny, tmp_path, "data.test_speaker=lucas", "data.val_speaker=lucas") == (
+        "error: data=fsdd: data.test_speaker and data.val_speaker are both 'lucas'; hold out two different speakers "
+        "(found: george, jackson, lucas)")

@@ -1,0 +1,166 @@
+"""data=fsdd (data/fsdd.py): the split is by whole speakers, labels are the file name's digit, clips are resampled
+to the model's rate and centred; on a tiny synthetic folder and, where it exists, on the real recordings folder
+(env FSDD_ROOT, else the shared copy); a one-epoch train run writes metrics. Its error rows: tests/test_errors_fsdd.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.fsdd import DIGITS, FSDDDataModule, place, scan, split_speakers
+from helpers.cli import run
+from helpers.fsdd_tiny import SPEAKERS, tone_hz, write_tiny_fsdd
+
+REAL = Path(os.environ.get("FSDD_ROOT", "/work/shared/datasets/fsdd/recordings"))
+REAL_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_fsdd(tmp_path_factory.mktemp("fsdd") / "recordings")
+
+
+def _digit_of(path: str) -> int:
+    return int(Path(path).name.split("_")[0])
+
+
+def test_split_is_by_whole_speakers_and_labels_are_the_file_digit(tiny: Path) -> None:
+    torch.set_num_threads(1)
+    dm = FSDDDataModule(root=str(tiny), test_speaker="lucas", val_speaker="george", batch_size=8)
+    assert dm.class_names == list(DIGITS) and dm.num_classes == 10
+    dm.setup()
+    assert dm.speakers == {"train": ["jackson"], "val": ["george"], "test": ["lucas"]}
+    seen = {split: set(names) for split, names in dm.clip_speakers.items()}
+    assert seen == {"train": {"jackson"}, "val": {"george"}, "test": {"lucas"}}
+    for split, ds in (("train", dm.train_dataset), ("val", dm.val_dataset), ("test", dm.test_dataset)):
+        waves, labels = ds.tensors
+        assert waves.shape == (20, 16000) and waves.dtype == torch.int16
+        assert labels.tolist() == [_digit_of(f) for f in dm.clip_files[split]]
+        assert all(Path(f).name.split("_")[1] in dm.speakers[split] for f in dm.clip_files[split])
+    # The audio is the file's, resampled from 8 to 16 kHz and centred: the tone of the label's digit, in the middle.
+    wave, label = dm.test_dataset[5]
+    wave = wave.float().numpy() / 32768
+    n = int(0.3 * 16000)
+    start = (16000 - n) // 2
+    assert np.abs(wave[: start - 10]).max() == 0 and np.abs(wave[start + n + 10:]).max() == 0
+    spectrum = np.abs(np.fft.rfft(wave[start + 200: start + n - 200]))
+    peak_hz = spectrum.argmax() * 16000 / (n - 400)
+    assert abs(peak_hz - tone_hz(int(label))) < 10
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 16000) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_peak_and_gain_and_the_held_out_speakers_are_never_augmented(tiny: Path) -> None:
+    dm = FSDDDataModule(root=str(tiny), test_speaker="george", val_speaker="jackson", peak=0.5, gain_db=[-6, 0],
+                        speed_range=[0.9, 1.1], batch_size=20)
+    dm.setup()
+    peaks = dm.test_dataset.tensors[0].float().abs().amax(dim=1) / 32767
+    torch.testing.assert_close(peaks, torch.full_like(peaks, 0.5), atol=2e-3, rtol=0)
+    x, _ = next(iter(dm.test_dataloader()))
+    torch.testing.assert_close(x, dm.test_dataset.tensors[0][:20].float() / 32768)  # as stored: no augmentation
+    x, _ = next(iter(dm.train_dataloader()))
+    assert 0.5 * 10 ** (-6 / 20) - 0.05 < x.abs().amax(dim=1).min() and x.abs().amax(dim=1).max() < 0.5 + 0.05
+
+
+def test_place_centres_short_clips_and_keeps_the_middle_of_long_ones() -> None:
+    assert place(torch.ones(4), 8).tolist() == [0, 0, 1, 1, 1, 1, 0, 0]
+    assert place(torch.arange(10.0), 4).tolist() == [3, 4, 5, 6]
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"the FSDD recordings folder is not at {REAL} (set FSDD_ROOT)")
+def test_the_real_folder_every_leave_one_speaker_out_fold_is_disjoint() -> None:
+    files = scan(REAL)
+    assert len(files) == 3000
+    speakers = sorted({f[2] for f in files})
+    assert speakers == REAL_SPEAKERS
+    assert all(f[0].name.startswith(f"{f[1]}_{f[2]}_") for f in files)
+    assert np.bincount([f[1] for f in files]).tolist() == [300] * 10
+    for i, test in enumerate(speakers):
+        val = speakers[(i + 1) % len(speakers)]  # bench/fsdd_loso.py's folds
+        split = split_speakers([f[2] for f in files], test, val)
+        assert split["test"] == [test] and split["val"] == [val]
+        assert set(split["train"]) == set(speakers) - {test, val}
+    # A few real clips through the data module's reader: 8 kHz in, 16 kHz 1 s clips out, label = file digit.
+    dm = FSDDDataModule(root=str(REAL))
+    chosen = [f for f in files if f[3] == 0 and f[2] == "theo"]
+    ds = dm._read(chosen)
+    assert ds.tensors[0].shape == (10, 16000) and ds.tensors[1].tolist() == [f[1] for f in chosen]
+    assert (ds.tensors[0].abs().amax(dim=1) > 300).all()  # not silence (theo records quietly: peaks ~-30 dBFS)
+
+
+def test_a_one_epoch_train_run_writes_metrics(tiny: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    done = run("train.py", "model=audio", "data=fsdd", f"data.root={tiny}", "data.test_speaker=lucas",
+               "data.val_speaker=jackson", "trainer.max_epochs=1", "model.net.depth=1", "model.net.dim=32",
+               "threads=1", f"hydra.run.dir={folder}")
+    assert done.returncode == 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"val/acc", "test/acc", "fit_seconds"} <= set(metrics)
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+# ----------------------------------------------------------------------------- what the FSDD recipe added elsewhere
+
+
+def test_keywords_with_a_vocabulary_of_digits_has_them_as_its_classes_in_order() -> None:
+    from data.audio import AudioDataModule
+    from data.keywords import CLASSES, KeywordSpec, plan
+
+    spec = KeywordSpec(train_per_class=2, val_per_class=1, test_per_class=1, words=DIGITS)
+    items = plan(spec)
+    assert len(items) == 10 * 4 and {it["word"] for it in items} == set(DIGITS)
+    assert all(DIGITS[it["label"]] == it["word"] for it in items)  # label i is the digit i, as FSDD's
+    assert spec.key("e") != KeywordSpec(2, 1, 1).key("e")
+    # The default vocabulary keeps the cache key it had before `words` existed (its caches stay valid).
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from data.keywords import VERSION
+
+    old = {k: v for k, v in asdict(KeywordSpec()).items() if k != "words"}
+    blob = json.dumps({"version": VERSION, "engine": "e", **old}, sort_keys=True)
+    assert KeywordSpec().key("e") == f"v{VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    dm = AudioDataModule(words=list(DIGITS), num_classes=10)
+    assert dm.class_names == list(DIGITS) and dm.num_classes == 10
+    assert AudioDataModule().class_names == list(CLASSES)
+    with pytest.raises(ValueError, match="num_classes=12 but dataset 'keywords' has 10 classes"):
+        AudioDataModule(words=list(DIGITS), num_classes=12)
+    with pytest.raises(ValueError, match="words=.* is for dataset 'keywords'"):
+        AudioDataModule(dataset="audio_folder", root="x", words=["a", "b"])
+    with pytest.raises(ValueError, match="at least 2 different"):
+        AudioDataModule(words=["one", "one"], num_classes=2)
+
+
+def test_utterance_norm_removes_a_clips_level_and_a_fixed_filter() -> None:
+    import torchaudio.functional as AF
+
+    from models.audio import AudioSpectrogramTransformer
+
+    torch.manual_seed(0)
+    net = AudioSpectrogramTransformer(dim=32, depth=1, num_heads=2, n_mels=40, n_fft=480, hop_length=320,
+                                      patch_size=[40, 3], patch_stride=[40, 2], utterance_norm=True).eval()
+    wave = torch.zeros(1, 16000)
+    wave[0, 4000:12000] = torch.randn(8000) * 0.1  # speech in the middle, silence around it
+    plain = net.spectrogram(wave)
+    speech = slice(14, 36)  # frames well inside the speech (silence stays at the floor: log(1e-6) minus the mean)
+    quiet = net.spectrogram(wave * 0.05)  # -26 dB: the same input to the network, where there is speech
+    torch.testing.assert_close(quiet[..., speech], plain[..., speech], atol=0.02, rtol=0)  # the 1e-6 floor: ~0.01
+    # A microphone: a fixed gentle filter (a first-order low-pass) changes each band's level, not the pattern.
+    filtered = AF.lfilter(wave, torch.tensor([1.0, -0.5]), torch.tensor([0.5, 0.0]), clamp=False)
+    diff = (net.spectrogram(filtered) - plain)[0, 0, 1:, speech]
+    without = AudioSpectrogramTransformer(dim=32, depth=1, num_heads=2, n_mels=40, n_fft=480, hop_length=320,
+                                          patch_size=[40, 3], patch_stride=[40, 2]).eval()
+    diff_without = (without.spectrogram(filtered) - without.spectrogram(wave))[0, 0, 1:, speech]
+    assert diff.abs().mean() < 0.1 * diff_without.abs().mean()
+
+
+def test_loso_folds_hold_each_speaker_out_once_with_the_next_as_val() -> None:
+    from bench.fsdd_loso import folds
+
+    assert folds(["a", "b", "c"]) == [("a", "b"), ("b", "c"), ("c", "a")]
