@@ -142,22 +142,27 @@ def hf_state(variables: dict[str, Tensor], encoder_depth: int, decoder_depth: in
     return out
 
 
-def special_tokens(tokenizer: str, spec: str) -> dict[str, int]:
-    """Every added token of the tokenizer (Whisper's <|...|> specials) -> its id."""
-    import json
+SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|translate|>", "<|transcribe|>")
 
-    tokens = {t["content"]: int(t["id"]) for t in json.loads(tokenizer).get("added_tokens", [])}
-    for need in ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"):
-        if need not in tokens:
-            raise FileFormatError(f"pretrained={spec!r}: tokenizer.json has no {need} token; expected Whisper's "
-                                  f"special tokens")
-    return tokens
+
+def special_tokens(tokenizer: str, spec: str, lang_ids: Any = ()) -> dict[str, int]:
+    """Whisper's special tokens the settings need (and the language tokens of `lang_ids`) -> their ids."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer)
+    tokens = {name: tok.token_to_id(name) for name in SPECIALS}
+    tokens |= {tok.id_to_token(int(i)): int(i) for i in lang_ids or [] if tok.id_to_token(int(i)) is not None}
+    missing = [n for n in SPECIALS[:3] if tokens[n] is None]
+    if missing:
+        raise FileFormatError(f"pretrained={spec!r}: tokenizer.json has no {', '.join(missing)}; expected Whisper's "
+                              f"special tokens")
+    return {k: int(v) for k, v in tokens.items() if v is not None}
 
 
 def decoding(config: dict[str, Any], tokens: dict[str, int], vocab_size: int, max_len: int) -> dict[str, Any]:
     """CTranslate2's default decoding of this model (see the module doc) as Whisper.transcribe's settings."""
-    ids = {i: t for t, i in tokens.items()}
     multilingual = vocab_size >= MULTILINGUAL_VOCAB and bool(config.get("lang_ids"))
+    ids = {i: t for t, i in tokens.items()}
     languages = {ids[int(i)]: int(i) for i in config.get("lang_ids") or [] if int(i) in ids} if multilingual else {}
     tasks = {t: tokens[f"<|{t}|>"] for t in ("translate", "transcribe") if f"<|{t}|>" in tokens} \
         if multilingual else {}
@@ -187,7 +192,7 @@ def convert(source: Source) -> Converted:
                               f"a WhisperSpec")
     src = Source(source.spec, source.kind, folder, source.trust_pickle)
     tokenizer = hf_tokenizer(src)
-    tokens = special_tokens(tokenizer, source.spec)
+    tokens = special_tokens(tokenizer, source.spec, config.get("lang_ids"))
     ref = hf_config(model.variables, tokens, source.spec)
     kwargs = whisper_kwargs(ref, source.spec)
     state = map_weights(hf_state(model.variables, kwargs["encoder_depth"], kwargs["decoder_depth"]),
