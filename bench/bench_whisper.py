@@ -10,8 +10,9 @@ resampled to 16 kHz and turned into log-mel features once by the zoo's front end
 three get the same array). Timed: features -> tokens, greedy, prompt [<|startoftranscript|>, <|notimestamps|>],
 CTranslate2's default suppression, at batch 1 (the files one after another) and at batch --batch (the files in
 batches). For FSDD's short words the encoder (always 30 s of features: 1,500 positions) is nearly all of the time;
-so the same is timed again from the encoder output (`decoder_only_*`: the zoo and transformers given the encoder
-output, CTranslate2's generate given its own `encode` output's equal), which isolates the decoding loop. Checked first: the three give the same tokens on every file. Every engine runs with --threads threads
+so the same is timed again from the encoder output (`decoder_only_*`: all three given the zoo's encoder output,
+which CTranslate2's generate accepts in place of features), which isolates the decoding loop.
+Checked first: the three give the same tokens on every file. Every engine runs with --threads threads
 (torch.set_num_threads; CTranslate2's intra_threads). Timing: bench/common.py round_robin (the three in turn,
 start rotated, an untimed warm-up round), medians, and the median of per-round ratios.
 """
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
             "zoo_speedup_vs_ctranslate2": paired_ratio(t["ctranslate2"], t["zoo"]),
             "rounds": len(t["zoo"]), "load": [before, load()]}
         print(label, results[label], flush=True)
-    return write_report(args, {"source": SOURCE, "files": [q.name for q in paths], "ctranslate2": ctranslate2.__version__,
+    return write_report(args, {"source": SOURCE, "files": [q.name for q in paths],
+                               "ctranslate2": ctranslate2.__version__,
                                "transformers": transformers.__version__, "torch": torch.__version__,
                                "timed": "log-mel features -> tokens (greedy, float32)"},
                         tokens_equal=same, tokens=tokens["zoo"], results=results)

@@ -54,8 +54,8 @@ def test_a_truncated_unknown_version_or_int8_model_bin_is_one_line(ct2, tmp_path
     data = (cut / "model.bin").read_bytes()
     (cut / "model.bin").write_bytes(data[: len(data) // 2])
     code, line = _predict(capsys, str(cut), str(wav))
-    assert code == 2 and line.startswith(f"error: {cut / 'model.bin'}: truncated CTranslate2 model.bin: the data of "), \
-        line
+    truncated = f"error: {cut / 'model.bin'}: truncated CTranslate2 model.bin: the data of "
+    assert code == 2 and line.startswith(truncated), line
     assert f"the file ends at {len(data) // 2}" in line
 
     new = _copy(half, tmp_path / "v7")

@@ -52,7 +52,8 @@ def test_a_hand_written_model_bin_reads_back(tmp_path: Path) -> None:
     model = read_model_bin(tmp_path)
     assert (model.spec, model.revision, model.version) == ("TestSpec", 2, 6)
     assert model.aliases == {"b/w": "a/weight"}
-    assert torch.equal(model.variables["a/weight"], w.half().float()) and model.variables["a/weight"].dtype == torch.float32
+    assert torch.equal(model.variables["a/weight"], w.half().float())
+    assert model.variables["a/weight"].dtype == torch.float32
     assert torch.equal(model.variables["a/bias"], variables["a/bias"])
     assert torch.equal(model.variables["b/gamma"], w[0].bfloat16().float())
     assert model.variables["a/activation"].dtype == torch.int8 and int(model.variables["a/activation"]) == 3
@@ -102,7 +103,8 @@ def test_tiny_converted_model_equals_the_hf_conversion_and_decodes_as_ctranslate
     hf, half, full = tiny_ct2
     ours, theirs = convert(str(full)), convert(str(hf))
     assert ours.net == theirs.net
-    assert all(torch.equal(ours.state[k], theirs.state[k]) for k in theirs.state) and set(ours.state) == set(theirs.state)
+    assert set(ours.state) == set(theirs.state)
+    assert all(torch.equal(ours.state[k], theirs.state[k]) for k in theirs.state)
     assert ours.module["prompt"] == theirs.module["prompt"]
     assert ours.module["alignment_heads"] == theirs.module["alignment_heads"]
     assert ours.module["begin_suppress_tokens"] == theirs.module["begin_suppress_tokens"]

@@ -82,7 +82,8 @@ def hf_config(variables: dict[str, Tensor], tokens: dict[str, int], spec: str) -
     ffn = variables["encoder/layer_0/ffn/linear_0/weight"].shape[0]
     dec_ffn = variables.get("decoder/layer_0/ffn/linear_0/weight", variables["encoder/layer_0/ffn/linear_0/weight"])
     eos = tokens["<|endoftext|>"]
-    return {"model_type": "whisper", "vocab_size": int(vocab), "num_mel_bins": int(variables["encoder/conv1/weight"].shape[1]),
+    mels = int(variables["encoder/conv1/weight"].shape[1])
+    return {"model_type": "whisper", "vocab_size": int(vocab), "num_mel_bins": mels,
             "d_model": int(dim), "encoder_layers": _depth(variables, "encoder"),
             "decoder_layers": _depth(variables, "decoder"), "encoder_attention_heads": heads,
             "decoder_attention_heads": dec_heads, "encoder_ffn_dim": int(ffn), "decoder_ffn_dim": int(dec_ffn.shape[0]),
