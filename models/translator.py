@@ -43,6 +43,9 @@ class Seq2SeqSearch:
     eos_id: int
     vocab_size: int
     max_len: int
+    # On the CPU, read `done` back every this many steps (None: CHECK_EVERY, as on a GPU). Reading it there is no
+    # sync, but the steps run past the one that ended every row are paid: Whisper sets 1 (see models/whisper.py).
+    cpu_check_every: int | None = None
 
     def _start(self, batch: int, device: torch.device, prompt: Prompt | None, beams: int = 1) -> Tensor:
         """(batch * beams, P): the tokens each row starts from: bos_id, the prompt, or each sentence's own
@@ -79,12 +82,13 @@ class Seq2SeqSearch:
             logits[..., self.eos_id] = 0.0
         return logits
 
-    @staticmethod
-    def _finished(alive: Tensor, t: int, steps: int) -> int | None:
+    def _finished(self, alive: Tensor, t: int, steps: int) -> int | None:
         """After step t: the steps a check after every step would have run (`alive` + 1, counting the one
         that finished every row) once every row is done, else None. Reads `alive` back (a host sync on a
-        GPU) only every CHECK_EVERY steps and on the last step, where it returns the steps run at most."""
-        if (t + 1) % CHECK_EVERY and t < steps - 1:
+        GPU) only every CHECK_EVERY steps (on the CPU every `cpu_check_every` steps) and on the last step,
+        where it returns the steps run at most."""
+        every = self.cpu_check_every if alive.device.type == "cpu" and self.cpu_check_every else CHECK_EVERY
+        if (t + 1) % every and t < steps - 1:
             return None
         ran = int(alive) + 1
         return min(ran, t + 1) if ran <= t + 1 or t == steps - 1 else None

@@ -86,13 +86,24 @@ def decoding_settings(src: Source, config: dict[str, Any]) -> dict[str, Any]:
         forced = sorted((int(i), int(t)) for i, t in gen.get("forced_decoder_ids") or [] if t is not None)
         prompt = [start] + [t for _, t in forced]
     max_length = int(gen.get("max_length") or config.get("max_target_positions", 448))
-    return dict(prompt=prompt, suppress_tokens=[int(t) for t in gen.get("suppress_tokens") or []],
-                begin_suppress_tokens=[int(t) for t in gen.get("begin_suppress_tokens") or []],
-                beam_size=int(gen.get("num_beams") or 1), length_penalty=float(gen.get("length_penalty") or 1.0),
-                max_new_tokens=max(1, max_length - len(prompt)),
+    return settings(prompt, suppress=gen.get("suppress_tokens"), begin_suppress=gen.get("begin_suppress_tokens"),
+                    beam_size=int(gen.get("num_beams") or 1), length_penalty=float(gen.get("length_penalty") or 1.0),
+                    max_new_tokens=max(1, max_length - len(prompt)), no_timestamps=no_timestamps,
+                    languages=languages if multilingual else {}, tasks=tasks if multilingual else {},
+                    alignment_heads=gen.get("alignment_heads"))
+
+
+def settings(prompt: list[int], *, suppress: Any, begin_suppress: Any, max_new_tokens: int, no_timestamps: Any,
+             languages: dict[str, int], tasks: dict[str, int], alignment_heads: Any, beam_size: int = 1,
+             length_penalty: float = 1.0) -> dict[str, Any]:
+    """The `module` settings Whisper.transcribe and predict.py take, whichever format they were read from (this
+    file's generation_config.json, CTranslate2's config.json: models/pretrained/whisper_ct2.py)."""
+    return dict(prompt=[int(t) for t in prompt], suppress_tokens=[int(t) for t in suppress or []],
+                begin_suppress_tokens=[int(t) for t in begin_suppress or []], beam_size=int(beam_size),
+                length_penalty=float(length_penalty), max_new_tokens=int(max_new_tokens),
                 no_timestamps_id=None if no_timestamps is None else int(no_timestamps),
-                languages=languages if multilingual else {}, tasks=tasks if multilingual else {},
-                alignment_heads=[[int(a), int(b)] for a, b in gen.get("alignment_heads") or []])
+                languages=dict(languages), tasks=dict(tasks),
+                alignment_heads=[[int(a), int(b)] for a, b in alignment_heads or []])
 
 
 def whisper_prompt(start: int, no_timestamps: int, languages: dict[str, int], tasks: dict[str, int],
@@ -118,6 +129,11 @@ def convert(source: Source) -> Converted:
         raise FileFormatError(f"pretrained={source.spec!r} is a {config.get('model_type')!r} model, not Whisper")
     kwargs = whisper_kwargs(config, source.spec)
     state = map_weights(read_weights(source), kwargs["encoder_depth"], kwargs["decoder_depth"])
+    return converted(kwargs, state, hf_tokenizer(source), decoding_settings(source, config))
+
+
+def converted(kwargs: dict[str, Any], state: dict[str, Tensor], tokenizer: str, module: dict[str, Any]) -> Converted:
+    """The Converted of a Whisper: its arguments, zoo state dict, tokenizer (serialised) and decoding settings."""
     preprocess = {"modality": "audio", "sample_rate": 16000, "n_mels": kwargs["n_mels"], "chunk_seconds": 30}
-    return Converted({"_target_": "models.whisper.Whisper", **kwargs}, state, preprocess,
-                     tokenizer=hf_tokenizer(source), module=decoding_settings(source, config))
+    return Converted({"_target_": "models.whisper.Whisper", **kwargs}, state, preprocess, tokenizer=tokenizer,
+                     module=module)
