@@ -290,13 +290,8 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
 
     def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        trainer = getattr(self, "trainer", None)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
-                          sampler=None if shuffle else eval_sampler(dataset, trainer),  # DDP: each clip once
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-                          **loader_options(self.num_workers, trainer))
+        return clip_loader(self, dataset, collate, shuffle)
+
 
     # -- audio_folder
 
@@ -358,4 +353,17 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         return parts[0], parts[1], parts[2]
 
 
-__all__ = ["AudioBatch", "AudioDataModule", "read_audio", "random_shift", "speed_perturb"]
+def clip_loader(module: L.LightningDataModule, dataset: Dataset | None, collate: AudioBatch,
+                shuffle: bool) -> DataLoader:
+    """The loader of a clip data module (its batch_size, seed, num_workers): shuffled by a seeded generator in
+    training, each clip once per process in evaluation (DDP)."""
+    if dataset is None:
+        raise RuntimeError("call setup() before asking for a dataloader")
+    trainer = getattr(module, "trainer", None)
+    return DataLoader(dataset, batch_size=module.batch_size, shuffle=shuffle, collate_fn=collate,
+                      sampler=None if shuffle else eval_sampler(dataset, trainer),  # DDP: each clip once
+                      generator=torch.Generator().manual_seed(module.seed) if shuffle else None,
+                      **loader_options(module.num_workers, trainer))
+
+
+__all__ = ["AudioBatch", "AudioDataModule", "clip_loader", "read_audio", "random_shift", "speed_perturb"]

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from data.audio import AudioBatch, read_audio
-from data.distributed import eval_sampler, loader_options
+from data.audio import AudioBatch, clip_loader, read_audio
 from utils.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
@@ -216,13 +215,6 @@ class FSDDDataModule(L.LightningDataModule):
         return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
 
     def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        trainer = getattr(self, "trainer", None)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
-                          sampler=None if shuffle else eval_sampler(dataset, trainer),
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-                          **loader_options(self.num_workers, trainer))
-
+        return clip_loader(self, dataset, collate, shuffle)
 
 __all__ = ["DIGITS", "FSDDDataModule", "place", "scan", "split_speakers"]
