@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from models.checks import require_int, require_number
+from models.checks import require_bool, require_int, require_number
 
 CHECK_EVERY = 8  # `done` is read back (a host sync on a GPU) every this many steps, not every step
 
@@ -65,17 +65,44 @@ def cache_capacity(prompt_len: int, max_new_tokens: int, window: int | None) -> 
     return total if window is None else min(total, window - 1 + prompt_len)
 
 
+def _fixed_step(net: Any, caches: list[Any], ids: Tensor, write: Tensor, pad: Tensor, shift: Tensor,
+                slots: Tensor) -> Tensor:
+    """One decoding step on fixed caches, every shape the same at every step: ids (B, 1) go to slot `write` (1,),
+    the keys hidden are the pads and the slots not written yet, each row's position is write + shift (its pads
+    before it). -> (B, V) logits."""
+    mask = pad | (slots > write)[None]  # (B, capacity), True = hidden
+    return net(ids, key_padding_mask=mask, positions=write[None] + shift, caches=caches, last_only=True)[:, -1]
+
+
+_compiled_step: Any = None  # torch.compile(_fixed_step), made on first use (one trace per model and batch size)
+
+
+def compiled_step() -> Any:
+    """The compiled fixed-cache decode step (inductor; shapes static, so no trace per length)."""
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(_fixed_step, dynamic=False)
+    return _compiled_step
+
+
 @torch.no_grad()
 def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 32, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             eos_ids: Sequence[int] = (), pad_id: int = 0, use_cache: bool = True) -> Tensor:
+             eos_ids: Sequence[int] = (), pad_id: int = 0, use_cache: bool = True, compile: bool = False) -> Tensor:
     """Continue every prompt by up to max_new_tokens: (B, n) new ids, a row's tokens after its EOS are pad_id,
     n < max_new_tokens when every row has ended. `net`: a CausalLM (forward with key_padding_mask / positions /
-    caches, new_caches, attn_window). temperature 0: greedy; > 0: sampled (top_k, top_p, generator)."""
+    caches / last_only, new_caches, attn_window). temperature 0: greedy; > 0: sampled (top_k, top_p, generator).
+    compile: decode on fixed caches (every step the same shapes, gpt-fast's static cache) with a step compiled
+    by torch.compile, traced once per model and batch size (the first call pays the compilation); not for a
+    windowed model (its rolling cache already keeps memory constant) or use_cache=False."""
     require_int("max_new_tokens", max_new_tokens)
     require_number("temperature", temperature, low=0)
     require_int("top_k", top_k, at_least=0, optional=True)
     require_number("top_p", top_p, low=0, low_open=True, high=1, optional=True)
+    require_bool("compile", compile)
+    if compile and (not use_cache or net.attn_window is not None):
+        raise ValueError("compile=True decodes on fixed caches: it needs use_cache=True and a model without "
+                         f"attn_window (got use_cache={use_cache}, attn_window={net.attn_window})")
     device = next(net.parameters()).device
     ids, pad, lengths = left_pad(prompts, pad_id, device)
     B, P = ids.shape
@@ -85,15 +112,20 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
     padded = bool(pad.any())  # from the prompt lengths: no read of device values
     keys = torch.cat([pad, pad.new_zeros(B, max_new_tokens)], dim=1) if padded else None  # (B, P + new)
     positions = ((~pad).long().cumsum(-1) - 1).clamp(min=0) if padded else None  # (B, P); pads: 0, unused
-    caches = net.new_caches(cache_capacity(P, max_new_tokens, net.attn_window)) if use_cache else None
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     alive = torch.zeros((), dtype=torch.long, device=device)  # steps after which some row was still running
+    if compile:
+        decode = fixed_decoder(net, ids, pad, lengths, max_new_tokens, positions, compiled_step())
+        logits = decode(None, -1)
+    else:
+        caches = net.new_caches(cache_capacity(P, max_new_tokens, net.attn_window)) if use_cache else None
+        logits = net(ids, key_padding_mask=None if keys is None else keys[:, :P], positions=positions,
+                     caches=caches, last_only=True)[:, -1]
     seq, out = ids, []
-    logits = net(ids, key_padding_mask=None if keys is None else keys[:, :P], positions=positions, caches=caches)
     for t in range(max_new_tokens):
-        nxt = next_token(logits[:, -1].float(), **sample)  # (B,)
+        nxt = next_token(logits.float(), **sample)  # (B,)
         nxt = nxt.masked_fill(done, pad_id)
         out.append(nxt)
         done |= torch.isin(nxt, eos)
@@ -103,12 +135,45 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
         if len(eos_ids) and (t + 1) % CHECK_EVERY == 0 and int(alive) < t + 1:
             break  # every row has ended; the steps run since add only pad and are cut below
         step = nxt[:, None]  # (B, 1)
+        if compile:
+            logits = decode(step, t)
+            continue
         if padded:
             positions = lengths[:, None] + t if use_cache else torch.cat([positions, lengths[:, None] + t], 1)
         mask = None if keys is None else keys[:, :P + t + 1]
         if use_cache:
-            logits = net(step, key_padding_mask=mask, positions=positions, caches=caches)
+            logits = net(step, key_padding_mask=mask, positions=positions, caches=caches, last_only=True)[:, -1]
         else:  # the whole sequence again: the reference the cached path is tested against
             seq = torch.cat([seq, step], dim=1)
-            logits = net(seq, key_padding_mask=mask, positions=positions)
+            logits = net(seq, key_padding_mask=mask, positions=positions, last_only=True)[:, -1]
     return torch.stack(out, dim=1)[:, :int(alive) + 1]  # up to the step that ended the last row
+
+
+def fixed_decoder(net: Any, ids: Tensor, pad: Tensor, lengths: Tensor, max_new_tokens: int,
+                  positions: Tensor | None, step_fn: Any = _fixed_step) -> Any:
+    """decode(step, t) -> (B, V) logits on fixed caches (ids, pad, lengths from left_pad; positions: the padded
+    prompt's, None when nothing is padded): decode(None, -1) runs the prompt (eager), then decode(ids (B, 1), t)
+    runs step_fn (_fixed_step, compiled or not), which writes token t's keys at slot P + t."""
+    B, P = ids.shape
+    capacity = P + max_new_tokens  # the last new token is never fed back: one slot spare keeps it simple
+    caches = net.new_caches(capacity, fixed=True)
+    all_pad = torch.cat([pad, pad.new_zeros(B, max_new_tokens)], dim=1)  # (B, capacity)
+    slots = torch.arange(capacity, device=ids.device)
+    write = torch.full((1,), P, dtype=torch.long, device=ids.device)  # the next step's slot, advanced in place
+    shift = (lengths - P)[:, None]  # (B, 1): a row's position = its slot minus the pads before it
+
+    def decode(step: Tensor | None, t: int) -> Tensor:
+        if step is None:  # the prompt: slots 0..P-1, causal, the slots after it hidden
+            for cache in caches:
+                cache.write_at = slots[:P]
+            rows = positions if positions is not None else slots[None, :P].expand(B, P)
+            mask = all_pad | (slots >= P)[None]
+            logits = net(ids, key_padding_mask=mask, positions=rows, caches=caches, last_only=True)[:, -1]
+            for cache in caches:
+                cache.write_at = write
+            return logits
+        logits = step_fn(net, caches, step, write, all_pad, shift, slots)
+        write.add_(1)
+        return logits
+
+    return decode

@@ -25,6 +25,14 @@ class KVCache:
     moved to its front, so any capacity >= window - 1 + the longest write works. A write that
     still does not fit raises. The in-place writes are for inference: under autograd, a step
     would overwrite storage an earlier step saved for backward.
+
+    `fixed=True` (with `capacity`) is the static cache of gpt-fast: `k` / `v` are always the whole
+    buffers, each write goes to the slots named by the tensor `write_at` (set by the caller, e.g.
+    `torch.arange(P)` for a prompt, then a one-element tensor advanced in place), and the caller
+    hides the slots not written yet with a key padding mask of all `capacity` keys and passes each
+    token's `positions`. No Python number changes from step to step and every shape stays the
+    same, so a compiled decode step is traced once for the whole generation. No window (the band
+    would need the position as a number), no reorder.
     """
 
     static: bool = False
@@ -35,11 +43,15 @@ class KVCache:
     _k_buf: Tensor | None = field(default=None, repr=False, compare=False)
     _v_buf: Tensor | None = field(default=None, repr=False, compare=False)
     _start: int = field(default=0, repr=False, compare=False)  # where k begins in the buffers
+    fixed: bool = False  # whole buffers as keys, written at the slots `write_at` (see above)
+    write_at: Tensor | None = field(default=None, repr=False, compare=False)  # (T,) slots, fixed caches
 
     def __post_init__(self) -> None:
         if self.capacity is not None and (isinstance(self.capacity, bool) or not isinstance(self.capacity, int)
                                           or self.capacity < 1):
             raise ValueError(f"capacity must be a positive number of keys or None, got {self.capacity!r}")
+        if self.fixed and (self.capacity is None or self.static):
+            raise ValueError("a fixed cache needs a capacity (its slots) and is for self-attention (static=False)")
 
     @property
     def length(self) -> int:
@@ -53,6 +65,8 @@ class KVCache:
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add a step's (B, Hkv, T, hd) keys/values; returns all the keys/values held now."""
+        if self.fixed:
+            return self._write_slots(k, v)
         if self.capacity is None:
             if self.k is not None:
                 k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
@@ -73,6 +87,20 @@ class KVCache:
         self._k_buf[:, :, end:end + T].copy_(k)
         self._v_buf[:, :, end:end + T].copy_(v)
         self._set_views(self._start, end + T)
+        return self.k, self.v
+
+    def _write_slots(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Fixed cache: k, v into the slots `write_at`; returns the whole (B, Hkv, capacity, hd) buffers."""
+        if self.write_at is None or self.write_at.shape != (k.shape[2],):
+            got = None if self.write_at is None else tuple(self.write_at.shape)
+            raise ValueError(f"a fixed cache writes {k.shape[2]} keys at the slots `write_at`: expected a "
+                             f"({k.shape[2]},) tensor of slots, got {got}")
+        if self._k_buf is None or self._k_buf.shape[0] != k.shape[0]:
+            self._k_buf = k.new_zeros(k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self._v_buf = v.new_zeros(v.shape[0], v.shape[1], self.capacity, v.shape[3])
+        self._k_buf.index_copy_(2, self.write_at, k)
+        self._v_buf.index_copy_(2, self.write_at, v)
+        self.k, self.v = self._k_buf, self._v_buf
         return self.k, self.v
 
     def _allocate(self, k: Tensor, v: Tensor) -> None:

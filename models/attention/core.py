@@ -143,7 +143,7 @@ class MultiHeadAttention(nn.Module):
                 context, rotary with context, a key_padding_mask not (batch, keys), or a windowed
                 layer called as check_window_inputs refuses.
         """
-        self._check_inputs(x, context, attn_mask, cache)
+        self._check_inputs(x, context, attn_mask, cache, positions)
         B, T, _ = x.shape
         # (B, H, T, hd), (B, Hkv, S, hd) x 2
         q, k, v, past, k_offset = self._qkv(x, context, cache, positions)
@@ -164,7 +164,7 @@ class MultiHeadAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def _check_inputs(self, x: Tensor, context: Tensor | None, attn_mask: Tensor | None,
-                      cache: KVCache | None) -> None:
+                      cache: KVCache | None, positions: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (batch, length, {self.dim}), got {tuple(x.shape)}")
         if context is not None and (context.dim() != 3 or context.shape[-1] != self.dim):
@@ -177,6 +177,10 @@ class MultiHeadAttention(nn.Module):
         if self.rotary is not None and (context is not None or static):
             raise ValueError("rotary embeddings are for self-attention; this call passes `context` "
                              "(cross-attention): build the cross-attention layer without rotary")
+        if cache is not None and cache.fixed and (self.window is not None or context is not None
+                                                  or (self.rotary is not None and positions is None)):
+            raise ValueError("a fixed cache is for self-attention without a window, and with rotary "
+                             "embeddings it needs each token's `positions`")
         if self.window is not None:
             check_window_inputs(self.window, self.num_global, x.shape[1], context, attn_mask, cache)
 
@@ -191,7 +195,9 @@ class MultiHeadAttention(nn.Module):
         q = self._heads(q, self.num_heads)  # (B, H, T, hd)
         k = self._heads(k, self.num_kv_heads)  # (B, Hkv, S, hd)
         v = self._heads(v, self.num_kv_heads)  # (B, Hkv, S, hd)
-        past = 0 if cache is None or cache.static else cache.position
+        # A fixed cache's slots are hidden by the caller's mask and its positions are the caller's: no
+        # Python number here that changes between steps (a compiled step would be traced again).
+        past = 0 if cache is None or cache.static or cache.fixed else cache.position
         k_offset = 0 if cache is None or cache.static else cache.offset  # before this step's roll
         if self.rotary is not None:  # before the cache, which holds keys rotated at their positions
             if positions is None:
