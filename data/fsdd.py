@@ -136,6 +136,8 @@ class FSDDDataModule(L.LightningDataModule):
         speed_range: tuple[float, float] | None = None,
         gain_db: tuple[float, float] | None = None,
         peak: float | None = None,
+        synthetic_per_class: int = 0,
+        synthetic_root: str | None = None,
     ) -> None:
         super().__init__()
         if dataset != "fsdd":
@@ -150,6 +152,11 @@ class FSDDDataModule(L.LightningDataModule):
             raise ValueError(f"clip_seconds={clip_seconds!r}; expected > 0")
         if not 0 <= shift_seconds < clip_seconds:
             raise ValueError(f"shift_seconds={shift_seconds!r}; expected in [0, clip_seconds={clip_seconds})")
+        if not isinstance(synthetic_per_class, int) or isinstance(synthetic_per_class, bool) or synthetic_per_class < 0:
+            raise ValueError(f"synthetic_per_class={synthetic_per_class!r}; expected an integer >= 0 (espeak-ng "
+                             f"clips per digit added to training, 0 = none)")
+        if synthetic_per_class and synthetic_root is None:
+            raise ValueError("synthetic_per_class > 0 needs synthetic_root, the folder that caches the generated clips")
         if peak is not None and not 0 < peak <= 1:
             raise ValueError(f"peak={peak!r}; expected a level in (0, 1], or null to keep the recorded level")
         # Plain tuples before save_hyperparameters: a ListConfig in a checkpoint fails torch.load(weights_only=True)
@@ -162,6 +169,7 @@ class FSDDDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed, self.augment = batch_size, num_workers, seed, augment
         self.max_shift = int(round(shift_seconds * sample_rate)) if augment else 0
         self.peak = peak
+        self.synthetic_per_class, self.synthetic_root = synthetic_per_class, synthetic_root
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -190,7 +198,29 @@ class FSDDDataModule(L.LightningDataModule):
             self.clip_files[split] = [str(f[0]) for f in chosen]
         log.info("data=fsdd: %s", "; ".join(f"{s} {', '.join(n)} ({len(parts[s].tensors[1])} clips)"
                                             for s, n in self.speakers.items()))
+        if self.synthetic_per_class:
+            parts["train"] = self._with_synthetic(parts["train"])
         self.train_dataset, self.val_dataset, self.test_dataset = parts["train"], parts["val"], parts["test"]
+
+    def _with_synthetic(self, real: TensorDataset) -> TensorDataset:
+        """The real training clips plus synthetic_per_class espeak-ng clips of every digit (the keyword
+        generator's training voices, data/keywords.py; cached under synthetic_root), at the same peak level."""
+        from data.keywords import KeywordSpec, load_keywords
+
+        spec = KeywordSpec(train_per_class=self.synthetic_per_class, val_per_class=0, test_per_class=0,
+                           sample_rate=self.sample_rate, clip_seconds=self.clip_seconds, seed=self.seed,
+                           words=DIGITS)
+        arrays = load_keywords(self.synthetic_root, spec, log=log.info)
+        waves = torch.from_numpy(arrays["train_audio"]).float() / 32767
+        if self.peak is not None:
+            waves = waves * (self.peak / waves.abs().amax(dim=1, keepdim=True).clamp(min=1e-4))
+        waves = (waves * 32767).round().clamp(-32768, 32767).to(torch.int16)
+        labels = torch.from_numpy(arrays["train_labels"]).long()
+        self.clip_speakers["train"] += [f"espeak-ng:{v}" for v in arrays["train_voices"]]
+        self.clip_files["train"] += [""] * len(labels)
+        log.info("data=fsdd: + %d synthesized training clips (espeak-ng, %d per digit)", len(labels),
+                 self.synthetic_per_class)
+        return TensorDataset(torch.cat([real.tensors[0], waves]), torch.cat([real.tensors[1], labels]))
 
     def _read(self, files: list[tuple[Path, int, str, int]]) -> TensorDataset:
         waves = torch.zeros(len(files), self.num_samples, dtype=torch.int16)

@@ -56,3 +56,9 @@ def test_the_same_fsdd_speaker_for_test_and_val_is_one_line(tiny: Path, tmp_path
     assert _train(tiny, tmp_path, "data.test_speaker=lucas", "data.val_speaker=lucas") == (
         "error: data=fsdd: data.test_speaker and data.val_speaker are both 'lucas'; hold out two different speakers "
         "(found: george, jackson, lucas)")
+
+
+def test_a_negative_number_of_synthetic_digits_is_one_line(tiny: Path, tmp_path: Path) -> None:
+    assert _train(tiny, tmp_path, "data.synthetic_per_class=-1") == (
+        "error: data: synthetic_per_class=-1; expected an integer >= 0 (espeak-ng clips per digit added to "
+        "training, 0 = none)")

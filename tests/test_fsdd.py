@@ -164,3 +164,22 @@ def test_loso_folds_hold_each_speaker_out_once_with_the_next_as_val() -> None:
     from bench.fsdd_loso import folds
 
     assert folds(["a", "b", "c"]) == [("a", "b"), ("b", "c"), ("c", "a")]
+
+
+def test_synthetic_digits_join_training_only_at_the_same_peak(tiny: Path, tmp_path: Path) -> None:
+    """data.synthetic_per_class adds espeak-ng clips of every digit to training (labels = the spoken digit),
+    scaled to the recordings' peak; val and test stay the held-out speakers' recordings."""
+    torch.set_num_threads(1)
+    dm = FSDDDataModule(root=str(tiny), test_speaker="lucas", val_speaker="george", peak=0.5,
+                        synthetic_per_class=2, synthetic_root=str(tmp_path))
+    dm.setup()
+    waves, labels = dm.train_dataset.tensors
+    assert len(labels) == 20 + 2 * 10 and labels[20:].tolist() == sorted(list(range(10)) * 2)
+    peaks = waves[20:].float().abs().amax(dim=1) / 32767
+    torch.testing.assert_close(peaks, torch.full((20,), 0.5), atol=1e-4, rtol=0)
+    assert all(s.startswith("espeak-ng:") for s in dm.clip_speakers["train"][20:])
+    assert len(dm.val_dataset) == 20 and len(dm.test_dataset) == 20
+    with pytest.raises(ValueError, match="synthetic_per_class=-1"):
+        FSDDDataModule(root=str(tiny), synthetic_per_class=-1, synthetic_root=str(tmp_path))
+    with pytest.raises(ValueError, match="needs synthetic_root"):
+        FSDDDataModule(root=str(tiny), synthetic_per_class=2)
