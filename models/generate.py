@@ -15,6 +15,7 @@ from torch import Tensor
 
 from models.checks import require_bool, require_int, require_number
 
+SLOT_BUCKET = 128  # fixed caches hold a multiple of this many slots (one compiled trace per bucket)
 CHECK_EVERY = 8  # `done` is read back (a host sync on a GPU) every this many steps, not every step
 
 
@@ -74,11 +75,12 @@ def _fixed_step(net: Any, caches: list[Any], ids: Tensor, write: Tensor, pad: Te
     return net(ids, key_padding_mask=mask, positions=write[None] + shift, caches=caches, last_only=True)[:, -1]
 
 
-_compiled_step: Any = None  # torch.compile(_fixed_step), made on first use (one trace per model and batch size)
+_compiled_step: Any = None  # torch.compile(_fixed_step), made on first use
 
 
 def compiled_step() -> Any:
-    """The compiled fixed-cache decode step (inductor; shapes static, so no trace per length)."""
+    """The compiled fixed-cache decode step (inductor; static shapes: one trace per model, batch size and
+    SLOT_BUCKET of prompt + new tokens, none per step)."""
     global _compiled_step
     if _compiled_step is None:
         _compiled_step = torch.compile(_fixed_step, dynamic=False)
@@ -93,7 +95,8 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
     n < max_new_tokens when every row has ended. `net`: a CausalLM (forward with key_padding_mask / positions /
     caches / last_only, new_caches, attn_window). temperature 0: greedy; > 0: sampled (top_k, top_p, generator).
     compile: decode on fixed caches (every step the same shapes, gpt-fast's static cache) with a step compiled
-    by torch.compile, traced once per model and batch size (the first call pays the compilation); not for a
+    by torch.compile, traced once per model, batch size and SLOT_BUCKET (128) of prompt + new tokens (the first
+    call of each pays the compilation; past dynamo's recompile limit, 8, the step runs eagerly); not for a
     windowed model (its rolling cache already keeps memory constant) or use_cache=False."""
     require_int("max_new_tokens", max_new_tokens)
     require_number("temperature", temperature, low=0)
@@ -155,9 +158,11 @@ def fixed_decoder(net: Any, ids: Tensor, pad: Tensor, lengths: Tensor, max_new_t
     prompt's, None when nothing is padded): decode(None, -1) runs the prompt (eager), then decode(ids (B, 1), t)
     runs step_fn (_fixed_step, compiled or not), which writes token t's keys at slot P + t."""
     B, P = ids.shape
-    capacity = P + max_new_tokens  # the last new token is never fed back: one slot spare keeps it simple
+    # Rounded up to a multiple of SLOT_BUCKET: the step's shapes depend on the capacity, so generations whose
+    # prompt + new tokens fall in one bucket share one trace (the extra slots stay masked).
+    capacity = -(-(P + max_new_tokens) // SLOT_BUCKET) * SLOT_BUCKET
     caches = net.new_caches(capacity, fixed=True)
-    all_pad = torch.cat([pad, pad.new_zeros(B, max_new_tokens)], dim=1)  # (B, capacity)
+    all_pad = torch.cat([pad, pad.new_zeros(B, capacity - P)], dim=1)  # (B, capacity)
     slots = torch.arange(capacity, device=ids.device)
     write = torch.full((1,), P, dtype=torch.long, device=ids.device)  # the next step's slot, advanced in place
     shift = (lengths - P)[:, None]  # (B, 1): a row's position = its slot minus the pads before it

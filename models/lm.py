@@ -154,6 +154,8 @@ class CausalLM(Network):
         """
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(f"expected (batch, length) int64 token ids, got {tuple(ids.shape)} {ids.dtype}")
+        if caches is not None and caches[0].fixed and positions is None:
+            raise ValueError("fixed caches (compiled decoding) need each token's `positions` (B, T)")
         past = 0 if caches is None else caches[0].position
         if self.pos_embed is not None and positions is None and past + ids.shape[1] > self.block_size:
             raise ValueError(f"positions up to {past + ids.shape[1]}: longer than block_size={self.block_size} "

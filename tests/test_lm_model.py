@@ -250,14 +250,17 @@ def test_compile_traces_the_decode_step_once_and_gives_the_eager_tokens(kind: st
     counters.clear()
     monkeypatch.setattr(generation, "_compiled_step",
                         torch.compile(generation._fixed_step, backend="eager", dynamic=False))
-    net = lm(kind)
+    net = lm(kind, block_size=256)
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (2, 9, 5)]
-    for draw in (dict(), dict(temperature=0.9, top_k=20, top_p=0.9)):
-        eager = net.generate(prompts, max_new_tokens=20, generator=torch.Generator().manual_seed(3), **draw)
-        compiled = net.generate(prompts, max_new_tokens=20, generator=torch.Generator().manual_seed(3),
+    for draw, new in ((dict(), 20), (dict(temperature=0.9, top_k=20, top_p=0.9), 31)):
+        eager = net.generate(prompts, max_new_tokens=new, generator=torch.Generator().manual_seed(3), **draw)
+        compiled = net.generate(prompts, max_new_tokens=new, generator=torch.Generator().manual_seed(3),
                                 compile=True, **draw)
         assert torch.equal(compiled, eager)
-    assert counters["stats"]["unique_graphs"] == 1  # 2 x 19 steps, two lengths of generation: one trace
+    # 19 + 30 steps, 29 and 40 slots needed: one capacity bucket (128 slots), one trace.
+    assert counters["stats"]["unique_graphs"] == 1
+    net.generate(prompts, max_new_tokens=130, compile=True)  # 139 slots: the next bucket, a second trace
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 def test_compile_with_inductor_gives_the_eager_tokens() -> None:
@@ -279,6 +282,12 @@ def test_compile_and_fixed_caches_refuse_what_they_cannot_do() -> None:
     cache = KVCache(capacity=4, fixed=True)
     with pytest.raises(ValueError, match=r"expected a \(2,\) tensor of slots, got None"):
         cache.append(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
-    net = lm("rotary")
-    with pytest.raises(ValueError, match="needs each token's `positions`"):
-        net(torch.zeros(1, 2, dtype=torch.long), caches=net.new_caches(4, fixed=True))
+    for kind in ("rotary", "learned"):
+        net = lm(kind)
+        with pytest.raises(ValueError, match="need.* each token's `positions`"):
+            net(torch.zeros(1, 2, dtype=torch.long), caches=net.new_caches(4, fixed=True))
+    cache.write_at = torch.arange(2)
+    cache.append(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
+    for refused in (lambda: cache.reorder(torch.tensor([0])), lambda: cache.roll(1)):
+        with pytest.raises(ValueError, match="a fixed cache keeps"):
+            refused()

@@ -127,6 +127,8 @@ class KVCache:
         stays (beam search); a new batch size gets new buffers on the next write."""
         if self.k is None:
             return
+        if self.fixed:
+            raise ValueError("a fixed cache keeps its rows (no reorder): decode beams with capacity=, fixed=False")
         if self.capacity is not None and not self.static and index.shape[0] == self.k.shape[0]:
             self.k.copy_(self.k.index_select(0, index))
             self.v.copy_(self.v.index_select(0, index))
@@ -136,6 +138,8 @@ class KVCache:
 
     def roll(self, keep: int) -> None:
         """Keep only the last `keep` keys: all that the next query of a window can see."""
+        if self.fixed:
+            raise ValueError("a fixed cache keeps every slot (no roll): windowed layers use capacity=, fixed=False")
         drop = self.length - keep
         if drop <= 0:
             return
