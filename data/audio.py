@@ -176,7 +176,20 @@ def speed_perturb(waves: Tensor, speeds: Tensor) -> Tensor:
     return out
 
 
-class AudioDataModule(ClassFolders, L.LightningDataModule):
+class ClipLoaders:
+    """val / test loaders of a clip data module (unaugmented batches) and the `_loader` its train loader uses."""
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, AudioBatch(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
+
+    def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
+        return clip_loader(self, dataset, collate, shuffle)
+
+
+class AudioDataModule(ClassFolders, ClipLoaders, L.LightningDataModule):
     """Audio classification data; every constructor argument is a key of configs/data/*.yaml.
 
     After `setup()`: `train_dataset`, `val_dataset`, `test_dataset` and the three loaders, yielding
@@ -283,15 +296,6 @@ class AudioDataModule(ClassFolders, L.LightningDataModule):
         collate = AudioBatch(self.max_shift, augment_rng, self.speed_range)
         return self._loader(self.train_dataset, collate, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, AudioBatch(), shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
-
-    def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
-        return clip_loader(self, dataset, collate, shuffle)
-
 
     # -- audio_folder
 
@@ -366,4 +370,4 @@ def clip_loader(module: L.LightningDataModule, dataset: Dataset | None, collate:
                       **loader_options(module.num_workers, trainer))
 
 
-__all__ = ["AudioBatch", "AudioDataModule", "clip_loader", "read_audio", "random_shift", "speed_perturb"]
+__all__ = ["AudioBatch", "AudioDataModule", "ClipLoaders", "clip_loader", "read_audio", "random_shift", "speed_perturb"]

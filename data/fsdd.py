@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from data.audio import AudioBatch, clip_loader, read_audio
+from data.audio import AudioBatch, ClipLoaders, read_audio
 from utils.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ def place(wave: Tensor, n: int) -> Tensor:
     return torch.nn.functional.pad(wave, (left, n - len(wave) - left))
 
 
+def to_int16(waves: Tensor) -> Tensor:
+    """Float samples in [-1, 1] -> int16, as the clips are kept in memory."""
+    return (waves * 32767).round().clamp(-32768, 32767).to(torch.int16)
+
+
 class GainBatch(AudioBatch):
     """AudioBatch (speed perturbation, time shift) then each clip x a random gain in `gain_db` dB, clipped to [-1, 1]."""
 
@@ -110,7 +115,7 @@ def _range(name: str, value, allow_negative: bool = False) -> tuple[float, float
     return value  # type: ignore[return-value]
 
 
-class FSDDDataModule(L.LightningDataModule):
+class FSDDDataModule(ClipLoaders, L.LightningDataModule):
     """FSDD digits, split by speaker; every constructor argument is a key of configs/data/fsdd.yaml.
 
     When built: `files` (path, digit, speaker, index) and `speakers` ({split: [names]}), checked. After `setup()`:
@@ -211,10 +216,7 @@ class FSDDDataModule(L.LightningDataModule):
                            sample_rate=self.sample_rate, clip_seconds=self.clip_seconds, seed=self.seed,
                            words=DIGITS)
         arrays = load_keywords(self.synthetic_root, spec, log=log.info)
-        waves = torch.from_numpy(arrays["train_audio"]).float() / 32767
-        if self.peak is not None:
-            waves = waves * (self.peak / waves.abs().amax(dim=1, keepdim=True).clamp(min=1e-4))
-        waves = (waves * 32767).round().clamp(-32768, 32767).to(torch.int16)
+        waves = to_int16(self._at_peak(torch.from_numpy(arrays["train_audio"]).float() / 32767))
         labels = torch.from_numpy(arrays["train_labels"]).long()
         self.clip_speakers["train"] += [f"espeak-ng:{v}" for v in arrays["train_voices"]]
         self.clip_files["train"] += [""] * len(labels)
@@ -225,26 +227,21 @@ class FSDDDataModule(L.LightningDataModule):
     def _read(self, files: list[tuple[Path, int, str, int]]) -> TensorDataset:
         waves = torch.zeros(len(files), self.num_samples, dtype=torch.int16)
         for i, (path, _, _, _) in enumerate(files):
-            wave = read_audio(path, self.sample_rate)
-            if self.peak is not None:
-                wave = wave * (self.peak / wave.abs().max().clamp(min=1e-4))
-            waves[i] = (place(wave, self.num_samples) * 32767).round().clamp(-32768, 32767).to(torch.int16)
+            wave = self._at_peak(read_audio(path, self.sample_rate)[None])[0]  # the whole recording's peak
+            waves[i] = to_int16(place(wave, self.num_samples))
         labels = torch.tensor([f[1] for f in files], dtype=torch.long)
         return TensorDataset(waves, labels)
+
+    def _at_peak(self, waves: Tensor) -> Tensor:
+        """(N, samples) float clips, each scaled to `peak` (null: as they are)."""
+        if self.peak is None:
+            return waves
+        return waves * (self.peak / waves.abs().amax(dim=1, keepdim=True).clamp(min=1e-4))
 
     def train_dataloader(self) -> DataLoader:
         rng = torch.Generator().manual_seed(self.seed + 1)
         collate = GainBatch(self.max_shift, rng, self.speed_range if self.augment else None,
                             self.gain_db if self.augment else None)
         return self._loader(self.train_dataset, collate, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, AudioBatch(), shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
-
-    def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
-        return clip_loader(self, dataset, collate, shuffle)
 
 __all__ = ["DIGITS", "FSDDDataModule", "place", "scan", "split_speakers"]
