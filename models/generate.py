@@ -120,8 +120,7 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
     done = torch.zeros(B, dtype=torch.bool, device=device)
     alive = torch.zeros((), dtype=torch.long, device=device)  # steps after which some row was still running
     if compile:
-        decode = fixed_decoder(net, ids, pad, lengths, max_new_tokens, positions, compiled_step())
-        logits = decode(None, -1)
+        logits, decode = fixed_decoder(net, ids, pad, lengths, max_new_tokens, positions, compiled_step())
     else:
         caches = net.new_caches(cache_capacity(P, max_new_tokens, net.attn_window)) if use_cache else None
         logits = net(ids, key_padding_mask=None if keys is None else keys[:, :P], positions=positions,
@@ -139,7 +138,7 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
             break  # every row has ended; the steps run since add only pad and are cut below
         step = nxt[:, None]  # (B, 1)
         if compile:
-            logits = decode(step, t)
+            logits = decode(step)
             continue
         if padded:
             positions = lengths[:, None] + t if use_cache else torch.cat([positions, lengths[:, None] + t], 1)
@@ -153,10 +152,10 @@ def generate(net: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int 
 
 
 def fixed_decoder(net: Any, ids: Tensor, pad: Tensor, lengths: Tensor, max_new_tokens: int,
-                  positions: Tensor | None, step_fn: Any = _fixed_step) -> Any:
-    """decode(step, t) -> (B, V) logits on fixed caches (ids, pad, lengths from left_pad; positions: the padded
-    prompt's, None when nothing is padded): decode(None, -1) runs the prompt (eager), then decode(ids (B, 1), t)
-    runs step_fn (_fixed_step, compiled or not), which writes token t's keys at slot P + t."""
+                  positions: Tensor | None, step_fn: Any = _fixed_step) -> tuple[Tensor, Any]:
+    """Run the prompt (eager) on new fixed caches: its (B, V) next-token logits, and decode(ids (B, 1)) -> (B, V)
+    logits, each call one step_fn (_fixed_step, compiled or not) that writes its keys at the next slot.
+    ids, pad, lengths: from left_pad; positions: the padded prompt's, None when nothing is padded."""
     B, P = ids.shape
     # Rounded up to a multiple of SLOT_BUCKET: the step's shapes depend on the capacity, so generations whose
     # prompt + new tokens fall in one bucket share one trace (the extra slots stay masked).
@@ -164,21 +163,20 @@ def fixed_decoder(net: Any, ids: Tensor, pad: Tensor, lengths: Tensor, max_new_t
     caches = net.new_caches(capacity, fixed=True)
     all_pad = torch.cat([pad, pad.new_zeros(B, capacity - P)], dim=1)  # (B, capacity)
     slots = torch.arange(capacity, device=ids.device)
+    # The prompt: slots 0..P-1, causal, the slots after it hidden.
+    for cache in caches:
+        cache.write_at = slots[:P]
+    rows = positions if positions is not None else slots[None, :P].expand(B, P)
+    logits = net(ids, key_padding_mask=all_pad | (slots >= P)[None], positions=rows, caches=caches,
+                 last_only=True)[:, -1]
     write = torch.full((1,), P, dtype=torch.long, device=ids.device)  # the next step's slot, advanced in place
+    for cache in caches:
+        cache.write_at = write
     shift = (lengths - P)[:, None]  # (B, 1): a row's position = its slot minus the pads before it
 
-    def decode(step: Tensor | None, t: int) -> Tensor:
-        if step is None:  # the prompt: slots 0..P-1, causal, the slots after it hidden
-            for cache in caches:
-                cache.write_at = slots[:P]
-            rows = positions if positions is not None else slots[None, :P].expand(B, P)
-            mask = all_pad | (slots >= P)[None]
-            logits = net(ids, key_padding_mask=mask, positions=rows, caches=caches, last_only=True)[:, -1]
-            for cache in caches:
-                cache.write_at = write
-            return logits
-        logits = step_fn(net, caches, step, write, all_pad, shift, slots)
+    def decode(step: Tensor) -> Tensor:
+        out = step_fn(net, caches, step, write, all_pad, shift, slots)
         write.add_(1)
-        return logits
+        return out
 
-    return decode
+    return logits, decode

@@ -231,10 +231,10 @@ def test_fixed_cache_steps_equal_the_uncached_forward_on_a_padded_batch(kind: st
     prompts = [r[:-new].tolist() for r in rows]
     ids, pad, lengths = left_pad(prompts, pad_id=0)
     positions = ((~pad).long().cumsum(-1) - 1).clamp(min=0)
-    decode = fixed_decoder(net, ids, pad, lengths, new, positions)
     with torch.no_grad():
-        got = [decode(None, -1)] + [decode(torch.stack([r[len(p) + t] for r, p in zip(rows, prompts)])[:, None], t)
-                                    for t in range(new - 1)]
+        first, decode = fixed_decoder(net, ids, pad, lengths, new, positions)
+        got = [first] + [decode(torch.stack([r[len(p) + t] for r, p in zip(rows, prompts)])[:, None])
+                         for t in range(new - 1)]
         want = [torch.stack([net(r[None])[0, len(p) - 1 + t] for r, p in zip(rows, prompts)]) for t in range(new)]
     torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=1e-5, rtol=1e-5)
 
