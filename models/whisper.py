@@ -28,7 +28,7 @@ from models.checks import require_int, require_token_id
 from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
 from models.network import Network, OnnxSpec
 from models.translator import Seq2SeqSearch
-from models.whisper_frontend import WhisperFrontEnd
+from models.whisper_frontend import HOP_LENGTH, WhisperFrontEnd
 
 
 def whisper_sinusoids(length: int, dim: int, max_timescale: float = 10000.0) -> Tensor:
@@ -149,6 +149,16 @@ class Whisper(Seq2SeqSearch, Network):
     def features(self, wave: Tensor) -> Tensor:
         """16 kHz waveform (B, samples) -> Whisper's (B, n_mels, 3000) log-mel features (models/whisper_frontend)."""
         return self.frontend(wave)
+
+    def pooled_features(self, wave: Tensor) -> Tensor:
+        """16 kHz waveform (B, samples) -> (B, dim): the mean of the encoder's output over the clip's own
+        positions, what a frozen-feature probe reads (inference/probe.py). The log-mel frames of the clip only
+        (1 s: 100 frames, 50 positions), not padded to 30 s as transcription pads: 30x less work for a spoken
+        word, and the features of a short clip are not averaged with 29 s of silence. A clip longer than the
+        encoder's positions (30 s) is cut there, as transcription cuts it."""
+        frames = min(2 * self.audio_len, self.frontend.frames, -(-wave.shape[-1] // HOP_LENGTH))
+        memory, _ = self.encode(self.features(wave)[..., :frames])
+        return memory.mean(dim=1)
 
     def encode(self, mel: Tensor) -> tuple[Tensor, None]:
         """mel (B, n_mels, frames) -> audio memory (B, ceil(frames / 2), dim) and no padding mask (Whisper pads

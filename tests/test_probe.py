@@ -104,3 +104,65 @@ def test_knn_probe_of_a_trained_run_on_its_own_data(tmp_path: Path) -> None:
     command("evaluate.py", f"ckpt_path={run}", "probe=knn", f"hydra.run.dir={out}", check=True)
     assert json.loads((out / "metrics.json").read_text()) == {"test/knn_acc": float((knn.predict(test[0]) ==
                                                                                        test[1]).mean())}
+
+
+def test_linear_probe_of_whisper_on_fsdd_equals_sklearn_on_transformers_encoder_features(tmp_path: Path) -> None:
+    """A speech source's probe: the mean of Whisper's encoder output over the clip's own frames (not padded to
+    30 s), here computed by transformers (WhisperFeatureExtractor, WhisperForConditionalGeneration's encoder)."""
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from helpers.fsdd_tiny import write_tiny_fsdd
+    from helpers.whisper_tiny import make_tiny_whisper
+
+    folder = make_tiny_whisper(tmp_path / "whisper")
+    root = write_tiny_fsdd(tmp_path / "recordings")
+    # 0.32 s = 32 frames: the tiny model's 16 encoder positions, the only input length transformers' encoder takes
+    data = OmegaConf.load(Path(__file__).parents[1] / "configs" / "data" / "fsdd.yaml")
+    data.pop("defaults")
+    data.merge_with({"root": str(root), "clip_seconds": 0.32, "synthetic_root": None, "sample_rate": 8000})
+    notes: list[str] = []
+    net, dm = source_with_data(str(folder), data, None, notes)
+    assert notes == [f"data.sample_rate=8000 -> 16000: the clips are resampled to what pretrained={folder} hears"]
+    dm.setup("fit")
+    ref = WhisperForConditionalGeneration.from_pretrained(str(folder), attn_implementation="eager").eval()
+    extractor = WhisperFeatureExtractor(feature_size=80)
+
+    def reference(split: str) -> tuple:
+        xs, ys = [], []
+        with torch.no_grad():
+            for wave, y in dm.split_dataloader(split):
+                mel = extractor(list(wave.numpy()), sampling_rate=16000, return_tensors="pt").input_features
+                xs.append(ref.model.encoder(mel[..., :32]).last_hidden_state.mean(1))
+                ys.append(y)
+        return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+    train, test = reference("train"), reference("test")
+    ours = pooled_features(net, dm.split_dataloader("train"))
+    assert ours[0].shape == (20, 48) and abs(ours[0] - train[0]).max() < 1e-4 and (ours[1] == train[1]).all()
+    linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(*train)
+    expected = float((linear.predict(test[0]) == test[1]).mean())
+    out = tmp_path / "eval"
+    proc = command("evaluate.py", f"pretrained={folder}", "probe=linear", "data=fsdd", f"data.root={root}",
+                   "data.clip_seconds=0.32", f"hydra.run.dir={out}", check=True)
+    assert json.loads((out / "metrics.json").read_text()) == {"test/linear_acc": expected}, proc.stdout
+    assert "linear probe on 48 frozen features, 20 train / 20 test examples" in proc.stdout
+
+
+def test_a_source_probed_on_the_other_modality_is_one_line(tmp_path: Path) -> None:
+    from helpers.fsdd_tiny import write_tiny_fsdd
+    from helpers.whisper_tiny import make_tiny_whisper
+
+    tiny_timm(tmp_path / "vit")
+    speech = make_tiny_whisper(tmp_path / "whisper")
+    images = image_folder(tmp_path / "images", classes=2, per_class=5)
+    recordings = write_tiny_fsdd(tmp_path / "recordings")
+    proc = command("evaluate.py", f"pretrained={tmp_path / 'vit'}", "probe=linear", "data=fsdd",
+                   f"data.root={recordings}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: probe: pretrained='{tmp_path / 'vit'}' reads images; data='fsdd' is audio (data=image_folder, "
+        "fashion_mnist, mnist, cifar10)\n")
+    proc = command("evaluate.py", f"pretrained={speech}", "probe=linear", "data=image_folder", f"data.root={images}",
+                   f"hydra.run.dir={tmp_path / 'b'}")
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: probe: pretrained='{speech}' reads audio; data='image_folder' is not audio (data=fsdd, keywords, "
+        "speech_commands, audio_folder)\n")
