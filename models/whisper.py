@@ -42,7 +42,70 @@ def whisper_sinusoids(length: int, dim: int, max_timescale: float = 10000.0) -> 
     return torch.cat([angle.sin(), angle.cos()], dim=1)
 
 
-class Whisper(Seq2SeqSearch, Network):
+class WhisperAudio(nn.Module):
+    """Whisper's audio side, shared by the speech model (`Whisper`) and a classifier on its encoder
+    (models/whisper_classifier.py): the front end, two convolutions, fixed positions and the encoder blocks.
+    The attributes keep Whisper's state-dict names (conv1, conv2, audio_pos, encoder), so one converted state
+    loads into either."""
+
+    def _build_audio(self, *, n_mels: int, dim: int, audio_len: int, depth: int, drop_path: float = 0.0,
+                     **block_options) -> None:
+        require_int("n_mels", n_mels)
+        require_int("encoder_depth", depth)
+        require_int("audio_len", audio_len, note=" (encoder positions: input frames / 2)")
+        self.n_mels = n_mels
+        self.dim = dim
+        self.audio_len = audio_len
+        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
+        # Fixed, but in the state dict: a checkpoint's table is loaded as it is (transformers stores it too).
+        self.register_buffer("audio_pos", whisper_sinusoids(audio_len, dim))
+        self.drop = nn.Dropout(block_options["drop"])
+        self.encoder = Encoder(dim=dim, depth=depth, drop_path=drop_path, **block_options)
+        self.frontend = WhisperFrontEnd(n_mels=n_mels)
+
+    def _zero_key_biases(self) -> None:
+        """Whisper has no key bias: the k third of every qkv bias starts (and, see the module doc, acts) as 0."""
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, MultiHeadAttention) and m.qkv.bias is not None:
+                    m.qkv.bias[m.q_size: m.q_size + m.kv_size].zero_()
+
+    def features(self, wave: Tensor) -> Tensor:
+        """16 kHz waveform (B, samples) -> Whisper's (B, n_mels, 3000) log-mel features (models/whisper_frontend)."""
+        return self.frontend(wave)
+
+    def clip_features(self, wave: Tensor) -> Tensor:
+        """16 kHz waveform (B, samples) -> the log-mel frames of the clip only (1 s: 100 frames), not padded to
+        30 s as transcription pads (the values are those of the padded features: padding is silence, which
+        changes no frame and not the maximum the features are clamped by). A clip longer than the encoder's
+        positions (30 s) is cut there, as transcription cuts it."""
+        # ceil(samples / hop), written so that ONNX (whose integer division truncates) computes it too
+        frames = min(2 * self.audio_len, self.frontend.frames, (wave.shape[-1] + HOP_LENGTH - 1) // HOP_LENGTH)
+        return self.features(wave)[..., :frames]
+
+    def pooled_features(self, wave: Tensor) -> Tensor:
+        """16 kHz waveform (B, samples) -> (B, dim): the mean of the encoder's output over the clip's own
+        positions (`clip_features`), what a frozen-feature probe reads (inference/probe.py) and the classifier
+        pools: 30x less work for a spoken word than 30 s, and a short clip is not averaged with 29 s of silence."""
+        memory, _ = self.encode(self.clip_features(wave))
+        return memory.mean(dim=1)
+
+    def encode(self, mel: Tensor) -> tuple[Tensor, None]:
+        """mel (B, n_mels, frames) -> audio memory (B, ceil(frames / 2), dim) and no padding mask (Whisper pads
+        the audio with silence, which it attends to)."""
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"expected log-mel features (batch, {self.n_mels}, frames), got {tuple(mel.shape)}")
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, S, dim)
+        if x.shape[1] > self.audio_len:
+            raise ValueError(f"{mel.shape[2]} frames give {x.shape[1]} audio positions, more than "
+                             f"audio_len={self.audio_len} ({2 * self.audio_len} frames: 30 s for Whisper)")
+        x = self.drop(x + self.audio_pos[: x.shape[1]])
+        return self.encoder(x), None
+
+
+class Whisper(Seq2SeqSearch, WhisperAudio, Network):
     """`forward(mel, tgt_in)`: (B, n_mels, frames) log-mel features and (B, T) decoder ids -> (B, T, vocab) logits.
 
     Args:
@@ -92,29 +155,18 @@ class Whisper(Seq2SeqSearch, Network):
                              norm_eps=norm_eps, act=act)
         check_block_options(dim=dim, **block_options)
         require_int("vocab_size", vocab_size)
-        require_int("n_mels", n_mels)
-        require_int("encoder_depth", encoder_depth)
         require_int("decoder_depth", decoder_depth)
-        require_int("audio_len", audio_len, note=" (encoder positions: input frames / 2)")
         require_int("max_len", max_len, note=" (decoder positions)")
         for name, token in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
             require_token_id(name, token, vocab_size)
         self.vocab_size = vocab_size
-        self.n_mels = n_mels
-        self.dim = dim
-        self.audio_len = audio_len
         self.max_len = max_len
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.pad_id = pad_id
-        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
-        # Fixed, but in the state dict: a checkpoint's table is loaded as it is (transformers stores it too).
-        self.register_buffer("audio_pos", whisper_sinusoids(audio_len, dim))
-        self.encoder = Encoder(dim=dim, depth=encoder_depth, **block_options)
+        self._build_audio(n_mels=n_mels, dim=dim, audio_len=audio_len, depth=encoder_depth, **block_options)
         self.tgt_embed = nn.Embedding(vocab_size, dim)
         self.text_pos = nn.Parameter(torch.zeros(max_len, dim))
-        self.drop = nn.Dropout(drop)
         self.decoder = nn.ModuleList(DecoderBlock(dim, **block_options) for _ in range(decoder_depth))
         self.norm = LayerNorm(dim, norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
@@ -122,14 +174,6 @@ class Whisper(Seq2SeqSearch, Network):
         nn.init.normal_(self.tgt_embed.weight, std=0.02)
         nn.init.normal_(self.text_pos, std=0.01)
         self._zero_key_biases()
-        self.frontend = WhisperFrontEnd(n_mels=n_mels)
-
-    def _zero_key_biases(self) -> None:
-        """Whisper has no key bias: the k third of every qkv bias starts (and, see the module doc, acts) as 0."""
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, MultiHeadAttention) and m.qkv.bias is not None:
-                    m.qkv.bias[m.q_size: m.q_size + m.kv_size].zero_()
 
     def no_weight_decay(self) -> set[str]:
         return {"text_pos"}
@@ -145,33 +189,6 @@ class Whisper(Seq2SeqSearch, Network):
         tgt_in[:, 0] = self.bos_id
         return OnnxSpec(self, ["mel", "tgt_in"], (mel, tgt_in), ({0: batch}, {0: batch, 1: tgt_len}),
                         {"mel": ["batch"], "tgt_in": ["batch", "tgt_len"]})
-
-    def features(self, wave: Tensor) -> Tensor:
-        """16 kHz waveform (B, samples) -> Whisper's (B, n_mels, 3000) log-mel features (models/whisper_frontend)."""
-        return self.frontend(wave)
-
-    def pooled_features(self, wave: Tensor) -> Tensor:
-        """16 kHz waveform (B, samples) -> (B, dim): the mean of the encoder's output over the clip's own
-        positions, what a frozen-feature probe reads (inference/probe.py). The log-mel frames of the clip only
-        (1 s: 100 frames, 50 positions), not padded to 30 s as transcription pads: 30x less work for a spoken
-        word, and the features of a short clip are not averaged with 29 s of silence. A clip longer than the
-        encoder's positions (30 s) is cut there, as transcription cuts it."""
-        frames = min(2 * self.audio_len, self.frontend.frames, -(-wave.shape[-1] // HOP_LENGTH))
-        memory, _ = self.encode(self.features(wave)[..., :frames])
-        return memory.mean(dim=1)
-
-    def encode(self, mel: Tensor) -> tuple[Tensor, None]:
-        """mel (B, n_mels, frames) -> audio memory (B, ceil(frames / 2), dim) and no padding mask (Whisper pads
-        the audio with silence, which it attends to)."""
-        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
-            raise ValueError(f"expected log-mel features (batch, {self.n_mels}, frames), got {tuple(mel.shape)}")
-        x = F.gelu(self.conv1(mel))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, S, dim)
-        if x.shape[1] > self.audio_len:
-            raise ValueError(f"{mel.shape[2]} frames give {x.shape[1]} audio positions, more than "
-                             f"audio_len={self.audio_len} ({2 * self.audio_len} frames: 30 s for Whisper)")
-        x = self.drop(x + self.audio_pos[: x.shape[1]])
-        return self.encoder(x), None
 
     def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad: Tensor | None = None,
                caches: list[tuple[KVCache, KVCache]] | None = None, last_only: bool = False) -> Tensor:

@@ -39,6 +39,9 @@ class WhisperFrontEnd(nn.Module):
         self.n_mels = n_mels
         self.n_samples = chunk_seconds * SAMPLE_RATE
         self.frames = self.n_samples // HOP_LENGTH
+        # What pictures put on their axes (viz/explorer): time, and the mel scale of the bands.
+        self.sample_rate, self.hop_length = SAMPLE_RATE, HOP_LENGTH
+        self.f_min, self.f_max, self.mel_scale = 0.0, SAMPLE_RATE / 2, "slaney"
         # torchaudio checks the bank for empty bands with real numbers: on the meta device (a build that only
         # checks the arguments, utils/validate.py) the small bank is computed on the CPU instead.
         meta = torch.get_default_device().type == "meta"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import replace
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -45,7 +46,10 @@ def apply_pretrained(cfg: DictConfig) -> None:
         return
     conv = convert(str(spec), trust_pickle=bool(cfg.get("trust_pickle") or False))
     ours, theirs = network_class(str(model.net._target_)), network_class(str(conv.net["_target_"]))
-    if ours is not theirs:
+    adopted = None if ours is theirs else ours.adopt(conv.net, conv.state)
+    if adopted is not None:  # this network is built from a part of the source's (models/network.py `adopt`)
+        conv = replace(conv, net=adopted[0], state=adopted[1], tokenizer=None, module={})
+    elif ours is not theirs:
         raise UserError(f"pretrained={spec!r} converts to a {theirs.__name__} ({theirs.modality} data), but "
                         f"model={ours.name} builds a {ours.__name__}; use model={theirs.name}")
     net = dict(conv.net)
@@ -109,7 +113,9 @@ def fit_state(conv: Converted, net: nn.Module) -> dict[str, Tensor]:
     if missing:
         raise UserError(f"pretrained weights lack {len(missing)} tensor(s) of {type(net).__name__} (first: {missing[0]})")
     if fresh:
-        log.info(f"Pretrained head replaced for {int(own[fresh[0]].shape[0])} classes (was {conv.net['num_classes']})")
+        was = conv.net.get("num_classes")
+        log.info(f"Pretrained head {'replaced' if was else 'new'} for {int(own[fresh[0]].shape[0])} classes"
+                 + (f" (was {was})" if was else ""))
     return state
 
 

@@ -97,6 +97,8 @@ def classifier_views(net: nn.Module, x: Tensor, logits: Tensor, maps: dict[str, 
 
 
 def _grid(net: nn.Module, x: Tensor) -> tuple[int, int]:
+    if hasattr(net, "token_grid"):  # a network without patches says its own (rows, columns) of tokens
+        return net.token_grid(x)
     if hasattr(net, "spectrogram"):  # audio: the grid of the spectrogram, not of the waveform
         return net.patch_embed.grid_for(tuple(net.frontend(x if x.dim() == 2 else x[:, 0]).shape[-2:]))
     return net.patch_embed.grid_for(tuple(x.shape[-2:]))

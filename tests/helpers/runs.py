@@ -67,7 +67,8 @@ SMALL = {"vit": ["model.net.depth=1"], "audio": ["model.net.depth=1"], "video": 
          "lm": ["model.net.depth=1", "data.block_size=16", "data.batch_size=4", "data.eval_batch_size=16"],
          # The first 300 UniProt examples (Debian's mmseqs2-examples; split by mmseqs2, cached under datasets/).
          "protein": ["model.net.depth=1", "model.net.num_heads=2", "model.net.ffn_dim=64", "data.max_sequences=300",
-                     "data.max_len=64", "data.batch_size=4", "data.eval_batch_size=16"]}
+                     "data.max_len=64", "data.batch_size=4", "data.eval_batch_size=16"],
+         "whisper_classifier": ["model.net.encoder_depth=1", "model.net.num_heads=2"]}
 # model=whisper fine-tunes a source (it has no from-scratch recipe): a tiny random Whisper and 24 noise recordings
 # with transcripts, written once per test session (whisper_overrides).
 WHISPER = ["data.batch_size=4", "model.max_new_tokens=8"]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import numpy as np
 import torch
 from einops import rearrange
+from torchaudio.functional.functional import _hz_to_mel, _mel_to_hz  # the scales torchaudio builds its banks with
 from torch import Tensor
 
 from inference.predictor import Prediction
@@ -185,17 +185,19 @@ def _ticks(n: int, span: float, unit: str, count: int = 6) -> list[list[Any]]:
 
 
 def _mel_ticks(net: torch.nn.Module, count: int = 5) -> list[list[Any]]:
-    """Hz at evenly spaced positions of the mel axis (HTK mel scale, as torchaudio's default)."""
+    """Hz at evenly spaced positions of the mel axis (the front end's mel scale: HTK, torchaudio's default and
+    Kaldi's, or Whisper's Slaney)."""
     scale = (
         net.frontend.mel.mel_scale if hasattr(net.frontend, "mel") else net.frontend
-    )  # LogMel | KaldiFbank
+    )  # LogMel | KaldiFbank | WhisperFrontEnd
     f_max = scale.f_max if scale.f_max is not None else net.sample_rate / 2
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731  (Kaldi's 1127 ln(1 + f / 700) is the same)
-    lo, hi = mel(scale.f_min), mel(f_max)
+    kind = getattr(scale, "mel_scale", "htk")  # Kaldi's 1127 ln(1 + f / 700) is HTK's
+    lo, hi = _hz_to_mel(float(scale.f_min), kind), _hz_to_mel(float(f_max), kind)
+    hz = _mel_to_hz(torch.linspace(lo, hi, count, dtype=torch.float64), kind)
     return [
         [
             k / (count - 1),
-            f"{700.0 * (10 ** ((lo + (hi - lo) * k / (count - 1)) / 2595.0) - 1):.0f}",
+            f"{float(hz[k]):.0f}",
         ]
         for k in range(count)
     ]
