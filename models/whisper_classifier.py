@@ -35,7 +35,9 @@ class WhisperClassifier(WhisperAudio, Network):
         n_mels, dim, encoder_depth, num_heads, mlp_ratio, audio_len, norm_eps, act: Whisper's encoder
             (tiny.en's by default; a pretrained source sets them).
         drop, attn_drop, drop_path: regularisation for fine-tuning (Whisper itself: none).
-        freq_mask, time_mask, num_masks: SpecAugment on the log-mel frames, training only (0 = off).
+        freq_mask, time_mask, num_masks: SpecAugment on the log-mel frames, training only (0 = off). Masked
+            cells become 0, the audio model's rule, which here is not the mean of Whisper's features ((log10 + 4)
+            / 4 lies mostly below 0, lowest in silence); off in the measured recipe.
     """
 
     name = "whisper_classifier"

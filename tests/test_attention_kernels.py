@@ -143,3 +143,30 @@ def test_the_explicit_kernel_does_not_overflow_in_float16_and_gives_float32_weig
     exact = torch.softmax(q.double() @ k.double().transpose(-2, -1) / 8, dim=-1)
     assert out.dtype == torch.float16 and weights.dtype == torch.float32 and torch.isfinite(out).all()
     torch.testing.assert_close(weights.double(), exact, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_in_place_softmax_without_grad_gives_the_bits_of_the_grad_path(masked: bool) -> None:
+    """Without grad on the CPU the softmax overwrites the fresh scores (`kernels._in_place`): the same bits as
+    the path that keeps them for backward; functorch's jacobian and forward-mode AD still see the softmax."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(2))
+    mask = None
+    if masked:
+        mask = torch.rand(2, 1, 5, 5, generator=g) > 0.4
+        mask[0, 0, 1] = False  # a query row that sees no key
+    with torch.no_grad():
+        assert kernels._in_place(q @ k.transpose(-2, -1))
+        fast = kernels.attention_weights(q, k, mask, 0.35)
+    slow = kernels.attention_weights(q.clone().requires_grad_(), k, mask, 0.35)
+    assert torch.equal(fast, slow.detach())
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return kernels.attention_weights(x, k, mask, 0.35)
+
+    expected = torch.autograd.functional.jacobian(f, q)
+    torch.testing.assert_close(torch.func.jacrev(f)(q), expected, rtol=0, atol=1e-6)
+    tangent = torch.randn(q.shape, generator=g)
+    _, jvp = torch.func.jvp(f, (q,), (tangent,))
+    by_jacobian = (expected.reshape(jvp.numel(), -1) @ tangent.flatten()).reshape(jvp.shape)
+    torch.testing.assert_close(jvp, by_jacobian, rtol=0, atol=1e-5)

@@ -23,6 +23,7 @@ from models.translator import Translator
 from models.video import VideoTransformer
 from models.vit import VisionTransformer
 from models.whisper import Whisper
+from models.whisper_classifier import WhisperClassifier
 
 MODALITIES = ("image", "audio", "video", "text", "tokens", "protein")
 
@@ -55,6 +56,9 @@ SMALL = {
     "whisper": lambda: Whisper(
         vocab_size=20, n_mels=8, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, audio_len=4,
         max_len=8, bos_id=1, eos_id=2, pad_id=2
+    ),
+    "whisper_classifier": lambda: WhisperClassifier(
+        num_classes=3, n_mels=8, dim=16, encoder_depth=1, num_heads=2, audio_len=4
     ),
 }
 

@@ -45,7 +45,12 @@ def test_the_run_classifies_with_the_sources_encoder(run: tuple[Path, Path, Path
         mel = extractor(list(wave.numpy()), sampling_rate=16000, return_tensors="pt").input_features[..., :32]
         expected = ref.model.encoder(mel).last_hidden_state.mean(1)
         assert (net.pooled_features(wave) - expected).abs().max() < 1e-4
+        # The new head starts at zero (zero logits, whatever the encoder gives): random weights make the
+        # comparison of the whole forward with head(pooled reference) mean something.
+        torch.nn.init.normal_(net.head.weight, std=0.5)
+        torch.nn.init.normal_(net.head.bias, std=0.5)
         logits = net(wave)
+        assert logits.abs().max() > 0.1
     assert logits.shape == (len(wave), 10)
     assert (logits - net.head(expected)).abs().max() < 1e-4
     metrics = json.loads((out / "metrics.json").read_text())
