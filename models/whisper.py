@@ -77,12 +77,13 @@ class WhisperAudio(nn.Module):
 
     def clip_features(self, wave: Tensor) -> Tensor:
         """16 kHz waveform (B, samples) -> the log-mel frames of the clip only (1 s: 100 frames), not padded to
-        30 s as transcription pads (the values are those of the padded features: padding is silence, which
-        changes no frame and not the maximum the features are clamped by). A clip longer than the encoder's
+        30 s as transcription pads (the values are those of the padded features, bit for bit from 0.1 s up: padding is
+        silence, which changes no frame and not the maximum the features are clamped by; the front end computes
+        only the clip's frames, `clip=True`). A clip longer than the encoder's
         positions (30 s) is cut there, as transcription cuts it."""
         # ceil(samples / hop), written so that ONNX (whose integer division truncates) computes it too
         frames = min(2 * self.audio_len, self.frontend.frames, (wave.shape[-1] + HOP_LENGTH - 1) // HOP_LENGTH)
-        return self.features(wave)[..., :frames]
+        return self.frontend(wave, clip=True)[..., :frames]
 
     def pooled_features(self, wave: Tensor) -> Tensor:
         """16 kHz waveform (B, samples) -> (B, dim): the mean of the encoder's output over the clip's own

@@ -228,3 +228,24 @@ def test_bad_rotary_use_names_the_value() -> None:
         m(torch.randn(1, 3, DIM), torch.randn(1, 5, DIM))
     with pytest.raises(ValueError, match=r"position 9: expected < max_positions=8"):
         m(torch.randn(1, 10, DIM))
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_the_kept_table_gives_the_bits_of_the_positions_computed_alone(layout: str) -> None:
+    """Self-attention's positions start, start + 1, ... come from a table kept between calls (`pair`): sliced at
+    any start, grown past its length, the same floats as the positions computed alone; a table built in
+    inference mode is not reused where autograd must save it."""
+    rope = RotaryEmbedding(HD, layout=layout, rotary_dim=6)
+    q, k = torch.randn(2, HEADS, 9, HD), torch.randn(2, 2, 9, HD)
+    for start in (0, 3, 60, 200, 7):  # 200 + 9 grows the table
+        pos = torch.arange(start, start + 9)
+        rq, rk = rope.pair(q, k, start=start)
+        assert torch.equal(rq, rope(q, pos)) and torch.equal(rk, rope(k, pos))
+        torch.testing.assert_close(rq, rotate_by_formula(q, pos, layout, 6), atol=1e-4, rtol=1e-5)
+    m = MultiHeadAttention(DIM, HEADS, rotary=RotaryEmbedding(HD))
+    x = torch.randn(2, 12, DIM)
+    with torch.inference_mode():
+        expected = m(x, causal=True)
+    out = m(x, causal=True)
+    out.sum().backward()  # an inference-mode table here would fail: it cannot be saved for backward
+    assert torch.equal(out.detach(), expected) and m.qkv.weight.grad is not None

@@ -284,3 +284,22 @@ def test_front_end_pads_and_trims_to_thirty_seconds() -> None:
     assert front(long).shape == (2, 128, 3000)
     torch.testing.assert_close(front(long), front(long[:, : 16000 * 30]))
     assert front(torch.randn(800)).shape == (1, 128, 3000)
+
+
+@pytest.mark.parametrize("samples", [1, 159, 161, 16000, 16000 * 30 - 500, 16000 * 30 + 999])
+def test_the_clips_own_frames_are_the_chunks_first_frames_bit_for_bit(samples: int) -> None:
+    """`clip=True` computes the STFT of the clip and 800 samples of silence instead of 30 s: its frames are the
+    chunk's first ones (bit for bit from 0.1 s up), also when the clip's loudest sound is in its last samples (the maximum that
+    clamps every frame) and when it ends within 800 samples of 30 s or beyond."""
+    from models.whisper_frontend import HOP_LENGTH, WhisperFrontEnd
+
+    front = WhisperFrontEnd(n_mels=80)
+    wave = torch.randn(2, samples, generator=torch.Generator().manual_seed(samples)) * 0.01
+    wave[:, -20:] = 0.9  # the loudest frame touches the clip's end
+    chunk, clip = front(wave), front(wave, clip=True)
+    frames = min(3000, -(-samples // HOP_LENGTH))
+    assert clip.shape[-1] >= frames and clip.shape[-1] <= 3000
+    if samples >= 1600:
+        assert torch.equal(clip[..., :frames], chunk[..., :frames])
+    else:  # under 10 frames the mel product (80 x 201 @ 201 x frames) rounds once differently here
+        torch.testing.assert_close(clip[..., :frames], chunk[..., :frames], rtol=0, atol=1e-7)

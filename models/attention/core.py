@@ -200,11 +200,9 @@ class MultiHeadAttention(nn.Module):
         past = 0 if cache is None or cache.static or cache.fixed else cache.position
         k_offset = 0 if cache is None or cache.static else cache.offset  # before this step's roll
         if self.rotary is not None:  # before the cache, which holds keys rotated at their positions
-            if positions is None:
-                positions = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
-            else:
-                positions = positions[:, None, :]  # (B, 1, T): one table per row, every head
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            # positions (B, 1, T): one table per row, every head; else past, past + 1, ...
+            rows = None if positions is None else positions[:, None, :]
+            q, k = self.rotary.pair(q, k, start=past, positions=rows)
         if cache is not None:
             if cache.static:
                 cache.k, cache.v = k, v

@@ -152,10 +152,11 @@ def _in_place(scores: Tensor) -> bool:
     x 1024^2, one thread: 0.90 -> 0.57 s a layer). CPU only: other devices' kernels were not checked for aliasing."""
     if scores.device.type != "cpu" or (torch.is_grad_enabled() and scores.requires_grad):
         return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # first: dynamo cannot trace the checks below
+        return False
     # functorch transforms (vmap, grad, jacrev) wrap tensors whose requires_grad says nothing about the
     # transform's own autograd, and forward-mode AD carries tangents that an out= softmax would drop.
-    transformed = torch._C._functorch.is_functorch_wrapped_tensor(scores) or forward_ad._current_level >= 0
-    return not (transformed or torch.compiler.is_compiling() or torch.jit.is_tracing())
+    return not (torch._C._functorch.is_functorch_wrapped_tensor(scores) or forward_ad._current_level >= 0)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, fused: bool,

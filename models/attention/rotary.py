@@ -86,8 +86,7 @@ class RotaryEmbedding(nn.Module):
             ValueError: a position is not below max_positions.
         """
         last = int(positions.max()) if self.max_positions is not None and positions.numel() else -1
-        if self.max_positions is not None and last >= self.max_positions:
-            raise ValueError(f"position {last}: expected < max_positions={self.max_positions}")
+        self._check(last)
         angles = positions.float()[..., None] * self.inv_freq.float()  # (..., L, rotary_dim / 2)
         if self.layout == "half":
             angles = torch.cat([angles, angles], dim=-1)
@@ -97,16 +96,63 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, H, L, head_dim), positions: (L,) or (B, 1, L) absolute token positions."""
-        cos, sin = self.cos_sin(positions)
+        return self._turn(x, *self._signed(*self.cos_sin(positions)))
+
+    def pair(self, q: Tensor, k: Tensor, *, start: int = 0,
+             positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q (B, H, L, hd) and k (B, Hkv, L, hd) turned with one table: at `positions` (B, 1, L), or else at
+        start, start + 1, ... (self-attention's common case: that table is kept between calls, so the
+        layers of a model that share this module compute cos / sin once a length, not twice a layer)."""
+        if positions is None:
+            cos, sin = self._range(start, q.shape[-2], q.device)
+        else:
+            cos, sin = self._signed(*self.cos_sin(positions))
+        return self._turn(q, cos, sin), self._turn(k, cos, sin)
+
+    def _check(self, last: int) -> None:
+        if self.max_positions is not None and last >= self.max_positions:
+            raise ValueError(f"position {last}: expected < max_positions={self.max_positions}")
+
+    def _signed(self, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """sin with the sign of the turn folded in (-sin on the features that take -x_b), so that the turn
+        itself is a swap: (-x_b) * s and x_b * (-s) are the same float, bit for bit."""
+        if self.layout == "half":
+            half = sin.shape[-1] // 2
+            sign = torch.cat([sin.new_full((half,), -1.0), sin.new_ones(half)])
+        else:
+            sign = torch.tensor([-1.0, 1.0], dtype=sin.dtype, device=sin.device).repeat(sin.shape[-1] // 2)
+        return cos, sin * sign
+
+    def _range(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The (cos, signed sin) of positions start .. start + length - 1, sliced from a table kept for
+        positions 0 .. n - 1 (grown by doubling): the same floats as computed for those positions alone
+        (every entry is float(p) * inv_freq[i], then cos / sin, elementwise). Not kept while tracing or
+        compiling (the table would be a constant in the graph) and rebuilt when inv_freq is loaded or moved
+        or inference mode changes (its tensors cannot be saved for backward outside it)."""
+        self._check(start + length - 1 if length else -1)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            positions = torch.arange(start, start + length, device=device)
+            return self._signed(*self.cos_sin(positions))
+        key = (device, self.inv_freq.data_ptr(), self.inv_freq._version, torch.is_inference_mode_enabled())
+        table = self._table
+        if table is None or table[0] != key or table[1].shape[0] < start + length:
+            n = max(start + length, 2 * table[1].shape[0] if table is not None and table[0] == key else 0, 64)
+            with torch.no_grad():
+                cos, sin = self._signed(*self.cos_sin(torch.arange(n, device=device)))
+            table = self._table = (key, cos, sin)
+        return table[1][start : start + length], table[2][start : start + length]
+
+    _table: tuple | None = None
+
+    def _turn(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x * cos + swap(x) * signed sin over the first rotary_dim features; the rest pass through."""
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
         if self.layout == "half":
-            a, b = rot.chunk(2, dim=-1)
-            turned = torch.cat([-b, a], dim=-1)  # (x_a, x_b) -> (-x_b, x_a), the 90-degree turn
+            swapped = rot.roll(self.rotary_dim // 2, dims=-1)  # (x_a, x_b) -> (x_b, x_a)
         else:
-            a, b = rot[..., 0::2], rot[..., 1::2]
-            turned = torch.stack([-b, a], dim=-1).flatten(-2)
-        rot = rot * cos + turned * sin
+            swapped = rot.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        rot = rot * cos + swapped * sin
         return rot if rest.shape[-1] == 0 else torch.cat([rot, rest], dim=-1)
 
 
