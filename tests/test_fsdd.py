@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from data.fsdd import DIGITS, FSDDDataModule, place, scan, split_speakers
+from utils.errors import UserError
 from helpers.cli import run
 from helpers.fsdd_tiny import SPEAKERS, tone_hz, write_tiny_fsdd
 
@@ -53,6 +54,24 @@ def test_split_is_by_whole_speakers_and_labels_are_the_file_digit(tiny: Path) ->
     assert abs(peak_hz - tone_hz(int(label))) < 10
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 16000) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_without_a_val_speaker_val_is_a_tenth_of_the_training_speakers_takes(tmp_path: Path) -> None:
+    """data.val_speaker=null: every speaker but the test one trains; takes 9, 19, ... validate and are not trained
+    on; the test speaker is in neither. A folder without such takes is one line naming the rule."""
+    root = write_tiny_fsdd(tmp_path / "recordings", takes=20, seconds=0.1)
+    dm = FSDDDataModule(root=str(root), test_speaker="lucas", val_speaker=None)
+    dm.setup()
+    assert dm.speakers == {"train": ["george", "jackson"], "val": ["george", "jackson"], "test": ["lucas"]}
+    takes = {split: [int(Path(f).stem.split("_")[2]) for f in files] for split, files in dm.clip_files.items()}
+    assert sorted(set(takes["val"])) == [9, 19] and len(takes["val"]) == 2 * 10 * 2
+    assert not set(takes["train"]) & {9, 19} and len(takes["train"]) == 2 * 10 * 18
+    assert not set(dm.clip_files["train"]) & set(dm.clip_files["val"])
+    assert {Path(f).name.split("_")[1] for f in dm.clip_files["train"] + dm.clip_files["val"]} == {"george", "jackson"}
+    assert len(dm.val_dataset.tensors[1]) == 40 and len(dm.test_dataset.tensors[1]) == 200
+    few = write_tiny_fsdd(tmp_path / "few", takes=2, seconds=0.1)
+    with pytest.raises(UserError, match=r"val_speaker=null validates on the takes numbered 9, 19"):
+        FSDDDataModule(root=str(few), test_speaker="lucas", val_speaker=None)
 
 
 def test_peak_and_gain_and_the_held_out_speakers_are_never_augmented(tiny: Path) -> None:
