@@ -62,3 +62,10 @@ def test_a_negative_number_of_synthetic_digits_is_one_line(tiny: Path, tmp_path:
     assert _train(tiny, tmp_path, "data.synthetic_per_class=-1") == (
         "error: data: synthetic_per_class=-1; expected an integer >= 0 (espeak-ng clips per digit added to "
         "training, 0 = none)")
+
+
+def test_validating_on_takes_that_the_folder_lacks_is_one_line(tiny: Path, tmp_path: Path) -> None:
+    """data.val_speaker=null validates on takes 9, 19, ...: the tiny folder has takes 0 and 1 only."""
+    assert _train(tiny, tmp_path, "data.test_speaker=lucas", "data.val_speaker=null") == (
+        f"error: data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of the training "
+        f"speakers; {tiny} has none (name a val speaker instead)")
