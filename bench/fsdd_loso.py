@@ -100,8 +100,10 @@ def main() -> None:
     print(f"mean {100 * summary['mean_test_acc']:.1f} %, worst {worst['test_speaker']} "
           f"{100 * worst['test_acc']:.1f} %, {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
     if args.json:
+        trained_on = ("the five training speakers without their val takes" if args.val_takes
+                      else "the four training speakers")
         what = (f"{args.probe} probe on the frozen features of pretrained={args.pretrained} (evaluate.py), "
-                "fitted on the four training speakers" if args.pretrained else
+                f"fitted on {trained_on}" if args.pretrained else
                 f"train.py data=fsdd {' '.join(args.overrides)}".strip() + " (model=audio: experiment/fsdd.yaml, "
                 "unless the overrides say otherwise); " + ("val = takes 9, 19, ... of the five training speakers"
                                                            if args.val_takes else

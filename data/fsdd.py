@@ -193,9 +193,13 @@ class FSDDDataModule(ClipLoaders, L.LightningDataModule):
         # The folder and the speakers are checked now, before a model or a logger is built (a listing: fast).
         self.files = scan(root)
         self.speakers = split_speakers([f[2] for f in self.files], self.test_speaker, self.val_speaker)
-        if self.val_speaker is None and not any(is_val_take(f[3]) for f in self.files if f[2] != self.test_speaker):
-            raise UserError(f"data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of the "
-                            f"training speakers; {root} has none (name a val speaker instead)")
+        if self.val_speaker is None:
+            takes = [is_val_take(f[3]) for f in self.files if f[2] != self.test_speaker]
+            if not any(takes) or all(takes):
+                raise UserError(f"data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of "
+                                f"the training speakers and trains on the others; {root} has "
+                                f"{'none of the first' if not any(takes) else 'only those'} (name a val speaker "
+                                f"instead)")
         self.clip_speakers: dict[str, list[str]] = {}
         self.clip_files: dict[str, list[str]] = {}
 

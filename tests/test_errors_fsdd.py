@@ -65,7 +65,15 @@ def test_a_negative_number_of_synthetic_digits_is_one_line(tiny: Path, tmp_path:
 
 
 def test_validating_on_takes_that_the_folder_lacks_is_one_line(tiny: Path, tmp_path: Path) -> None:
-    """data.val_speaker=null validates on takes 9, 19, ...: the tiny folder has takes 0 and 1 only."""
+    """data.val_speaker=null validates on takes 9, 19, ...: the tiny folder has takes 0 and 1 only; a folder of
+    takes 9 only would leave nothing to train on."""
     assert _train(tiny, tmp_path, "data.test_speaker=lucas", "data.val_speaker=null") == (
         f"error: data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of the training "
-        f"speakers; {tiny} has none (name a val speaker instead)")
+        f"speakers and trains on the others; {tiny} has none of the first (name a val speaker instead)")
+    only = tmp_path / "only_nines"
+    only.mkdir()
+    for wav in tiny.glob("*_1.wav"):  # every take renumbered 9: nothing left to train on
+        (only / wav.name.replace("_1.wav", "_9.wav")).write_bytes(wav.read_bytes())
+    assert _train(only, tmp_path, "data.test_speaker=lucas", "data.val_speaker=null") == (
+        f"error: data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of the training "
+        f"speakers and trains on the others; {only} has only those (name a val speaker instead)")

@@ -249,3 +249,34 @@ def test_the_kept_table_gives_the_bits_of_the_positions_computed_alone(layout: s
     out = m(x, causal=True)
     out.sum().backward()  # an inference-mode table here would fail: it cannot be saved for backward
     assert torch.equal(out.detach(), expected) and m.qkv.weight.grad is not None
+
+
+def test_the_kept_table_is_bypassed_or_rebuilt_where_it_would_be_wrong() -> None:
+    """No table past TABLE_LIMIT (a rolling cache's positions grow without end); none kept under fake tensors
+    or functorch (an ensemble through vmap(functional_call)); rebuilt when inv_freq's values change, also
+    through .data, which keeps the version counter."""
+    import copy
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from models.attention.rotary import TABLE_LIMIT
+
+    rope = RotaryEmbedding(HD)
+    q = torch.randn(1, 2, 3, HD)
+    far = rope.pair(q, q, start=TABLE_LIMIT + 5)[0]
+    assert rope._table is None and torch.equal(far, rope(q, torch.arange(TABLE_LIMIT + 5, TABLE_LIMIT + 8)))
+    m = MultiHeadAttention(DIM, HEADS, rotary=RotaryEmbedding(HD))
+    x = torch.randn(2, 5, DIM)
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        m(fake.from_tensor(x))
+    assert type(m(x)) is torch.Tensor
+    layers = [MultiHeadAttention(DIM, HEADS, rotary=RotaryEmbedding(HD)) for _ in range(3)]
+    params, buffers = stack_module_state(layers)
+    base = copy.deepcopy(layers[0]).to("meta")
+    stacked = vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
+    torch.testing.assert_close(stacked, torch.stack([layer(x) for layer in layers]), atol=1e-6, rtol=1e-6)
+    rope.pair(q, q)
+    rope.inv_freq.data.mul_(0.5)
+    torch.testing.assert_close(rope.pair(q, q, start=3)[0], rotate_by_formula(
+        q, torch.arange(3, 6), "half", HD, inv_freq=rope.inv_freq), atol=1e-5, rtol=1e-5)

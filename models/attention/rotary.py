@@ -8,6 +8,9 @@ import torch
 from torch import Tensor, nn
 
 LAYOUTS = ("half", "interleaved")
+# The most positions whose cos / sin a RotaryEmbedding keeps between calls (8,192 x 128 features x 2 tables x
+# 4 bytes = 8 MiB at head_dim 128); later positions are computed when asked for.
+TABLE_LIMIT = 8192
 
 
 class RotaryEmbedding(nn.Module):
@@ -125,22 +128,29 @@ class RotaryEmbedding(nn.Module):
 
     def _range(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The (cos, signed sin) of positions start .. start + length - 1, sliced from a table kept for
-        positions 0 .. n - 1 (grown by doubling): the same floats as computed for those positions alone
-        (every entry is float(p) * inv_freq[i], then cos / sin, elementwise). Not kept while tracing or
-        compiling (the table would be a constant in the graph) and rebuilt when inv_freq is loaded or moved
-        or inference mode changes (its tensors cannot be saved for backward outside it)."""
+        positions 0 .. n - 1 (grown by doubling, at most TABLE_LIMIT rows): the same floats as computed for
+        those positions alone (every entry is float(p) * inv_freq[i], then cos / sin, elementwise). Computed
+        directly instead, and nothing kept, past TABLE_LIMIT (a rolling cache's absolute positions grow without
+        end), while tracing, compiling or under fake tensors (the table would be a constant of the graph), and
+        when inv_freq is not a plain tensor or wants a gradient (functorch transforms, functional_call). The
+        table is rebuilt when inv_freq's values, its device or inference mode change (inference tensors cannot
+        be saved for backward outside it)."""
         self._check(start + length - 1 if length else -1)
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            positions = torch.arange(start, start + length, device=device)
-            return self._signed(*self.cos_sin(positions))
-        key = (device, self.inv_freq.data_ptr(), self.inv_freq._version, torch.is_inference_mode_enabled())
+        freq = self.inv_freq
+        # Compiling first: dynamo cannot trace the checks after it, and start may be symbolic there.
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or start + length > TABLE_LIMIT
+                or type(freq) is not Tensor or freq.requires_grad or torch._guards.detect_fake_mode() is not None
+                or torch._C._functorch.is_functorch_wrapped_tensor(freq)):
+            return self._signed(*self.cos_sin(torch.arange(start, start + length, device=device)))
         table = self._table
-        if table is None or table[0] != key or table[1].shape[0] < start + length:
-            n = max(start + length, 2 * table[1].shape[0] if table is not None and table[0] == key else 0, 64)
+        fresh = (table is not None and table[0] == (device, torch.is_inference_mode_enabled())
+                 and table[1].shape == freq.shape and torch.equal(table[1], freq))
+        if not fresh or table[2].shape[0] < start + length:
+            n = min(TABLE_LIMIT, max(start + length, 2 * table[2].shape[0] if fresh else 0, 64))
             with torch.no_grad():
                 cos, sin = self._signed(*self.cos_sin(torch.arange(n, device=device)))
-            table = self._table = (key, cos, sin)
-        return table[1][start : start + length], table[2][start : start + length]
+            table = self._table = ((device, torch.is_inference_mode_enabled()), freq.detach().clone(), cos, sin)
+        return table[2][start : start + length], table[3][start : start + length]
 
     _table: tuple | None = None
 
