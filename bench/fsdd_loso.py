@@ -90,8 +90,8 @@ def main() -> None:
             raise SystemExit(f"{run_dir} is not empty: choose another --runs folder")
         r = run_fold(args.root, test, val, run_dir, args.overrides, args.pretrained, args.probe)
         results.append(r)
-        print(f"test {test:9s} val {val or 'takes':9s} acc {100 * r['test_acc']:5.1f} %  {r['cpu_minutes']:.2f} CPU-min  "
-              f"{r['wall_minutes']:.2f} min wall", flush=True)
+        print(f"test {test:9s} val {val or 'takes':9s} acc {100 * r['test_acc']:5.1f} %  "
+              f"{r['cpu_minutes']:.2f} CPU-min  {r['wall_minutes']:.2f} min wall", flush=True)
     accs = [r["test_acc"] for r in results]
     worst = min(results, key=lambda r: r["test_acc"])
     summary = {"mean_test_acc": sum(accs) / len(accs), "worst_speaker": worst["test_speaker"],
@@ -100,14 +100,13 @@ def main() -> None:
     print(f"mean {100 * summary['mean_test_acc']:.1f} %, worst {worst['test_speaker']} "
           f"{100 * worst['test_acc']:.1f} %, {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
     if args.json:
-        trained_on = ("the five training speakers without their val takes" if args.val_takes
-                      else "the four training speakers")
+        trained_on, val = (("the five training speakers without their val takes",
+                            "takes 9, 19, ... of the five training speakers") if args.val_takes else
+                           ("the four training speakers", "the next speaker alphabetically"))
         what = (f"{args.probe} probe on the frozen features of pretrained={args.pretrained} (evaluate.py), "
                 f"fitted on {trained_on}" if args.pretrained else
                 f"train.py data=fsdd {' '.join(args.overrides)}".strip() + " (model=audio: experiment/fsdd.yaml, "
-                "unless the overrides say otherwise); " + ("val = takes 9, 19, ... of the five training speakers"
-                                                           if args.val_takes else
-                                                           "val = the next speaker alphabetically"))
+                f"unless the overrides say otherwise); val = {val}")
         out = {"what": f"leave-one-speaker-out test accuracy of {what}, one thread per run",
                "data": "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-"
                        "dataset), CC BY-SA 4.0",

@@ -77,10 +77,10 @@ class WhisperAudio(nn.Module):
 
     def clip_features(self, wave: Tensor) -> Tensor:
         """16 kHz waveform (B, samples) -> the log-mel frames of the clip only (1 s: 100 frames), not padded to
-        30 s as transcription pads (the values are those of the padded features, bit for bit from 0.1 s up: padding is
-        silence, which changes no frame and not the maximum the features are clamped by; the front end computes
-        only the clip's frames, `clip=True`). A clip longer than the encoder's
-        positions (30 s) is cut there, as transcription cuts it."""
+        30 s as transcription pads. The values are those of the padded features (bit for bit from 0.1 s up):
+        padding is silence, which changes no frame and not the maximum the features are clamped by, so the front
+        end computes only the clip's frames (`clip=True`). A clip longer than the encoder's positions (30 s) is
+        cut there, as transcription cuts it."""
         # ceil(samples / hop), written so that ONNX (whose integer division truncates) computes it too
         frames = min(2 * self.audio_len, self.frontend.frames, (wave.shape[-1] + HOP_LENGTH - 1) // HOP_LENGTH)
         return self.frontend(wave, clip=True)[..., :frames]

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import forward_ad
 from torch import Tensor
+from torch.autograd import forward_ad
 
 # Which kernel modules built with `fused=None` run: "fused" (SDPA), "explicit" (the formula written
 # out), or "auto": on CPU, explicit when keys x head_dim <= AUTO_EXPLICIT_MAX (short sequences
@@ -152,11 +152,17 @@ def _in_place(scores: Tensor) -> bool:
     x 1024^2, one thread: 0.90 -> 0.57 s a layer). CPU only: other devices' kernels were not checked for aliasing."""
     if scores.device.type != "cpu" or (torch.is_grad_enabled() and scores.requires_grad):
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # first: dynamo cannot trace the checks below
+    # Forward-mode AD carries tangents that an out= softmax would drop.
+    return plain_eager(scores) and forward_ad._current_level < 0
+
+
+def plain_eager(t: Tensor) -> bool:
+    """Whether `t` is an ordinary tensor of an eager run: not traced or compiled (no graph to put a Python-side
+    shortcut in) and not wrapped by a functorch transform (vmap, grad, jacrev: its requires_grad says nothing
+    about the transform's own autograd). Compiling is asked first: dynamo cannot trace the functorch query."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    # functorch transforms (vmap, grad, jacrev) wrap tensors whose requires_grad says nothing about the
-    # transform's own autograd, and forward-mode AD carries tangents that an out= softmax would drop.
-    return not (torch._C._functorch.is_functorch_wrapped_tensor(scores) or forward_ad._current_level >= 0)
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, fused: bool,

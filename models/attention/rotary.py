@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from models.attention.kernels import plain_eager
+
 LAYOUTS = ("half", "interleaved")
 # The most positions whose cos / sin a RotaryEmbedding keeps between calls (8,192 x 128 features x 2 tables x
 # 4 bytes = 8 MiB at head_dim 128); later positions are computed when asked for.
@@ -137,10 +139,9 @@ class RotaryEmbedding(nn.Module):
         be saved for backward outside it)."""
         self._check(start + length - 1 if length else -1)
         freq = self.inv_freq
-        # Compiling first: dynamo cannot trace the checks after it, and start may be symbolic there.
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or start + length > TABLE_LIMIT
-                or type(freq) is not Tensor or freq.requires_grad or torch._guards.detect_fake_mode() is not None
-                or torch._C._functorch.is_functorch_wrapped_tensor(freq)):
+        # plain_eager first: start may be symbolic while compiling.
+        if (not plain_eager(freq) or start + length > TABLE_LIMIT or type(freq) is not Tensor or freq.requires_grad
+                or torch._guards.detect_fake_mode() is not None):
             return self._signed(*self.cos_sin(torch.arange(start, start + length, device=device)))
         table = self._table
         fresh = (table is not None and table[0] == (device, torch.is_inference_mode_enabled())
