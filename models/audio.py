@@ -112,10 +112,9 @@ class LogMel(nn.Module):
                 spec = self.warp(power)
             else:
                 spec = self.mel.mel_scale(power)  # (B, n_mels, frames)
-            log_spec = (spec + 1e-6).log()
             if self.utterance_norm:
-                return self.normalise_utterance(log_spec).div(self.norm_std).unsqueeze(1)
-        return (log_spec - self.norm_mean).div(self.norm_std).unsqueeze(1)
+                return self.normalise_utterance((spec + 1e-6).log()).div(self.norm_std).unsqueeze(1)
+        return ((spec + 1e-6).log() - self.norm_mean).div(self.norm_std).unsqueeze(1)
 
     @staticmethod
     def normalise_utterance(log_spec: Tensor, floor: float = math.log(1000.0)) -> Tensor:
@@ -203,48 +202,6 @@ class KaldiFbank(nn.Module):
         return ((feats - self.norm_mean) / self.norm_std).transpose(1, 2).unsqueeze(1)  # (B, 1, n_mels, frames)
 
 
-def stretch_time(spec: Tensor, factors: Tensor) -> Tensor:
-    """(B, C, n_mels, frames) -> the same shape, clip i stretched in time by factors[i] about its middle frame
-    (> 1: slower, longer), read by linear interpolation between frames; frames read from outside the clip repeat
-    its edge frames (silence, for centred clips). Tempo only: pitch and formants stay, unlike speed perturbation."""
-    frames = spec.shape[-1]
-    middle = (frames - 1) / 2
-    t = torch.arange(frames, device=spec.device, dtype=spec.dtype)
-    return _read_frames(spec, middle + (t[None, :] - middle) / factors[:, None].to(spec))
-
-
-def speech_span(spec: Tensor, floor: float) -> tuple[Tensor, Tensor]:
-    """(B, C, n_mels, frames) normalised log-mel -> (first, last) frame (B,) of each clip's speech: the frames whose
-    mean over the bands is within `floor` (in the spectrogram's units) of the clip's loudest frame."""
-    energy = spec.mean(dim=(1, 2))  # (B, frames)
-    speech = energy >= energy.amax(dim=1, keepdim=True) - floor
-    idx = torch.arange(energy.shape[1], device=spec.device).expand_as(energy)
-    first = torch.where(speech, idx, energy.shape[1]).amin(dim=1)
-    last = torch.where(speech, idx, -1).amax(dim=1)
-    return first, last
-
-
-def normalise_tempo(spec: Tensor, span: int, floor: float) -> Tensor:
-    """(B, C, n_mels, frames) -> the same shape, each clip's speech (speech_span) stretched or squeezed in time to
-    `span` frames, centred; frames outside read the clip's edges (silence, for centred clips)."""
-    first, last = speech_span(spec, floor)
-    frames = spec.shape[-1]
-    scale = (last - first).clamp(min=1).to(spec.dtype) / max(span - 1, 1)  # input frames per output frame
-    start = (frames - span) / 2  # output frame where the speech begins
-    t = torch.arange(frames, device=spec.device, dtype=spec.dtype)
-    source = first[:, None].to(spec.dtype) + (t[None, :] - start) * scale[:, None]  # (B, frames) input frame
-    return _read_frames(spec, source)
-
-
-def _read_frames(spec: Tensor, source: Tensor) -> Tensor:
-    """(B, C, n_mels, frames) read at fractional input frames `source` (B, frames), linearly, edges repeated."""
-    b, _, bins, frames = spec.shape
-    x = source * (2 / (frames - 1)) - 1  # grid_sample's [-1, 1] across the frames (align_corners)
-    y = torch.linspace(-1, 1, bins, device=spec.device, dtype=spec.dtype)  # every bin read exactly
-    grid = torch.stack(torch.broadcast_tensors(x[:, None, :], y[None, :, None]), dim=-1)  # (B, bins, frames, 2)
-    return F.grid_sample(spec, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
 class SpecAugment(nn.Module):
     """Frequency and time masking (Park et al. 2019) on (B, 1, F, T), independent per example.
 
@@ -328,8 +285,6 @@ class AudioSpectrogramTransformer(Network):
         norm_std: float = 1.0,
         warp_range: Sequence[float] | None = None,
         utterance_norm: bool = False,
-        stretch_range: Sequence[float] | None = None,
-        tempo_span: int | None = None,
         freq_mask: int = 8,
         time_mask: int = 16,
         num_masks: int = 2,
@@ -392,8 +347,6 @@ class AudioSpectrogramTransformer(Network):
                                        norm_std=norm_std, window_type=window_type)
             frames = max_frames
         self.specaugment = SpecAugment(freq_mask, time_mask, num_masks)
-        self.stretch_range = require_range("stretch_range", stretch_range, optional=True)
-        self.tempo_span = require_int("tempo_span", tempo_span, at_least=2, optional=True)
         patch = self._check_patch(stem, patch_size, patch_stride, n_mels, frames, clip_seconds, hop_length)
         plane = (n_mels, frames)
         if stem == "patch":
@@ -474,13 +427,7 @@ class AudioSpectrogramTransformer(Network):
                 f"clip too short: {wave.shape[-1]} samples ({wave.shape[-1] / self.sample_rate:.3f} s at "
                 f"{self.sample_rate} Hz); this model needs at least {self.min_samples} samples"
             )
-        spec = self.frontend(wave)
-        if self.tempo_span is not None:  # 30 dB below the loudest frame, in the normalised units
-            spec = normalise_tempo(spec, self.tempo_span, math.log(1000.0) / self.frontend.norm_std)
-        if self.training and self.stretch_range is not None:
-            low, high = self.stretch_range
-            spec = stretch_time(spec, low + (high - low) * torch.rand(spec.shape[0], device=spec.device))
-        return self.specaugment(spec)
+        return self.specaugment(self.frontend(wave))
 
     def forward_features(self, wave: Tensor) -> Tensor:
         """Waveforms -> (B, [1 +] gh*gw, dim) encoded patch tokens."""
