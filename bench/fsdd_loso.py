@@ -4,7 +4,7 @@ Six folds, one per speaker: that speaker is the test set, the next one in alphab
 validation set, the other four train. Each fold is one `train.py data=fsdd` run (the recipe of
 configs/experiment/fsdd.yaml, which data=fsdd pulls), in its own process with one thread; its test accuracy is
 that of the best checkpoint by val accuracy. Reports every fold, the mean and the worst speaker, and the CPU
-minutes of each fold (user + system time of the training process, from getrusage).
+minutes of each fold (user + system time of the training process and its children, from os.wait4).
 
 Extra overrides go to every fold's run: `-- experiment=finetune_whisper_classifier` fine-tunes Whisper tiny.en's
 encoder as the classifier instead (docs/fsdd.md).
@@ -36,6 +36,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def run_fold(root: str, test: str, val: str | None, run_dir: Path, extra: list[s
     log = run_dir.parent / f"{run_dir.name}.log"  # beside the run: hydra wants its run dir for itself
     code, cpu, wall = run_child(cmd, log)
     if code != 0:
-        tail = log.read_text()[-3000:]
+        tail = log.read_bytes()[-3000:].decode(errors="replace")
         raise SystemExit(f"fold test={test} failed ({code}); its output is in {log}:\n{tail}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     fold = {"test_speaker": test, "val_speaker": val, "cpu_minutes": cpu / 60, "wall_minutes": wall / 60,
@@ -118,12 +119,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: expected an integer >= 1")
+    if args.seeds and args.pretrained:
+        parser.error("--seeds with --pretrained: a probe of frozen features does not depend on the seed")
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed twice (each seed's runs share a folder)")
     sys.path.insert(0, str(ROOT))
     from data.fsdd import scan
 
     speakers = sorted({f[2] for f in scan(args.root)})
+    unknown = sorted(set(args.folds or []) - set(speakers))
+    if unknown:
+        parser.error(f"--folds {' '.join(unknown)}: not a speaker in {args.root} (speakers: {', '.join(speakers)})")
     chosen = [(t, None if args.val_takes else v) for t, v in folds(speakers) if not args.folds or t in args.folds]
     seeds = args.seeds or [None]
     runs = Path(args.runs).resolve()
@@ -133,17 +139,29 @@ def main() -> None:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SystemExit(f"{run_dir} is not empty: choose another --runs folder")
 
+    failed = threading.Event()
+
     def one(job: tuple) -> tuple[int | None, dict]:
         seed, test, val, run_dir = job
+        if failed.is_set():  # another fold failed: start no more
+            return seed, None
         extra = [*args.overrides, *([f"seed={seed}"] if seed is not None else [])]
-        r = run_fold(args.root, test, val, run_dir, extra, args.pretrained, args.probe)
+        try:
+            r = run_fold(args.root, test, val, run_dir, extra, args.pretrained, args.probe)
+        except BaseException:
+            failed.set()  # before this worker takes the next fold
+            raise
         print(f"{'' if seed is None else f'seed {seed}  '}test {test:9s} val {val or 'takes':9s} acc "
               f"{100 * r['test_acc']:5.1f} %  {r['cpu_minutes']:.2f} CPU-min  {r['wall_minutes']:.2f} min wall",
               flush=True)
         return seed, r
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(one, jobs))  # in job order, whichever finishes first
+        futures = [pool.submit(one, job) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            if future.exception() is not None:  # a failed fold: the running ones end, no other starts
+                raise future.exception()
+        done = [f.result() for f in futures]  # in job order
     by_seed: dict = {seed: [r for s, r in done if s == seed] for seed in seeds}
     if args.seeds:
         summary = over_seeds(by_seed)

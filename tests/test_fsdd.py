@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,9 +232,33 @@ def test_loso_over_seeds_runs_every_fold_per_seed_and_averages(tmp_path: Path, m
     assert r["per_speaker"]["bob"] == {"test_acc": {"1": 0.6, "2": 0.5}, "mean": pytest.approx(0.55)}
     assert (r["worst_speaker"], r["worst_test_acc"]) == ("bob", pytest.approx(0.55))
     assert [f["test_speaker"] for f in r["folds"]["2"]] == ["ann", "bob", "cy"]
-    monkeypatch.setattr(sys, "argv", ["fsdd_loso", "--root", "x", "--seeds", "1", "1"])
-    with pytest.raises(SystemExit):
+    for bad in (["--seeds", "1", "1"], ["--folds", "dan"], ["--jobs", "0"], ["--seeds", "1", "--pretrained", "x"]):
+        monkeypatch.setattr(sys, "argv", ["fsdd_loso", "--root", "x", *bad])
+        with pytest.raises(SystemExit) as exit_info:
+            loso.main()
+        assert exit_info.value.code == 2, bad
+
+
+def test_loso_stops_at_a_failed_fold_and_starts_no_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.fsdd_loso as loso
+    import data.fsdd
+
+    monkeypatch.setattr(data.fsdd, "scan", lambda root: [(Path(f"{d}_{s}_0.wav"), d, s, 0)
+                                                         for s in ("ann", "bob", "cy", "dee") for d in range(10)])
+    started = []
+
+    def fake_fold(root, test, val, run_dir, extra, pretrained=None, probe="linear"):
+        started.append(test)
+        time.sleep(0.2 if test == "ann" else 0.5)  # bob runs beside ann, which fails first
+        if test == "ann":
+            raise SystemExit("fold test=ann failed (1)")
+        return {"test_speaker": test, "val_speaker": val, "test_acc": 0.5, "cpu_minutes": 1.0, "wall_minutes": 1.0}
+
+    monkeypatch.setattr(loso, "run_fold", fake_fold)
+    monkeypatch.setattr(sys, "argv", ["fsdd_loso", "--root", "x", "--runs", str(tmp_path), "--jobs", "2"])
+    with pytest.raises(SystemExit, match="test=ann failed"):
         loso.main()
+    assert sorted(started) == ["ann", "bob"]  # cy and dee never started
 
 
 def test_synthetic_digits_join_training_only_at_the_same_peak(tiny: Path, tmp_path: Path) -> None:
