@@ -182,7 +182,8 @@ def main() -> None:
                 f"fitted on {trained_on}" if args.pretrained else
                 f"train.py data=fsdd {' '.join(args.overrides)}".strip() + " (model=audio: experiment/fsdd.yaml, "
                 f"unless the overrides say otherwise); val = {val}")
-        out = {"what": f"leave-one-speaker-out test accuracy of {what}, one thread per run",
+        seeds_note = f", each fold once per seed ({', '.join(map(str, args.seeds))})" if args.seeds else ""
+        out = {"what": f"leave-one-speaker-out test accuracy of {what}{seeds_note}, one thread per run",
                "data": "Free Spoken Digit Dataset (Jakobovski et al., github.com/Jakobovski/free-spoken-digit-"
                        "dataset), CC BY-SA 4.0",
                "overrides": args.overrides, "machine": platform.processor() or platform.machine(),

@@ -228,6 +228,7 @@ def test_loso_over_seeds_runs_every_fold_per_seed_and_averages(tmp_path: Path, m
         for s in (1, 2) for t, v in (("ann", "bob"), ("bob", "cy"), ("cy", "ann")))
     r = json.loads(out.read_text())
     assert r["per_seed_mean_test_acc"] == pytest.approx({"1": 0.75, "2": 0.7})
+    assert "each fold once per seed (1, 2)" in r["what"]
     assert r["mean_test_acc"] == pytest.approx(0.725)
     assert r["per_speaker"]["bob"] == {"test_acc": {"1": 0.6, "2": 0.5}, "mean": pytest.approx(0.55)}
     assert (r["worst_speaker"], r["worst_test_acc"]) == ("bob", pytest.approx(0.55))
