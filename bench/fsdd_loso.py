@@ -165,8 +165,8 @@ def main() -> None:
     by_seed: dict = {seed: [r for s, r in done if s == seed] for seed in seeds}
     if args.seeds:
         summary = over_seeds(by_seed)
-        for seed, rs in by_seed.items():
-            print(f"seed {seed}: mean {100 * summarise(rs)['mean_test_acc']:.1f} %")
+        for seed, mean in summary["per_seed_mean_test_acc"].items():
+            print(f"seed {seed}: mean {100 * mean:.1f} %")
         print(f"mean over {len(seeds)} seeds {100 * summary['mean_test_acc']:.1f} %, worst {summary['worst_speaker']} "
               f"{100 * summary['worst_test_acc']:.1f} % (its mean), {summary['mean_cpu_minutes']:.2f} CPU-min per fold")
     else:
