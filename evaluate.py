@@ -169,16 +169,21 @@ def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]
     input_kind(predictor.modality, f"save_attention: this {type(predictor.net).__name__}")  # e.g. ListOps: none
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, (x, label) in enumerate(test_examples(predictor, n)):
+    for i, (x, label, name) in enumerate(test_examples(predictor, n)):
         p = predictor.predict(x, maps=True)
-        if p.text is not None:
-            paths = draw(p, out_dir, f"test{i:03d}_{slug(x)}")
-            lines.append(f"{x} -> {p.text} (reference: {label})")
-            title = f"{x} -> {p.text}"
+        if predictor.task == "unmask":  # a protein: its pseudo-perplexity; the page shows its contact maps
+            paths = draw(p, out_dir, f"test{i:03d}_{slug(name)}")
+            known = "true contacts known" if p.true_contacts is not None else "no structure"
+            lines.append(f"{name}: {len(x.sequence)} residues, pseudo-perplexity {p.perplexity:.3f} ({known})")
+            title = name
+        elif p.text is not None:
+            paths = draw(p, out_dir, f"test{i:03d}_{slug(name)}")
+            lines.append(f"{name} -> {p.text} (reference: {label})")
+            title = f"{name} -> {p.text}"
         else:
             paths = draw(p, out_dir, f"test{i:03d}", label=label)
-            lines.append(f"test example {i} (label {label}): " + ", ".join(f"{c} {q:.1%}" for c, q in p.top[:3]))
-            title = f"test example {i} (label {label})"
+            lines.append(f"{name} (label {label}): " + ", ".join(f"{c} {q:.1%}" for c, q in p.top[:3]))
+            title = f"{name} (label {label})"
         paths.append(out_dir / f"test{i:03d}.html")
         paths[-1].write_text(page(p, title), encoding="utf-8")
         lines += [f"  {path}" for path in paths]

@@ -485,17 +485,42 @@ class Predictor:
         return [self.tokenizer.id_to_token(int(i)) for i in ids]
 
 
-def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any]]:
-    """The first n test examples as (input, label): sentences + references for a generating model,
-    prompts + the text that followed them for a causal LM, (1, ...) model inputs + class names for
-    classifiers."""
+def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any, str]]:
+    """The first n test examples as (input, label, name): sentences + references for a generating model,
+    prompts + the text that followed them for a causal LM, recordings + their transcripts for a transcriber
+    (read as predict.py reads a file), whole proteins (with their true contacts from a structure set) + their
+    names for a protein LM, (1, ...) model inputs + class names for classifiers. name: what the pictures and
+    printed lines call the example."""
     dm = predictor.datamodule
     dm.setup("test")
     if predictor.task == "generate":
-        return list(zip(dm.sources("test"), dm.references("test")))[:n]
-    xs, ys = next(iter(dm.test_dataloader()))
+        return [(s, r, s) for s, r in zip(dm.sources("test"), dm.references("test"))][:n]
+    if predictor.task == "transcribe":
+        from inference.inputs import read
+
+        pairs = dm.splits["test"][:n]
+        return [(read(predictor, str(u.audio)), u.text, u.audio.name) for u in pairs]
+    if predictor.task == "unmask":
+        return _test_proteins(predictor, n)
+    batch = next(iter(dm.test_dataloader()))
+    xs, ys = batch
     if predictor.task == "complete":  # a test block's first half as the prompt, its second half the reference
         half = xs.shape[1] // 2
         decode = predictor.tokenizer.decode
-        return [(decode(x[:half].tolist()), decode(x[half:].tolist())) for x in xs[:n]]
-    return [(xs[i : i + 1], predictor.class_names[int(ys[i])]) for i in range(min(n, len(ys)))]
+        prompts = [(decode(x[:half].tolist()), decode(x[half:].tolist())) for x in xs[:n]]
+        return [(prompt, rest, prompt) for prompt, rest in prompts]
+    return [(xs[i : i + 1], predictor.class_names[int(ys[i])], f"test example {i}") for i in range(min(n, len(ys)))]
+
+
+def _test_proteins(predictor: Predictor, n: int) -> list[tuple[ProteinInput, str, str]]:
+    """The first n test proteins whole (not cropped as batches are): a structure set's chains with their true
+    contact maps, a FASTA set's records without; label and name are the protein's name."""
+    from inference.protein import clean_sequence
+
+    dm, alphabet = predictor.datamodule, predictor.net.alphabet
+    if hasattr(dm, "chains"):  # data=protein_structures: coordinates known
+        found = [(c.name, c.sequence, c.contacts()) for c in dm.chains("test")[:n]]
+    else:
+        found = [(name, seq, None) for name, seq in dm.sequences("test")[:n]]
+    return [(ProteinInput(name, clean_sequence(alphabet, seq, name, None), contacts), name, name)
+            for name, seq, contacts in found]

@@ -202,3 +202,52 @@ def test_a_rotary_model_runs_a_protein_longer_than_it_was_trained_on_with_a_note
     assert "rotary" in err
     _, ppls, _ = _parse(out)
     assert ppls[0] == pytest.approx(_loop_pseudo_perplexity(net_of(run), SEQUENCE), abs=1e-3)
+
+
+class _FastaSplit:
+    """A data module's protein side without structures (as data=protein_sequences is): `sequences(split)`."""
+
+    modality = "protein"
+
+    def __init__(self, records: list[tuple[str, str]]) -> None:
+        self.records = records
+
+    def setup(self, stage: str | None = None) -> None:
+        pass
+
+    def sequences(self, split: str) -> list[tuple[str, str]]:
+        return self.records if split == "test" else []
+
+
+def test_evaluate_save_attention_draws_whole_test_proteins_with_true_contacts_when_known(runs, tmp_path) -> None:
+    """`evaluate.py save_attention=N` on a protein run: the first N test proteins, uncropped, each with its
+    pseudo-perplexity, pictures and page; a structure set's chains carry their true contact maps."""
+    from evaluate import save_test_pictures
+    from helpers.protein_fakes import FakeStructures
+    from inference.predictor import Predictor
+
+    net = net_of(runs["fitted"])
+    structures = FakeStructures(train=1, test=3, length=24)
+    lines = save_test_pictures(Predictor(net, None, "test", datamodule=structures), 2, tmp_path / "s")
+    chains = structures.chains("test")[:2]
+    heads = [line for line in lines if not line.startswith("  ")]
+    assert len(heads) == 2
+    for k, (chain, head) in enumerate(zip(chains, heads)):
+        name, rest = head.split(": ", 1)
+        assert name == chain.name and rest.startswith(f"{len(chain.sequence)} residues, pseudo-perplexity ")
+        assert rest.endswith("(true contacts known)")
+        ppl = float(rest.split("pseudo-perplexity ")[1].split()[0])
+        assert ppl == pytest.approx(_loop_pseudo_perplexity(net, chain.sequence), abs=1e-3)
+        text = (tmp_path / "s" / f"test{k:03d}.html").read_text(encoding="utf-8")
+        data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)
+                          .group(1).replace("<\\/", "</"))
+        assert data["contacts"]["residues"] == chain.sequence
+        np.testing.assert_array_equal(unpack(data["contacts"]["true"]), chain.contacts().astype(float))
+        assert (tmp_path / "s" / f"test{k:03d}_{chain.name}_contacts.png").is_file()
+    # FASTA records: no structure, whole sequences (longer than any training crop)
+    fasta = _FastaSplit([("sp|P1|ONE", SEQUENCE), ("two", "ACDEFGHIKLMNPQ")])
+    lines = save_test_pictures(Predictor(net, None, "test", datamodule=fasta), 5, tmp_path / "f")
+    heads = [line for line in lines if not line.startswith("  ")]
+    assert [h.split(",")[0] for h in heads] == [f"sp|P1|ONE: {len(SEQUENCE)} residues", "two: 14 residues"]
+    assert all(h.endswith("(no structure)") for h in heads)
+    assert (tmp_path / "f" / "test000_sp_P1_ONE_attention.png").is_file()

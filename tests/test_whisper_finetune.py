@@ -110,10 +110,20 @@ def test_fine_tune_evaluate_predict_export_and_resume(tiny, tmp_path: Path) -> N
     assert (trained / "tokenizer.json").read_text() == conv.tokenizer  # the source's, also in every checkpoint
     assert ckpt["TranscriptsDataModule"]["tokenizer"] == conv.tokenizer
 
-    # evaluate.py: the same test scores from the checkpoint alone
-    run("evaluate.py", f"ckpt_path={trained}", f"hydra.run.dir={tmp_path / 'ev'}", "threads=1")
+    # evaluate.py: the same test scores from the checkpoint alone; save_attention=N draws the first N test
+    # recordings (cross-attention picture and page), each line the transcript beside the reference
+    done = run("evaluate.py", f"ckpt_path={trained}", f"hydra.run.dir={tmp_path / 'ev'}", "threads=1",
+               "save_attention=2")
     for key in ("test/loss", "test/wer", "test/words"):
         assert _metrics(tmp_path / "ev")[key] == pytest.approx(metrics[key], abs=1e-5), key
+    from data.transcripts import TranscriptsDataModule
+
+    first = TranscriptsDataModule(root=str(pairs)).splits["test"][0]
+    drawn = load(str(trained))
+    said = drawn.predict(read(drawn, str(first.audio))).text
+    assert f"{first.audio.name} -> {said} (reference: {first.text})" in done.stdout
+    pictures = sorted(x.name for x in (tmp_path / "ev" / "attention").iterdir())
+    assert "test000.html" in pictures and f"test000_{first.audio.stem}_wav_cross_attention.png" in pictures
 
     # predict.py on the run: the fine-tuned network's greedy transcript of the 16 kHz audio (resampled)
     wav = pairs / "u03.wav"
