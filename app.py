@@ -3,7 +3,8 @@
     python app.py outputs/train/runs/<vit run> outputs/train/runs/<translator run>   # http://127.0.0.1:7860
 
 One tab per run (checkpoint file or run directory, as predict.py takes): upload an image, a wav or a
-video, or type a sentence (a language model: a prompt, continued as predict.py continues it), and get
+video, or type a sentence (a language model: a prompt, continued as predict.py continues it; a protein
+model: a sequence of one-letter residue codes, optionally after a FASTA header line), and get
 the prediction (the same as predict.py's), the interactive explorer (viz/explorer, in an iframe: the
 page runs its own scripts, offline) and the static pictures (predict.py --attention-dir). Bad input
 (wrong file type, empty sentence, a file too large, a corrupt file) is answered with a message and the
@@ -22,8 +23,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import torch  # noqa: E402
 
 from inference.inputs import INPUT_KINDS, read, slug  # noqa: E402
-from inference.load import load  # noqa: E402
+from inference.load import load, prepare_contact_head  # noqa: E402
 from inference.predictor import Prediction, Predictor  # noqa: E402
+from inference.protein import ProteinInput, clean_sequence, predicted_contacts  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from viz.explorer import iframe, page  # noqa: E402
 from viz.pictures import draw  # noqa: E402
@@ -55,6 +57,8 @@ class Demo:
         """(model input, its name) of a sentence or an uploaded file, checked before it is decoded."""
         modality = self.predictor.modality
         kind = INPUT_KINDS[modality]
+        if self.predictor.task == "unmask":
+            return typed_protein(self.predictor, given)
         if kind.read is None:
             if not given or not given.strip():
                 what = "prompt" if self.predictor.task == "complete" else "sentence"
@@ -78,11 +82,30 @@ class Demo:
             raise ValueError(f"could not read {file.name} as {modality}: {err}") from err
 
 
+def typed_protein(predictor: Predictor, given: str | None) -> tuple[ProteinInput, str]:
+    """(protein, its name) of a typed sequence: residue letters, optionally after a FASTA header line (its first
+    word names it). Never read as a file name: the app does not open files on the machine it runs on."""
+    text = (given or "").strip()
+    name = "sequence"
+    if text.startswith(">"):
+        header, _, text = text.partition("\n")
+        name = (header[1:].split() or ["sequence"])[0]
+    if not text.strip():
+        raise ValueError("the sequence is empty; type the residues in one-letter codes (MKTAYIAKQR...)")
+    return ProteinInput(name, clean_sequence(predictor.net.alphabet, text, name, None)), name
+
+
 def shown(p: Prediction) -> str:
     """The prediction as predict.py prints it: the prompt and its continuation, the translation, or
     'name 97.1%, name 1.2%, ...'."""
     if p.net.task == "complete":
         return f"{p.input}{p.text}"
+    if p.net.task == "unmask":  # predict.py's lines: pseudo-perplexity, then the top L / 5 contacts
+        contacts = predicted_contacts(p)
+        lines = [f"{p.name}: {len(p.input)} residues", f"pseudo-perplexity {p.perplexity:.3f}"]
+        lines += [f"contact {i} {j} {q:.3f}" for i, j, q in contacts] or [
+            "no contacts: the contact head is not fitted (evaluate.py ckpt_path=<run> contacts=true fits it)"]
+        return "\n".join(lines)
     if p.text is not None:
         return p.text
     if p.embedding is not None:
@@ -109,6 +132,9 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
             with gr.Tab(f"{name} ({Path(run.source).parent.parent.name or run.source})"):
                 if run.task == "complete":  # a language model continues the prompt (greedy unless its settings sample)
                     source = gr.Textbox(label="prompt", placeholder="ROMEO:", lines=3)
+                elif run.task == "unmask":  # a protein: residues typed (files: predict.py reads FASTA and PDB)
+                    source = gr.Textbox(label="protein sequence (one-letter codes; a FASTA header line may come first)",
+                                        placeholder="MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", lines=3)
                 elif kind.read is None:
                     source = gr.Textbox(label="sentence", placeholder="Monday, March 3, 2025")
                 else:
@@ -117,7 +143,8 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
                 message = gr.Markdown(elem_classes=["message"])
                 prediction = gr.Textbox(
                     label={"generate": "translation", "embed": "embedding", "transcribe": "transcript",
-                           "complete": "prompt + continuation"}.get(run.task, "top-5 classes")
+                           "complete": "prompt + continuation",
+                           "unmask": "pseudo-perplexity and top L/5 contacts"}.get(run.task, "top-5 classes")
                 )
                 explorer = gr.HTML(label="attention explorer")
                 pictures = gr.Gallery(label="static pictures", type="filepath")
@@ -152,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{predictor.source}: no input reader for {predictor.modality!r} input "
                     f"(the app takes {', '.join(INPUT_KINDS)} models)"
                 )
+            if predictor.task == "unmask":  # as predict.py: a fitted head, or contact_head.safetensors beside the run
+                prepare_contact_head(predictor, None)
     except UserError as err:  # the CLIs' one user-error path; a bug keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -54,11 +54,10 @@ import torch
 
 from inference.complete import Sampling
 from inference.inputs import gather, parse_image_size, read, slug
-from inference.load import is_source, load
+from inference.load import is_source, load, prepare_contact_head
 from inference.predictor import Prediction, Predictor, shown_layers
 from inference.speech_words import word_lines as timed_word_lines
-from inference.protein import (CONTACT_HEAD_FILE, FIT_COMMAND, contact_head_file, head_fitted,
-                               load_contact_head, predicted_contacts, read_proteins)
+from inference.protein import predicted_contacts, read_proteins
 from utils.errors import UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explorer import page
@@ -323,22 +322,6 @@ def predict_one(
         pictures.append(write_html(args.html, i, name, count, page(p, title)))
     for path in pictures:
         print(f"  attention picture: {path}")
-
-
-def prepare_contact_head(predictor: Predictor, given: Path | None) -> None:
-    """A protein model's contact head: the --contact-head file, else the net's own fitted head, else a
-    contact_head.safetensors beside the run; with none, a note says how to fit one (no contact lines)."""
-    net, source = predictor.net, predictor.source
-    found = contact_head_file(source, given) if given is not None or not head_fitted(net) else None
-    if found is not None:
-        load_contact_head(net, found)
-        if given is None:
-            note(f"the contact head of {source} is not fitted: using {found}")
-    elif not head_fitted(net):
-        fit = FIT_COMMAND.format(key="pretrained" if is_source(str(source)) else "ckpt_path", run=source)
-        note(f"the contact head of {source} is not fitted (all zero) and no {CONTACT_HEAD_FILE} was found beside "
-             f"it: no contact lines. Fit it with `{fit}`, then pass --contact-head "
-             f"<its output folder>/{CONTACT_HEAD_FILE}")
 
 
 def predict_proteins(predictor: Predictor, args: argparse.Namespace) -> None:

@@ -14,6 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from inference.predictor import Predictor
+from inference.protein import (CONTACT_HEAD_FILE, FIT_COMMAND, contact_head_file, head_fitted,
+                               load_contact_head)
 from models.pretrained import convert
 from models.pretrained.esm import is_fair_esm
 from training.causal_lm import CausalLMModule
@@ -21,7 +23,7 @@ from training.classification import ClassificationModule
 from training.masked_lm import MaskedLMModule
 from training.seq2seq import Seq2SeqModule
 from utils.build import modality_of
-from utils.errors import UserError
+from utils.errors import UserError, note
 from utils.restore import Restored, restore
 
 
@@ -125,3 +127,19 @@ def _module(
         return None
     # no optimizer: it never trains here
     return ClassificationModule(net, max(2, num_classes), optimizer=None).eval()  # type: ignore
+
+
+def prepare_contact_head(predictor: Predictor, given: Path | None) -> None:
+    """A protein model's contact head: the --contact-head file, else the net's own fitted head, else a
+    contact_head.safetensors beside the run; with none, a note says how to fit one (no contact lines)."""
+    net, source = predictor.net, predictor.source
+    found = contact_head_file(source, given) if given is not None or not head_fitted(net) else None
+    if found is not None:
+        load_contact_head(net, found)
+        if given is None:
+            note(f"the contact head of {source} is not fitted: using {found}")
+    elif not head_fitted(net):
+        fit = FIT_COMMAND.format(key="pretrained" if is_source(str(source)) else "ckpt_path", run=source)
+        note(f"the contact head of {source} is not fitted (all zero) and no {CONTACT_HEAD_FILE} was found beside "
+             f"it: no contact lines. Fit it with `{fit}`, then pass --contact-head "
+             f"<its output folder>/{CONTACT_HEAD_FILE}")
