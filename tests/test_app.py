@@ -3,12 +3,12 @@ tab equal predict.py, bad input is answered with a message, and the page loads i
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers.app_server import free_port
 from helpers.cli import run
 from helpers.runs import sample_file
 
@@ -23,12 +23,6 @@ def runs(tiny_runs, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     for kind, model in (("translator", "translator"), ("image", "vit"), ("audio", "audio"), ("video", "video")):
         out[kind] = (tiny_runs[model], None if kind == "translator" else sample_file(model, base))
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _predicted(runs, kind: str) -> str:
@@ -61,7 +55,7 @@ def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_pat
 
     loaded = [load_trained(runs[k][0]) for k in ("translator", "image", "audio", "video")]
     demo = build_app(loaded, tmp_path, max_mb=1.0)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 allowed_paths=[str(tmp_path)])
     url = f"http://127.0.0.1:{port}/"

@@ -294,29 +294,17 @@ def test_predict_py_on_a_tiny_trained_run_prints_pictures_and_page(tmp_path: Pat
 
 
 def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path) -> None:
-    import socket
-
-    from gradio_client import Client
-
     from app import build_app
+    from helpers.app_server import served
 
     net, tok = tiny
     predictor = Predictor(net, None, "test", tokenizer=tok)
-    demo = build_app([predictor], tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(tmp_path)])
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served(build_app([predictor], tmp_path), tmp_path) as client:
         message, shown, explorer, pictures = client.predict("  ", api_name="/lm")
         assert message == "error: the prompt is empty; type a prompt" and not shown
         message, shown, explorer, pictures = client.predict("ROMEO:", api_name="/lm")
         assert message == "" and shown == "ROMEO:" + predictor.predict("ROMEO:").text
         assert explorer.startswith("<iframe") and "causal self-attention" in explorer and len(pictures) == 3
-    finally:
-        demo.close()
 
 
 def test_a_pretrained_folder_continues_with_its_bos_and_eos_and_draws(tmp_path: Path, in_process, capsys) -> None:

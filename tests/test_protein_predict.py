@@ -256,23 +256,13 @@ def test_evaluate_save_attention_draws_whole_test_proteins_with_true_contacts_wh
 def test_the_app_tab_answers_a_typed_sequence_as_predict_prints_it(runs, capsys, tmp_path) -> None:
     """app.py's protein tab: the same lines as predict.py (pseudo-perplexity, top L / 5 contacts), the protein page
     and pictures; a FASTA header names it; bad or empty input, and a file name, are answered with a message."""
-    import socket
-
-    from gradio_client import Client
-
     from app import build_app
+    from helpers.app_server import served
     from inference.load import load
 
     code, printed, err = predict_in_process(capsys, runs["fitted"], SEQUENCE)
     assert code == 0, err
-    demo = build_app([load(str(runs["fitted"]))], tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(tmp_path)])
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served(build_app([load(str(runs["fitted"]))], tmp_path), tmp_path) as client:
         message, shown, explorer, pictures = client.predict(SEQUENCE, api_name="/protein")
         assert message == "" and shown == printed.strip().replace("sequence_1:", "sequence:")
         assert explorer.startswith("<iframe") and "&quot;contacts&quot;" in explorer and len(pictures) == 3
@@ -283,8 +273,6 @@ def test_the_app_tab_answers_a_typed_sequence_as_predict_prints_it(runs, capsys,
                               (str(tmp_path), "is not a residue letter")):
             message, shown, explorer, pictures = client.predict(bad, api_name="/protein")
             assert message.startswith("error: ") and expected in message and not shown, (bad, message)
-    finally:
-        demo.close()
     from app import Demo
 
     _, shown, _, _ = Demo(load(str(runs["unfitted"])), tmp_path, 20.0).answer(SEQUENCE)
