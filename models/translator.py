@@ -26,6 +26,7 @@ from models.network import Network, OnnxSpec
 from models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 Prompt = Sequence[int] | Sequence[Sequence[int]]  # one start for every sentence, or one each
+Encoded = tuple[Tensor, Tensor | None]  # encode(src): the memory (B, S, dim) and its padding mask (B, S) or None
 CHECK_EVERY = 8  # greedy / beam search read `done` back (a host sync on a GPU) every this many steps
 
 
@@ -46,6 +47,15 @@ class Seq2SeqSearch:
     # On the CPU, read `done` back every this many steps (None: CHECK_EVERY, as on a GPU). Reading it there is no
     # sync, but the steps run past the one that ended every row are paid: Whisper sets 1 (see models/whisper.py).
     cpu_check_every: int | None = None
+
+    def _encoded(self, src: Tensor, encoded: Encoded | None) -> Encoded:
+        """The encoder's (memory, pad) of `src`, or `encoded` when the caller computed it already (a fine-tuning run
+        that keeps a frozen encoder's outputs, training/speech.py); `src` still gives the batch and the device."""
+        if encoded is None:
+            return self.encode(src)
+        if encoded[0].shape[0] != src.shape[0]:
+            raise ValueError(f"encoded: {encoded[0].shape[0]} rows for a batch of {src.shape[0]}")
+        return encoded
 
     def _start(self, batch: int, device: torch.device, prompt: Prompt | None, beams: int = 1) -> Tensor:
         """(batch * beams, P): the tokens each row starts from: bos_id, the prompt, or each sentence's own
@@ -96,12 +106,13 @@ class Seq2SeqSearch:
     @torch.no_grad()
     def greedy(self, src: Tensor, max_new_tokens: int = 64, use_cache: bool = True, min_new_tokens: int = 0,
                banned: tuple[int, ...] = (), forced_eos: bool = False, prompt: Prompt | None = None,
-               begin_banned: tuple[int, ...] = ()) -> Tensor:
+               begin_banned: tuple[int, ...] = (), encoded: Encoded | None = None) -> Tensor:
         """(B, <= max_new_tokens) generated ids; rows end with EOS then PAD. EOS is not allowed
         before `min_new_tokens` (benchmarks use it to decode a fixed length); `banned` ids are never
         generated and `forced_eos` ends every row by the last step (HF generate's bad_words_ids / forced_eos).
-        `prompt`: the tokens decoding starts from (None: bos_id); `begin_banned`: ids banned on the first step."""
-        memory, pad = self.encode(src)
+        `prompt`: the tokens decoding starts from (None: bos_id); `begin_banned`: ids banned on the first step.
+        `encoded`: `encode(src)` when the caller has it already (`_encoded`)."""
+        memory, pad = self._encoded(src, encoded)
         B = src.shape[0]
         ys = self._start(B, src.device, prompt)
         P = ys.shape[1]
@@ -130,14 +141,15 @@ class Seq2SeqSearch:
                     use_cache: bool = True, min_new_tokens: int = 0, length_norm: str = "gnmt",
                     banned: tuple[int, ...] = (), forced_eos: bool = False, early_stopping: bool = False,
                     renormalize: bool = False, prompt: Prompt | None = None,
-                    begin_banned: tuple[int, ...] = ()) -> Tensor:
+                    begin_banned: tuple[int, ...] = (), encoded: Encoded | None = None) -> Tensor:
         """Batched beam search: (B, <= max_new_tokens) ids of each sentence's best hypothesis.
 
         length_norm="gnmt" (default): hypotheses are ranked by log p / lp(len), lp = ((5 + len) / 6) **
         length_penalty (Wu et al. 2016), len counting the tokens up to and including EOS; a finished hypothesis
         keeps its score. length_norm="hf": Hugging Face generate's beam search, token for token (finished
         hypotheses kept apart, scored log p / len ** length_penalty; see `_beam_search_hf`); `renormalize` is HF's
-        renormalize_logits (log-softmax again after banning tokens). `prompt` and `begin_banned` as in greedy.
+        renormalize_logits (log-softmax again after banning tokens). `prompt`, `begin_banned` and `encoded` as in
+        greedy.
         """
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -145,9 +157,10 @@ class Seq2SeqSearch:
             raise ValueError(f"length_norm={length_norm!r}: expected 'gnmt' or 'hf'")
         if length_norm == "hf":
             return self._beam_search_hf(src, beam_size, max_new_tokens, length_penalty, use_cache, min_new_tokens,
-                                        banned, forced_eos, early_stopping, renormalize, prompt, begin_banned)
+                                        banned, forced_eos, early_stopping, renormalize, prompt, begin_banned,
+                                        encoded)
         B, K, V = src.shape[0], beam_size, self.vocab_size
-        memory, pad = self.encode(src)
+        memory, pad = self._encoded(src, encoded)
         memory = memory.repeat_interleave(K, 0)  # (B*K, S, dim)
         pad = None if pad is None else pad.repeat_interleave(K, 0)
         dev = src.device
@@ -197,7 +210,7 @@ class Seq2SeqSearch:
     def _beam_search_hf(self, src: Tensor, K: int, max_new_tokens: int, length_penalty: float, use_cache: bool,
                         min_new_tokens: int, banned: tuple[int, ...], forced_eos: bool, early_stopping: bool,
                         renormalize: bool, prompt: Prompt | None = None,
-                        begin_banned: tuple[int, ...] = ()) -> Tensor:
+                        begin_banned: tuple[int, ...] = (), encoded: Encoded | None = None) -> Tensor:
         """Hugging Face generate's beam search (transformers 5, `early_stopping` False or True). Each step takes the
         top 2K continuations of the K running beams by summed log-prob; those among the first K that end in EOS
         join the sentence's K finished hypotheses (score: sum of log-probs / generated length ** length_penalty,
@@ -209,7 +222,7 @@ class Seq2SeqSearch:
         ys = self._start(B, dev, prompt, K)
         P = ys.shape[1]
         steps = min(max_new_tokens, self.max_len - P)
-        memory, pad = self.encode(src)
+        memory, pad = self._encoded(src, encoded)
         memory = memory.repeat_interleave(K, 0)
         pad = None if pad is None else pad.repeat_interleave(K, 0)
         run_logp = torch.zeros(B, K, device=dev)

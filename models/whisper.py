@@ -27,7 +27,7 @@ from models.attention import KVCache, MultiHeadAttention
 from models.checks import require_int, require_token_id
 from models.layers import Activation, DecoderBlock, Encoder, LayerNorm, check_block_options
 from models.network import Network, OnnxSpec
-from models.translator import Seq2SeqSearch
+from models.translator import Encoded, Seq2SeqSearch
 from models.whisper_frontend import HOP_LENGTH, WhisperFrontEnd
 
 
@@ -253,13 +253,13 @@ class Whisper(Seq2SeqSearch, WhisperAudio, Network):
     def transcribe(self, mel: Tensor, *, prompt: Sequence[int], max_new_tokens: int = 224, beam_size: int = 1,
                    suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
                    length_penalty: float = 1.0, detect_language: Sequence[int] = (),
-                   use_cache: bool = True) -> list[list[int]]:
+                   use_cache: bool = True, encoded: Encoded | None = None) -> list[list[int]]:
         """Whisper's decoding: from `prompt` (<|startoftranscript|>, the language and task tokens of a
         multilingual model, <|notimestamps|>), `suppress_tokens` never, `begin_suppress_tokens` not first
         (blank, EOS); greedy, or transformers' beam search with `beam_size` > 1. `detect_language`: the
         language token ids; when given, the prompt's language token (its second) becomes each recording's
         detected language. Returns each row's new tokens up to, not including, EOS (the converter's `module`
-        holds the checkpoint's settings)."""
+        holds the checkpoint's settings). `encoded`: `encode(mel)` when the caller has it already."""
         require_int("max_new_tokens", max_new_tokens)
         require_int("beam_size", beam_size)
         prompt = [require_token_id(f"prompt[{i}]", t, self.vocab_size) for i, t in enumerate(prompt)]
@@ -270,7 +270,7 @@ class Whisper(Seq2SeqSearch, WhisperAudio, Network):
             found = self.detect_language(mel, detect_language).tolist()
             prompt = [[prompt[0], lang, *prompt[2:]] for lang in found]
         options = dict(prompt=prompt, banned=tuple(suppress_tokens),
-                       begin_banned=tuple(begin_suppress_tokens), use_cache=use_cache)
+                       begin_banned=tuple(begin_suppress_tokens), use_cache=use_cache, encoded=encoded)
         if beam_size == 1:
             ids = self.greedy(mel, max_new_tokens, **options)
         else:

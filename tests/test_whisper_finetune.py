@@ -71,6 +71,37 @@ def test_a_frozen_encoder_takes_no_gradient_and_the_decoder_does(tiny) -> None:
     assert module.net.decoder[0].self_attn.qkv.weight.grad.abs().sum() > 0
 
 
+def test_a_frozen_encoders_outputs_are_kept_and_reused_up_to_the_limit(tiny) -> None:
+    """encoder_cache_mb: the first pass over an utterance runs the encoder, later ones reuse its output (equal to
+    running it again), only as many utterances as fit the limit are kept, and a batch mixing kept and new
+    utterances encodes the new ones only."""
+    module, _ = _module(tiny, freeze_encoder=True)
+    module.net.eval()
+    one = module.net.audio_len * module.net.dim * 4  # an utterance's memory: positions x width, float32
+    module.encoder_cache_bytes = int(2.5 * one)  # room for two utterances
+    rows = []
+    module.net.encoder.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    g = torch.Generator().manual_seed(0)
+    waves = torch.randn(3, 16000, generator=g) * 0.1
+    batch = {"wave": waves, "index": torch.tensor([0, 1, 2])}
+    with torch.no_grad():
+        expected = module.net.encode(module.features(waves))[0]
+        first = module.memory(batch, "train")
+        again = module.memory(batch, "train")
+        mixed = module.memory({"wave": waves[[2, 0]], "index": torch.tensor([2, 0])}, "train")
+        val = module.memory({"wave": waves[:1], "index": torch.tensor([0])}, "val")  # another split's index 0
+    assert rows == [3, 3, 1, 1, 1]  # by hand; all three; then the one past the limit each time; val's own
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
+    assert torch.equal(again[:2], first[:2]) and torch.equal(mixed[1], first[0])  # kept: the same tensors
+    torch.testing.assert_close(again, first, atol=1e-6, rtol=0)  # utterance 2 encoded again, alone
+    torch.testing.assert_close(mixed, first[[2, 0]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(val, expected[:1], atol=1e-6, rtol=0)
+    assert sorted(module._memories) == [("train", 0), ("train", 1)]
+    unfrozen, _ = _module(tiny, freeze_encoder=False)  # an encoder that learns: nothing kept
+    unfrozen.memory(batch, "train")
+    assert unfrozen.encoder_cache_bytes == 0 and not unfrozen._memories
+
+
 def test_the_wer_normalisation_and_a_scored_corpus() -> None:
     from training.wer import normalize_transcript, word_error_rate
 

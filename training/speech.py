@@ -34,6 +34,10 @@ class WhisperModule(ZooModule):
         freeze_encoder: train the decoder only: the encoder (convolutions, blocks) takes no gradient and runs
             without autograd, about a third of a step's time on CPU saved, and it cannot drift from the audio
             features it was trained on.
+        encoder_cache_mb: with freeze_encoder, each training and validation utterance's encoder output (its
+            1,500 x dim memory: 2.3 MB for tiny.en) is kept, in CPU memory, up to this many MB, and reused in later
+            epochs instead of running the encoder again (most of a CPU step's time: the encoder always reads 30 s);
+            utterances past the limit are encoded every time. 0: no cache.
         label_smoothing: cross-entropy smoothing on training steps (0: Whisper's).
         prompt, suppress_tokens, begin_suppress_tokens, length_penalty: Whisper.transcribe's (the source's).
         beam_size: predict.py's default beam (validation and test decode greedily).
@@ -44,7 +48,7 @@ class WhisperModule(ZooModule):
 
     def __init__(self, *, net: Whisper, optimizer: Callable[..., torch.optim.Optimizer],
                  warmup_fraction: float = 0.1, min_lr_ratio: float = 0.01, freeze_encoder: bool = False,
-                 label_smoothing: float = 0.0, prompt: Sequence[int] | None = None,
+                 encoder_cache_mb: float = 2048.0, label_smoothing: float = 0.0, prompt: Sequence[int] | None = None,
                  suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
                  beam_size: int = 1, length_penalty: float = 1.0, max_new_tokens: int = 64,
                  no_timestamps_id: int | None = None, languages: dict[str, int] | None = None,
@@ -52,12 +56,16 @@ class WhisperModule(ZooModule):
                  compile: bool = False, grad_checkpointing: bool = False) -> None:
         super().__init__()
         require_bool("freeze_encoder", freeze_encoder)
+        require_number("encoder_cache_mb", encoder_cache_mb, low=0)
         require_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
         require_int("beam_size", beam_size)
         require_int("max_new_tokens", max_new_tokens)
         self.take_net(net, optimizer, warmup_fraction=warmup_fraction, min_lr_ratio=min_lr_ratio, compile=compile,
                       grad_checkpointing=grad_checkpointing)
         self.freeze_encoder = freeze_encoder
+        self.encoder_cache_bytes = int(encoder_cache_mb * 2**20) if freeze_encoder else 0
+        self._memories: dict[tuple[str, int], Tensor] = {}  # (split, utterance index) -> its encoder output
+        self._cached_bytes = 0
         if freeze_encoder:
             for part in (net.conv1, net.conv2, net.encoder):
                 part.requires_grad_(False)
@@ -107,21 +115,50 @@ class WhisperModule(ZooModule):
         with torch.no_grad():
             return self.net.features(wave)[..., : 2 * self.net.audio_len]
 
-    def forward(self, mel: Tensor, tgt_in: Tensor) -> Tensor:
+    def encode(self, mel: Tensor) -> Tensor:
+        """The encoder's output (B, positions, dim) of log-mel features; without autograd when frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            memory, _ = self.net.encode(mel)
-        return self.net.decode(tgt_in, memory)
+            return self.net.encode(mel)[0]
 
-    def loss(self, mel: Tensor, text: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean cross-entropy over the scored tokens, logits, labels) of log-mel features and transcript ids."""
+    def forward(self, mel: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.net.decode(tgt_in, self.encode(mel))
+
+    def loss(self, mel: Tensor | None, text: Tensor, smoothing: float = 0.0,
+             memory: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean cross-entropy over the scored tokens, logits, labels) of log-mel features and transcript ids;
+        `memory`: the encoder's output of those features when it is known already (`mel` is then not read)."""
         tgt_in, labels = self.sequences(text)
-        logits = self(mel, tgt_in)
+        logits = self.net.decode(tgt_in, self.encode(mel) if memory is None else memory)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                label_smoothing=smoothing)
         return loss, logits, labels
 
-    def _loss(self, batch: dict[str, Tensor], stage: str, mel: Tensor) -> Tensor:
-        loss, logits, labels = self.loss(mel, batch["text"], self.label_smoothing if stage == "train" else 0.0)
+    def memory(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        """The encoder's output of a batch's utterances. A frozen encoder's outputs of training and validation
+        utterances are kept (up to `encoder_cache_mb`) and reused: only the utterances not kept yet run through the
+        front end and the encoder. The encoder is in eval mode and takes no gradient there, so a kept output is
+        what running it again would give."""
+        if not self.encoder_cache_bytes or stage not in ("train", "val"):
+            return self.encode(self.features(batch["wave"]))
+        keys = [(stage, i) for i in batch["index"].tolist()]
+        new = [row for row, key in enumerate(keys) if key not in self._memories]
+        fresh: dict[int, Tensor] = {}
+        if new:
+            with torch.no_grad():
+                computed = self.encode(self.features(batch["wave"][new]))
+            for row, out in zip(new, computed):
+                fresh[row] = out
+                size = out.numel() * out.element_size()
+                if self._cached_bytes + size <= self.encoder_cache_bytes:
+                    self._memories[keys[row]] = out.detach().to("cpu", copy=True)
+                    self._cached_bytes += size
+        device = batch["wave"].device
+        return torch.stack([fresh[row] if row in fresh else self._memories[key].to(device)
+                            for row, key in enumerate(keys)])
+
+    def _loss(self, batch: dict[str, Tensor], stage: str, memory: Tensor) -> Tensor:
+        loss, logits, labels = self.loss(None, batch["text"], self.label_smoothing if stage == "train" else 0.0,
+                                         memory=memory)
         real = labels.ne(IGNORE)
         n = real.sum()
         acc = (logits.argmax(-1).eq(labels) & real).sum() / n
@@ -136,19 +173,22 @@ class WhisperModule(ZooModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         if self.freeze_encoder:
             self.net.encoder.eval()  # no dropout in a part that does not learn (Whisper has none anyway)
-        return self._loss(batch, "train", self.features(batch["wave"]))
+        return self._loss(batch, "train", self.memory(batch, "train"))
 
     # --- validation and test: greedy transcripts, word error rate ------------------------------------------
-    def transcribe(self, mel: Tensor, beam_size: int = 1) -> list[str]:
+    def transcribe(self, mel: Tensor, beam_size: int = 1, memory: Tensor | None = None) -> list[str]:
+        """Greedy (or beam) transcripts of log-mel features; `memory`: their encoder output when known."""
         rows = self.net.transcribe(mel, prompt=self.prompt, max_new_tokens=self.max_new_tokens, beam_size=beam_size,
                                    suppress_tokens=self.suppress_tokens, length_penalty=self.length_penalty,
-                                   begin_suppress_tokens=self.begin_suppress_tokens)
+                                   begin_suppress_tokens=self.begin_suppress_tokens,
+                                   encoded=None if memory is None else (memory, None))
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
-        mel = self.features(batch["wave"])
-        self._loss(batch, stage, mel)
-        self._outputs.setdefault(stage, []).extend(zip(batch["index"].tolist(), self.transcribe(mel)))
+        memory = self.memory(batch, stage)  # once for the loss and the transcripts (kept ones not even once)
+        self._loss(batch, stage, memory)
+        texts = self.transcribe(self.features(batch["wave"]), memory=memory)  # features: a few ms, no encoder
+        self._outputs.setdefault(stage, []).extend(zip(batch["index"].tolist(), texts))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
