@@ -77,3 +77,14 @@ def test_validating_on_takes_that_the_folder_lacks_is_one_line(tiny: Path, tmp_p
     assert _train(only, tmp_path, "data.test_speaker=lucas", "data.val_speaker=null") == (
         f"error: data=fsdd: data.val_speaker=null validates on the takes numbered 9, 19, 29, ... of the training "
         f"speakers and trains on the others; {only} has only those (name a val speaker instead)")
+
+
+def test_a_key_of_the_pulled_in_fsdd_experiment_that_another_model_lacks_names_the_file(tiny, tmp_path) -> None:
+    """data=fsdd pulls experiment/fsdd.yaml (model=audio's settings): with another model on the command line, its
+    audio keys are not that model's parameters, and the error says which file set the key the user never typed."""
+    done = command("train.py", "data=fsdd", f"data.root={tiny}", "model=whisper_classifier", "threads=1",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and line.startswith("error: model.net.f_max is not a parameter of WhisperClassifier (set by "
+                           "experiment/fsdd.yaml, which this composition pulled in, not on the command line); "
+                           "its parameters are: num_classes, n_mels, dim, ")

@@ -16,10 +16,10 @@ from models.attention import DEFAULT_KERNEL, set_attention_kernel, set_sdpa_back
 from utils.checkpoint import AtomicCheckpointIO
 from utils.errors import UserError
 from utils.pretrained import apply_pretrained, load_pretrained, pretrained_tokenizer
+from utils.recipes import recipe_files
 from utils.validate import check_model_config, check_run_config
 
 DATA_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
-RECIPE_GROUPS = ("recipe", "experiment")  # config groups whose files set keys of other groups
 log = logging.getLogger(__name__)
 
 
@@ -49,28 +49,14 @@ def recipe_lines(cfg: DictConfig, choices: dict[str, str | None]) -> list[str]:
     """One line per recipe or experiment file in a composition (Hydra's `runtime.choices`), with
     the keys it set: a file that a config pulls into other groups (data=fashion_mnist pulls
     experiment/vit_fashion) then shows in the run's log, not only in the config tree."""
-    lines = set()  # experiment=vit_fashion data=fashion_mnist names the same file twice
-    for key, name in choices.items():
-        group = key.split("@")[0]
-        path = DATA_CONFIGS.parent / group / f"{name}.yaml"
-        if group not in RECIPE_GROUPS or name is None or not path.is_file():  # optional, absent
-            continue
-        node = OmegaConf.to_container(OmegaConf.load(path))
-        node.pop("defaults", None)
+    lines = []
+    for name, leaves in recipe_files(choices).items():
         keys = []
-        for dotted, value in _leaves(node):
+        for dotted, value in leaves:
             now = OmegaConf.select(cfg, dotted, default=value)
             keys.append(f"{dotted}={value}" + ("" if now == value else f" (overridden: {now})"))
-        lines.add(f"{group}/{name}.yaml set {', '.join(keys)}")
+        lines.append(f"{name} set {', '.join(keys)}")
     return sorted(lines)
-
-
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """[("model.net.dim", 64), ...]: the leaves of nested dicts, with dotted keys."""
-    if not isinstance(node, dict):
-        return [(prefix, node)]
-    return [leaf for key, value in node.items()
-            for leaf in _leaves(value, f"{prefix}.{key}" if prefix else key)]
 
 
 DATA_FACTS = ("num_classes", "vocab_size")  # null in a data config = "ask the data module"

@@ -25,6 +25,7 @@ from models.checks import is_int as _is_int
 from models.checks import is_number as _is_number
 from models.checks import show as _show
 from utils.errors import UserError
+from utils.recipes import set_by
 
 UNKNOWN = object()  # a value not known yet (data facts filled by the data module, unresolvable interpolations)
 
@@ -303,8 +304,11 @@ def check_net_config(net: DictConfig, prefix: str = "model.net.") -> torch.nn.Mo
     unknown = [k for k in map(str, net) if k != "_target_" and k not in params]
     if unknown and not takes_any:
         names = [n for n in params if n != "self"]
-        raise UserError(f"{prefix}{unknown[0]} is not a parameter of {cls.__name__}; its parameters are: "
-                        f"{', '.join(names)}")
+        key = f"{prefix}{unknown[0]}"
+        origin = set_by(key)  # a key the user never typed: say which pulled-in file set it
+        where = f" (set by {origin}, which this composition pulled in, not on the command line)" \
+            if origin else ""
+        raise UserError(f"{key} is not a parameter of {cls.__name__}{where}; its parameters are: {', '.join(names)}")
     try:
         kwargs = OmegaConf.to_container(net, resolve=True)
     except (MissingMandatoryValue, InterpolationResolutionError):
