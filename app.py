@@ -34,10 +34,11 @@ from viz.pictures import draw  # noqa: E402
 class Demo:
     """The handler of one run's tab: returns (message, prediction, explorer iframe, picture paths)."""
 
-    def __init__(self, predictor: Predictor, workdir: Path, max_mb: float) -> None:
+    def __init__(self, predictor: Predictor, workdir: Path, max_mb: float, max_residues: int = 1024) -> None:
         self.predictor = predictor
         self.workdir = workdir
         self.max_bytes = int(max_mb * 1e6)
+        self.max_residues = max_residues
 
     def answer(self, given: str | None) -> tuple[str, str, str, list[str]]:
         """One request: the input read, the model run once, the page and the pictures drawn from
@@ -58,7 +59,7 @@ class Demo:
         modality = self.predictor.modality
         kind = INPUT_KINDS[modality]
         if self.predictor.task == "unmask":
-            return typed_protein(self.predictor, given)
+            return typed_protein(self.predictor, given, self.max_residues)
         if kind.read is None:
             if not given or not given.strip():
                 what = "prompt" if self.predictor.task == "complete" else "sentence"
@@ -82,9 +83,10 @@ class Demo:
             raise ValueError(f"could not read {file.name} as {modality}: {err}") from err
 
 
-def typed_protein(predictor: Predictor, given: str | None) -> tuple[ProteinInput, str]:
+def typed_protein(predictor: Predictor, given: str | None, max_residues: int) -> tuple[ProteinInput, str]:
     """(protein, its name) of a typed sequence: residue letters, optionally after a FASTA header line (its first
-    word names it). Never read as a file name: the app does not open files on the machine it runs on."""
+    word names it). Never read as a file name: the app does not open files on the machine it runs on. At most
+    max_residues: the pseudo-perplexity runs the model once per residue and the maps grow with its square."""
     text = (given or "").strip()
     name = "sequence"
     if text.startswith(">"):
@@ -92,7 +94,11 @@ def typed_protein(predictor: Predictor, given: str | None) -> tuple[ProteinInput
         name = (header[1:].split() or ["sequence"])[0]
     if not text.strip():
         raise ValueError("the sequence is empty; type the residues in one-letter codes (MKTAYIAKQR...)")
-    return ProteinInput(name, clean_sequence(predictor.net.alphabet, text, name, None)), name
+    seq = clean_sequence(predictor.net.alphabet, text, name, None)
+    if len(seq) > max_residues:
+        raise ValueError(f"{name}: {len(seq)} residues; the app answers proteins of at most {max_residues} "
+                         f"(--max-residues; predict.py takes any length)")
+    return ProteinInput(name, seq), name
 
 
 def shown(p: Prediction) -> str:
@@ -115,7 +121,7 @@ def shown(p: Prediction) -> str:
     return ", ".join(f"{name} {q:.1%}" for name, q in p.top)
 
 
-def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
+def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0, max_residues: int = 1024):
     """The Gradio Blocks: one tab (and one API endpoint, /<kind>) per run."""
     import gradio as gr
 
@@ -149,7 +155,7 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0):
                 explorer = gr.HTML(label="attention explorer")
                 pictures = gr.Gallery(label="static pictures", type="filepath")
                 button.click(
-                    Demo(run, workdir, max_mb).answer,
+                    Demo(run, workdir, max_mb, max_residues).answer,
                     inputs=source,
                     outputs=[message, prediction, explorer, pictures],
                     api_name=name,
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-file-mb", type=float, default=20.0, help="largest upload answered")
+    parser.add_argument("--max-residues", type=int, default=1024, help="longest protein a protein tab answers")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="zoo-app-"))
-    build_app(predictors, workdir, args.max_file_mb).launch(
+    build_app(predictors, workdir, args.max_file_mb, args.max_residues).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[str(workdir)]
     )
     return 0

@@ -488,8 +488,8 @@ class Predictor:
 def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any, str]]:
     """The first n test examples as (input, label, name): sentences + references for a generating model,
     prompts + the text that followed them for a causal LM, recordings + their transcripts for a transcriber
-    (read as predict.py reads a file), whole proteins (with their true contacts from a structure set) + their
-    names for a protein LM, (1, ...) model inputs + class names for classifiers. name: what the pictures and
+    (read as predict.py reads a file), test proteins (`_test_proteins`: with their true contacts from a structure
+    set) + their names for a protein LM, (1, ...) model inputs + class names for classifiers. name: what the pictures and
     printed lines call the example."""
     dm = predictor.datamodule
     dm.setup("test")
@@ -513,14 +513,36 @@ def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any, str]]:
 
 
 def _test_proteins(predictor: Predictor, n: int) -> list[tuple[ProteinInput, str, str]]:
-    """The first n test proteins whole (not cropped as batches are): a structure set's chains with their true
-    contact maps, a FASTA set's records without; label and name are the protein's name."""
+    """The first n test proteins the model can read: a structure set's chains with their true contact maps, a FASTA
+    set's records without; longer than the model's max_len - 2 residues cropped to that (with their contacts), as the
+    contact evaluation crops them; letters its alphabet lacks skipped; both said in a note. Label and name: the
+    protein's name."""
     from inference.protein import clean_sequence
+    from utils.errors import note
 
-    dm, alphabet = predictor.datamodule, predictor.net.alphabet
+    dm, net = predictor.datamodule, predictor.net
+    most = int(net.max_len) - 2
     if hasattr(dm, "chains"):  # data=protein_structures: coordinates known
-        found = [(c.name, c.sequence, c.contacts()) for c in dm.chains("test")[:n]]
+        found = ((c.name, c.sequence, c.contacts) for c in dm.chains("test"))
     else:
-        found = [(name, seq, None) for name, seq in dm.sequences("test")[:n]]
-    return [(ProteinInput(name, clean_sequence(alphabet, seq, name, None), contacts), name, name)
-            for name, seq, contacts in found]
+        found = ((name, seq, None) for name, seq in dm.sequences("test"))
+    out, cropped, skipped = [], [], []
+    for name, seq, contacts in found:
+        if len(out) == n:
+            break
+        try:
+            seq = clean_sequence(net.alphabet, seq, name, None)
+        except UserError as err:
+            skipped.append(str(err))
+            continue
+        true = None if contacts is None else contacts()
+        if len(seq) > most:
+            cropped.append(name)
+            seq, true = seq[:most], None if true is None else true[:most, :most]
+        out.append((ProteinInput(name, seq, true), name, name))
+    if cropped:
+        note(f"save_attention: {len(cropped)} test protein(s) longer than the model's {most} residues (max_len="
+             f"{net.max_len} tokens) cropped to their first {most} (first: {cropped[0]})")
+    if skipped:
+        note(f"save_attention: {len(skipped)} test protein(s) skipped (first: {skipped[0]})")
+    return out

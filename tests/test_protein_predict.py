@@ -219,9 +219,10 @@ class _FastaSplit:
         return self.records if split == "test" else []
 
 
-def test_evaluate_save_attention_draws_whole_test_proteins_with_true_contacts_when_known(runs, tmp_path) -> None:
-    """`evaluate.py save_attention=N` on a protein run: the first N test proteins, uncropped, each with its
-    pseudo-perplexity, pictures and page; a structure set's chains carry their true contact maps."""
+def test_evaluate_save_attention_draws_whole_test_proteins_with_true_contacts_when_known(runs, tmp_path,
+                                                                                          capsys) -> None:
+    """`evaluate.py save_attention=N` on a protein run: the first N test proteins, whole when the model takes them,
+    each with its pseudo-perplexity, pictures and page; a structure set's chains carry their true contact maps."""
     from evaluate import save_test_pictures
     from helpers.protein_fakes import FakeStructures
     from inference.predictor import Predictor
@@ -251,6 +252,16 @@ def test_evaluate_save_attention_draws_whole_test_proteins_with_true_contacts_wh
     assert [h.split(",")[0] for h in heads] == [f"sp|P1|ONE: {len(SEQUENCE)} residues", "two: 14 residues"]
     assert all(h.endswith("(no structure)") for h in heads)
     assert (tmp_path / "f" / "test000_sp_P1_ONE_attention.png").is_file()
+    # longer than the model's positions: cropped as the contact evaluation crops; a letter it lacks: skipped
+    short = net_of(make_protein_run(tmp_path / "short", max_len=20))
+    odd = _FastaSplit([("long", SEQUENCE), ("odd", "ACDJK"), ("plain", "ACDEFGHIK")])
+    capsys.readouterr()
+    lines = save_test_pictures(Predictor(short, None, "test", datamodule=odd), 5, tmp_path / "o")
+    heads = [line.split(",")[0] for line in lines if not line.startswith("  ")]
+    assert heads == ["long: 18 residues", "plain: 9 residues"]
+    err = capsys.readouterr().err
+    assert "1 test protein(s) longer than the model's 18 residues (max_len=20 tokens) cropped to their first 18" in err
+    assert "1 test protein(s) skipped (first: odd: 'J' at residue 4" in err
 
 
 def test_the_app_tab_answers_a_typed_sequence_as_predict_prints_it(runs, capsys, tmp_path) -> None:
@@ -269,8 +280,11 @@ def test_the_app_tab_answers_a_typed_sequence_as_predict_prints_it(runs, capsys,
         message, shown, _, _ = client.predict(f">my_protein some words\n{SEQUENCE[:20]}\n{SEQUENCE[20:]}",
                                               api_name="/protein")
         assert message == "" and shown.splitlines()[0] == f"my_protein: {len(SEQUENCE)} residues"
+        fasta = tmp_path / "p.fasta"  # a real file: its path is typed text, never opened
+        fasta.write_text(f">p\n{SEQUENCE}\n")
         for bad, expected in (("   ", "the sequence is empty"), ("MKT1", "'1' at residue 4"),
-                              (str(tmp_path), "is not a residue letter")):
+                              (str(fasta), "is not a residue letter"),
+                              ("A" * 1025, "1025 residues; the app answers proteins of at most 1024 (--max-residues")):
             message, shown, explorer, pictures = client.predict(bad, api_name="/protein")
             assert message.startswith("error: ") and expected in message and not shown, (bad, message)
     from app import Demo

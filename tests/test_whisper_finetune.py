@@ -72,9 +72,9 @@ def test_a_frozen_encoder_takes_no_gradient_and_the_decoder_does(tiny) -> None:
 
 
 def test_a_frozen_encoders_outputs_are_kept_and_reused_up_to_the_limit(tiny) -> None:
-    """encoder_cache_mb: the first pass over an utterance runs the encoder, later ones reuse its output (equal to
-    running it again), only as many utterances as fit the limit are kept, and a batch mixing kept and new
-    utterances encodes the new ones only."""
+    """encoder_cache_mb: the first pass over an utterance runs the encoder (no dropout in the frozen part), later
+    ones reuse its output (equal to running it again), only as many utterances as fit the limit are kept, and a
+    batch mixing kept and new utterances encodes the new ones only."""
     module, _ = _module(tiny, freeze_encoder=True)
     module.net.eval()
     one = module.net.audio_len * module.net.dim * 4  # an utterance's memory: positions x width, float32
@@ -85,8 +85,11 @@ def test_a_frozen_encoders_outputs_are_kept_and_reused_up_to_the_limit(tiny) -> 
     waves = torch.randn(3, 16000, generator=g) * 0.1
     batch = {"wave": waves, "index": torch.tensor([0, 1, 2])}
     with torch.no_grad():
-        expected = module.net.encode(module.features(waves))[0]
+        expected = module.net.encode(module.features(waves))[0]  # eval mode: no dropout
+        module.net.train()
+        module.net.drop.p = 0.5  # the input dropout (shared with the decoder): off in a frozen encoder only
         first = module.memory(batch, "train")
+        assert module.net.drop.training
         again = module.memory(batch, "train")
         mixed = module.memory({"wave": waves[[2, 0]], "index": torch.tensor([2, 0])}, "train")
         val = module.memory({"wave": waves[:1], "index": torch.tensor([0])}, "val")  # another split's index 0

@@ -37,7 +37,8 @@ class WhisperModule(ZooModule):
         encoder_cache_mb: with freeze_encoder, each training and validation utterance's encoder output (its
             1,500 x dim memory: 2.3 MB for tiny.en) is kept, in CPU memory, up to this many MB, and reused in later
             epochs instead of running the encoder again (most of a CPU step's time: the encoder always reads 30 s);
-            utterances past the limit are encoded every time. 0: no cache.
+            utterances past the limit are encoded every time; per process (each DDP rank keeps its own); emptied
+            when fitting ends. 0: no cache.
         label_smoothing: cross-entropy smoothing on training steps (0: Whisper's).
         prompt, suppress_tokens, begin_suppress_tokens, length_penalty: Whisper.transcribe's (the source's).
         beam_size: predict.py's default beam (validation and test decode greedily).
@@ -116,9 +117,18 @@ class WhisperModule(ZooModule):
             return self.net.features(wave)[..., : 2 * self.net.audio_len]
 
     def encode(self, mel: Tensor) -> Tensor:
-        """The encoder's output (B, positions, dim) of log-mel features; without autograd when frozen."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+        """The encoder's output (B, positions, dim) of log-mel features. Frozen: without autograd and without the
+        input dropout (`net.drop`, shared with the decoder, which keeps it): no randomness in a part that does not
+        learn, so an utterance's output is the same every epoch and may be kept (`memory`)."""
+        if not self.freeze_encoder:
             return self.net.encode(mel)[0]
+        drop, was = self.net.drop, self.net.drop.training
+        drop.eval()
+        try:
+            with torch.no_grad():
+                return self.net.encode(mel)[0]
+        finally:
+            drop.train(was)
 
     def forward(self, mel: Tensor, tgt_in: Tensor) -> Tensor:
         return self.net.decode(tgt_in, self.encode(mel))
@@ -155,6 +165,9 @@ class WhisperModule(ZooModule):
         device = batch["wave"].device
         return torch.stack([fresh[row] if row in fresh else self._memories[key].to(device)
                             for row, key in enumerate(keys)])
+
+    def on_fit_end(self) -> None:
+        self._memories, self._cached_bytes = {}, 0  # the test that follows reads other utterances
 
     def _loss(self, batch: dict[str, Tensor], stage: str, memory: Tensor) -> Tensor:
         loss, logits, labels = self.loss(None, batch["text"], self.label_smoothing if stage == "train" else 0.0,
