@@ -105,6 +105,21 @@ def test_a_frozen_encoders_outputs_are_kept_and_reused_up_to_the_limit(tiny) -> 
     assert unfrozen.encoder_cache_bytes == 0 and not unfrozen._memories
 
 
+def test_kept_encoder_outputs_train_as_running_the_encoder_every_epoch(tiny, tmp_path: Path) -> None:
+    """Two epochs with the frozen encoder's outputs kept (the default) and with encoder_cache_mb=0: the same losses
+    and scores (the second epoch reads the kept outputs)."""
+    pairs = write_pairs(tmp_path / "pairs")
+    got = {}
+    for cache in ("2048", "0"):
+        out = tmp_path / f"run_{cache}"
+        run("train.py", "experiment=finetune_whisper", f"pretrained={tiny}", f"data.root={pairs}", "threads=1",
+            "trainer.max_epochs=2", "model.optimizer.lr=3e-3", "data.batch_size=4", "test=false",
+            f"model.encoder_cache_mb={cache}", f"hydra.run.dir={out}")
+        got[cache] = _metrics(out)
+    for key in ("train/loss", "val/loss", "val/wer", "val/acc"):
+        assert got["2048"][key] == pytest.approx(got["0"][key], abs=1e-5), key
+
+
 def test_the_wer_normalisation_and_a_scored_corpus() -> None:
     from training.wer import normalize_transcript, word_error_rate
 
