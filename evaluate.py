@@ -170,7 +170,8 @@ def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (x, label, name) in enumerate(test_examples(predictor, n)):
-        p = predictor.predict(x, maps=True)
+        # a transcriber's words too: its page highlights them as the audio plays (as predict.py --words --html)
+        p = predictor.predict(x, maps=True, words=predictor.task == "transcribe")
         if predictor.task == "unmask":  # a protein: its pseudo-perplexity; the page shows its contact maps
             paths = draw(p, out_dir, f"test{i:03d}_{slug(name)}")
             known = "true contacts known" if p.true_contacts is not None else "no structure"

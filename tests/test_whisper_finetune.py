@@ -173,6 +173,9 @@ def test_fine_tune_evaluate_predict_export_and_resume(tiny, tmp_path: Path) -> N
     assert f"{first.audio.name} -> {said} (reference: {first.text})" in done.stdout
     pictures = sorted(x.name for x in (tmp_path / "ev" / "attention").iterdir())
     assert "test000.html" in pictures and f"test000_{first.audio.stem}_wav_cross_attention.png" in pictures
+    words = drawn.predict(read(drawn, str(first.audio)), words=True).words  # the page's words: predict.py --words'
+    page = (tmp_path / "ev" / "attention" / "test000.html").read_text(encoding="utf-8")
+    assert words and all(f'"start":{w.start}' in page.replace(" ", "") for w in words)
 
     # predict.py on the run: the fine-tuned network's greedy transcript of the 16 kHz audio (resampled)
     wav = pairs / "u03.wav"
