@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from inference.inputs import INPUT_KINDS, read, slug  # noqa: E402
 from inference.load import load, prepare_contact_head  # noqa: E402
 from inference.predictor import Prediction, Predictor  # noqa: E402
-from inference.protein import ProteinInput, clean_sequence, predicted_contacts  # noqa: E402
+from inference.protein import ProteinInput, clean_sequence, protein_lines  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from viz.explorer import iframe, page  # noqa: E402
 from viz.pictures import draw  # noqa: E402
@@ -107,10 +107,10 @@ def shown(p: Prediction) -> str:
     if p.net.task == "complete":
         return f"{p.input}{p.text}"
     if p.net.task == "unmask":  # predict.py's lines: pseudo-perplexity, then the top L / 5 contacts
-        contacts = predicted_contacts(p)
-        lines = [f"{p.name}: {len(p.input)} residues", f"pseudo-perplexity {p.perplexity:.3f}"]
-        lines += [f"contact {i} {j} {q:.3f}" for i, j, q in contacts] or [
-            "no contacts: the contact head is not fitted (evaluate.py ckpt_path=<run> contacts=true fits it)"]
+        lines = protein_lines(p)
+        if p.contact_probs is None:  # predict.py says so in a note, once for the run
+            lines.append("no contacts: the contact head is not fitted "
+                         "(evaluate.py ckpt_path=<run> contacts=true fits it)")
         return "\n".join(lines)
     if p.text is not None:
         return p.text

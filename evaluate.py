@@ -34,6 +34,7 @@ from inference.inputs import input_kind, slug
 from inference.load import from_run, load_source
 from inference.predictor import Predictor, test_examples
 from inference.probe import check_probe, probe_accuracy, source_with_data, split_features
+from inference.protein import protein_lines
 from utils.build import build_datamodule, build_trainer, output_dir, write_metrics
 from utils.checkpoint import average_checkpoints, resolve_checkpoint
 from utils.errors import UserError, note, run_hydra, user_errors
@@ -175,7 +176,7 @@ def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]
         if predictor.task == "unmask":  # a protein: its pseudo-perplexity; the page shows its contact maps
             paths = draw(p, out_dir, f"test{i:03d}_{slug(name)}")
             known = "true contacts known" if p.true_contacts is not None else "no structure"
-            lines.append(f"{name}: {len(x.sequence)} residues, pseudo-perplexity {p.perplexity:.3f} ({known})")
+            lines.append(", ".join(protein_lines(p)[:2]) + f" ({known})")  # predict.py's first two lines
             title = name
         elif p.text is not None:
             paths = draw(p, out_dir, f"test{i:03d}_{slug(name)}")

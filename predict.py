@@ -57,7 +57,7 @@ from inference.inputs import gather, parse_image_size, read, slug
 from inference.load import is_source, load, prepare_contact_head
 from inference.predictor import Prediction, Predictor, shown_layers
 from inference.speech_words import word_lines as timed_word_lines
-from inference.protein import predicted_contacts, read_proteins
+from inference.protein import protein_lines, read_proteins
 from utils.errors import UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explorer import page
@@ -338,11 +338,7 @@ def predict_proteins(predictor: Predictor, args: argparse.Namespace) -> None:
         p = predictor.predict(protein, maps=maps, heads=args.heads, notes=notes)
         for line in notes:
             note(line)
-        top = predicted_contacts(p)
-        print(f"{p.name}: {len(protein.sequence)} residues")
-        print(f"pseudo-perplexity {p.perplexity:.3f}")
-        for a, b, q in top:
-            print(f"contact {a} {b} {q:.3f}")
+        print("\n".join(protein_lines(p)))
         stem = f"{i:03d}_{slug(p.name)}"
         pictures = []
         if args.attention_dir is not None:

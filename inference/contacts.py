@@ -143,11 +143,12 @@ def write_contact_head(net: nn.Module, model: Any) -> None:
 
 @dataclass
 class Encoded:
-    """A chain ready for the network: its ids (1, T) framed as the model was trained, its (L, L) contacts."""
+    """A chain ready for the network: its ids (1, T) framed as the model was trained, its (L, L) contacts (None for
+    a record of known sequence only)."""
 
     name: str
     ids: torch.Tensor
-    contacts: np.ndarray
+    contacts: np.ndarray | None
 
     @property
     def length(self) -> int:
@@ -158,7 +159,8 @@ def encode_chains(net: nn.Module, chains: Iterable[Any], split: str, notes: list
                   limit: int | None = None) -> list[Encoded]:
     """The first `limit` (all when None) chains the network can read, as it reads them: cropped to the first
     max_len - 2 residues (the longest it was trained on, <cls> and <eos> aside) with their contacts; chains with
-    letters its alphabet lacks skipped. Both said in `notes`."""
+    letters its alphabet lacks skipped. Both said in `notes`. A record without `contacts()` (a FASTA record:
+    name and sequence only) gets contacts None."""
     most = int(net.max_len) - 2
     out: list[Encoded] = []
     cropped, skipped = [], []
@@ -170,13 +172,14 @@ def encode_chains(net: nn.Module, chains: Iterable[Any], split: str, notes: list
         except SequenceError as err:
             skipped.append((chain.name, str(err)))
             continue
-        contacts = np.asarray(chain.contacts(), dtype=bool)
-        if len(ids) - 2 != contacts.shape[0]:
+        contacts = np.asarray(chain.contacts(), dtype=bool) if hasattr(chain, "contacts") else None
+        if contacts is not None and len(ids) - 2 != contacts.shape[0]:
             raise UserError(f"contacts: chain {chain.name} has {len(ids) - 2} residues but a "
                             f"{contacts.shape[0]}x{contacts.shape[1]} contact map")
         if len(ids) - 2 > most:
             cropped.append(chain.name)
-            ids, contacts = ids[: most + 1] + [net.alphabet.eos], contacts[:most, :most]
+            ids = ids[: most + 1] + [net.alphabet.eos]
+            contacts = None if contacts is None else contacts[:most, :most]
         out.append(Encoded(chain.name, torch.tensor([ids]), contacts))
     if cropped:
         notes.append(f"{len(cropped)} {split} chain(s) longer than the model's {most} residues (max_len="

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -23,13 +24,14 @@ from torch import Tensor, nn
 
 from inference.complete import (Sampling, context_of, continue_ids, cut_at_stop, prompt_ids,
                                 repeated_random_tokens, token_texts)
+from inference.contacts import encode_chains
 from inference.inputs import input_kind
 from inference import speech_words
 from inference.protein import ProteinInput, check_length, head_fitted, pseudo_perplexity, read_proteins
 from inference.speech_audio import note_silence, transcribe_windows
 from models.attention import AttentionRecorder, attention_maps, select_attention_layers
 from models.tokenizer import UNK_ID, decode
-from utils.errors import UserError
+from utils.errors import UserError, note
 
 
 MAX_MAP_TOKENS = 512  # a causal LM's maps: the last tokens kept (heads x tokens^2 weights a layer)
@@ -513,36 +515,18 @@ def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any, str]]:
 
 
 def _test_proteins(predictor: Predictor, n: int) -> list[tuple[ProteinInput, str, str]]:
-    """The first n test proteins the model can read: a structure set's chains with their true contact maps, a FASTA
-    set's records without; longer than the model's max_len - 2 residues cropped to that (with their contacts), as the
-    contact evaluation crops them; letters its alphabet lacks skipped; both said in a note. Label and name: the
-    protein's name."""
-    from inference.protein import clean_sequence
-    from utils.errors import note
-
+    """The first n test proteins the model can read, as the contact evaluation reads them (inference/contacts.py
+    encode_chains: longer than max_len - 2 residues cropped with their contacts, letters the alphabet lacks
+    skipped, both in a note): a structure set's chains with their true contact maps, a FASTA set's records
+    without. Label and name: the protein's name."""
     dm, net = predictor.datamodule, predictor.net
-    most = int(net.max_len) - 2
     if hasattr(dm, "chains"):  # data=protein_structures: coordinates known
-        found = ((c.name, c.sequence, c.contacts) for c in dm.chains("test"))
+        records = dm.chains("test")
     else:
-        found = ((name, seq, None) for name, seq in dm.sequences("test"))
-    out, cropped, skipped = [], [], []
-    for name, seq, contacts in found:
-        if len(out) == n:
-            break
-        try:
-            seq = clean_sequence(net.alphabet, seq, name, None)
-        except UserError as err:
-            skipped.append(str(err))
-            continue
-        true = None if contacts is None else contacts()
-        if len(seq) > most:
-            cropped.append(name)
-            seq, true = seq[:most], None if true is None else true[:most, :most]
-        out.append((ProteinInput(name, seq, true), name, name))
-    if cropped:
-        note(f"save_attention: {len(cropped)} test protein(s) longer than the model's {most} residues (max_len="
-             f"{net.max_len} tokens) cropped to their first {most} (first: {cropped[0]})")
-    if skipped:
-        note(f"save_attention: {len(skipped)} test protein(s) skipped (first: {skipped[0]})")
-    return out
+        records = [SimpleNamespace(name=name, sequence=seq) for name, seq in dm.sequences("test")]
+    notes: list[str] = []
+    chains = encode_chains(net, records, "test", notes, limit=n)
+    for line in notes:
+        note(f"save_attention: {line}")
+    return [(ProteinInput(c.name, net.alphabet.decode(c.ids[0].tolist()), c.contacts), c.name, c.name)
+            for c in chains]

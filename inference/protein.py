@@ -189,6 +189,13 @@ def predicted_contacts(p: object) -> list[tuple[int, int, float]]:
     return [] if probs is None else top_contacts(probs, probs.shape[-1] // 5)
 
 
+def protein_lines(p: object) -> list[str]:
+    """What predict.py prints for a protein Prediction (the app shows the same): its name and length, its
+    pseudo-perplexity, then one `contact I J P` line per predicted contact (none when the head is not fitted)."""
+    lines = [f"{p.name}: {len(p.input)} residues", f"pseudo-perplexity {p.perplexity:.3f}"]
+    return lines + [f"contact {i} {j} {q:.3f}" for i, j, q in predicted_contacts(p)]
+
+
 def head_fitted(net: nn.Module) -> bool:
     """Whether the contact head holds fitted weights (an unfitted one is all zero: models/protein.py)."""
     head = net.contact_head
@@ -238,5 +245,5 @@ def load_contact_head(net: nn.Module, path: Path) -> None:
         head.bias.copy_(found["bias"].reshape(head.bias.shape))
 
 
-__all__ = ["ProteinInput", "check_length", "contact_head_file", "head_fitted", "load_contact_head",
+__all__ = ["ProteinInput", "check_length", "protein_lines", "contact_head_file", "head_fitted", "load_contact_head",
            "predicted_contacts", "pseudo_perplexity", "read_pdb", "read_proteins", "top_contacts"]

@@ -260,8 +260,9 @@ def test_evaluate_save_attention_draws_whole_test_proteins_with_true_contacts_wh
     heads = [line.split(",")[0] for line in lines if not line.startswith("  ")]
     assert heads == ["long: 18 residues", "plain: 9 residues"]
     err = capsys.readouterr().err
-    assert "1 test protein(s) longer than the model's 18 residues (max_len=20 tokens) cropped to their first 18" in err
-    assert "1 test protein(s) skipped (first: odd: 'J' at residue 4" in err
+    assert ("save_attention: 1 test chain(s) longer than the model's 18 residues (max_len=20 tokens) cropped to "
+            "their first 18 residues (first: long)") in err
+    assert "save_attention: 1 test chain(s) skipped: letters the esm alphabet lacks (first: odd: 'J' at residue 4" in err
 
 
 def test_the_app_tab_answers_a_typed_sequence_as_predict_prints_it(runs, capsys, tmp_path) -> None:
