@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
+    measurement = "contacts=true" if cfg.get("contacts") else (f"probe={cfg.probe.name}" if cfg.get("probe") is not
+                                                               None else None)
+    for key in ("save_attention", "average_last"):
+        if measurement and cfg.get(key):
+            raise UserError(f"{key}={cfg.get(key)} is not read with {measurement} (it scores the checkpoint as it "
+                            f"is and draws nothing); run `python evaluate.py ckpt_path=<run> {key}="
+                            f"{cfg.get(key)}` on its own")
     if cfg.get("contacts"):
         return contacts(cfg)
     if cfg.get("probe") is not None:

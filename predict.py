@@ -48,7 +48,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -70,9 +72,7 @@ def parse_heads(text: str | None) -> list[int] | None:
     try:
         return [int(h) for h in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--heads {text!r}: expected comma-separated head indices, e.g. 0,2"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated head indices, e.g. 0,2")
 
 
 def image_size(text: str) -> int | tuple[int, int] | str:
@@ -92,29 +92,36 @@ def at_least_one(text: str) -> int:
     return value
 
 
-def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir") -> None:
-    """An output folder, checked before the model is loaded: outside the run being read, writable."""
+def prepare_out_dir(path: Path, ckpt_path: str, flag: str = "--attention-dir", given: Path | None = None) -> None:
+    """An output folder, checked before the model is loaded: outside the run being read, writable. `given`: the
+    value of the flag when `path` is only its folder (--html's page)."""
     if not is_source(ckpt_path):  # a pretrained source is no run to protect
         refuse_writing_into_run(path, ckpt_path, flag)
+    where = f"{flag} {path}" if given is None else f"{flag} {given}: its folder {path}"
+    if path.is_file():
+        raise UserError(f"{where} is a file; expected a folder (created when missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise UserError(f"{flag} {path}: cannot write there ({err.strerror or err})") from err
+        raise UserError(f"{where}: cannot write there ({err.strerror or err})") from err
 
 
 def check_picture_options(
-    predictor: Predictor, heads: list[int] | None, layer: int, encoder_layer: int
+    predictor: Predictor, heads: list[int] | None, layer: int, encoder_layer: int | None
 ) -> None:
     """--heads / --layer / --encoder-layer within the network's heads and layers: --layer indexes
     the last kind of layer the pictures show (a translator's cross-attention, a video's blocks),
     --encoder-layer the first (a translator's encoder)."""
     predictor.check_heads(heads)
+    if encoder_layer is not None and predictor.task != "generate":
+        raise UserError(f"--encoder-layer is for translators (the picture of their encoder's self-attention); "
+                        f"this {predictor.kind} model draws no such picture")
     shown = shown_layers(predictor.net)
     for flag, value, pattern in (
         ("--layer", layer, shown[-1]),
-        ("--encoder-layer", encoder_layer, shown[0]),
+        ("--encoder-layer", -1 if encoder_layer is None else encoder_layer, shown[0]),
     ):
         n = predictor.depth(pattern)
         if not -n <= value < n:
@@ -134,10 +141,16 @@ def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
     return out
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a bad flag value, a missing input) as the house's: one `error:` line, exit 2,
+    without the usage block before it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (python predict.py --help lists the options)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "ckpt_path", help="checkpoint file, run directory, or pretrained source (timm:..., hf:...)"
     )
@@ -171,8 +184,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--encoder-layer",
         type=int,
-        default=-1,
-        help="translator: encoder layer of the self-attention picture",
+        default=None,
+        help="translator: encoder layer of the self-attention picture (default: last)",
     )
     parser.add_argument(
         "--beam-size",
@@ -245,12 +258,21 @@ def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
     return [f"{item}: " + ", ".join(f"{name} {q:.1%}" for name, q in p.top)]
 
 
-def names(p: Prediction, item: str, i: int) -> tuple[str, str, str]:
-    """(picture stem, page name, page title) of an input."""
+def names(p: Prediction, item: str, i: int, clashing: set[str] = frozenset()) -> tuple[str, str, str]:
+    """(picture stem, page name, page title) of an input. A file whose name another input shares
+    (`clashing`: a/x.wav and b/x.wav) gets its index in front, as sentences do, so neither picture
+    overwrites the other."""
     if isinstance(p.input, str):
         title = f"{item} -> {p.text}" if p.text is not None else item
         return f"{i:03d}_{slug(item)}", item, title
-    return slug(Path(item).stem), Path(item).stem, Path(item).name
+    stem = slug(Path(item).stem)
+    return (f"{i:03d}_{stem}" if stem in clashing else stem), Path(item).stem, Path(item).name
+
+
+def clashing_stems(items: list[str]) -> set[str]:
+    """The picture stems (file names without folder and extension) that more than one input has."""
+    counts = Counter(slug(Path(item).stem) for item in items)
+    return {stem for stem, n in counts.items() if n > 1}
 
 
 LM_FLAGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
@@ -263,13 +285,20 @@ def sampling(args: argparse.Namespace) -> Sampling:
 
 
 def check_generation_options(predictor: Predictor, args: argparse.Namespace) -> None:
-    """Decoding options only for a language model, checked (with the model's defaults) before any input
-    is read."""
+    """Decoding options only for the models that read them (sampling: language models; --beam-size:
+    translators and speech models; --top-k: classifiers and language models), checked (with a language
+    model's defaults) before any input is read."""
+    if args.top_k is not None and predictor.task not in ("classify", "complete"):
+        raise UserError(f"--top-k {args.top_k}: for classifiers (how many classes to print) and language models "
+                        f"(sampling); this {predictor.kind} model takes no --top-k")
+    if args.beam_size is not None and predictor.task not in ("generate", "transcribe", "complete"):
+        raise UserError(f"--beam-size {args.beam_size}: for translators and speech models; this "
+                        f"{predictor.kind} model does not decode text")
     given = [f"--{k.replace('_', '-')}" for k in LM_FLAGS if getattr(args, k) not in (None, [])]
     if predictor.task != "complete":
         if given:
             raise UserError(f"{', '.join(given)}: for language models (that continue a prompt); this "
-                            f"{predictor.kind} model takes no decoding options")
+                            f"{predictor.kind} model takes none of these options")
         return
     if args.beam_size is not None:
         raise UserError("--beam-size is for translators; a language model decodes greedily or samples "
@@ -282,11 +311,12 @@ def check_folders(args: argparse.Namespace) -> None:
     if args.attention_dir is not None:
         prepare_out_dir(args.attention_dir, args.ckpt_path)
     if args.html is not None:
-        prepare_out_dir(args.html.absolute().parent, args.ckpt_path, "--html")
+        prepare_out_dir(args.html.absolute().parent, args.ckpt_path, "--html", args.html)
 
 
 def predict_one(
-    predictor: Predictor, args: argparse.Namespace, i: int, item: str, count: int
+    predictor: Predictor, args: argparse.Namespace, i: int, item: str, count: int,
+    clashing: set[str] = frozenset(),
 ) -> None:
     """Read one input, run the model once, print the prediction and draw its pictures and page."""
     notes: list[str] = []
@@ -307,7 +337,7 @@ def predict_one(
     say_notes(p, item, i, count, notes)
     for line in printed(p, item, count, args.word) + (timed_word_lines(p.words) if args.words else []):
         print(line)
-    stem, name, title = names(p, item, i)
+    stem, name, title = names(p, item, i, clashing)
     pictures = []
     if args.attention_dir is not None:
         pictures = draw(
@@ -315,7 +345,7 @@ def predict_one(
             args.attention_dir,
             stem,
             layer=args.layer,
-            encoder_layer=args.encoder_layer,
+            encoder_layer=-1 if args.encoder_layer is None else args.encoder_layer,
             word=args.word,
         )
     if args.html is not None:
@@ -373,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         items = gather(predictor, args.inputs, notes)  # a text file: its sentences
         for line in notes:
             note(line)
+        clashing = set() if predictor.modality == "text" else clashing_stems(items)
         for i, item in enumerate(items):
-            predict_one(predictor, args, i, item, len(items))
+            predict_one(predictor, args, i, item, len(items), clashing)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

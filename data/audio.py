@@ -40,6 +40,12 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 AUDIO_FOLDER_LAYOUT = "root/<class>/<clip>.wav|flac|ogg (one sub-folder per class, clips inside)"
 
 
+def duration_text(seconds: float) -> str:
+    """A length in seconds as the notes print it: 3 significant digits (0.5, 31, 66.5), whole seconds from 1,000
+    on (1,001, not 1e+03)."""
+    return f"{seconds:.3g}" if seconds < 1000 else f"{seconds:,.0f}"
+
+
 def read_audio(path: str | os.PathLike, sample_rate: int, notes: list[str] | None = None) -> Tensor:
     """Mono float32 waveform of a file at `sample_rate`; errors name the file. What was adapted (channels
     mixed, resampled) is appended to `notes` when given."""

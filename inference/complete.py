@@ -23,6 +23,9 @@ from models.generate import generate
 from utils.errors import UserError
 
 DEFAULT_NEW_TOKENS = 100  # when neither the command nor the model's generation settings say
+# The smallest temperature sampled with: float32 logits divided by less overflow to inf (softmax: NaN); anything
+# this cold picks the most likely token anyway (0 = greedy says so exactly).
+MIN_TEMPERATURE = 1e-6
 
 
 def _shorten(text: str, limit: int = 40) -> str:
@@ -45,12 +48,12 @@ class Sampling:
 
     def resolved(self, defaults: dict[str, Any] | None = None) -> Sampling:
         """The options with the model's defaults filled in, checked: a UserError names a bad value.
-        top-k / top-p given here with greedy decoding are refused (they would be ignored)."""
+        top-k / top-p / seed given here with greedy decoding are refused (they would be ignored)."""
         defaults = dict(defaults or {})
         self.check()
         greedy = (self.temperature if self.temperature is not None else defaults.get("temperature") or 0) == 0
-        if greedy and (self.top_k is not None or self.top_p is not None):
-            flag = "--top-k" if self.top_k is not None else "--top-p"
+        if greedy and (self.top_k is not None or self.top_p is not None or self.seed is not None):
+            flag = "--top-k" if self.top_k is not None else "--top-p" if self.top_p is not None else "--seed"
             raise UserError(f"{flag} is for sampled decoding, but decoding is greedy (temperature 0); "
                             f"give --temperature > 0 (e.g. 0.8) to sample, or leave {flag} out")
         pick = lambda mine, key: mine if mine is not None else defaults.get(key)  # noqa: E731
@@ -67,15 +70,18 @@ class Sampling:
                                                 or self.max_new_tokens < 1):
             raise UserError(f"--max-new-tokens {self.max_new_tokens}: expected an integer >= 1 "
                             f"(how many tokens to add to the prompt)")
-        if self.temperature is not None and not self.temperature >= 0:  # NaN too
-            raise UserError(f"--temperature {self.temperature}: expected 0 (greedy) or a number > 0 "
-                            f"(sampled; 1 = the model's own distribution)")
+        if self.temperature is not None and not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature
+                                                 < float("inf")):  # NaN and inf too
+            raise UserError(f"--temperature {self.temperature}: expected 0 (greedy) or a finite number >= "
+                            f"{MIN_TEMPERATURE:g} (sampled; 1 = the model's own distribution)")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise UserError(f"--top-k {self.top_k}: expected an integer >= 1 (sample among the k most "
                             f"likely tokens)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"--top-p {self.top_p}: expected a probability in (0, 1] (sample among the "
                             f"most likely tokens holding that much probability)")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise UserError(f"--seed {self.seed}: expected an integer in 0 .. 2**64 - 1")
         if any(s == "" for s in self.stop):
             raise UserError("--stop '': expected a non-empty string (the continuation ends before it)")
 
@@ -139,10 +145,11 @@ def context_of(net: nn.Module) -> int:
 
 @torch.no_grad()
 def continue_ids(net: nn.Module, ids: list[int], options: Sampling, *, eos_ids: Sequence[int] = (),
-                 pad_id: int = 0, notes: list[str] | None = None) -> list[int]:
+                 pad_id: int = 0, notes: list[str] | None = None, keep: int = 0) -> list[int]:
     """The new token ids after `ids` (cut after an EOS). Within the context: models.generate in one call
     (one KV cache). Past it: nanoGPT's crop, each further token predicted from the last context - 1 tokens
-    (said in `notes`)."""
+    (said in `notes`); the first `keep` ids (a BOS the tokenizer added: a pretrained model's attention sink)
+    stay in front of that window, as prompt_ids keeps them when it crops."""
     context = context_of(net)
     device = next(net.parameters()).device
     generator = None
@@ -157,11 +164,13 @@ def continue_ids(net: nn.Module, ids: list[int], options: Sampling, *, eos_ids: 
     if ended is not None:
         return out[: ended + 1]
     if first < total and notes is not None:
+        after = f" after the first {keep} (BOS)" if keep else ""
         notes.append(f"prompt + {total} new tokens are more than the model's context ({context} tokens): "
-                     f"past it, each new token is predicted from the last {context - 1} tokens")
+                     f"past it, each new token is predicted from the last {context - 1 - keep} tokens{after}")
     seq = list(ids) + out
     while len(out) < total:
-        nxt = int(generate(net, [seq[-(context - 1):]], max_new_tokens=1, **sample)[0, 0])
+        window = seq[:keep] + seq[-(context - 1 - keep):]
+        nxt = int(generate(net, [window], max_new_tokens=1, **sample)[0, 0])
         out.append(nxt)
         seq.append(nxt)
         if nxt in eos_ids:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from data.audio import AUDIO_EXTENSIONS, AudioBatch, fit_length, read_audio
+from data.audio import AUDIO_EXTENSIONS, AudioBatch, duration_text, fit_length, read_audio
 from data.images import IMAGE_EXTENSIONS, load_image
 from data.text import read_text_file
 from data.video import VIDEO_EXTENSIONS, VideoBatch, read_video
@@ -153,7 +153,7 @@ def _read_audio(predictor: PredictorLike, path: Path, notes: list[str] | None) -
     if notes is not None and len(wave) != dm.num_samples:
         clip = f"the model's {dm.num_samples / dm.sample_rate:g} s clip"
         notes.append(
-            f"{len(wave) / dm.sample_rate:.3g} s long: "
+            f"{duration_text(len(wave) / dm.sample_rate)} s long: "
             + (
                 f"kept the middle of it for {clip}"
                 if len(wave) > dm.num_samples

@@ -387,8 +387,9 @@ class Predictor:
         options = sampling.resolved(settings)
         ids = prompt_ids(tok, prompt, context_of(net), notes)
         eos = list(settings.get("eos_ids") or [])
+        bos = settings.get("bos_id")
         new = continue_ids(net, ids, options, eos_ids=eos, pad_id=int(settings.get("pad_id") or 0),
-                           notes=notes)
+                           notes=notes, keep=int(bos is not None and bool(ids) and ids[0] == bos))
         kept, text, stopped = cut_at_stop(tok, new, options.stop, eos, prompt=ids)
         p = Prediction(net, self.modality, prompt, text=text, source_ids=torch.tensor([ids]),
                        source_tokens=token_texts(tok, ids), ids=kept, target_tokens=token_texts(tok, kept),

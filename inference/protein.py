@@ -20,12 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from data.protein_sequences import read_fasta
+from inference.inputs import file_modality
 from models.protein_alphabet import Alphabet, SequenceError
 from models.protein_geometry import contact_map, virtual_cb
 from utils.errors import FileFormatError, MissingFileError, UserError
 
 FASTA_EXTENSIONS = (".fasta", ".fa", ".faa", ".fas", ".fna")
 PDB_EXTENSIONS = (".pdb", ".ent")
+TAKES = (f"a protein model takes a sequence, a FASTA file ({', '.join(FASTA_EXTENSIONS)}) or a PDB file "
+         f"({', '.join(PDB_EXTENSIONS)})")
 MIN_SEPARATION = 6  # contacts printed: residues at least this far apart in the sequence (Rao et al.'s short range)
 CONTACT_HEAD_FILE = "contact_head.safetensors"  # what `evaluate.py contacts=true` writes
 FIT_COMMAND = "python evaluate.py {key}={run} contacts=true data=protein_structures"
@@ -109,9 +112,14 @@ def read_proteins(items: list[str], alphabet: Alphabet, notes: list[str] | None 
         path = Path(item).expanduser()
         suffix = path.suffix.lower()
         try:
-            is_file = path.is_file()
+            is_file, is_dir = path.is_file(), bool(item.strip()) and path.is_dir()  # Path('') is '.'
         except OSError:  # a sequence longer than a file name may be
-            is_file = False
+            is_file = is_dir = False
+        if is_dir:
+            raise UserError(f"{item!r} is a folder; {TAKES}")
+        found = file_modality(path) if is_file else None
+        if found is not None:  # a wav, a picture, a clip: not read as FASTA text
+            raise FileFormatError(f"{item} is {'an' if found[0] in 'aeiou' else 'a'} {found} file, but {TAKES}")
         if suffix in PDB_EXTENSIONS or (is_file and suffix not in FASTA_EXTENSIONS and _is_pdb(path)):
             if not is_file:
                 raise MissingFileError(f"PDB file {item!r} does not exist; expected a structure file (.pdb)")
@@ -210,8 +218,12 @@ def contact_head_file(source: object, given: Path | None) -> Path | None:
             raise MissingFileError(f"--contact-head {given}: no such file; expected a {CONTACT_HEAD_FILE} "
                                    f"(written by {FIT_COMMAND.format(key='ckpt_path', run='<run>')})")
         return Path(given)
+    # Only beside a run on disk: a folder (the run directory), or a checkpoint file (its folder and the run
+    # directory above). A source such as pkg:antiberty or hf:... names no folder: the current directory's file,
+    # if any, belongs to something else.
     path = Path(str(source))
-    for folder in (path, path.parent, path.parent.parent):
+    folders = [path] if path.is_dir() else [path.parent, path.parent.parent] if path.is_file() else []
+    for folder in folders:
         if (folder / CONTACT_HEAD_FILE).is_file():
             return folder / CONTACT_HEAD_FILE
     return None

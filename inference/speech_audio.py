@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
+from data.audio import duration_text
+
 
 def windows(wave: Tensor, size: int) -> list[Tensor]:
     """(1, samples) -> its consecutive windows of `size` samples (the last one shorter)."""
@@ -36,8 +38,8 @@ def transcribe_windows(predictor: Any, wave: Tensor, rate: int, size: int, maps:
     parts = [predictor._transcribe(part, maps and i == 0, beam_size, None, words)
              for i, part in enumerate(windows(wave, size))]
     if notes is not None:
-        notes.append(f"{wave.shape[-1] / rate:.3g} s long: transcribed in {len(parts)} windows of {size / rate:g} s, "
-                     f"one after another" + ("; the attention drawn is the first window's" if maps else ""))
+        notes.append(f"{duration_text(wave.shape[-1] / rate)} s long: transcribed in {len(parts)} windows of "
+                     f"{size / rate:g} s, one after another" + ("; the attention drawn is the first window's" if maps else ""))
     first = parts[0]
     first.input = wave
     first.text = " ".join(p.text for p in parts if p.text)

@@ -54,11 +54,11 @@ class CausalLM(Network):
 
     Args mirror configs/model/lm.yaml `net:`. positions: "learned" (a table of block_size rows, GPT-2) or
     "rotary" (RoPE with `rope_base` and optional `rope_scaling`, one module shared by every block; then
-    block_size only bounds training and the ONNX export). ffn: "mlp" (width ffn_dim or dim * mlp_ratio, `act`)
-    or "swiglu" (Llama; width ffn_dim, else DINOv2's 2/3 rule). bias: biases of the attention output and the
-    feed-forward; qkv_bias: of the q/k/v projections (None: as `bias`; Qwen2 has them without the others).
-    attn_window: causal sliding window (Mistral): each token sees itself and the window - 1 before it.
-    tie_embeddings: the output head is the token embedding (GPT-2, nanoGPT).
+    block_size only bounds training, the ONNX export and the context predict.py gives it). ffn: "mlp" (width
+    ffn_dim or dim * mlp_ratio, `act`) or "swiglu" (Llama; width ffn_dim, else DINOv2's 2/3 rule). bias:
+    biases of the attention output and the feed-forward; qkv_bias: of the q/k/v projections (None: as `bias`;
+    Qwen2 has them without the others). attn_window: causal sliding window (Mistral): each token sees itself
+    and the window - 1 before it. tie_embeddings: the output head is the token embedding (GPT-2, nanoGPT).
 
     Init as GPT-2 / nanoGPT: normal(0, 0.02) weights, zero biases, the residual projections (attn.proj,
     mlp.fc2) scaled by 1 / sqrt(2 * depth) so the residual stream does not grow with depth.

@@ -66,7 +66,10 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def predict_cli(capsys, *args: str) -> tuple[int, str, str]:
     with restored_globals():  # --threads 1 would stay set for the rest of the session
-        code = predict.main([*args, "--threads", "1"])
+        try:
+            code = predict.main([*args, "--threads", "1"])
+        except SystemExit as stop:  # argparse's own errors (a bad flag value) end the command there
+            code = stop.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -318,8 +321,16 @@ BAD_LM = [
                                           "to add to the prompt)"),
     (["ROMEO:", "--max-new-tokens", "-3"], "error: --max-new-tokens -3: expected an integer >= 1 (how many tokens "
                                            "to add to the prompt)"),
-    (["ROMEO:", "--temperature", "-1"], "error: --temperature -1.0: expected 0 (greedy) or a number > 0 (sampled; "
-                                        "1 = the model's own distribution)"),
+    (["ROMEO:", "--temperature", "-1"], "error: --temperature -1.0: expected 0 (greedy) or a finite number >= 1e-06 "
+                                        "(sampled; 1 = the model's own distribution)"),
+    (["ROMEO:", "--temperature", "inf"], "error: --temperature inf: expected 0 (greedy) or a finite number >= 1e-06 "
+                                         "(sampled; 1 = the model's own distribution)"),
+    (["ROMEO:", "--temperature", "1e-45"], "error: --temperature 1e-45: expected 0 (greedy) or a finite number >= "
+                                           "1e-06 (sampled; 1 = the model's own distribution)"),
+    (["ROMEO:", "--temperature", "1", "--seed", str(2**64)], f"error: --seed {2**64}: expected an integer in 0 .. "
+                                                             "2**64 - 1"),
+    (["ROMEO:", "--seed", "5"], "error: --seed is for sampled decoding, but decoding is greedy (temperature 0); "
+                                "give --temperature > 0 (e.g. 0.8) to sample, or leave --seed out"),
     (["ROMEO:", "--top-k", "5"], "error: --top-k is for sampled decoding, but decoding is greedy (temperature 0); "
                                  "give --temperature > 0 (e.g. 0.8) to sample, or leave --top-k out"),
     (["ROMEO:", "--top-p", "0.9"], "error: --top-p is for sampled decoding, but decoding is greedy (temperature 0); "
@@ -329,8 +340,9 @@ BAD_LM = [
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD_LM, ids=["empty", "new-0", "new-negative", "temperature", "top-k",
-                                                       "top-p-greedy", "top-p-range"])
+@pytest.mark.parametrize("args, message", BAD_LM, ids=["empty", "new-0", "new-negative", "temperature",
+                                                       "temperature-inf", "temperature-tiny", "seed-range",
+                                                       "seed-greedy", "top-k", "top-p-greedy", "top-p-range"])
 def test_a_bad_prompt_or_decoding_option_is_one_line_naming_it(args, message, runs, capsys) -> None:
     assert predict_cli(capsys, str(runs["lm"]), *args) == (2, "", message + "\n")
 
@@ -338,7 +350,7 @@ def test_a_bad_prompt_or_decoding_option_is_one_line_naming_it(args, message, ru
 def test_decoding_options_to_another_model_are_refused(runs, capsys) -> None:
     code, out, err = predict_cli(capsys, str(runs["translator"]), "Thank you.", "--temperature", "0.8")
     assert (code, out) == (2, "") and err == ("error: --temperature: for language models (that continue a "
-                                              "prompt); this translator model takes no decoding options\n")
+                                              "prompt); this translator model takes none of these options\n")
 
 
 def test_a_long_prompt_or_unknown_characters_run_and_say_what_was_done(runs, capsys) -> None:
@@ -432,6 +444,41 @@ def test_attention_folder_is_checked_before_the_model_is_loaded(runs, bad_files,
     assert predict_cli(capsys, str(run), image, "--heads", "0,7") == (
         2, "", "error: --heads 0,7: this model has 4 heads per layer (0..3)\n")
     assert not inside.exists()
+    assert predict_cli(capsys, str(run), image, "--attention-dir", image) == (
+        2, "", f"error: --attention-dir {image} is a file; expected a folder (created when missing)\n")
+    if Path("/sys").is_dir():
+        assert predict_cli(capsys, str(run), image, "--html", "/sys/page.html") == (
+            2, "", "error: --html /sys/page.html: its folder /sys: cannot write there (Permission denied)\n")
+
+
+def test_flags_the_model_does_not_read_are_refused_and_argparse_errors_are_one_line(runs, bad_files, capsys) -> None:
+    image = str(bad_files["x.png"])
+    assert predict_cli(capsys, str(runs["translator"]), "Thank you.", "--top-k", "3") == (
+        2, "", "error: --top-k 3: for classifiers (how many classes to print) and language models (sampling); this "
+               "translator model takes no --top-k\n")
+    assert predict_cli(capsys, str(runs["vit"]), image, "--beam-size", "3") == (
+        2, "", "error: --beam-size 3: for translators and speech models; this image model does not "
+               "decode text\n")
+    assert predict_cli(capsys, str(runs["vit"]), image, "--encoder-layer", "0") == (
+        2, "", "error: --encoder-layer is for translators (the picture of their encoder's self-attention); this "
+               "image model draws no such picture\n")
+    for flag, value, expected in (("--beam-size", "0", "'0': expected an integer >= 1"),
+                                  ("--heads", "a,b", "'a,b': expected comma-separated head indices, e.g. 0,2")):
+        assert predict_cli(capsys, str(runs["vit"]), image, flag, value) == (
+            2, "", f"error: argument {flag}: {expected} (python predict.py --help lists the options)\n")
+
+
+def test_files_of_the_same_name_in_two_folders_get_a_picture_each(runs, tmp_path, capsys) -> None:
+    pictures = tmp_path / "pictures"
+    paths = []
+    for k, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        paths.append(write_png(torch.full((1, 28, 28), 40 * k, dtype=torch.uint8), tmp_path / name / "x.png"))
+    code, out, err = predict_cli(capsys, str(runs["vit"]), *map(str, paths), "--attention-dir", str(pictures))
+    assert code == 0, err
+    drawn = sorted(p.name for p in pictures.iterdir())
+    assert len(drawn) >= 2 and all(name.startswith(("000_x", "001_x")) for name in drawn), drawn
+    assert {name[:3] for name in drawn} == {"000", "001"}
 
 
 BAD_VALUES = [

@@ -109,3 +109,12 @@ def test_odd_long_and_few_chains_run_with_notes(tmp_path: Path, run) -> None:
     ]
     metrics = json.loads(next(tmp_path.glob("eval*/metrics.json")).read_text())
     assert metrics["contacts/train_chains"] == 3 and metrics["contacts/eval_chains"] == 4
+
+
+def test_save_attention_or_average_last_with_contacts_is_refused_not_dropped(tmp_path: Path, run) -> None:
+    ckpt, _ = run
+    for key in ("save_attention", "average_last"):
+        code, _, err = contacts(tmp_path, f"ckpt_path={ckpt}", f"{key}=2")
+        assert code == 2 and err == (f"error: {key}=2 is not read with contacts=true (it scores the checkpoint as it "
+                                     f"is and draws nothing); run `python evaluate.py ckpt_path=<run> {key}=2` on its "
+                                     "own\n"), err

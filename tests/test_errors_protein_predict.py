@@ -98,3 +98,27 @@ def test_a_missing_or_wrong_contact_head_file_is_refused(run, capsys, tmp_path) 
     save_file({"weight": torch.zeros(1, 12), "bias": torch.zeros(1)}, str(other))
     line = _one_error(capsys, run, "MKTAYI", "--contact-head", other)
     assert "contact head weight of shape (1, 12), but this model has 2 layers x 2 heads: expected (1, 4)" in line
+
+
+def test_a_folder_or_an_audio_file_is_refused_naming_what_a_protein_model_takes(run, capsys, tmp_path) -> None:
+    takes = ("a protein model takes a sequence, a FASTA file (.fasta, .fa, .faa, .fas, .fna) or a PDB file "
+             "(.pdb, .ent)")
+    assert _one_error(capsys, run, str(tmp_path)) == f"error: {str(tmp_path)!r} is a folder; {takes}"
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(b"RIFF\x00\x00\x00\x00WAVE")
+    assert _one_error(capsys, run, str(wav)) == f"error: {wav} is an audio file, but {takes}"
+
+
+def test_a_contact_head_is_looked_for_beside_a_run_only_not_in_the_current_folder(run, tmp_path, monkeypatch) -> None:
+    from inference.protein import CONTACT_HEAD_FILE, contact_head_file
+
+    (tmp_path / CONTACT_HEAD_FILE).write_bytes(b"someone else's file")
+    monkeypatch.chdir(tmp_path)
+    for source in ("pkg:antiberty", "hf:facebook/esm2_t6_8M_UR50D", "esm2_t6_8M_UR50D.pt"):
+        assert contact_head_file(source, None) is None, source
+    beside = tmp_path / "run"
+    (beside / "checkpoints").mkdir(parents=True)
+    (beside / CONTACT_HEAD_FILE).write_bytes(b"x")
+    (beside / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    assert contact_head_file(str(beside), None) == beside / CONTACT_HEAD_FILE
+    assert contact_head_file(str(beside / "checkpoints" / "best.ckpt"), None) == beside / CONTACT_HEAD_FILE

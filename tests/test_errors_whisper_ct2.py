@@ -79,3 +79,14 @@ def test_a_ct2_whisper_folder_without_model_bin_is_one_line(ct2, tmp_path: Path,
     assert code == 2 and line == (
         f"error: pretrained={str(bare)!r}: {bare} has a CTranslate2 Whisper config.json but no model.bin; expected "
         f"the folder ct2-transformers-converter writes (model.bin, config.json, tokenizer.json)")
+
+
+def test_a_ct2_whisper_folder_without_tokenizer_json_says_how_to_get_one(ct2, tmp_path: Path, capsys) -> None:
+    half, _, wav = ct2
+    bare = _copy(half, tmp_path / "no_tokenizer")
+    (bare / "tokenizer.json").unlink()
+    code, line = _predict(capsys, str(bare), str(wav))
+    assert code == 2 and line == (
+        f"error: pretrained={str(bare)!r}: {bare} has model.bin and config.json but no tokenizer.json; convert with "
+        f"ct2-transformers-converter ... --copy_files tokenizer.json, or copy the original model's tokenizer.json "
+        f"into the folder")

@@ -149,6 +149,20 @@ def test_a_prompt_past_the_context_is_cut_from_the_left_and_generation_crops_lik
     assert len(p.context_tokens) == 32  # the maps: the last 32 tokens (the longest pass the model takes)
 
 
+def test_past_the_context_a_bos_stays_in_front_of_the_window(tiny) -> None:
+    net, tok = tiny
+    from inference.complete import continue_ids
+
+    bos, ids = 0, [0] + tok.encode("Ay").ids  # id 0 ([UNK]) stands in for a BOS the tokenizer added
+    notes: list[str] = []
+    new = continue_ids(net, ids, Sampling(max_new_tokens=40).resolved(), notes=notes, keep=1)
+    assert any("last 30 tokens after the first 1 (BOS)" in n for n in notes), notes
+    seq = ids + new
+    for k in range(net.block_size, len(seq)):  # each token past the context: from the BOS + the 30 before it
+        window = torch.tensor([[bos] + seq[k - 30:k]])
+        assert int(net(window)[0, -1].argmax()) == seq[k], k
+
+
 def test_the_tokenizers_post_processor_decides_the_bos_and_a_cut_keeps_it() -> None:
     tok = char_tokenizer(TEXT)
     tok.add_special_tokens(["<s>"])

@@ -192,6 +192,10 @@ def convert(source: Source) -> Converted:
         raise FileFormatError(f"pretrained={source.spec!r}: {folder / 'model.bin'} holds a {model.spec}; expected "
                               f"a WhisperSpec")
     src = Source(source.spec, source.kind, folder, source.trust_pickle)
+    if src.file("tokenizer.json") is None:  # the converter writes vocabulary.json; tokenizer.json only when asked
+        raise MissingFileError(f"pretrained={source.spec!r}: {folder} has model.bin and config.json but no "
+                               f"tokenizer.json; convert with ct2-transformers-converter ... --copy_files "
+                               f"tokenizer.json, or copy the original model's tokenizer.json into the folder")
     tokenizer = hf_tokenizer(src)
     tokens = special_tokens(tokenizer, source.spec, config.get("lang_ids"))
     ref = hf_config(model.variables, tokens, source.spec)
