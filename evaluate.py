@@ -29,6 +29,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, open_dict
 
+from inference.complete import Sampling
 from inference.contacts import require_contact_model, require_structures, rule, run_contacts, save_contact_head
 from inference.inputs import input_kind, slug
 from inference.load import from_run, load_source
@@ -178,8 +179,15 @@ def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (x, label, name) in enumerate(test_examples(predictor, n)):
+        notes: list[str] = []
+        # A language model continues the prompt by as many tokens as the reference holds, so that prompt and
+        # continuation fit its context and the pictures show both (100 new tokens would push the prompt out).
+        sampling = (Sampling(max_new_tokens=max(1, len(predictor.tokenizer.encode(label, add_special_tokens=False)
+                                                           .ids))) if predictor.task == "complete" else None)
         # a transcriber's words too: its page highlights them as the audio plays (as predict.py --words --html)
-        p = predictor.predict(x, maps=True, words=predictor.task == "transcribe")
+        p = predictor.predict(x, maps=True, words=predictor.task == "transcribe", notes=notes, sampling=sampling)
+        for line in notes:
+            note(f"save_attention: test example {i}: {line}")
         if predictor.task == "unmask":  # a protein: its pseudo-perplexity; the page shows its contact maps
             paths = draw(p, out_dir, f"test{i:03d}_{slug(name)}")
             known = "true contacts known" if p.true_contacts is not None else "no structure"

@@ -505,8 +505,12 @@ def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any, str]]:
         return [(read(predictor, str(u.audio)), u.text, u.audio.name) for u in pairs]
     if predictor.task == "unmask":
         return _test_proteins(predictor, n)
-    batch = next(iter(dm.test_dataloader()))
-    xs, ys = batch
+    parts: list[tuple[Tensor, Tensor]] = []
+    for xs, ys in dm.test_dataloader():  # as many batches as the n examples need
+        parts.append((xs, ys))
+        if sum(len(y) for _, y in parts) >= n:
+            break
+    xs, ys = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
     if predictor.task == "complete":  # a test block's first half as the prompt, its second half the reference
         half = xs.shape[1] // 2
         decode = predictor.tokenizer.decode

@@ -298,6 +298,7 @@ def test_predict_py_on_a_tiny_trained_run_prints_pictures_and_page(tmp_path: Pat
                f"hydra.run.dir={tmp_path / 'ev'}")
     drawn = sorted(x.name for x in (tmp_path / "ev" / "attention").iterdir())
     assert len(drawn) == 4 and drawn[0] == "test000.html" and "(reference: " in done.stdout
+    assert "maps show the last" not in done.stderr  # continued as far as the reference: the prompt is drawn too
     # bench/passkey.py: a window gives the passkey position no weight from the last query
     from bench import passkey
 
