@@ -42,24 +42,26 @@ class Demo:
 
     def answer(self, given: str | None) -> tuple[str, str, str, list[str]]:
         """One request: the input read, the model run once, the page and the pictures drawn from
-        that run."""
+        that run. The message: an error, or what was done to odd input (predict.py's `note:` lines)."""
+        notes: list[str] = []
         try:
-            x, name = self._read(given)
-            p = self.predictor.predict(x, maps=True, words=True)  # words: a speech page highlights them
+            x, name = self._read(given, notes)
+            p = self.predictor.predict(x, maps=True, words=True, notes=notes)  # words: a speech page shows them
             title = f"{name} -> {p.text}" if p.text is not None else name
             folder = Path(tempfile.mkdtemp(prefix="pictures-", dir=self.workdir))
             # A text encoder's pictures follow one word (predict.py --word): its page shows every token.
             pictures = [] if p.embedding is not None else draw(p, folder, slug(Path(name).stem if p.top else name))
-            return "", shown(p), iframe(page(p, title)), [str(path) for path in pictures]
+            message = "\n".join(f"note: {line}" for line in notes)
+            return message, shown(p), iframe(page(p, title)), [str(path) for path in pictures]
         except Exception as err:  # any bad input becomes a message; the app keeps serving
             return f"error: {err}", "", "", []
 
-    def _read(self, given: str | None) -> tuple[torch.Tensor | str, str]:
+    def _read(self, given: str | None, notes: list[str]) -> tuple[torch.Tensor | str, str]:
         """(model input, its name) of a sentence or an uploaded file, checked before it is decoded."""
         modality = self.predictor.modality
         kind = INPUT_KINDS[modality]
         if self.predictor.task == "unmask":
-            return typed_protein(self.predictor, given, self.max_residues)
+            return typed_protein(self.predictor, given, self.max_residues, notes)
         if kind.read is None:
             if not given or not given.strip():
                 what = "prompt" if self.predictor.task == "complete" else "sentence"
@@ -78,12 +80,13 @@ class Demo:
                 f"{self.max_bytes / 1e6:.0f} MB (--max-file-mb)"
             )
         try:
-            return read(self.predictor, str(file)), file.name
+            return read(self.predictor, str(file), notes), file.name
         except Exception as err:
             raise ValueError(f"could not read {file.name} as {modality}: {err}") from err
 
 
-def typed_protein(predictor: Predictor, given: str | None, max_residues: int) -> tuple[ProteinInput, str]:
+def typed_protein(predictor: Predictor, given: str | None, max_residues: int,
+                  notes: list[str] | None = None) -> tuple[ProteinInput, str]:
     """(protein, its name) of a typed sequence: residue letters, optionally after a FASTA header line (its first
     word names it). Never read as a file name: the app does not open files on the machine it runs on. At most
     max_residues: the pseudo-perplexity runs the model once per residue and the maps grow with its square."""
@@ -94,7 +97,7 @@ def typed_protein(predictor: Predictor, given: str | None, max_residues: int) ->
         name = (header[1:].split() or ["sequence"])[0]
     if not text.strip():
         raise ValueError("the sequence is empty; type the residues in one-letter codes (MKTAYIAKQR...)")
-    seq = clean_sequence(predictor.net.alphabet, text, name, None)
+    seq = clean_sequence(predictor.net.alphabet, text, name, notes)
     if len(seq) > max_residues:
         raise ValueError(f"{name}: {len(seq)} residues; the app answers proteins of at most {max_residues} "
                          f"(--max-residues; predict.py takes any length)")

@@ -307,7 +307,7 @@ def read_sentences(items: list[str], notes: list[str] | None = None) -> list[str
             sentences += _lines(path, item, notes)
         elif looks_like_file:
             raise MissingFileError(
-                f"text file {item!r} does not exist (to translate a sentence that ends in "
+                f"text file {item!r} does not exist (to give a sentence or prompt that ends in "
                 f"{path.suffix}, put a space in it or leave the extension out)"
             )
         else:

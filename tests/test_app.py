@@ -25,12 +25,14 @@ def runs(tiny_runs, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     return out
 
 
-def _predicted(runs, kind: str) -> str:
-    """What predict.py prints for the sample: the translation, or the classes after 'file: '."""
+def _predicted(runs, kind: str) -> tuple[str, str]:
+    """What predict.py prints for the sample: the translation, or the classes after 'file: '; and its notes
+    (`note: <file>: ...` for a file), as the app's message box shows them (`note: ...`)."""
     folder, sample = runs[kind]
-    line = run("predict.py", str(folder), SENTENCE if sample is None else str(sample), "--threads", "1").stdout
-    line = line.strip().splitlines()[0]
-    return line if sample is None else line.split(": ", 1)[1]
+    done = run("predict.py", str(folder), SENTENCE if sample is None else str(sample), "--threads", "1")
+    line = done.stdout.strip().splitlines()[0]
+    notes = [n.replace(f"note: {sample}: ", "note: ") for n in done.stderr.splitlines() if n.startswith("note: ")]
+    return (line if sample is None else line.split(": ", 1)[1]), "; ".join(notes)
 
 
 def test_predict_html_writes_one_offline_explorer_per_input(runs, tmp_path) -> None:
@@ -77,7 +79,8 @@ def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_pat
             message, prediction, explorer, pictures = client.predict(
                 SENTENCE if sample is None else handle_file(str(sample)), api_name=f"/{kind}")
             timings[kind] = time.perf_counter() - start
-            assert message == "" and prediction == _predicted(runs, kind), kind
+            # the same prediction, and predict.py's notes (a file's in one line, joined by "; ")
+            assert (prediction, message.replace("\nnote: ", "; ")) == _predicted(runs, kind), kind
             assert explorer.startswith("<iframe") and "srcdoc=" in explorer and len(pictures) >= 1, kind
         print("app response time per request (s):", {k: round(v, 2) for k, v in timings.items()})
         _browse(url, runs["image"][1])
@@ -128,4 +131,5 @@ def test_an_animated_gif_is_a_clip_to_the_app_and_to_predict_alike(runs, tmp_pat
     folder = runs["video"][0]
     printed = run("predict.py", str(folder), str(gif), "--threads", "1").stdout.strip().splitlines()[0]
     message, prediction, explorer, pictures = Demo(load(folder), tmp_path, 1.0).answer(str(gif))
-    assert message == "" and prediction == printed.split(": ", 1)[1] and explorer.startswith("<iframe")
+    assert message == "note: sampled 8 of 10 frames evenly" and prediction == printed.split(": ", 1)[1]
+    assert explorer.startswith("<iframe")

@@ -263,7 +263,7 @@ def test_96khz_stereo_and_short_audio_run_and_say_what_was_done(runs, tmp_path: 
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "error: text file {path!r} does not exist (to translate a sentence that ends in .txt, put a space in it "
+    (None, "error: text file {path!r} does not exist (to give a sentence or prompt that ends in .txt, put a space in it "
            "or leave the extension out)\n"),
     (b"", "error: {path} holds no sentences (it is empty or blank); expected one sentence a line\n"),
     (b" \n\t\n", "error: {path} holds no sentences (it is empty or blank); expected one sentence a line\n"),

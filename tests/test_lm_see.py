@@ -318,7 +318,10 @@ def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path)
         message, shown, explorer, pictures = client.predict("  ", api_name="/lm")
         assert message == "error: the prompt is empty; type a prompt" and not shown
         message, shown, explorer, pictures = client.predict("ROMEO:", api_name="/lm")
-        assert message == "" and shown == "ROMEO:" + predictor.predict("ROMEO:").text
+        notes: list[str] = []
+        assert shown == "ROMEO:" + predictor.predict("ROMEO:", maps=True, notes=notes).text
+        # 100 new tokens past the 32-token context: predict.py's notes, in the message box
+        assert message == "\n".join(f"note: {line}" for line in notes) and "more than the model's context" in message
         assert explorer.startswith("<iframe") and "causal self-attention" in explorer and len(pictures) == 3
 
 

@@ -280,7 +280,8 @@ def test_the_app_tab_answers_a_typed_sequence_as_predict_prints_it(runs, capsys,
         assert explorer.startswith("<iframe") and "&quot;contacts&quot;" in explorer and len(pictures) == 3
         message, shown, _, _ = client.predict(f">my_protein some words\n{SEQUENCE[:20]}\n{SEQUENCE[20:]}",
                                               api_name="/protein")
-        assert message == "" and shown.splitlines()[0] == f"my_protein: {len(SEQUENCE)} residues"
+        assert message == f"note: my_protein: white space dropped ({len(SEQUENCE)} residues read)"
+        assert shown.splitlines()[0] == f"my_protein: {len(SEQUENCE)} residues"
         fasta = tmp_path / "p.fasta"  # a real file: its path is typed text, never opened
         fasta.write_text(f">p\n{SEQUENCE}\n")
         for bad, expected in (("   ", "the sequence is empty"), ("MKT1", "'1' at residue 4"),

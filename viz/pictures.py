@@ -180,7 +180,8 @@ def draw_completion(p: Prediction, out_dir: Path, stem: str) -> list[Path]:
     out = Path(out_dir)
     paths = [
         plots.plot_causal_layers(views.per_layer, p.context_tokens, p.prompt_length, views.layers, title,
-                                 out / f"{stem}_causal_attention.png"),
+                                 out / f"{stem}_causal_attention.png",
+                                 heads=f"mean over {_heads_text(p.heads)}" if p.heads else "mean over heads"),
         plots.plot_sink(views.sink, title, out / f"{stem}_sink.png"),
     ]
     if views.previous is not None:

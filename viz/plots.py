@@ -260,15 +260,16 @@ def map_grid(maps: Tensor, tokens: list[str], panels: list[str], *, side: float,
 
 
 def plot_causal_layers(maps: Tensor, tokens: list[str], boundary: int, layers: list[str], title: str,
-                       path: str | Path, max_labels: int = 48) -> Path:
+                       path: str | Path, max_labels: int = 48, heads: str = "mean over heads") -> Path:
     """A causal LM's attention per layer: maps (layers, T, T), row = token looking (its output predicts
     the next token), column = earlier token looked at; the line after `boundary` tokens separates the
-    prompt (before) from the continuation. Tokens are labelled when there are at most max_labels."""
+    prompt (before) from the continuation. Tokens are labelled when there are at most max_labels. heads: which
+    heads the maps are the mean of, as the subtitle says it."""
     T = maps.shape[-1]
     fig = map_grid(maps, tokens, [f"layer {k} ({name})" for k, name in enumerate(layers)],
                    side=max(3.2, min(6.5, 0.16 * T + 1.5)), max_labels=max_labels, fontsize=7,
                    axis_labels=("earlier token looked at (key)", "token looking (query)"), boundary=boundary)
-    fig.suptitle(f"{title}\ncausal self-attention, mean over heads; dashed: prompt | continuation")
+    fig.suptitle(f"{title}\ncausal self-attention, {heads}; dashed: prompt | continuation")
     return _save(fig, path)
 
 

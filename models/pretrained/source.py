@@ -86,8 +86,9 @@ def _snapshot(spec: str, repo_id: str) -> Path:
             f"pretrained={spec!r}: {repo_id} is not in the Hugging Face cache ({hub_cache()}) and this run "
             f"does not download. Get it on a connected machine with `huggingface-cli download {repo_id}` "
             f"(or `python -c \"from huggingface_hub import snapshot_download; snapshot_download('{repo_id}')\"`), "
-            "then copy that cache folder here (or set HF_HOME to it), or pass the downloaded folder as "
-            "pretrained=/path/to/folder"
+            "then copy that cache folder here (or set HF_HOME to it), or give the downloaded folder's path in "
+            f"place of {spec!r} (train.py / evaluate.py: pretrained=<folder>; predict.py / app.py: the first "
+            "argument)"
         ) from None
 
 
