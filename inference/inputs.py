@@ -336,9 +336,9 @@ def read(predictor: PredictorLike, item: str, notes: list[str] | None = None) ->
         return item
     path = Path(item).expanduser()
     if not path.is_file():
-        what = "a folder" if path.is_dir() else "not a file"
+        what = "is a folder" if path.is_dir() else "is not a file" if path.exists() else "does not exist"
         raise MissingFileError(
-            f"input {item!r} is {what}; this {name} takes a file path ({kind.description})"
+            f"input {item!r} {what}; this {name} takes a file path ({kind.description})"
         )
     # an extension two kinds share (.gif: an image, or an animated clip) is the model's own kind's
     found = predictor.modality if path.suffix.lower() in kind.extensions else file_modality(path)

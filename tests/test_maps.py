@@ -206,4 +206,4 @@ def test_predict_and_evaluate_write_attention_pictures(model: str, tiny_runs, tm
         assert sorted(p.name for p in (tmp_path / "ev" / "attention").glob("*.png")) == \
             ["test000_attention.png", "test001_attention.png"]
     proc = command("predict.py", str(trained), str(tmp_path / "missing.png"))
-    assert proc.returncode == 2 and "missing.png" in proc.stderr and "not a file" in proc.stderr
+    assert proc.returncode == 2 and "'" + str(tmp_path / "missing.png") + "' does not exist" in proc.stderr
