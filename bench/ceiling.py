@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"products {100 * r['product_share']['zoo']:.0f} / {100 * r['product_share']['ref']:.0f} % "
               f"(zoo / ref)  ceiling {r['ceiling']:.2f}x  goal {goal:g}x"
               f"{'  (above the ceiling)' if r['goal_above_ceiling'] else ''}", flush=True)
+    args.nanogpt = None if args.nanogpt is None else str(args.nanogpt)  # JSON
     return write_report(args, {"product_ops": list(PRODUCT_OPS)}, results=results)
 
 
