@@ -1,0 +1,25 @@
+"""bench/ceiling.py: the share of profiled time in weight products, and the ceiling it puts on a speed-up."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.ceiling import measure, product_share
+
+
+def test_the_product_share_counts_matrix_products_and_nothing_else() -> None:
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    share, top = product_share(lambda: [a @ b for _ in range(20)])
+    assert share > 0.9 and "aten::mm" in top
+    share, _ = product_share(lambda: [(a * 2 + 1).relu() for _ in range(20)])
+    assert share == 0.0
+
+
+def test_the_ceiling_is_the_reference_time_over_the_product_time() -> None:
+    a, b = torch.randn(192, 192), torch.randn(192, 192)
+    products = lambda: [a @ b for _ in range(10)]  # noqa: E731
+    # The reference does the same products plus elementwise work: the zoo could at most skip that work.
+    reference = lambda: [(a @ b).exp().sin().cos().tanh() for _ in range(10)]  # noqa: E731
+    r = measure(products, reference, goal=100.0, repeats=2)
+    expected = r["seconds"]["ref"] / min(r["seconds"][k] * r["product_share"][k] for k in ("zoo", "ref"))
+    assert abs(r["ceiling"] - expected) < 1e-9 and r["ceiling"] > 1.0 and r["goal_above_ceiling"]
