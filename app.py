@@ -51,7 +51,7 @@ class Demo:
             folder = Path(tempfile.mkdtemp(prefix="pictures-", dir=self.workdir))
             # A text encoder's pictures follow one word (predict.py --word): its page shows every token.
             pictures = [] if p.embedding is not None else draw(p, folder, slug(Path(name).stem if p.top else name))
-            message = "\n".join(f"note: {line}" for line in notes)
+            message = "\n\n".join(f"note: {line}" for line in notes)  # Markdown: one paragraph a note
             return message, shown(p), iframe(page(p, title)), [str(path) for path in pictures]
         except Exception as err:  # any bad input becomes a message; the app keeps serving
             return f"error: {err}", "", "", []

@@ -29,7 +29,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, open_dict
 
-from inference.complete import Sampling
+from inference.complete import Sampling, context_of, prompt_ids
 from inference.contacts import require_contact_model, require_structures, rule, run_contacts, save_contact_head
 from inference.inputs import input_kind, slug
 from inference.load import from_run, load_source
@@ -51,11 +51,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_run_config(cfg)  # this command's own keys (average_last, save_attention, ...); the run's come below
     measurement = "contacts=true" if cfg.get("contacts") else (f"probe={cfg.probe.name}" if cfg.get("probe") is not
                                                                None else None)
+    if cfg.get("contacts") and cfg.get("probe") is not None:
+        raise UserError(f"contacts=true and probe={cfg.probe.name}: one measurement at a time; leave one out")
     for key in ("save_attention", "average_last"):
         if measurement and cfg.get(key):
-            raise UserError(f"{key}={cfg.get(key)} is not read with {measurement} (it scores the checkpoint as it "
-                            f"is and draws nothing); run `python evaluate.py ckpt_path=<run> {key}="
-                            f"{cfg.get(key)}` on its own")
+            raise UserError(f"{key}={cfg.get(key)} is not read with {measurement}; leave one of the two out "
+                            f"(`python evaluate.py ckpt_path=<run> {key}={cfg.get(key)}` runs a run's own test step)")
     if cfg.get("contacts"):
         return contacts(cfg)
     if cfg.get("probe") is not None:
@@ -172,18 +173,30 @@ def data_choice(data: DictConfig) -> str:
         return str(data.get("_target_"))
 
 
+def continuation_length(predictor: Predictor, prompt: str, reference: str) -> int:
+    """How far save_attention continues a language model's test prompt: as many tokens as the reference holds, at
+    most what the context leaves after the prompt (a BOS included), so that the pictures show the prompt too (100
+    new tokens would push it out of the maps)."""
+    tok, context = predictor.tokenizer, context_of(predictor.net)
+    room = context - len(prompt_ids(tok, prompt, context))
+    return max(1, min(len(tok.encode(reference, add_special_tokens=False).ids), room))
+
+
 def save_test_pictures(predictor: Predictor, n: int, out_dir: Path) -> list[str]:
     """Attention pictures (PNG) and the explorer page (test<i>.html) of the first n test examples in out_dir,
     each drawn from one prediction; returns one printable line each."""
     input_kind(predictor.modality, f"save_attention: this {type(predictor.net).__name__}")  # e.g. ListOps: none
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, (x, label, name) in enumerate(test_examples(predictor, n)):
+    examples = test_examples(predictor, n)
+    if not examples:
+        raise UserError(f"save_attention={n}: the run's test split holds no example to draw")
+    if len(examples) < n:
+        note(f"save_attention={n}: the test split holds {len(examples)} example(s); all of them drawn")
+    for i, (x, label, name) in enumerate(examples):
         notes: list[str] = []
-        # A language model continues the prompt by as many tokens as the reference holds, so that prompt and
-        # continuation fit its context and the pictures show both (100 new tokens would push the prompt out).
-        sampling = (Sampling(max_new_tokens=max(1, len(predictor.tokenizer.encode(label, add_special_tokens=False)
-                                                           .ids))) if predictor.task == "complete" else None)
+        sampling = Sampling(max_new_tokens=continuation_length(predictor, x, label)) if predictor.task == "complete" \
+            else None
         # a transcriber's words too: its page highlights them as the audio plays (as predict.py --words --html)
         p = predictor.predict(x, maps=True, words=predictor.task == "transcribe", notes=notes, sampling=sampling)
         for line in notes:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
@@ -258,21 +257,22 @@ def printed(p: Prediction, item: str, count: int, word: str) -> list[str]:
     return [f"{item}: " + ", ".join(f"{name} {q:.1%}" for name, q in p.top)]
 
 
-def names(p: Prediction, item: str, i: int, clashing: set[str] = frozenset()) -> tuple[str, str, str]:
-    """(picture stem, page name, page title) of an input. A file whose name another input shares
-    (`clashing`: a/x.wav and b/x.wav) gets its index in front, as sentences do, so neither picture
-    overwrites the other."""
+def names(p: Prediction, item: str, i: int, indexed: bool = False) -> tuple[str, str, str]:
+    """(picture stem, page name, page title) of an input. Files are named by their stem, or with their index in
+    front (as sentences always are) when `indexed`: two inputs share a name (a/x.wav and b/x.wav), and no
+    picture may overwrite another."""
     if isinstance(p.input, str):
         title = f"{item} -> {p.text}" if p.text is not None else item
         return f"{i:03d}_{slug(item)}", item, title
     stem = slug(Path(item).stem)
-    return (f"{i:03d}_{stem}" if stem in clashing else stem), Path(item).stem, Path(item).name
+    return (f"{i:03d}_{stem}" if indexed else stem), Path(item).stem, Path(item).name
 
 
-def clashing_stems(items: list[str]) -> set[str]:
-    """The picture stems (file names without folder and extension) that more than one input has."""
-    counts = Counter(slug(Path(item).stem) for item in items)
-    return {stem for stem, n in counts.items() if n > 1}
+def names_clash(items: list[str]) -> bool:
+    """Whether two inputs give one picture stem (their file names without folder and extension, compared as a
+    case-insensitive file system would)."""
+    stems = [slug(Path(item).stem).casefold() for item in items]
+    return len(set(stems)) < len(stems)
 
 
 LM_FLAGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
@@ -301,8 +301,8 @@ def check_generation_options(predictor: Predictor, args: argparse.Namespace) -> 
                             f"{predictor.kind} model takes none of these options")
         return
     if args.beam_size is not None:
-        raise UserError("--beam-size is for translators; a language model decodes greedily or samples "
-                        "(--temperature)")
+        raise UserError("--beam-size is for translators and speech models; a language model decodes greedily or "
+                        "samples (--temperature)")
     sampling(args).resolved(predictor.generation)
 
 
@@ -315,8 +315,7 @@ def check_folders(args: argparse.Namespace) -> None:
 
 
 def predict_one(
-    predictor: Predictor, args: argparse.Namespace, i: int, item: str, count: int,
-    clashing: set[str] = frozenset(),
+    predictor: Predictor, args: argparse.Namespace, i: int, item: str, count: int, indexed: bool = False,
 ) -> None:
     """Read one input, run the model once, print the prediction and draw its pictures and page."""
     notes: list[str] = []
@@ -337,7 +336,7 @@ def predict_one(
     say_notes(p, item, i, count, notes)
     for line in printed(p, item, count, args.word) + (timed_word_lines(p.words) if args.words else []):
         print(line)
-    stem, name, title = names(p, item, i, clashing)
+    stem, name, title = names(p, item, i, indexed)
     pictures = []
     if args.attention_dir is not None:
         pictures = draw(
@@ -403,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         items = gather(predictor, args.inputs, notes)  # a text file: its sentences
         for line in notes:
             note(line)
-        clashing = set() if predictor.modality == "text" else clashing_stems(items)
+        indexed = predictor.modality != "text" and names_clash(items)
         for i, item in enumerate(items):
-            predict_one(predictor, args, i, item, len(items), clashing)
+            predict_one(predictor, args, i, item, len(items), indexed)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

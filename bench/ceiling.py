@@ -11,9 +11,9 @@ Whatever else the zoo does better, its time cannot fall below the time of those 
 
     ref time / zoo time  <=  ceiling = ref time / product time
 
-where the product time is the smaller of the two sides' (wall time x the share of profiled CPU time in those
-ops; the profiler inflates small ops more than large ones, so the share is if anything too small and the
-ceiling too high: a goal above it is out of reach for any implementation of the same float32 products). The
+where the product time is the smaller of the two sides' (wall time x the share of one profiled call's wall time
+spent in those ops; the profiler's own cost only lengthens that call, so the share is if anything too small and
+the ceiling too high: a goal above it is out of reach for any implementation of the same float32 products). The
 attention kernels (flash, bmm) are not counted: which kernel runs is the zoo's choice.
 
 Timing: bench.common.round_robin (interleaved rounds, start rotated), medians, the median of per-round ratios;
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -38,16 +39,19 @@ PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::_addmm_activation", "aten::mkld
 
 
 def product_share(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
-    """(share of fn's profiled self CPU time in PRODUCT_OPS, seconds per op name of the top ops)."""
+    """(share of fn's profiled wall time spent in PRODUCT_OPS, seconds per op name of the top ops). Of the wall
+    time, not of the ops' summed time: Python between the ops counts too, and the profiler's own cost only adds
+    to the wall time (so the share is if anything too small)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
         fn()
+        wall = time.perf_counter() - start
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS)
+    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS) / 1e6
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
-    return products / max(total, 1e-9), {e.key: round(e.self_cpu_time_total / 1e6, 4) for e in top}
+    return products / max(wall, 1e-9), {e.key: round(e.self_cpu_time_total / 1e6, 4) for e in top}
 
 
 def measure(zoo: Callable[[], Any], ref: Callable[[], Any], goal: float, repeats: int) -> dict[str, Any]:
@@ -184,7 +188,7 @@ CASES: dict[str, tuple[float, str, Callable[[argparse.Namespace], tuple[Callable
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=[c for c in CASES if c != "nanogpt_step"])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nanogpt", type=Path, default=None, help="a checkout of github.com/karpathy/nanoGPT "
                    "(for nanogpt_step)")

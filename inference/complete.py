@@ -164,12 +164,12 @@ def continue_ids(net: nn.Module, ids: list[int], options: Sampling, *, eos_ids: 
     if ended is not None:
         return out[: ended + 1]
     if first < total and notes is not None:
-        after = f" after the first {keep} (BOS)" if keep else ""
+        last = f"the BOS and the last {context - 1 - keep}" if keep else f"the last {context - 1}"
         notes.append(f"prompt + {total} new tokens are more than the model's context ({context} tokens): "
-                     f"past it, each new token is predicted from the last {context - 1 - keep} tokens{after}")
+                     f"past it, each new token is predicted from {last} tokens")
     seq = list(ids) + out
     while len(out) < total:
-        window = seq[:keep] + seq[-(context - 1 - keep):]
+        window = seq[:keep] + seq[len(seq) - max(1, context - 1 - keep):]  # never the whole sequence
         nxt = int(generate(net, [window], max_new_tokens=1, **sample)[0, 0])
         out.append(nxt)
         seq.append(nxt)

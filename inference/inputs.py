@@ -218,6 +218,10 @@ class InputKind:
     show: Callable[[PredictorLike, Tensor], Tensor | None]
 
 
+# Protein files (inference/protein.py reads them): FASTA records, or a PDB structure's first chain.
+FASTA_EXTENSIONS = (".fasta", ".fa", ".faa", ".fas", ".fna")
+PDB_EXTENSIONS = (".pdb", ".ent")
+
 INPUT_KINDS = {
     "image": InputKind(
         IMAGE_EXTENSIONS, "images (.png, .jpg, ...)", "an image", _read_image, _show_image
@@ -237,7 +241,7 @@ INPUT_KINDS = {
         _show_video,
     ),
     "protein": InputKind(  # read by inference/protein.py (a FASTA file stands for its records)
-        (".fasta", ".fa", ".faa", ".pdb"),
+        FASTA_EXTENSIONS + PDB_EXTENSIONS,
         "protein sequences (one-letter codes), FASTA files or PDB files",
         "a protein sequence",
         None,

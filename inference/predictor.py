@@ -387,9 +387,9 @@ class Predictor:
         options = sampling.resolved(settings)
         ids = prompt_ids(tok, prompt, context_of(net), notes)
         eos = list(settings.get("eos_ids") or [])
-        bos = settings.get("bos_id")
+        starts_with_bos = settings.get("bos_id") is not None and bool(ids) and ids[0] == settings.get("bos_id")
         new = continue_ids(net, ids, options, eos_ids=eos, pad_id=int(settings.get("pad_id") or 0),
-                           notes=notes, keep=int(bos is not None and bool(ids) and ids[0] == bos))
+                           notes=notes, keep=int(starts_with_bos))
         kept, text, stopped = cut_at_stop(tok, new, options.stop, eos, prompt=ids)
         p = Prediction(net, self.modality, prompt, text=text, source_ids=torch.tensor([ids]),
                        source_tokens=token_texts(tok, ids), ids=kept, target_tokens=token_texts(tok, kept),
@@ -403,8 +403,7 @@ class Predictor:
             _, p.maps = record(net, torch.tensor([seq], device=device))
             p.context_tokens = token_texts(tok, seq)
             p.prompt_length = max(0, len(seq) - len(kept))
-            self._induction(p, ids[:1] if settings.get("bos_id") is not None and ids
-                            and ids[0] == settings.get("bos_id") else [])
+            self._induction(p, ids[:1] if starts_with_bos else [])
         return p
 
     @torch.no_grad()
@@ -510,6 +509,8 @@ def test_examples(predictor: Predictor, n: int) -> list[tuple[Any, Any, str]]:
         parts.append((xs, ys))
         if sum(len(y) for _, y in parts) >= n:
             break
+    if not parts:
+        return []
     xs, ys = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
     if predictor.task == "complete":  # a test block's first half as the prompt, its second half the reference
         half = xs.shape[1] // 2

@@ -20,13 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from data.protein_sequences import read_fasta
-from inference.inputs import file_modality
+from inference.inputs import FASTA_EXTENSIONS, PDB_EXTENSIONS, file_modality
 from models.protein_alphabet import Alphabet, SequenceError
 from models.protein_geometry import contact_map, virtual_cb
 from utils.errors import FileFormatError, MissingFileError, UserError
 
-FASTA_EXTENSIONS = (".fasta", ".fa", ".faa", ".fas", ".fna")
-PDB_EXTENSIONS = (".pdb", ".ent")
 TAKES = (f"a protein model takes a sequence, a FASTA file ({', '.join(FASTA_EXTENSIONS)}) or a PDB file "
          f"({', '.join(PDB_EXTENSIONS)})")
 MIN_SEPARATION = 6  # contacts printed: residues at least this far apart in the sequence (Rao et al.'s short range)

@@ -38,8 +38,9 @@ def transcribe_windows(predictor: Any, wave: Tensor, rate: int, size: int, maps:
     parts = [predictor._transcribe(part, maps and i == 0, beam_size, None, words)
              for i, part in enumerate(windows(wave, size))]
     if notes is not None:
+        drawn = "; the attention drawn is the first window's" if maps else ""
         notes.append(f"{duration_text(wave.shape[-1] / rate)} s long: transcribed in {len(parts)} windows of "
-                     f"{size / rate:g} s, one after another" + ("; the attention drawn is the first window's" if maps else ""))
+                     f"{size / rate:g} s, one after another{drawn}")
     first = parts[0]
     first.input = wave
     first.text = " ".join(p.text for p in parts if p.text)

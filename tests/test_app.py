@@ -80,7 +80,7 @@ def test_app_tabs_answer_like_predict_and_bad_input_with_a_message(runs, tmp_pat
                 SENTENCE if sample is None else handle_file(str(sample)), api_name=f"/{kind}")
             timings[kind] = time.perf_counter() - start
             # the same prediction, and predict.py's notes (a file's in one line, joined by "; ")
-            assert (prediction, message.replace("\nnote: ", "; ")) == _predicted(runs, kind), kind
+            assert (prediction, message.replace("\n\nnote: ", "; ")) == _predicted(runs, kind), kind
             assert explorer.startswith("<iframe") and "srcdoc=" in explorer and len(pictures) >= 1, kind
         print("app response time per request (s):", {k: round(v, 2) for k, v in timings.items()})
         _browse(url, runs["image"][1])

@@ -263,8 +263,8 @@ def test_96khz_stereo_and_short_audio_run_and_say_what_was_done(runs, tmp_path: 
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "error: text file {path!r} does not exist (to give a sentence or prompt that ends in .txt, put a space in it "
-           "or leave the extension out)\n"),
+    (None, "error: text file {path!r} does not exist (to give a sentence or prompt that ends in .txt, put a space "
+           "in it or leave the extension out)\n"),
     (b"", "error: {path} holds no sentences (it is empty or blank); expected one sentence a line\n"),
     (b" \n\t\n", "error: {path} holds no sentences (it is empty or blank); expected one sentence a line\n"),
     ("Guten Tag\ncaf\xe9\n".encode("latin-1"),
@@ -329,6 +329,8 @@ BAD_LM = [
                                            "1e-06 (sampled; 1 = the model's own distribution)"),
     (["ROMEO:", "--temperature", "1", "--seed", str(2**64)], f"error: --seed {2**64}: expected an integer in 0 .. "
                                                              "2**64 - 1"),
+    (["ROMEO:", "--beam-size", "2"], "error: --beam-size is for translators and speech models; a language model "
+                                     "decodes greedily or samples (--temperature)"),
     (["ROMEO:", "--seed", "5"], "error: --seed is for sampled decoding, but decoding is greedy (temperature 0); "
                                 "give --temperature > 0 (e.g. 0.8) to sample, or leave --seed out"),
     (["ROMEO:", "--top-k", "5"], "error: --top-k is for sampled decoding, but decoding is greedy (temperature 0); "
@@ -342,7 +344,8 @@ BAD_LM = [
 
 @pytest.mark.parametrize("args, message", BAD_LM, ids=["empty", "new-0", "new-negative", "temperature",
                                                        "temperature-inf", "temperature-tiny", "seed-range",
-                                                       "seed-greedy", "top-k", "top-p-greedy", "top-p-range"])
+                                                       "beam-size", "seed-greedy", "top-k", "top-p-greedy",
+                                                       "top-p-range"])
 def test_a_bad_prompt_or_decoding_option_is_one_line_naming_it(args, message, runs, capsys) -> None:
     assert predict_cli(capsys, str(runs["lm"]), *args) == (2, "", message + "\n")
 
@@ -833,3 +836,10 @@ def test_an_empty_or_nan_wav_is_one_line_and_a_long_one_runs_in_windows(tiny_whi
     long = _tone(tmp_path / "long.wav", 31)
     assert predict.main([str(folder), str(long), "--threads", "1"]) == 0
     assert "31 s long: transcribed in 2 windows of 30 s, one after another" in capsys.readouterr().err
+
+
+def test_long_durations_in_notes_are_whole_seconds() -> None:
+    from data.audio import duration_text
+
+    assert [duration_text(s) for s in (0.5, 31.0, 66.5, 999.4, 1001.2, 4000.0)] == ["0.5", "31", "66.5", "999",
+                                                                                  "1,001", "4,000"]

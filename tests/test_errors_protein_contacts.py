@@ -115,6 +115,10 @@ def test_save_attention_or_average_last_with_contacts_is_refused_not_dropped(tmp
     ckpt, _ = run
     for key in ("save_attention", "average_last"):
         code, _, err = contacts(tmp_path, f"ckpt_path={ckpt}", f"{key}=2")
-        assert code == 2 and err == (f"error: {key}=2 is not read with contacts=true (it scores the checkpoint as it "
-                                     f"is and draws nothing); run `python evaluate.py ckpt_path=<run> {key}=2` on its "
-                                     "own\n"), err
+        assert code == 2 and err == (f"error: {key}=2 is not read with contacts=true; leave one of the two out "
+                                     f"(`python evaluate.py ckpt_path=<run> {key}=2` runs a run's own test "
+                                     "step)\n"), err
+    out = tmp_path / "probe"
+    code, _, err = command("evaluate.py", f"ckpt_path={ckpt}", "probe=knn", "save_attention=2", f"hydra.run.dir={out}")
+    assert code == 2 and err == ("error: save_attention=2 is not read with probe=knn; leave one of the two out "
+                                 "(`python evaluate.py ckpt_path=<run> save_attention=2` runs a run's own test step)\n")

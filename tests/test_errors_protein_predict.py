@@ -107,6 +107,17 @@ def test_a_folder_or_an_audio_file_is_refused_naming_what_a_protein_model_takes(
     wav = tmp_path / "speech.wav"
     wav.write_bytes(b"RIFF\x00\x00\x00\x00WAVE")
     assert _one_error(capsys, run, str(wav)) == f"error: {wav} is an audio file, but {takes}"
+    png = tmp_path / "picture.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert _one_error(capsys, run, str(png)) == f"error: {png} is an image file, but {takes}"
+
+
+def test_decoding_flags_a_protein_model_does_not_read_are_refused(run, capsys) -> None:
+    assert _one_error(capsys, run, LONG, "--top-k", "3") == (
+        "error: --top-k 3: for classifiers (how many classes to print) and language models (sampling); this protein "
+        "model takes no --top-k")
+    assert _one_error(capsys, run, LONG, "--beam-size", "3") == (
+        "error: --beam-size 3: for translators and speech models; this protein model does not decode text")
 
 
 def test_a_contact_head_is_looked_for_beside_a_run_only_not_in_the_current_folder(run, tmp_path, monkeypatch) -> None:

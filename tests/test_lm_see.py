@@ -156,7 +156,7 @@ def test_past_the_context_a_bos_stays_in_front_of_the_window(tiny) -> None:
     bos, ids = 0, [0] + tok.encode("Ay").ids  # id 0 ([UNK]) stands in for a BOS the tokenizer added
     notes: list[str] = []
     new = continue_ids(net, ids, Sampling(max_new_tokens=40).resolved(), notes=notes, keep=1)
-    assert any("last 30 tokens after the first 1 (BOS)" in n for n in notes), notes
+    assert any("predicted from the BOS and the last 30 tokens" in n for n in notes), notes
     seq = ids + new
     for k in range(net.block_size, len(seq)):  # each token past the context: from the BOS + the 30 before it
         window = torch.tensor([[bos] + seq[k - 30:k]])
@@ -203,7 +203,7 @@ def test_stop_strings_cut_the_text_and_keep_the_tokens_up_to_the_stop() -> None:
 @pytest.mark.parametrize("options, message", [
     (Sampling(max_new_tokens=0), "--max-new-tokens 0: expected an integer >= 1"),
     (Sampling(max_new_tokens=-5), "--max-new-tokens -5: expected an integer >= 1"),
-    (Sampling(temperature=-0.5), r"--temperature -0.5: expected 0 \(greedy\) or a number > 0"),
+    (Sampling(temperature=-0.5), r"--temperature -0.5: expected 0 \(greedy\) or a finite number >= 1e-06"),
     (Sampling(top_k=5), "--top-k is for sampled decoding, but decoding is greedy"),
     (Sampling(temperature=0, top_p=0.9), "--top-p is for sampled decoding, but decoding is greedy"),
     (Sampling(temperature=1, top_p=1.5), r"--top-p 1.5: expected a probability in \(0, 1\]"),
@@ -321,7 +321,7 @@ def test_the_app_tab_continues_a_prompt_like_the_predictor(tiny, tmp_path: Path)
         notes: list[str] = []
         assert shown == "ROMEO:" + predictor.predict("ROMEO:", maps=True, notes=notes).text
         # 100 new tokens past the 32-token context: predict.py's notes, in the message box
-        assert message == "\n".join(f"note: {line}" for line in notes) and "more than the model's context" in message
+        assert message == "\n\n".join(f"note: {line}" for line in notes) and "more than the model's context" in message
         assert explorer.startswith("<iframe") and "causal self-attention" in explorer and len(pictures) == 3
 
 
