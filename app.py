@@ -26,7 +26,7 @@ from inference.inputs import INPUT_KINDS, read, slug  # noqa: E402
 from inference.load import load, prepare_contact_head  # noqa: E402
 from inference.predictor import Prediction, Predictor  # noqa: E402
 from inference.protein import ProteinInput, clean_sequence, protein_lines  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import OneLineParser, UserError  # noqa: E402
 from viz.explorer import iframe, page  # noqa: E402
 from viz.pictures import draw  # noqa: E402
 
@@ -167,9 +167,7 @@ def build_app(predictors: list[Predictor], workdir: Path, max_mb: float = 20.0, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(prog="app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="checkpoint files or run directories, one tab each")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"

@@ -49,7 +49,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -59,7 +58,7 @@ from inference.load import is_source, load, prepare_contact_head
 from inference.predictor import Prediction, Predictor, shown_layers
 from inference.speech_words import word_lines as timed_word_lines
 from inference.protein import protein_lines, read_proteins
-from utils.errors import UserError, note
+from utils.errors import OneLineParser, UserError, note
 from utils.rundir import refuse_writing_into_run
 from viz.explorer import page
 from viz.pictures import draw, word_lines
@@ -140,16 +139,8 @@ def write_html(path: Path, i: int, name: str, count: int, page: str) -> Path:
     return out
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's own errors (a bad flag value, a missing input) as the house's: one `error:` line, exit 2,
-    without the usage block before it."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (python predict.py --help lists the options)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "ckpt_path", help="checkpoint file, run directory, or pretrained source (timm:..., hf:...)"
     )

@@ -133,3 +133,14 @@ def test_an_animated_gif_is_a_clip_to_the_app_and_to_predict_alike(runs, tmp_pat
     message, prediction, explorer, pictures = Demo(load(folder), tmp_path, 1.0).answer(str(gif))
     assert message == "note: sampled 8 of 10 frames evenly" and prediction == printed.split(": ", 1)[1]
     assert explorer.startswith("<iframe")
+
+
+def test_a_bad_command_line_is_one_error_line(capsys) -> None:
+    import pytest
+
+    from app import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run_dir", "--max-file-mb", "many"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("error: argument --max-file-mb: "), err

@@ -6,6 +6,7 @@ Usable-but-odd input is not an error: the code that adapts it says what it did w
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -131,3 +132,10 @@ def run_hydra(main: Callable[[], Any], path_key: str | None = None) -> None:
         if message is None:
             raise
         fail(message)
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a bad flag value, a missing argument) as the house's: one `error:` line, exit 2,
+    without the usage block before it (predict.py, app.py)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the options)\n")
