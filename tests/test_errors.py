@@ -315,28 +315,26 @@ def test_source_ids_count_unknown_characters_and_truncate() -> None:
         source_ids(tok, " \t ", 8)
 
 
+TEMPERATURE = ("error: --temperature {}: expected 0 (greedy) or a finite number >= 1e-06 (sampled; 1 = the model's own "
+               "distribution)")
+GREEDY = ("error: {0} is for sampled decoding, but decoding is greedy (temperature 0); give --temperature > 0 "
+          "(e.g. 0.8) to sample, or leave {0} out")
 BAD_LM = [
     ([""], "error: the prompt is empty; give text to continue (e.g. \"ROMEO:\")"),
     (["ROMEO:", "--max-new-tokens", "0"], "error: --max-new-tokens 0: expected an integer >= 1 (how many tokens "
                                           "to add to the prompt)"),
     (["ROMEO:", "--max-new-tokens", "-3"], "error: --max-new-tokens -3: expected an integer >= 1 (how many tokens "
                                            "to add to the prompt)"),
-    (["ROMEO:", "--temperature", "-1"], "error: --temperature -1.0: expected 0 (greedy) or a finite number >= 1e-06 "
-                                        "(sampled; 1 = the model's own distribution)"),
-    (["ROMEO:", "--temperature", "inf"], "error: --temperature inf: expected 0 (greedy) or a finite number >= 1e-06 "
-                                         "(sampled; 1 = the model's own distribution)"),
-    (["ROMEO:", "--temperature", "1e-45"], "error: --temperature 1e-45: expected 0 (greedy) or a finite number >= "
-                                           "1e-06 (sampled; 1 = the model's own distribution)"),
+    (["ROMEO:", "--temperature", "-1"], TEMPERATURE.format("-1.0")),
+    (["ROMEO:", "--temperature", "inf"], TEMPERATURE.format("inf")),
+    (["ROMEO:", "--temperature", "1e-45"], TEMPERATURE.format("1e-45")),
     (["ROMEO:", "--temperature", "1", "--seed", str(2**64)], f"error: --seed {2**64}: expected an integer in 0 .. "
                                                              "2**64 - 1"),
     (["ROMEO:", "--beam-size", "2"], "error: --beam-size is for translators and speech models; a language model "
                                      "decodes greedily or samples (--temperature)"),
-    (["ROMEO:", "--seed", "5"], "error: --seed is for sampled decoding, but decoding is greedy (temperature 0); "
-                                "give --temperature > 0 (e.g. 0.8) to sample, or leave --seed out"),
-    (["ROMEO:", "--top-k", "5"], "error: --top-k is for sampled decoding, but decoding is greedy (temperature 0); "
-                                 "give --temperature > 0 (e.g. 0.8) to sample, or leave --top-k out"),
-    (["ROMEO:", "--top-p", "0.9"], "error: --top-p is for sampled decoding, but decoding is greedy (temperature 0); "
-                                   "give --temperature > 0 (e.g. 0.8) to sample, or leave --top-p out"),
+    (["ROMEO:", "--seed", "5"], GREEDY.format("--seed")),
+    (["ROMEO:", "--top-k", "5"], GREEDY.format("--top-k")),
+    (["ROMEO:", "--top-p", "0.9"], GREEDY.format("--top-p")),
     (["ROMEO:", "--temperature", "0.8", "--top-p", "1.5"], "error: --top-p 1.5: expected a probability in (0, 1] "
      "(sample among the most likely tokens holding that much probability)"),
 ]

@@ -71,22 +71,20 @@ def test_a_truncated_unknown_version_or_int8_model_bin_is_one_line(ct2, tmp_path
         "float16)"), line
 
 
-def test_a_ct2_whisper_folder_without_model_bin_is_one_line(ct2, tmp_path: Path, capsys) -> None:
+MISSING = {  # a file of a converted folder -> what predict.py says without it ({folder})
+    "model.bin": "{folder} has a CTranslate2 Whisper config.json but no model.bin; expected the folder "
+                 "ct2-transformers-converter writes (model.bin, config.json, tokenizer.json)",
+    "tokenizer.json": "{folder} has model.bin and config.json but no tokenizer.json; convert with "
+                      "ct2-transformers-converter ... --copy_files tokenizer.json, or copy the original model's "
+                      "tokenizer.json into the folder",
+}
+
+
+@pytest.mark.parametrize("missing", list(MISSING))
+def test_a_ct2_whisper_folder_without_one_of_its_files_is_one_line(missing: str, ct2, tmp_path: Path,
+                                                                    capsys) -> None:
     half, _, wav = ct2
     bare = _copy(half, tmp_path / "bare")
-    (bare / "model.bin").unlink()
+    (bare / missing).unlink()
     code, line = _predict(capsys, str(bare), str(wav))
-    assert code == 2 and line == (
-        f"error: pretrained={str(bare)!r}: {bare} has a CTranslate2 Whisper config.json but no model.bin; expected "
-        f"the folder ct2-transformers-converter writes (model.bin, config.json, tokenizer.json)")
-
-
-def test_a_ct2_whisper_folder_without_tokenizer_json_says_how_to_get_one(ct2, tmp_path: Path, capsys) -> None:
-    half, _, wav = ct2
-    bare = _copy(half, tmp_path / "no_tokenizer")
-    (bare / "tokenizer.json").unlink()
-    code, line = _predict(capsys, str(bare), str(wav))
-    assert code == 2 and line == (
-        f"error: pretrained={str(bare)!r}: {bare} has model.bin and config.json but no tokenizer.json; convert with "
-        f"ct2-transformers-converter ... --copy_files tokenizer.json, or copy the original model's tokenizer.json "
-        f"into the folder")
+    assert code == 2 and line == f"error: pretrained={str(bare)!r}: " + MISSING[missing].format(folder=bare)
