@@ -80,11 +80,12 @@ def test_recorded_cross_attention_equals_the_eager_model(tiny, tmp_path: Path) -
     import copy
 
     from inference.inputs import read
+    from inference.load import load
     from viz.pictures import transcription_cross
 
     folder, ref = tiny
     wav = _wav(tmp_path / "speech.wav", 0.3, seed=1)
-    predictor, _, _, _ = _reference(folder, ref, wav)
+    predictor = load(str(folder))
     # Both sides in float64: with these std-1 weights float32 rounding alone moves a map by ~1e-5 (transformers'
     # own float32 maps are 1.3e-5 from its float64 ones on an AMD EPYC), so a float32 comparison at 1e-5 tests
     # the CPU's rounding; in float64 the recording path agrees to ~3e-8 (the maps are kept as float32).
