@@ -7,7 +7,9 @@ residue sequences framed `<cls> ... <eos>` (lengths count those two tokens), bat
 
 Contenders per length and batch: ``zoo`` (its default kernel choice) vs ``ref`` (`attn_implementation="sdpa"`),
 and with maps: ``zoo_maps`` (every layer's maps recorded, `models.attention.AttentionRecorder`) vs ``ref_maps``
-(`attn_implementation="eager"`, `output_attentions=True`). Ratios are ref time / zoo time (>= 1.0: the zoo is at
+(`attn_implementation="eager"`, `output_attentions=True`), and ``zoo_maps_reuse``: the same maps computed in buffers
+that one recorder keeps from call to call (`AttentionRecorder(reuse=True)`: no fresh memory to fault in at each
+call; each call's maps overwrite the last). Ratios are ref time / zoo time (>= 1.0: the zoo is at
 least as fast), medians of within-round ratios (bench.common.round_robin: interleaved rounds). Every layer's
 float32 maps take 6 x 20 x T^2 x 4 bytes a sequence (T = 1024, batch 8: 4.0 GB a side); above --max-maps-gb
 the maps contenders are skipped.
@@ -21,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -71,8 +74,16 @@ def contenders(sdpa: torch.nn.Module, eager: torch.nn.Module, net: torch.nn.Modu
             net.hidden(ids)
         return rec.maps
 
+    reusing = AttentionRecorder(net, reuse=True)  # one recorder for every call: its buffers are kept
+
+    def zoo_maps_reuse() -> Any:
+        with reusing:
+            net.hidden(ids)
+        return reusing.maps
+
     return {"zoo": lambda: net.hidden(ids), "ref": lambda: sdpa(ids).last_hidden_state,
-            "zoo_maps": zoo_maps, "ref_maps": lambda: eager(ids, output_attentions=True).attentions}
+            "zoo_maps": zoo_maps, "zoo_maps_reuse": zoo_maps_reuse,
+            "ref_maps": lambda: eager(ids, output_attentions=True).attentions}
 
 
 @torch.no_grad()
@@ -90,21 +101,34 @@ def measure(lengths: list[int], batches: list[int], repeats: int, warmup: float,
             r = out[f"L{length}_b{batch}"] = time_against_reference(
                 fns, repeats, warmup, diff_key="max_abs_hidden_diff", diff=diff, maps_gb=maps_gb,
                 max_maps_gb=max_maps_gb)
+            r["minor_faults_per_call"] = {name: minor_faults(fn) for name, fn in fns.items()
+                                          if name in r["seconds"]}
             before, after = r["load"]
             print(f"L {length:5d} batch {batch}: zoo {r['seconds']['zoo']:.4f} s, sdpa {r['seconds']['ref']:.4f} s "
                   f"-> {r['speed_ratio']:.2f}x; max |diff| {diff:.1e}; load {before} -> {after}", flush=True)
     return out
 
 
+def minor_faults(fn: Callable[[], Any], calls: int = 3) -> float:
+    """Page faults a call takes (after one untimed call): fresh memory the kernel maps in 4 KB at a time."""
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def table(results: dict[str, Any]) -> str:
     """The ratios as a Markdown table (ref time / zoo time)."""
-    rows = ["| length | batch | zoo s | SDPA s | SDPA / zoo | zoo + maps s | eager + maps s | eager / zoo, maps |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| length | batch | zoo s | SDPA s | SDPA / zoo | zoo + maps s | eager + maps s | eager / zoo, maps "
+            "| zoo + maps, reuse s | eager / zoo, maps, reuse |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, r in results.items():
         length, batch = key[1:].split("_b")
         s = r["seconds"]
-        maps = (f"{s['zoo_maps']:.4f} | {s['ref_maps']:.4f} | {r['maps_speed_ratio']:.2f}x" if "zoo_maps" in s
-                else f"skipped ({r['maps_gb']:.1f} GB) | | ")
+        maps = (f"{s['zoo_maps']:.4f} | {s['ref_maps']:.4f} | {r['maps_speed_ratio']:.2f}x | "
+                f"{s['zoo_maps_reuse']:.4f} | {r['maps_reuse_speed_ratio']:.2f}x" if "zoo_maps" in s
+                else f"skipped ({r['maps_gb']:.1f} GB) | | | | ")
         rows.append(f"| {length} | {batch} | {s['zoo']:.4f} | {s['ref']:.4f} | {r['speed_ratio']:.2f}x | {maps} |")
     return "\n".join(rows)
 

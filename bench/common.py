@@ -69,10 +69,12 @@ def time_against_reference(fns: dict[str, Callable[[], Any]], repeats: int, warm
         fns = {k: fns[k] for k in ("zoo", "ref")}
     before = load()
     t = round_robin(fns, repeats, warmup_s=warmup)
-    return {diff_key: diff, "seconds": {k: statistics.median(v) for k, v in t.items()},
-            "speed_ratio": paired_ratio(t["ref"], t["zoo"]),
-            "maps_speed_ratio": paired_ratio(t["ref_maps"], t["zoo_maps"]) if "zoo_maps" in t else None,
-            "maps_gb": maps_gb, "load": [before, load()]}
+    result = {diff_key: diff, "seconds": {k: statistics.median(v) for k, v in t.items()},
+              "speed_ratio": paired_ratio(t["ref"], t["zoo"]),
+              "maps_speed_ratio": paired_ratio(t["ref_maps"], t["zoo_maps"]) if "zoo_maps" in t else None}
+    if "zoo_maps_reuse" in t:  # the recorder's `reuse` option against the same reference
+        result["maps_reuse_speed_ratio"] = paired_ratio(t["ref_maps"], t["zoo_maps_reuse"])
+    return {**result, "maps_gb": maps_gb, "load": [before, load()]}
 
 
 def load() -> tuple[float, float, float]:

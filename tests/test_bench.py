@@ -78,6 +78,7 @@ def test_esm_bench_pairs_give_the_same_hidden_states() -> None:
                              "--threads", "1"])
     for r in report["results"].values():
         assert r["max_abs_hidden_diff"] < 1e-5 and r["speed_ratio"] > 0 and r["maps_speed_ratio"] > 0
+        assert r["maps_reuse_speed_ratio"] > 0
 
 
 def test_kv_cache_bench_decodes_the_same_outputs_both_ways() -> None:

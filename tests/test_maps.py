@@ -110,6 +110,37 @@ def test_recorder_picks_layers_by_glob_index_and_heads_and_averages() -> None:
                for m in net.modules() if hasattr(m, "store_weights"))  # switched off again
 
 
+@pytest.mark.parametrize("name", NETS)
+def test_a_reusing_recorder_gives_the_same_maps_in_memory_it_keeps(name: str) -> None:
+    net, inputs = _nets()[name]
+    net.eval()
+    rec = AttentionRecorder(net, reuse=True)
+    with torch.no_grad():
+        out, fresh = attention_maps(net, *inputs)
+        for _ in range(2):  # the first call allocates the buffers, the second writes into the same memory
+            with rec:
+                reused_out = net(*inputs)
+            assert torch.equal(reused_out, out), name
+            assert rec.maps.keys() == fresh.keys() and all(torch.equal(rec.maps[k], fresh[k]) for k in fresh), name
+            where = {k: m.data_ptr() for k, m in rec.maps.items()}
+            assert where == {k: b.data_ptr() for k, b in rec.buffers.items()}, name  # the maps lie in the buffers
+    if name != "translator":
+        return
+    # A longer input grows the buffer; a shorter one after it fits in the grown buffer.
+    src, tgt = inputs
+    longer = torch.cat([tgt, tgt[:, 1:]], dim=1)
+    for t in (longer, tgt):
+        with torch.no_grad(), rec:
+            net(src, t)
+        _, fresh = attention_maps(net, src, t)
+        assert all(torch.equal(rec.maps[k], fresh[k]) for k in fresh)
+    # With a gradient to compute the maps come from fresh memory (no out= in a graph), and gradients flow.
+    with rec:
+        net(*inputs)[0].sum().backward()
+    assert all(m.data_ptr() != rec.buffers[k].data_ptr() for k, m in rec.maps.items())
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
 def test_rollout_against_a_hand_written_reference() -> None:
     rng = np.random.default_rng(0)
     layers = [rng.random((2, 5, 5)) for _ in range(3)]

@@ -114,9 +114,11 @@ class MultiHeadAttention(nn.Module):
         self.window = window
         self.num_global = num_global
         self.rotary = rotary
-        # Set by AttentionRecorder: keep this layer's weights after each forward.
+        # Set by AttentionRecorder: keep this layer's weights after each forward; with its `reuse`, a flat
+        # float32 buffer the weights are written into (grown when an input needs more), else None.
         self.store_weights = False
         self.last_weights: Tensor | None = None
+        self.weights_buffer: Tensor | None = None
 
     def forward(
         self,
@@ -156,12 +158,23 @@ class MultiHeadAttention(nn.Module):
                 scale=self.scale, need_weights=plan.need_weights)
         else:
             out, weights = attend(q, k, v, plan.mask, fused=plan.fused, dropout_p=plan.dropout_p,
-                                  is_causal=plan.is_causal, need_weights=plan.need_weights)
+                                  is_causal=plan.is_causal, need_weights=plan.need_weights,
+                                  weights_out=self._weights_out(q, k) if plan.need_weights else None)
         out = out.transpose(1, 2).reshape(B, T, self.q_size)  # (B, T, dim)
         out = self.proj_drop(self.proj(out))
         if self.store_weights:
             self.last_weights = weights.detach().float()  # maps in float32 whatever the precision
         return (out, weights) if need_weights else out
+
+    def _weights_out(self, q: Tensor, k: Tensor) -> Tensor | None:
+        """A (B, H, T, S) view of `weights_buffer` for this call's float32 weights (None: no buffer, or not float32)."""
+        if self.weights_buffer is None or q.dtype != torch.float32:
+            return None
+        shape = (*q.shape[:-1], k.shape[-2])
+        size = math.prod(shape)
+        if self.weights_buffer.numel() < size or self.weights_buffer.device != q.device:
+            self.weights_buffer = torch.empty(size, dtype=torch.float32, device=q.device)
+        return self.weights_buffer[:size].view(shape)
 
     def _check_inputs(self, x: Tensor, context: Tensor | None, attn_mask: Tensor | None,
                       cache: KVCache | None, positions: Tensor | None) -> None:

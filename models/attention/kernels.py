@@ -122,12 +122,16 @@ def open_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, out: Tensor | None = None) -> Tensor:
     """softmax(Q K^T * scale) with masked keys at exactly 0 and rows with no visible key all 0.
 
-    q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S)
+    q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S). out: a float32 (B, H, T, S) tensor to compute the weights
+    in, used where the softmax may run in place (`_in_place`; otherwise ignored): the same numbers, written into
+    memory that earlier calls have already touched (see AttentionRecorder's `reuse`).
     """
-    if q.dtype in LOW_PRECISION:
+    if out is not None and q.dtype == torch.float32 and _in_place(q) and _in_place(k):
+        scores = torch.matmul(q, k.transpose(-2, -1), out=out).mul_(scale)
+    elif q.dtype in LOW_PRECISION:
         # Scaled before the product, then float32: fp16 logits of large q.k would overflow to inf (a row
         # of NaN, later zeroed); the weights come out float32 (maps too), cast back for weights @ v.
         scores = ((q * scale) @ k.transpose(-2, -1)).float()  # (B, H, T, S)
@@ -167,15 +171,16 @@ def plain_eager(t: Tensor) -> bool:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, fused: bool,
            dropout_p: float = 0.0, is_causal: bool = False, need_weights: bool = False,
-           scale: float | None = None) -> tuple[Tensor, Tensor | None]:
+           scale: float | None = None, weights_out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """One attention call: (B, H, T, hd) queries x (B, Hkv, S, hd) keys / values -> (out, weights).
 
     mask: bool, True = attend, broadcastable to (B, H, T, S); rows with no visible key give 0 on
     both kernels (`open_empty_rows`). fused: SDPA, unless weights are wanted: then the explicit
     formula, so the output and its weights come from one pass (weights = softmax(...),
     out = weights @ v) and nothing is computed twice. is_causal: SDPA's own top-left causal mask,
-    only with mask=None. scale: None = 1 / sqrt(head_dim). Returns out (B, H, T, hd) and the
-    (B, H, T, S) weights before dropout, or None.
+    only with mask=None. scale: None = 1 / sqrt(head_dim). weights_out: where the weights may be
+    computed (attention_weights' `out`). Returns out (B, H, T, hd) and the (B, H, T, S) weights
+    before dropout, or None.
     """
     rep = q.shape[1] // k.shape[1]
     if fused and not need_weights:
@@ -193,6 +198,6 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, fused
     if is_causal:  # SDPA's top-left alignment
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    weights = attention_weights(q, repeat_kv(k, rep), mask, scale)  # (B, H, T, S)
+    weights = attention_weights(q, repeat_kv(k, rep), mask, scale, out=weights_out)  # (B, H, T, S)
     attn = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return attn.to(v.dtype) @ repeat_kv(v, rep), weights  # (B, H, T, hd)

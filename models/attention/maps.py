@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
+import torch
 from torch import Tensor, nn
 
 from models.attention.core import MultiHeadAttention
@@ -24,14 +25,21 @@ class AttentionRecorder:
     output is the same bit for bit, and with the fused kernel it differs only by float rounding
     (<= 1e-5 on the zoo's float32 models, tested); layers not chosen run their usual kernel.
 
+    reuse: keep one buffer per layer from one `with` block to the next and compute each float32 map in
+    it (where no gradient is needed; grown when a longer input needs more), instead of fresh memory at
+    every call. The next block overwrites the maps of the last: clone what you keep. For a loop that
+    reads the maps and drops them (contacts of many sequences, a benchmark): fresh memory costs a page
+    fault per 4 KB at first touch, most of the maps' cost on a small CPU (docs/protein.md#speed).
+
     Raises:
         ValueError: no attention layer in the model, a layer index out of range or a name that
             matches none, or heads empty or not below every chosen layer's head count.
     """
 
     def __init__(self, model: nn.Module, layers: list[int | str] | None = None,
-                 heads: list[int] | None = None, average_heads: bool = False) -> None:
+                 heads: list[int] | None = None, average_heads: bool = False, reuse: bool = False) -> None:
         self.modules = dict(select_attention_layers(model, layers))
+        self.buffers: dict[str, Tensor] | None = {} if reuse else None
         if heads is not None:
             num = {m.num_heads for m in self.modules.values()}
             bad = [h for h in heads if not all(-n <= h < n for n in num)]
@@ -43,8 +51,10 @@ class AttentionRecorder:
         self.maps: dict[str, Tensor] = {}
 
     def __enter__(self) -> AttentionRecorder:
-        for m in self.modules.values():
+        for name, m in self.modules.items():
             m.store_weights, m.last_weights = True, None
+            if self.buffers is not None:
+                m.weights_buffer = self.buffers.get(name, torch.empty(0))
         return self
 
     def collect(self) -> dict[str, Tensor]:
@@ -61,8 +71,10 @@ class AttentionRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.collect()
-        for m in self.modules.values():
-            m.store_weights, m.last_weights = False, None
+        for name, m in self.modules.items():
+            if self.buffers is not None:
+                self.buffers[name] = m.weights_buffer
+            m.store_weights, m.last_weights, m.weights_buffer = False, None, None
 
 
 def select_attention_layers(model: nn.Module, layers: list[int | str] | None
