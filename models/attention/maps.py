@@ -27,9 +27,11 @@ class AttentionRecorder:
 
     reuse: keep one buffer per layer from one `with` block to the next and compute each float32 map in
     it (where no gradient is needed; grown when a longer input needs more), instead of fresh memory at
-    every call. The next block overwrites the maps of the last: clone what you keep. For a loop that
-    reads the maps and drops them (contacts of many sequences, a benchmark): fresh memory costs a page
-    fault per 4 KB at first touch, most of the maps' cost on a small CPU (docs/protein.md#speed).
+    every call. Each call of a layer overwrites its map (also a map taken by `collect()` inside the
+    block, e.g. after each step of a cached decoder), and so does the next block: clone what you keep.
+    For a loop that reads the maps and drops them (contacts of many sequences, a benchmark): fresh
+    memory costs a page fault per 4 KB at first touch, most of the maps' cost on a small CPU
+    (docs/protein.md#speed).
 
     Raises:
         ValueError: no attention layer in the model, a layer index out of range or a name that
