@@ -134,6 +134,13 @@ def test_a_reusing_recorder_gives_the_same_maps_in_memory_it_keeps(name: str) ->
             net(src, t)
         _, fresh = attention_maps(net, src, t)
         assert all(torch.equal(rec.maps[k], fresh[k]) for k in fresh)
+    # Buffers made under inference_mode (Lightning's test / predict loops) are replaced outside it, not written.
+    with torch.inference_mode(), rec:
+        net(*inputs)
+    with torch.no_grad(), rec:
+        net(*inputs)
+    assert all(torch.equal(rec.maps[k], fresh[k]) for k in fresh) and not any(b.is_inference()
+                                                                             for b in rec.buffers.values())
     # With a gradient to compute the maps come from fresh memory (no out= in a graph), and gradients flow.
     with rec:
         net(*inputs)[0].sum().backward()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention.cache import KVCache
-from models.attention.kernels import attend, use_fused_attn
+from models.attention.kernels import may_write_in_place, attend, use_fused_attn
 from models.attention.masks import build_mask
 from models.attention.rotary import RotaryEmbedding
 from models.attention.window import check_window_inputs, windowed_attention
@@ -167,12 +167,16 @@ class MultiHeadAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def _weights_out(self, q: Tensor, k: Tensor) -> Tensor | None:
-        """A (B, H, T, S) view of `weights_buffer` for this call's float32 weights (None: no buffer, or not float32)."""
-        if self.weights_buffer is None or q.dtype != torch.float32:
+        """A (B, H, T, S) view of `weights_buffer` for this call's float32 weights (None: no buffer, not float32, or
+        where the kernel computes the weights in fresh memory anyway: a gradient to compute, not the CPU)."""
+        if self.weights_buffer is None or q.dtype != torch.float32 or not (may_write_in_place(q) and may_write_in_place(k)):
             return None
         shape = (*q.shape[:-1], k.shape[-2])
         size = math.prod(shape)
-        if self.weights_buffer.numel() < size or self.weights_buffer.device != q.device:
+        buffer = self.weights_buffer
+        # A buffer made under torch.inference_mode may not be written outside it: a new one then.
+        stale = buffer.is_inference() and not torch.is_inference_mode_enabled()
+        if buffer.numel() < size or buffer.device != q.device or stale:
             self.weights_buffer = torch.empty(size, dtype=torch.float32, device=q.device)
         return self.weights_buffer[:size].view(shape)
 

@@ -126,10 +126,10 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, o
     """softmax(Q K^T * scale) with masked keys at exactly 0 and rows with no visible key all 0.
 
     q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S). out: a float32 (B, H, T, S) tensor to compute the weights
-    in, used where the softmax may run in place (`_in_place`; otherwise ignored): the same numbers, written into
+    in, used where the softmax may run in place (`may_write_in_place`; otherwise ignored): the same numbers, written into
     memory that earlier calls have already touched (see AttentionRecorder's `reuse`).
     """
-    if out is not None and q.dtype == torch.float32 and _in_place(q) and _in_place(k):
+    if out is not None and q.dtype == torch.float32 and may_write_in_place(q) and may_write_in_place(k):
         scores = torch.matmul(q, k.transpose(-2, -1), out=out).mul_(scale)
     elif q.dtype in LOW_PRECISION:
         # Scaled before the product, then float32: fp16 logits of large q.k would overflow to inf (a row
@@ -139,7 +139,7 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, o
         # In place on the fresh (B, H, T, S) scores: the same numbers with one (T, S) buffer less to
         # allocate and stream through (neither op's backward needs the scores).
         scores = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, H, T, S)
-    in_place = _in_place(scores)
+    in_place = may_write_in_place(scores)
     if mask is not None:
         mask, empty = open_empty_rows(mask)
         scores.masked_fill_(~mask, float("-inf"))
@@ -149,8 +149,9 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, o
     return weights.masked_fill_(empty, 0.0) if in_place else weights.masked_fill(empty, 0.0)
 
 
-def _in_place(scores: Tensor) -> bool:
-    """Whether the softmax may overwrite the fresh scores: on the CPU, when nothing needs its backward and nothing
+def may_write_in_place(scores: Tensor) -> bool:
+    """Whether the softmax may overwrite the fresh scores (or, asked of q and k, the product go into a given
+    buffer): on the CPU, when nothing needs its backward and nothing
     traces it (export, compile: an out= op in a graph). The same numbers, bit for bit, without a second (B, H, T, S)
     buffer to allocate and fill: with every map of a long input that is most of the attention's time (8 x 20 heads
     x 1024^2, one thread: 0.90 -> 0.57 s a layer). CPU only: other devices' kernels were not checked for aliasing."""
