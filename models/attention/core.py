@@ -169,7 +169,9 @@ class MultiHeadAttention(nn.Module):
     def _weights_out(self, q: Tensor, k: Tensor) -> Tensor | None:
         """A (B, H, T, S) view of `weights_buffer` for this call's float32 weights (None: no buffer, not float32, or
         where the kernel computes the weights in fresh memory anyway: a gradient to compute, not the CPU)."""
-        if self.weights_buffer is None or q.dtype != torch.float32 or not (may_write_in_place(q) and may_write_in_place(k)):
+        if self.weights_buffer is None or q.dtype != torch.float32:
+            return None
+        if not (may_write_in_place(q) and may_write_in_place(k)):
             return None
         shape = (*q.shape[:-1], k.shape[-2])
         size = math.prod(shape)

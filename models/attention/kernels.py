@@ -125,9 +125,9 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, out: Tensor | None = None) -> Tensor:
     """softmax(Q K^T * scale) with masked keys at exactly 0 and rows with no visible key all 0.
 
-    q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S). out: a float32 (B, H, T, S) tensor to compute the weights
-    in, used where the softmax may run in place (`may_write_in_place`; otherwise ignored): the same numbers, written into
-    memory that earlier calls have already touched (see AttentionRecorder's `reuse`).
+    q: (B, H, T, hd), k: (B, H, S, hd) -> (B, H, T, S). out: a float32 (B, H, T, S) tensor to compute the
+    weights in, used where the softmax may run in place (`may_write_in_place`; otherwise ignored): the same
+    numbers, written into memory that earlier calls have already touched (see AttentionRecorder's `reuse`).
     """
     if out is not None and q.dtype == torch.float32 and may_write_in_place(q) and may_write_in_place(k):
         scores = torch.matmul(q, k.transpose(-2, -1), out=out).mul_(scale)
