@@ -117,6 +117,7 @@ def test_a_reusing_recorder_gives_the_same_maps_in_memory_it_keeps(name: str) ->
     rec = AttentionRecorder(net, reuse=True)
     with torch.no_grad():
         out, fresh = attention_maps(net, *inputs)
+        first = None
         for _ in range(2):  # the first call allocates the buffers, the second writes into the same memory
             with rec:
                 reused_out = net(*inputs)
@@ -124,23 +125,40 @@ def test_a_reusing_recorder_gives_the_same_maps_in_memory_it_keeps(name: str) ->
             assert rec.maps.keys() == fresh.keys() and all(torch.equal(rec.maps[k], fresh[k]) for k in fresh), name
             where = {k: m.data_ptr() for k, m in rec.maps.items()}
             assert where == {k: b.data_ptr() for k, b in rec.buffers.items()}, name  # the maps lie in the buffers
+            assert first is None or where == first, name  # ... which are the same memory call after call
+            first = where
+        # A recorder inside the block (contact features, attention_maps) leaves the reusing one as it was.
+        with rec:
+            attention_maps(net, *inputs)
+            net(*inputs)
+        assert {k: m.data_ptr() for k, m in rec.maps.items()} == first, name
     if name != "translator":
         return
     # A longer input grows the buffer; a shorter one after it fits in the grown buffer.
     src, tgt = inputs
     longer = torch.cat([tgt, tgt[:, 1:]], dim=1)
+    grown = None
     for t in (longer, tgt):
         with torch.no_grad(), rec:
             net(src, t)
         _, fresh = attention_maps(net, src, t)
         assert all(torch.equal(rec.maps[k], fresh[k]) for k in fresh)
+        assert grown is None or {k: b.data_ptr() for k, b in rec.buffers.items()} == grown
+        grown = {k: b.data_ptr() for k, b in rec.buffers.items()}
     # Buffers made under inference_mode (Lightning's test / predict loops) are replaced outside it, not written.
-    with torch.inference_mode(), rec:
+    in_inference = AttentionRecorder(net, reuse=True)
+    with torch.inference_mode(), in_inference:
         net(*inputs)
-    with torch.no_grad(), rec:
+    with torch.no_grad(), in_inference:
         net(*inputs)
-    assert all(torch.equal(rec.maps[k], fresh[k]) for k in fresh) and not any(b.is_inference()
-                                                                             for b in rec.buffers.values())
+    assert all(torch.equal(in_inference.maps[k], fresh[k]) for k in fresh)
+    assert not any(b.is_inference() for b in in_inference.buffers.values())
+    # Weights a caller asks for (need_weights=True) are its own, not the recorder's buffer.
+    layer = net.decoder[0].cross_attn
+    with torch.no_grad(), AttentionRecorder(layer, reuse=True) as own:
+        for _ in range(2):
+            _, returned = layer(torch.randn(2, 4, 32), torch.randn(2, 5, 32), need_weights=True)
+            assert returned.data_ptr() != own.modules[""].weights_buffer.data_ptr()
     # With a gradient to compute the maps come from fresh memory (no out= in a graph), and gradients flow.
     with rec:
         net(*inputs)[0].sum().backward()

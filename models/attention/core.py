@@ -157,9 +157,10 @@ class MultiHeadAttention(nn.Module):
                 key_padding_mask=plan.key_padding_mask, dropout_p=plan.dropout_p, fused=plan.fused,
                 scale=self.scale, need_weights=plan.need_weights)
         else:
+            # A reusing recorder's buffer takes only weights kept for the recorder (returned ones are the caller's).
+            buffer = self._weights_out(q, k) if self.store_weights and not need_weights else None
             out, weights = attend(q, k, v, plan.mask, fused=plan.fused, dropout_p=plan.dropout_p,
-                                  is_causal=plan.is_causal, need_weights=plan.need_weights,
-                                  weights_out=self._weights_out(q, k) if plan.need_weights else None)
+                                  is_causal=plan.is_causal, need_weights=plan.need_weights, weights_out=buffer)
         out = out.transpose(1, 2).reshape(B, T, self.q_size)  # (B, T, dim)
         out = self.proj_drop(self.proj(out))
         if self.store_weights:

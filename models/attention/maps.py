@@ -28,7 +28,9 @@ class AttentionRecorder:
     reuse: keep one buffer per layer from one `with` block to the next and compute each float32 map in
     it (where no gradient is needed; grown when a longer input needs more), instead of fresh memory at
     every call. Each call of a layer overwrites its map (also a map taken by `collect()` inside the
-    block, e.g. after each step of a cached decoder), and so does the next block: clone what you keep.
+    block, e.g. after each step of a cached decoder), and so does the next block: clone what you keep
+    (weights a caller asks for with need_weights=True stay its own; a recorder opened inside the block
+    leaves this one's buffers and state as they were).
     For a loop that reads the maps and drops them (contacts of many sequences, a benchmark): fresh
     memory costs a page fault per 4 KB at first touch, most of the maps' cost on a small CPU
     (docs/protein.md#speed).
@@ -53,10 +55,13 @@ class AttentionRecorder:
         self.maps: dict[str, Tensor] = {}
 
     def __enter__(self) -> AttentionRecorder:
+        # What the layers held before (an enclosing recorder's state), given back on exit.
+        self._saved = {name: (m.store_weights, m.last_weights, m.weights_buffer) for name, m in self.modules.items()}
         for name, m in self.modules.items():
-            m.store_weights, m.last_weights = True, None
-            if self.buffers is not None:
-                m.weights_buffer = self.buffers.get(name, torch.empty(0))
+            buffer = None if self.buffers is None else self.buffers.get(name)
+            if self.buffers is not None and buffer is None:
+                buffer = torch.empty(0)
+            m.store_weights, m.last_weights, m.weights_buffer = True, None, buffer
         return self
 
     def collect(self) -> dict[str, Tensor]:
@@ -74,9 +79,9 @@ class AttentionRecorder:
     def __exit__(self, *exc: object) -> None:
         self.collect()
         for name, m in self.modules.items():
-            if self.buffers is not None:
+            if self.buffers is not None and m.weights_buffer is not None:
                 self.buffers[name] = m.weights_buffer
-            m.store_weights, m.last_weights, m.weights_buffer = False, None, None
+            m.store_weights, m.last_weights, m.weights_buffer = self._saved[name]
 
 
 def select_attention_layers(model: nn.Module, layers: list[int | str] | None
