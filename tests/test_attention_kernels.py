@@ -147,8 +147,8 @@ def test_the_explicit_kernel_does_not_overflow_in_float16_and_gives_float32_weig
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_the_in_place_softmax_without_grad_gives_the_bits_of_the_grad_path(masked: bool) -> None:
-    """Without grad on the CPU the softmax overwrites the fresh scores (`kernels.may_write_in_place`): the same bits as
-    the path that keeps them for backward; functorch's jacobian and forward-mode AD still see the softmax."""
+    """Without grad on the CPU the softmax overwrites the fresh scores (`kernels.may_write_in_place`): the same
+    bits as the path that keeps them for backward; functorch's jacobian and forward-mode AD still see the softmax."""
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(2))
     mask = None

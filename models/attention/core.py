@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.attention.cache import KVCache
-from models.attention.kernels import may_write_in_place, attend, use_fused_attn
+from models.attention.kernels import attend, fills_given_buffer, use_fused_attn
 from models.attention.masks import build_mask
 from models.attention.rotary import RotaryEmbedding
 from models.attention.window import check_window_inputs, windowed_attention
@@ -170,9 +170,7 @@ class MultiHeadAttention(nn.Module):
     def _weights_out(self, q: Tensor, k: Tensor) -> Tensor | None:
         """A (B, H, T, S) view of `weights_buffer` for this call's float32 weights (None: no buffer, not float32, or
         where the kernel computes the weights in fresh memory anyway: a gradient to compute, not the CPU)."""
-        if self.weights_buffer is None or q.dtype != torch.float32:
-            return None
-        if not (may_write_in_place(q) and may_write_in_place(k)):
+        if self.weights_buffer is None or not fills_given_buffer(q, k):
             return None
         shape = (*q.shape[:-1], k.shape[-2])
         size = math.prod(shape)

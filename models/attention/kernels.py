@@ -129,7 +129,7 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, o
     weights in, used where the softmax may run in place (`may_write_in_place`; otherwise ignored): the same
     numbers, written into memory that earlier calls have already touched (see AttentionRecorder's `reuse`).
     """
-    if out is not None and q.dtype == torch.float32 and may_write_in_place(q) and may_write_in_place(k):
+    if out is not None and fills_given_buffer(q, k):
         scores = torch.matmul(q, k.transpose(-2, -1), out=out).mul_(scale)
     elif q.dtype in LOW_PRECISION:
         # Scaled before the product, then float32: fp16 logits of large q.k would overflow to inf (a row
@@ -149,9 +149,14 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None, scale: float, o
     return weights.masked_fill_(empty, 0.0) if in_place else weights.masked_fill(empty, 0.0)
 
 
+def fills_given_buffer(q: Tensor, k: Tensor) -> bool:
+    """Whether attention_weights computes float32 weights of q and k in a given `out` buffer (where the softmax
+    runs in place anyway); the attention module asks it too, so as not to allocate a buffer that goes unused."""
+    return q.dtype == torch.float32 and may_write_in_place(q) and may_write_in_place(k)
+
+
 def may_write_in_place(scores: Tensor) -> bool:
-    """Whether the softmax may overwrite the fresh scores (or, asked of q and k, the product go into a given
-    buffer): on the CPU, when nothing needs its backward and nothing
+    """Whether the softmax may overwrite the fresh scores: on the CPU, when nothing needs its backward and nothing
     traces it (export, compile: an out= op in a graph). The same numbers, bit for bit, without a second (B, H, T, S)
     buffer to allocate and fill: with every map of a long input that is most of the attention's time (8 x 20 heads
     x 1024^2, one thread: 0.90 -> 0.57 s a layer). CPU only: other devices' kernels were not checked for aliasing."""

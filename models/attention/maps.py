@@ -58,9 +58,7 @@ class AttentionRecorder:
         # What the layers held before (an enclosing recorder's state), given back on exit.
         self._saved = {name: (m.store_weights, m.last_weights, m.weights_buffer) for name, m in self.modules.items()}
         for name, m in self.modules.items():
-            buffer = None if self.buffers is None else self.buffers.get(name)
-            if self.buffers is not None and buffer is None:
-                buffer = torch.empty(0)
+            buffer = None if self.buffers is None else self.buffers.get(name, torch.empty(0))
             m.store_weights, m.last_weights, m.weights_buffer = True, None, buffer
         return self
 
