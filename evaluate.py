@@ -117,7 +117,8 @@ def probe(cfg: DictConfig) -> dict[str, float]:
 
 def contacts(cfg: DictConfig) -> dict[str, float]:
     """`contacts=true`: the contact regression of Rao et al. fitted on the structures of `data=` (or the run's own
-    data) and scored on its test chains beside the random and separation baselines (inference/contacts.py)."""
+    data) and scored on its test chains beside the random, separation and residue-pair baselines
+    (inference/contacts.py)."""
     if cfg.get("probe") is not None:
         raise UserError(f"contacts=true and probe={cfg.probe.name}: one measurement at a time; leave one out")
     net, dm, what, data_name = contact_model_and_data(cfg)

@@ -34,6 +34,11 @@ C = 0.15  # the inverse L1 strength of Rao et al.
 # of an ESM-2 8M model's 120 features (measured: 1.5 GB, 47 s of fitting for 300,000), and 20 chains of 250
 # residues give about 0.6 million.
 MAX_TRAIN_PAIRS = 600_000
+# The residue-pair baseline: separation bins of its table (lower edges; the last is open: contact odds keep falling
+# within the long range), and the weight, in pairs, of the bin's overall contact rate added to every cell (so a pair of
+# residues seldom seen in the training chains scores near that rate, not 0 or 1).
+PAIR_BINS = (6, 12, 24, 48, 96)
+PAIR_PRIOR = 10.0
 
 
 # --- scoring ------------------------------------------------------------------------------------------
@@ -227,16 +232,55 @@ def fit_on_chains(net: nn.Module, chains: Sequence[Encoded], C: float = C, notes
     return model
 
 
-def score_chains(net: nn.Module, chains: Sequence[Encoded], seed: int) -> dict[str, dict[str, float]]:
+def score_chains(net: nn.Module, chains: Sequence[Encoded], seed: int,
+                 pairs: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """{"model": table, "random": table, "separation": table} over the chains (contact_table of each scorer,
     one chain's maps at a time: 500 chains of maps would not fit); the random baseline of chain k draws with
-    seed + k."""
+    seed + k. With `pairs` (fit_residue_pairs' table) a fourth, "residue_pair"."""
     rows: dict[str, list[dict[str, float]]] = {"model": [], "random": [], "separation": []}
+    if pairs is not None:
+        rows["residue_pair"] = []
     for k, chain in enumerate(tqdm(chains, desc="contacts: test chains", unit="chain", leave=False)):
-        for name, scores in (("model", chain_scores(net, chain)), ("random", random_scores(chain.length, seed + k)),
-                             ("separation", separation_scores(chain.length))):
+        scorers = {"model": chain_scores(net, chain), "random": random_scores(chain.length, seed + k),
+                   "separation": separation_scores(chain.length)}
+        if pairs is not None:
+            scorers["residue_pair"] = residue_pair_scores(pairs, chain.ids[0, 1:-1].numpy())
+        for name, scores in scorers.items():
             rows[name].append(chain_precisions(scores, chain.contacts))
     return {name: mean_rows(table) for name, table in rows.items()}
+
+
+# --- the residue-pair baseline -------------------------------------------------------------------------
+
+
+def _pair_bins(separation: np.ndarray) -> np.ndarray:
+    """The PAIR_BINS index of each separation (>= PAIR_BINS[0]; smaller ones get bin 0, which no range reads)."""
+    return np.maximum(np.searchsorted(PAIR_BINS, separation, side="right") - 1, 0)
+
+
+def fit_residue_pairs(chains: Sequence[Encoded], vocab: int, prior: float = PAIR_PRIOR) -> np.ndarray:
+    """The residue-pair baseline, (len(PAIR_BINS), vocab, vocab): for residues a, b (token ids) at a separation in
+    each bin, the share of such pairs (at least 6 apart, counted both ways round) that are contacts in the given
+    chains, with `prior` pairs at the bin's overall contact rate added to every cell. It knows residue identity and
+    separation, nothing of the fold: a model whose attention holds contacts should beat it
+    (docs/protein_contacts.md)."""
+    hits, pairs = np.zeros((len(PAIR_BINS), vocab, vocab)), np.zeros((len(PAIR_BINS), vocab, vocab))
+    for chain in chains:
+        a = chain.ids[0, 1:-1].numpy()
+        i, j = range_pairs(len(a), TRAIN_MIN_SEP)
+        b, contact = _pair_bins(j - i), chain.contacts[i, j]
+        for x, y in ((a[i], a[j]), (a[j], a[i])):
+            np.add.at(pairs, (b, x, y), 1)
+            np.add.at(hits, (b, x, y), contact)
+    rate = hits.sum(axis=(1, 2)) / np.maximum(pairs.sum(axis=(1, 2)), 1)  # each bin's contact rate
+    return (hits + prior * rate[:, None, None]) / (pairs + prior)
+
+
+def residue_pair_scores(table: np.ndarray, residues: np.ndarray) -> np.ndarray:
+    """(L, L) scores of one chain's residues (token ids, (L,)) from fit_residue_pairs' table."""
+    pos = np.arange(len(residues))
+    bins = _pair_bins(np.abs(pos[:, None] - pos[None, :]))
+    return table[bins, residues[:, None], residues[None, :]]
 
 
 # --- the evaluation (evaluate.py contacts=true) -------------------------------------------------------
@@ -305,11 +349,12 @@ def run_contacts(net: nn.Module, dm: Any, *, train: int, evaluate: int, seed: in
     if len(test_chains) < evaluate:
         notes.append(f"contacts_eval={evaluate}: the test split holds {len(test_chains)} chain(s); all of them used")
     model = fit_on_chains(net, train_chains, C, notes, seed=seed)
+    pairs = fit_residue_pairs(train_chains, vocab=len(net.alphabet))
     if not np.any(model.coef_):
         notes.append(f"the regression kept no feature (contacts_C={C:g}): this model's maps told contacts from "
                      "non-contacts no better than the L1 penalty costs, so its scores are one constant, ranked row by "
                      "row (an untrained model's are)")
-    return ContactResult(score_chains(net, test_chains, seed), len(train_chains), len(test_chains), model, C)
+    return ContactResult(score_chains(net, test_chains, seed, pairs), len(train_chains), len(test_chains), model, C)
 
 
 def save_contact_head(net: nn.Module, path: Path, source: str, C: float = C) -> None:
@@ -330,8 +375,9 @@ def rule(C: float = C) -> str:
             f"{CONTACT_ANGSTROM:g} A; precision of the top L/k pairs of each separation range, mean over chains")
 
 
-__all__ = ["C", "ContactResult", "DIVISORS", "Encoded", "MAX_TRAIN_PAIRS", "SEPARATIONS", "TRAIN_MIN_SEP",
-           "chain_features", "chain_precisions", "chain_scores", "contact_table", "encode_chains",
-           "fit_contact_regression", "fit_on_chains", "fit_pairs", "mean_rows", "precision_at_l", "random_scores",
-           "range_pairs", "require_contact_model", "require_structures", "rule", "run_contacts", "save_contact_head",
-           "score_chains", "separation_scores", "training_pairs", "write_contact_head"]
+__all__ = ["C", "ContactResult", "DIVISORS", "Encoded", "MAX_TRAIN_PAIRS", "PAIR_BINS", "PAIR_PRIOR", "SEPARATIONS",
+           "TRAIN_MIN_SEP", "chain_features", "chain_precisions", "chain_scores", "contact_table", "encode_chains",
+           "fit_contact_regression", "fit_on_chains", "fit_pairs", "fit_residue_pairs", "mean_rows", "precision_at_l",
+           "random_scores", "range_pairs", "require_contact_model", "require_structures", "residue_pair_scores", "rule",
+           "run_contacts", "save_contact_head", "score_chains", "separation_scores", "training_pairs",
+           "write_contact_head"]

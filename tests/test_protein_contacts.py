@@ -1,6 +1,6 @@
 """Contacts from attention (inference/contacts.py, `evaluate.py contacts=true`): precision at L / k against a brute
-force count, the regression against scikit-learn fitted on pairs listed by hand, the baselines, and the command end
-to end on a tiny random ProteinLM and fake structures."""
+force count, the regression against scikit-learn fitted on pairs listed by hand, the baselines (the residue-pair one
+against counts by loops), and the command end to end on a tiny random ProteinLM and fake structures."""
 
 from __future__ import annotations
 
@@ -19,13 +19,16 @@ from torch import nn
 
 from helpers.cli import command
 from helpers.protein_fakes import FakeStructures, TINY_NET, data_configs, write_protein_run
-from inference.contacts import (SEPARATIONS, contact_table, fit_contact_regression, precision_at_l, random_scores,
-                                separation_scores, write_contact_head)
+from inference.contacts import (SEPARATIONS, Encoded, contact_table, fit_contact_regression, fit_residue_pairs,
+                                precision_at_l, random_scores, residue_pair_scores, separation_scores,
+                                write_contact_head)
 from models.protein import ProteinLM
 from utils.restore import restore
 
 RANGES = {"short": (6, 11), "medium": (12, 23), "long": (24, 10**9)}  # the paper's ranges, written out again
 KS = {"P@L": 1, "P@L/2": 2, "P@L/5": 5}
+PAIR_EDGES = (6, 12, 24, 48, 96)  # the residue-pair baseline's separation bins and prior, written out again
+PAIR_PRIOR = 10.0
 
 
 def brute_precision(scores: np.ndarray, contacts: np.ndarray, lo: int, hi: int, divisor: int) -> float:
@@ -35,6 +38,61 @@ def brute_precision(scores: np.ndarray, contacts: np.ndarray, lo: int, hi: int, 
     pairs = sorted(((-scores[i][j], i, j) for i in range(n) for j in range(n) if lo <= j - i <= hi))
     k = max(1, n // divisor)
     return sum(bool(contacts[i][j]) for _, i, j in pairs[:k]) / k
+
+
+def residue_pairs_by_hand(chains: list[tuple[list[int], np.ndarray]]):
+    """The residue-pair baseline counted by loops: scores(ids) -> (L, L), each pair i != j scored by the share of
+    training pairs of the same residues (either order) and separation bin that are contacts, with PAIR_PRIOR pairs at
+    the bin's contact rate added."""
+    def bin_of(sep: int) -> int:
+        return max([k for k, edge in enumerate(PAIR_EDGES) if sep >= edge] or [0])
+
+    hits, seen = {}, {}
+    for ids, contacts in chains:
+        for i in range(len(ids)):
+            for j in range(i + 6, len(ids)):
+                for key in ((bin_of(j - i), ids[i], ids[j]), (bin_of(j - i), ids[j], ids[i])):
+                    seen[key] = seen.get(key, 0) + 1
+                    hits[key] = hits.get(key, 0) + bool(contacts[i][j])
+    rate = {b: sum(h for k, h in hits.items() if k[0] == b) / max(1, sum(n for k, n in seen.items() if k[0] == b))
+            for b in range(len(PAIR_EDGES))}
+
+    def scores(ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        out = np.zeros((n, n))
+        for i in range(n):
+            for j in range(n):
+                key = (bin_of(abs(i - j)), ids[i], ids[j])
+                out[i, j] = (hits.get(key, 0) + PAIR_PRIOR * rate[key[0]]) / (seen.get(key, 0) + PAIR_PRIOR)
+        return out
+    return scores
+
+
+def test_the_residue_pair_baseline_counts_as_by_hand_and_finds_a_planted_pair() -> None:
+    """fit_residue_pairs / residue_pair_scores equal the counts by loops (random chains, 5 residue types, contacts
+    at random); chains whose only contacts are between two cysteines get every top long-range pair right."""
+    rng = np.random.default_rng(0)
+    chains = []
+    for n in (30, 61, 110):
+        ids = rng.integers(4, 9, n)
+        upper = np.triu(rng.random((n, n)) < 0.2, 1)
+        chains.append((ids.tolist(), upper | upper.T))
+    encoded = [Encoded(f"c{k}", torch.tensor([[0, *ids, 2]]), c) for k, (ids, c) in enumerate(chains)]
+    table = fit_residue_pairs(encoded, vocab=33)
+    by_hand = residue_pairs_by_hand(chains)
+    for ids, _ in chains:
+        assert np.allclose(residue_pair_scores(table, np.array(ids)), by_hand(ids), atol=1e-12)
+
+    def planted(n: int, seed: int) -> Encoded:
+        ids = np.random.default_rng(seed).integers(4, 24, n)  # the 20 standard residues; cysteine is 23
+        ids[::9] = 23
+        cys = ids == 23
+        return Encoded(f"p{seed}", torch.tensor([[0, *ids, 2]]), cys[:, None] & cys[None, :] & ~np.eye(n, dtype=bool))
+
+    table = fit_residue_pairs([planted(120, s) for s in range(3)], vocab=33)
+    test = planted(150, 10)
+    scores = residue_pair_scores(table, test.ids[0, 1:-1].numpy())
+    assert precision_at_l(scores, test.contacts, min_sep=24, divisor=5) == 1.0
 
 
 def test_precision_at_l_equals_a_brute_force_count_on_random_cases() -> None:
@@ -131,7 +189,8 @@ def test_evaluate_contacts_end_to_end_on_a_tiny_protein_lm(tmp_path: Path) -> No
                    f"hydra.searchpath=[file://{configs}]", "data=fake_structures", "threads=1",
                    f"hydra.run.dir={out}", check=True)
     metrics = json.loads((out / "metrics.json").read_text())
-    keys = {f"contacts/{s}/{r}/{k}" for s in ("model", "random", "separation") for r in RANGES for k in KS}
+    keys = {f"contacts/{s}/{r}/{k}" for s in ("model", "random", "separation", "residue_pair") for r in RANGES
+            for k in KS}
     assert keys <= set(metrics) and metrics["contacts/train_chains"] == 3 and metrics["contacts/eval_chains"] == 3
     assert metrics["contacts/C"] == 10 and metrics["contacts/threshold_angstrom"] == 8.0
     assert "fitted on 3 train chains, scored on 3 test chains" in proc.stdout and "separation" in proc.stdout
@@ -141,12 +200,14 @@ def test_evaluate_contacts_end_to_end_on_a_tiny_protein_lm(tmp_path: Path) -> No
     data = FakeStructures(train=4, test=3, length=40)
     ref = fit_by_hand(net, data.chains("train")[:3], C=10)
     assert (ref.coef_ != 0).sum() >= 2  # a head that ranks pairs, not a constant
+    pair_scores = residue_pairs_by_hand([(net.alphabet.encode(c.sequence)[1:-1], c.contacts())
+                                         for c in data.chains("train")[:3]])
     head = load_file(str(out / "contact_head.safetensors"))
     assert np.allclose(head["weight"].numpy(), ref.coef_, atol=1e-4)
     assert np.allclose(head["bias"].numpy(), ref.intercept_, atol=1e-4)
     for name, (lo, hi) in RANGES.items():
         for key, d in KS.items():
-            got = {"model": [], "separation": []}
+            got = {"model": [], "separation": [], "residue_pair": []}
             for chain in data.chains("test"):
                 n = len(chain.sequence)
                 ids = torch.tensor([net.alphabet.encode(chain.sequence)])
@@ -156,6 +217,8 @@ def test_evaluate_contacts_end_to_end_on_a_tiny_protein_lm(tmp_path: Path) -> No
                 got["model"].append(brute_precision(probs, chain.contacts(), lo, hi, d))
                 sep = -np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
                 got["separation"].append(brute_precision(sep, chain.contacts(), lo, hi, d))
+                pairs = pair_scores(net.alphabet.encode(chain.sequence)[1:-1])
+                got["residue_pair"].append(brute_precision(pairs, chain.contacts(), lo, hi, d))
             for scorer, values in got.items():
                 assert metrics[f"contacts/{scorer}/{name}/{key}"] == pytest.approx(np.mean(values), abs=1e-9), \
                     (scorer, name, key)
