@@ -10,7 +10,7 @@ split, `test/knn_acc` in metrics.json; of a run on its own data, or of a pretrai
 
 `contacts=true` reads contacts from a protein model's attention (Rao et al. 2020, docs/protein_contacts.md): the
 contact regression fitted on `contacts_train` training chains of known structure, precision at L, L/2, L/5 on
-`contacts_eval` test chains beside two baselines, `contacts/...` in metrics.json, the fitted head in
+`contacts_eval` test chains beside three baselines, `contacts/...` in metrics.json, the fitted head in
 contact_head.safetensors: `python evaluate.py ckpt_path=<run> contacts=true data=protein_structures` (or
 `pretrained=pkg:antiberty` instead of ckpt_path).
 

@@ -254,7 +254,7 @@ def score_chains(net: nn.Module, chains: Sequence[Encoded], seed: int,
 
 
 def _pair_bins(separation: np.ndarray) -> np.ndarray:
-    """The PAIR_BINS index of each separation (>= PAIR_BINS[0]; smaller ones get bin 0, which no range reads)."""
+    """The PAIR_BINS index of each separation (smaller ones than PAIR_BINS[0] get bin 0; no range reads such pairs)."""
     return np.maximum(np.searchsorted(PAIR_BINS, separation, side="right") - 1, 0)
 
 
@@ -272,7 +272,10 @@ def fit_residue_pairs(chains: Sequence[Encoded], vocab: int, prior: float = PAIR
         for x, y in ((a[i], a[j]), (a[j], a[i])):
             np.add.at(pairs, (b, x, y), 1)
             np.add.at(hits, (b, x, y), contact)
-    rate = hits.sum(axis=(1, 2)) / np.maximum(pairs.sum(axis=(1, 2)), 1)  # each bin's contact rate
+    rate = hits.sum(axis=(1, 2)) / np.maximum(pairs.sum(axis=(1, 2)), 1)  # each bin's contact rate (all counted twice)
+    same = np.arange(vocab)
+    pairs[:, same, same] /= 2  # a pair of one residue type went into its cell both ways round: once
+    hits[:, same, same] /= 2
     return (hits + prior * rate[:, None, None]) / (pairs + prior)
 
 
@@ -337,7 +340,7 @@ def _range_title(name: str) -> str:
 def run_contacts(net: nn.Module, dm: Any, *, train: int, evaluate: int, seed: int, notes: list[str],
                  C: float = C) -> ContactResult:
     """Fit the regression (L1 strength C) on the first `train` chains of the data's train split that the network
-    reads, write it into net.contact_head, score the first `evaluate` test chains with it and both baselines."""
+    reads, write it into net.contact_head, score the first `evaluate` test chains with it and the three baselines."""
     net.eval()
     train_chains = encode_chains(net, dm.chains("train"), "train", notes, limit=train)
     if len(train_chains) < train:

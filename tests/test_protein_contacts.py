@@ -42,20 +42,20 @@ def brute_precision(scores: np.ndarray, contacts: np.ndarray, lo: int, hi: int, 
 
 def residue_pairs_by_hand(chains: list[tuple[list[int], np.ndarray]]):
     """The residue-pair baseline counted by loops: scores(ids) -> (L, L), each pair i != j scored by the share of
-    training pairs of the same residues (either order) and separation bin that are contacts, with PAIR_PRIOR pairs at
-    the bin's contact rate added."""
+    training pairs of the same residues (either order; a pair of one type counted once) and separation bin that are
+    contacts, with PAIR_PRIOR pairs at the bin's contact rate added."""
     def bin_of(sep: int) -> int:
         return max([k for k, edge in enumerate(PAIR_EDGES) if sep >= edge] or [0])
 
-    hits, seen = {}, {}
+    hits, seen, in_bin = {}, {}, {}
     for ids, contacts in chains:
         for i in range(len(ids)):
             for j in range(i + 6, len(ids)):
-                for key in ((bin_of(j - i), ids[i], ids[j]), (bin_of(j - i), ids[j], ids[i])):
+                in_bin.setdefault(bin_of(j - i), []).append(bool(contacts[i][j]))
+                for key in {(bin_of(j - i), ids[i], ids[j]), (bin_of(j - i), ids[j], ids[i])}:  # one when alike
                     seen[key] = seen.get(key, 0) + 1
                     hits[key] = hits.get(key, 0) + bool(contacts[i][j])
-    rate = {b: sum(h for k, h in hits.items() if k[0] == b) / max(1, sum(n for k, n in seen.items() if k[0] == b))
-            for b in range(len(PAIR_EDGES))}
+    rate = {b: float(np.mean(in_bin[b])) if b in in_bin else 0.0 for b in range(len(PAIR_EDGES))}
 
     def scores(ids: list[int]) -> np.ndarray:
         n = len(ids)
