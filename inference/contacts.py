@@ -233,18 +233,15 @@ def fit_on_chains(net: nn.Module, chains: Sequence[Encoded], C: float = C, notes
 
 
 def score_chains(net: nn.Module, chains: Sequence[Encoded], seed: int,
-                 pairs: np.ndarray | None = None) -> dict[str, dict[str, float]]:
-    """{"model": table, "random": table, "separation": table} over the chains (contact_table of each scorer,
+                 pairs: np.ndarray) -> dict[str, dict[str, float]]:
+    """{"model", "random", "separation", "residue_pair": table} over the chains (contact_table of each scorer,
     one chain's maps at a time: 500 chains of maps would not fit); the random baseline of chain k draws with
-    seed + k. With `pairs` (fit_residue_pairs' table) a fourth, "residue_pair"."""
-    rows: dict[str, list[dict[str, float]]] = {"model": [], "random": [], "separation": []}
-    if pairs is not None:
-        rows["residue_pair"] = []
+    seed + k; `pairs` is fit_residue_pairs' table."""
+    rows: dict[str, list[dict[str, float]]] = {"model": [], "random": [], "separation": [], "residue_pair": []}
     for k, chain in enumerate(tqdm(chains, desc="contacts: test chains", unit="chain", leave=False)):
         scorers = {"model": chain_scores(net, chain), "random": random_scores(chain.length, seed + k),
-                   "separation": separation_scores(chain.length)}
-        if pairs is not None:
-            scorers["residue_pair"] = residue_pair_scores(pairs, chain.ids[0, 1:-1].numpy())
+                   "separation": separation_scores(chain.length),
+                   "residue_pair": residue_pair_scores(pairs, chain.ids[0, 1:-1].numpy())}
         for name, scores in scorers.items():
             rows[name].append(chain_precisions(scores, chain.contacts))
     return {name: mean_rows(table) for name, table in rows.items()}
