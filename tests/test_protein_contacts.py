@@ -260,3 +260,30 @@ def test_too_many_training_pairs_are_drawn_at_random_and_said() -> None:
     assert notes == [f"the 3 training chains hold {total} residue pairs at least 6 apart; the regression was fitted "
                      f"on 300 of them drawn at random (16.8% of each chain's; at most about 300 fit in memory)"]
     assert np.allclose(net.contact_head.weight.detach().numpy(), model.coef_)
+
+
+def test_the_heads_bench_scores_each_map_alone_as_counted_by_hand(tmp_path: Path) -> None:
+    from bench import protein_heads
+
+    ckpt = write_protein_run(tmp_path / "run" / "checkpoints" / "last.ckpt",
+                             {"_target_": "helpers.protein_fakes.NoStructures"})
+    net = restore(ckpt, data=False).module.net.eval()
+    data = FakeStructures(train=3, test=3, length=50)  # the longest, 56, within max_len
+    report = protein_heads.measure(net, data, train=3, evaluate=3)
+
+    def by_hand(split: str) -> np.ndarray:  # (features,) long-range P@L/5 of each map alone, by brute force
+        rows = []
+        for chain in data.chains(split):
+            ids = torch.tensor([net.alphabet.encode(chain.sequence)])
+            with torch.no_grad():
+                f = net.contact_features(ids)[1][0].numpy()
+            rows.append([brute_precision(f[..., k], chain.contacts(), 24, 10**9, 5) for k in range(f.shape[-1])])
+        return np.mean(rows, axis=0)
+
+    train, test = by_hand("train"), by_hand("test")
+    heads = list(report["heads"].values())
+    assert len(heads) == 2 * 2 and np.allclose([h["test"] for h in heads], test, rtol=0, atol=1e-12)
+    assert np.allclose([h["train"] for h in heads], train, rtol=0, atol=1e-12)
+    assert report["picked_on_train"]["test"] == pytest.approx(test[int(np.argmax(train))], abs=1e-12)
+    assert report["best_on_test_oracle"]["test"] == pytest.approx(test.max(), abs=1e-12)
+    assert all(-1 <= h["corr_residue_pair"] <= 1 for h in heads) and any(h["corr_residue_pair"] for h in heads)
