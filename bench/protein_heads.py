@@ -30,8 +30,8 @@ LONG = 24
 
 
 def head_scores(net: torch.nn.Module, chains: Sequence[Encoded], pairs: np.ndarray) -> dict[str, np.ndarray]:
-    """(chains, features) long-range P@L/5 of each feature alone, and its correlation with the residue-pair scores
-    over the chain's long-range pairs (0 where either is constant)."""
+    """(chains, features) long-range P@L/5 of each feature alone, and its (Pearson) correlation with the residue-pair
+    scores over the chain's long-range pairs (NaN where either is constant: left out of the means)."""
     precision, correlation = [], []
     for chain in tqdm(chains, desc="heads", unit="chain", leave=False):
         x = chain_features(net, chain)
@@ -42,7 +42,7 @@ def head_scores(net: torch.nn.Module, chains: Sequence[Encoded], pairs: np.ndarr
         with np.errstate(invalid="ignore", divide="ignore"):
             correlation.append([np.corrcoef(x[i, j, f], table)[0, 1] if len(i) > 1 else np.nan
                                 for f in range(x.shape[-1])])
-    return {"precision": np.array(precision), "correlation": np.nan_to_num(np.array(correlation))}
+    return {"precision": np.array(precision), "correlation": np.array(correlation)}
 
 
 def measure(net: torch.nn.Module, dm: Any, train: int, evaluate: int) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def measure(net: torch.nn.Module, dm: Any, train: int, evaluate: int) -> dict[st
             "picked_on_train": {"head": name[picked], "train": float(train_p[picked]), "test": float(test_p[picked])},
             "best_on_test_oracle": {"head": name[oracle], "test": float(test_p[oracle])},
             "heads": {name[f]: {"train": float(train_p[f]), "test": float(test_p[f]),
-                                "corr_residue_pair": float(on_test["correlation"][:, f].mean())}
+                                "corr_residue_pair": float(np.nanmean(on_test["correlation"][:, f]))}
                       for f in range(len(name))}}
 
 

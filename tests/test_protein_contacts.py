@@ -266,24 +266,35 @@ def test_the_heads_bench_scores_each_map_alone_as_counted_by_hand(tmp_path: Path
     from bench import protein_heads
 
     ckpt = write_protein_run(tmp_path / "run" / "checkpoints" / "last.ckpt",
-                             {"_target_": "helpers.protein_fakes.NoStructures"})
+                             {"_target_": "helpers.protein_fakes.NoStructures"}, num_heads=4)
     net = restore(ckpt, data=False).module.net.eval()
     data = FakeStructures(train=3, test=3, length=50)  # the longest, 56, within max_len
     report = protein_heads.measure(net, data, train=3, evaluate=3)
+    table = residue_pairs_by_hand([(net.alphabet.encode(c.sequence)[1:-1], c.contacts()) for c in data.chains("train")])
 
-    def by_hand(split: str) -> np.ndarray:  # (features,) long-range P@L/5 of each map alone, by brute force
-        rows = []
+    def by_hand(split: str) -> tuple[np.ndarray, np.ndarray]:  # (layers, heads) P@L/5 of each map alone, correlation
+        precision, correlation = [], []
         for chain in data.chains(split):
             ids = torch.tensor([net.alphabet.encode(chain.sequence)])
             with torch.no_grad():
-                f = net.contact_features(ids)[1][0].numpy()
-            rows.append([brute_precision(f[..., k], chain.contacts(), 24, 10**9, 5) for k in range(f.shape[-1])])
-        return np.mean(rows, axis=0)
+                f = net.contact_features(ids)[1][0].numpy().reshape(len(chain.sequence), len(chain.sequence), 2, 4)
+            i, j = np.triu_indices(len(chain.sequence), 24)
+            pairs = table(net.alphabet.encode(chain.sequence)[1:-1])[i, j]
+            precision.append([[brute_precision(f[..., a, b], chain.contacts(), 24, 10**9, 5) for b in range(4)]
+                              for a in range(2)])
+            correlation.append([[np.corrcoef(f[i, j, a, b], pairs)[0, 1] for b in range(4)] for a in range(2)])
+        return np.mean(precision, axis=0), np.mean(correlation, axis=0)
 
-    train, test = by_hand("train"), by_hand("test")
-    heads = list(report["heads"].values())
-    assert len(heads) == 2 * 2 and np.allclose([h["test"] for h in heads], test, rtol=0, atol=1e-12)
-    assert np.allclose([h["train"] for h in heads], train, rtol=0, atol=1e-12)
-    assert report["picked_on_train"]["test"] == pytest.approx(test[int(np.argmax(train))], abs=1e-12)
+    (train, _), (test, corr) = by_hand("train"), by_hand("test")
+    names = [f"layer {a} head {b}" for a in range(2) for b in range(4)]
+    assert list(report["heads"]) == names
+    for a in range(2):
+        for b in range(4):
+            got = report["heads"][f"layer {a} head {b}"]
+            assert got["train"] == pytest.approx(train[a, b], abs=1e-12)
+            assert got["test"] == pytest.approx(test[a, b], abs=1e-12)
+            assert got["corr_residue_pair"] == pytest.approx(corr[a, b], abs=1e-6)
+    picked = np.unravel_index(np.argmax(train), train.shape)
+    assert report["picked_on_train"]["head"] == f"layer {picked[0]} head {picked[1]}"
+    assert report["picked_on_train"]["test"] == pytest.approx(test[picked], abs=1e-12)
     assert report["best_on_test_oracle"]["test"] == pytest.approx(test.max(), abs=1e-12)
-    assert all(-1 <= h["corr_residue_pair"] <= 1 for h in heads) and any(h["corr_residue_pair"] for h in heads)
