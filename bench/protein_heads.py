@@ -23,26 +23,28 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.contacts import (Encoded, chain_features, encode_chains, fit_residue_pairs, precision_at_l,
-                                range_pairs, residue_pair_scores)
+from inference.contacts import (SEPARATIONS, Encoded, chain_features, encode_chains, fit_residue_pairs,
+                                precision_at_l, range_pairs, residue_pair_scores)
 
-LONG = 24
+LONG = SEPARATIONS["long"][0]  # 24
 
 
 def head_scores(net: torch.nn.Module, chains: Sequence[Encoded], pairs: np.ndarray) -> dict[str, np.ndarray]:
     """(chains, features) long-range P@L/5 of each feature alone, and its (Pearson) correlation with the residue-pair
-    scores over the chain's long-range pairs (NaN where either is constant: left out of the means)."""
-    precision, correlation = [], []
+    scores over the chain's long-range pairs (NaN where either is constant: left out of the means); (chains,) the
+    residue-pair baseline's own long-range P@L/5."""
+    precision, correlation, baseline = [], [], []
     for chain in tqdm(chains, desc="heads", unit="chain", leave=False):
         x = chain_features(net, chain)
         i, j = range_pairs(chain.length, LONG)
-        table = residue_pair_scores(pairs, chain.ids[0, 1:-1].numpy())[i, j]
+        table = residue_pair_scores(pairs, chain.residues)
+        baseline.append(precision_at_l(table, chain.contacts, min_sep=LONG, divisor=5))
         precision.append([precision_at_l(x[..., f], chain.contacts, min_sep=LONG, divisor=5)
                           for f in range(x.shape[-1])])
         with np.errstate(invalid="ignore", divide="ignore"):
-            correlation.append([np.corrcoef(x[i, j, f], table)[0, 1] if len(i) > 1 else np.nan
+            correlation.append([np.corrcoef(x[i, j, f], table[i, j])[0, 1] if len(i) > 1 else np.nan
                                 for f in range(x.shape[-1])])
-    return {"precision": np.array(precision), "correlation": np.array(correlation)}
+    return {"precision": np.array(precision), "correlation": np.array(correlation), "residue_pair": np.array(baseline)}
 
 
 def measure(net: torch.nn.Module, dm: Any, train: int, evaluate: int) -> dict[str, Any]:
@@ -56,10 +58,8 @@ def measure(net: torch.nn.Module, dm: Any, train: int, evaluate: int) -> dict[st
     name = [f"layer {f // heads} head {f % heads}" for f in range(on_test["precision"].shape[1])]
     test_p, train_p = on_test["precision"].mean(0), on_train["precision"].mean(0)
     picked, oracle = int(np.argmax(train_p)), int(np.argmax(test_p))
-    pair_p = np.mean([precision_at_l(residue_pair_scores(pairs, c.ids[0, 1:-1].numpy()), c.contacts, min_sep=LONG,
-                                     divisor=5) for c in test_chains])
     return {"train_chains": len(train_chains), "test_chains": len(test_chains), "notes": notes,
-            "residue_pair_test": float(pair_p),
+            "residue_pair_test": float(on_test["residue_pair"].mean()),
             "picked_on_train": {"head": name[picked], "train": float(train_p[picked]), "test": float(test_p[picked])},
             "best_on_test_oracle": {"head": name[oracle], "test": float(test_p[oracle])},
             "heads": {name[f]: {"train": float(train_p[f]), "test": float(test_p[f]),

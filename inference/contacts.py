@@ -159,6 +159,11 @@ class Encoded:
     def length(self) -> int:
         return int(self.contacts.shape[0])
 
+    @property
+    def residues(self) -> np.ndarray:
+        """(L,) the residues' token ids: the chain's ids without <cls> and <eos>."""
+        return self.ids[0, 1:-1].numpy()
+
 
 def encode_chains(net: nn.Module, chains: Iterable[Any], split: str, notes: list[str],
                   limit: int | None = None) -> list[Encoded]:
@@ -241,7 +246,7 @@ def score_chains(net: nn.Module, chains: Sequence[Encoded], seed: int,
     for k, chain in enumerate(tqdm(chains, desc="contacts: test chains", unit="chain", leave=False)):
         scorers = {"model": chain_scores(net, chain), "random": random_scores(chain.length, seed + k),
                    "separation": separation_scores(chain.length),
-                   "residue_pair": residue_pair_scores(pairs, chain.ids[0, 1:-1].numpy())}
+                   "residue_pair": residue_pair_scores(pairs, chain.residues)}
         for name, scores in scorers.items():
             rows[name].append(chain_precisions(scores, chain.contacts))
     return {name: mean_rows(table) for name, table in rows.items()}
@@ -263,7 +268,7 @@ def fit_residue_pairs(chains: Sequence[Encoded], vocab: int, prior: float = PAIR
     (docs/protein_contacts.md)."""
     hits, pairs = np.zeros((len(PAIR_BINS), vocab, vocab)), np.zeros((len(PAIR_BINS), vocab, vocab))
     for chain in chains:
-        a = chain.ids[0, 1:-1].numpy()
+        a = chain.residues
         i, j = range_pairs(len(a), TRAIN_MIN_SEP)
         b, contact = _pair_bins(j - i), chain.contacts[i, j]
         for x, y in ((a[i], a[j]), (a[j], a[i])):

@@ -298,3 +298,6 @@ def test_the_heads_bench_scores_each_map_alone_as_counted_by_hand(tmp_path: Path
     assert report["picked_on_train"]["head"] == f"layer {picked[0]} head {picked[1]}"
     assert report["picked_on_train"]["test"] == pytest.approx(test[picked], abs=1e-12)
     assert report["best_on_test_oracle"]["test"] == pytest.approx(test.max(), abs=1e-12)
+    baseline = [brute_precision(table(net.alphabet.encode(c.sequence)[1:-1]), c.contacts(), 24, 10**9, 5)
+                for c in data.chains("test")]
+    assert report["residue_pair_test"] == pytest.approx(np.mean(baseline), abs=1e-12)
