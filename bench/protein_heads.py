@@ -38,11 +38,12 @@ def head_scores(net: torch.nn.Module, chains: Sequence[Encoded], pairs: np.ndarr
         x = chain_features(net, chain)
         i, j = range_pairs(chain.length, LONG)
         table = residue_pair_scores(pairs, chain.residues)
+        table_ij = table[i, j]
         baseline.append(precision_at_l(table, chain.contacts, min_sep=LONG, divisor=5))
         precision.append([precision_at_l(x[..., f], chain.contacts, min_sep=LONG, divisor=5)
                           for f in range(x.shape[-1])])
         with np.errstate(invalid="ignore", divide="ignore"):
-            correlation.append([np.corrcoef(x[i, j, f], table[i, j])[0, 1] if len(i) > 1 else np.nan
+            correlation.append([np.corrcoef(x[i, j, f], table_ij)[0, 1] if len(i) > 1 else np.nan
                                 for f in range(x.shape[-1])])
     return {"precision": np.array(precision), "correlation": np.array(correlation), "residue_pair": np.array(baseline)}
 
